@@ -1,0 +1,1 @@
+"""The `/v1` HTTP API for downstream apps and operators (Bearer API keys)."""

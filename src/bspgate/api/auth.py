@@ -1,0 +1,48 @@
+"""Bearer API key check for `/v1/*` (constant-time against every configured key)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bspgate.problems import problem_response
+
+if TYPE_CHECKING:
+    from bspgate.app import Gateway
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def authenticated(endpoint: Endpoint) -> Endpoint:
+    """Wrap an endpoint so it answers 401 without a valid `Authorization: Bearer <key>`."""
+
+    @wraps(endpoint)
+    async def wrapper(request: Request) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        valid = (
+            scheme.lower() == "bearer"
+            and token
+            and any(
+                hmac.compare_digest(token.encode(), key.key.reveal().encode())
+                for key in gateway.settings.api_keys
+            )
+        )
+        if not valid:
+            return problem_response(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                "send Authorization: Bearer <api key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await endpoint(request)
+
+    return wrapper

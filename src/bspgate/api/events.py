@@ -1,0 +1,71 @@
+"""`GET /v1/events`: stored canonical events, newest first, with filters and cursor pagination.
+
+Query: `type`, `contact_id`, `since` (RFC 3339, on the event time), `limit` (1 to 500, default 50),
+`cursor` (opaque, from `next_cursor`). The answer is `{"data": [event, …], "next_cursor": …}`.
+`after` (a cursor from `tail`) answers events newer than it, oldest first: that is how
+`bspgate events tail` follows the stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TYPE_CHECKING
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bspgate.api.auth import authenticated
+from bspgate.problems import problem_response
+
+if TYPE_CHECKING:
+    from bspgate.app import Gateway
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> int:
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        raw = base64.urlsafe_b64decode(padded).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("invalid cursor") from None
+    if not raw.startswith("s") or not raw[1:].isdigit():
+        raise ValueError("invalid cursor")
+    return int(raw[1:])
+
+
+@authenticated
+async def list_events(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    query = request.query_params
+    try:
+        limit = int(query.get("limit", "50"))
+        if not 1 <= limit <= 500:
+            raise ValueError
+    except ValueError:
+        return problem_response(400, "invalid_query", "Invalid limit", "limit is 1 to 500")
+    try:
+        before = decode_cursor(query["cursor"]) if "cursor" in query else None
+        after = decode_cursor(query["after"]) if "after" in query else None
+    except ValueError:
+        return problem_response(400, "invalid_query", "Invalid cursor", "use next_cursor as given")
+    rows = await gateway.store.read(
+        lambda tx: tx.list_events(
+            type_=query.get("type"),
+            contact_id=query.get("contact_id"),
+            since=query.get("since"),
+            before_seq=before,
+            after_seq=after,
+            limit=limit,
+        )
+    )
+    next_cursor = encode_cursor(rows[-1][0]) if len(rows) == limit else None
+    last = encode_cursor(rows[-1][0]) if rows else (query.get("after") or None)
+    body = b'{"data":[' + b",".join(body.encode() for _seq, body in rows) + b"],"
+    body += b'"next_cursor":' + orjson.dumps(next_cursor if after is None else None)
+    body += b',"tail_cursor":' + orjson.dumps(last) + b"}"
+    return Response(body, media_type="application/json")

@@ -1,0 +1,277 @@
+"""The `bspgate` command line (see the operator contract for each command's behaviour).
+
+Every command takes `--config FILE` (default `$BSPGATE_CONFIG`, else ./config.yaml) and answers
+`--help`. Results go to stdout (JSON or JSON lines where they are data); errors go to stderr with
+a non-zero exit: 2 for a refused input (a payload that would be quarantined, an invalid config),
+1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bspgate import __version__
+from bspgate.config import Settings, default_config_path, load_settings
+from bspgate.errors import ConfigError, GatewayError, MappingLoadError, PayloadError
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _fail(message: str, code: int = 1) -> int:
+    sys.stderr.write(f"bspgate: {message}\n")
+    return code
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config) if args.config else default_config_path())
+
+
+def _mappings_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "mappings", None):
+        return Path(args.mappings)
+    path = Path(args.config) if args.config else default_config_path()
+    if path.is_file():
+        return _settings(args).mappings_dir
+    return Path("mappings")
+
+
+def _read_input(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    return Path(name).read_bytes()
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bspgate.app import create_app
+    from bspgate.logging import configure_logging
+
+    configure_logging(args.log_level)
+    settings = _settings(args)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.server.host,
+        port=args.port or settings.server.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    return 0
+
+
+def cmd_normalize(args: argparse.Namespace) -> int:
+    from bspgate.mapping.loader import load_mapping
+    from bspgate.normalize import Normalizer, demo_channel
+
+    spec = load_mapping(_mappings_dir(args), args.provider)
+    channel = demo_channel(args.provider)
+    if args.channel:
+        configured = _settings(args).channel(args.channel)
+        if configured is None:
+            return _fail(f"no channel {args.channel!r} in the config")
+        channel = configured
+    body = _read_input(args.file)
+    try:
+        outcome = Normalizer(spec, channel).normalize_body(body)
+    except PayloadError as exc:
+        return _fail(f"unparseable payload: {exc}", 2)
+    for event in outcome.events:
+        _print_json(event)
+    if outcome.state == "quarantined":
+        return _fail("quarantined: " + "; ".join(outcome.issues), 2)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import httpx
+
+    from bspgate.simulate import signed_request
+
+    settings = _settings(args)
+    channel = settings.channel(args.channel)
+    if channel is None:
+        return _fail(f"no channel {args.channel!r} in the config")
+    url, headers, body = signed_request(settings, channel, _read_input(args.file))
+    target = (
+        args.url.rstrip("/") + url.split("/webhooks/", 1)[1].join(["/webhooks/", ""])
+        if args.url
+        else url
+    )
+    response = httpx.post(target, content=body, headers=headers, timeout=30)
+    _print_json(
+        {
+            "status": response.status_code,
+            "raw_id": response.headers.get("bspgate-raw-id"),
+            "body": response.text or None,
+        }
+    )
+    return 0 if response.status_code == 200 else 1
+
+
+def cmd_mappings(args: argparse.Namespace) -> int:
+    from bspgate.mapping.cases import run_case
+    from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names
+
+    root = _mappings_dir(args)
+    names = [args.provider] if getattr(args, "provider", None) else mapping_names(root)
+    if not names:
+        return _fail(f"no mappings under {root}")
+    failures = 0
+    passed = 0
+    for name in names:
+        try:
+            spec = load_mapping(root, name)
+        except MappingLoadError as exc:
+            sys.stdout.write(f"FAIL {exc}\n")
+            failures += 1
+            continue
+        if args.action == "check":
+            sys.stdout.write(f"ok   {spec.file} ({len(spec.rules)} rules)\n")
+            passed += 1
+            continue
+        for path in iter_case_files(root, name):
+            result = run_case(spec, path)
+            if result.ok:
+                passed += 1
+                sys.stdout.write(f"ok   {result.name}\n")
+            else:
+                failures += 1
+                sys.stdout.write(f"FAIL {result.name}: {result.message}\n")
+    sys.stdout.write(f"{passed} passed, {failures} failed\n")
+    return 1 if failures else 0
+
+
+def cmd_events_tail(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = _settings(args)
+    base = args.url or settings.server.public_url
+    key = args.api_key or (settings.api_keys[0].key.reveal() if settings.api_keys else "")
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        first = client.get("/v1/events", params={"limit": args.last or 1})
+        if first.status_code != 200:
+            return _fail(f"GET /v1/events answered {first.status_code}: {first.text}")
+        page = first.json()
+        for event in reversed(page["data"] if args.last else []):
+            _print_json(event)
+        cursor = page.get("tail_cursor")
+        while True:
+            params: dict[str, Any] = {"limit": 100}
+            if cursor:
+                params["after"] = cursor
+            response = client.get("/v1/events", params=params)
+            if response.status_code != 200:
+                return _fail(f"GET /v1/events answered {response.status_code}")
+            page = response.json()
+            for event in page["data"]:
+                _print_json(event)
+            cursor = page.get("tail_cursor") or cursor
+            if args.once:
+                return 0
+            if not page["data"]:
+                time.sleep(args.interval)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from bspgate.app import build_verifiers, load_channel_mappings
+
+    settings = _settings(args)
+    build_verifiers(settings, load_channel_mappings(settings))
+    _print_json(settings.to_public_dict())
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bspgate", description="One WhatsApp event stream from every BSP, BSUID-first."
+    )
+    parser.add_argument("--version", action="version", version=f"bspgate {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default: $BSPGATE_CONFIG or ./config.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway (migrations first)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    normalize = sub.add_parser(
+        "normalize",
+        parents=[common],
+        help="print the canonical events of one payload as JSON lines (no server, no store)",
+    )
+    normalize.add_argument("provider")
+    normalize.add_argument("file", help="the body as the provider sends it, or - for stdin")
+    normalize.add_argument("--channel", help="use this configured channel (default: a demo one)")
+    normalize.add_argument("--mappings", help="mappings folder (default: the config's)")
+    normalize.set_defaults(func=cmd_normalize)
+
+    simulate = sub.add_parser(
+        "simulate",
+        parents=[common],
+        help="post a payload to the running gateway, signed as the channel's provider would",
+    )
+    simulate.add_argument("channel")
+    simulate.add_argument("file")
+    simulate.add_argument("--url", help="gateway base URL (default: server.public_url)")
+    simulate.set_defaults(func=cmd_simulate)
+
+    mappings = sub.add_parser("mappings", help="validate mapping files or run their cases")
+    mappings_sub = mappings.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = mappings_sub.add_parser("check", parents=[common], help="validate every mapping file")
+    check.add_argument("--mappings")
+    check.set_defaults(func=cmd_mappings)
+    test = mappings_sub.add_parser("test", parents=[common], help="run the golden cases")
+    test.add_argument("provider", nargs="?")
+    test.add_argument("--mappings")
+    test.set_defaults(func=cmd_mappings)
+
+    events = sub.add_parser("events", help="read the canonical event stream")
+    events_sub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tail = events_sub.add_parser("tail", parents=[common], help="follow events as they are stored")
+    tail.add_argument("--url", help="gateway base URL (default: server.public_url)")
+    tail.add_argument("--api-key", help="Bearer key (default: the config's first)")
+    tail.add_argument("--last", type=int, default=0, help="print the last N events first")
+    tail.add_argument("--interval", type=float, default=1.0)
+    tail.add_argument("--once", action="store_true", help="print what is new and exit")
+    tail.set_defaults(func=cmd_events_tail)
+
+    config = sub.add_parser("config", help="configuration")
+    config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    config_check = config_sub.add_parser(
+        "check", parents=[common], help="validate and print the resolved config, secrets masked"
+    )
+    config_check.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        return _fail(f"config: {exc}", 2)
+    except MappingLoadError as exc:
+        return _fail(str(exc), 2)
+    except FileNotFoundError as exc:
+        return _fail(f"{exc.filename}: no such file")
+    except GatewayError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,339 @@
+"""config.yaml -> frozen `Settings`, checked once at start.
+
+Reading order: YAML (safe) -> `${NAME}` / `${NAME:-default}` interpolated from the environment ->
+`config.schema.json` -> cross-checks (known mapping names, unique ids, secrets a verifier needs,
+durations) -> frozen dataclasses. Every error is a `ConfigError` naming the dotted key and the bad
+value (`channels[2].provider: 'twillio' is not a known mapping (known: cloudapi, …)`).
+Secrets are `Secret` objects whose repr is masked; `reveal()` is the only way to the value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+
+from bspgate.errors import ConfigError
+
+DEFAULT_RETRY_SCHEDULE = ("5s", "5m", "30m", "2h", "5h", "10h", "10h")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class Secret:
+    """A value that must not reach logs or `repr` (API keys, app secrets, signing keys)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value itself."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    key: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    id: str
+    provider: str
+    portfolio: str
+    business_phone: str | None = None
+    secrets: Mapping[str, Secret] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    send_by: Literal["auto", "bsuid", "phone"] = "auto"
+    service_window: Literal["enforce", "warn", "off"] = "enforce"
+
+    def secret(self, name: str) -> str:
+        """The revealed secret `name`, or "" when the channel has none."""
+        value = self.secrets.get(name)
+        return value.reveal() if value is not None else ""
+
+    def as_scope(self) -> dict[str, Any]:
+        """What mapping expressions see as `channel` (no secrets)."""
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "portfolio": self.portfolio,
+            "business_phone": self.business_phone,
+            "settings": dict(self.settings),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    id: str
+    url: str
+    secret: Secret
+    events: tuple[str, ...] = ("whatsapp.*",)
+    channels: tuple[str, ...] = ("*",)
+    require_phone: bool = False
+    ordering: Literal["per_contact", "none"] = "per_contact"
+    retry_schedule: tuple[float, ...] = ()
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    storage: str
+    mappings_dir: Path
+    server: ServerSettings
+    api_keys: tuple[ApiKey, ...]
+    channels: tuple[Channel, ...]
+    subscribers: tuple[Subscriber, ...]
+    source: Path | None = None
+
+    def channel(self, channel_id: str) -> Channel | None:
+        """The channel with this id, or None."""
+        for channel in self.channels:
+            if channel.id == channel_id:
+                return channel
+        return None
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """The resolved config with secrets masked, as `bspgate config check` prints it."""
+
+        def mask(value: Secret) -> str:
+            return "**********" if value else ""
+
+        return {
+            "storage": _mask_dsn(self.storage),
+            "mappings": str(self.mappings_dir),
+            "server": {
+                "host": self.server.host,
+                "port": self.server.port,
+                "public_url": self.server.public_url,
+                "max_body_bytes": self.server.max_body_bytes,
+            },
+            "api_keys": [{"name": k.name, "key": mask(k.key)} for k in self.api_keys],
+            "channels": [
+                {
+                    "id": c.id,
+                    "provider": c.provider,
+                    "portfolio": c.portfolio,
+                    "business_phone": c.business_phone,
+                    "secrets": {name: mask(value) for name, value in c.secrets.items()},
+                    "settings": dict(c.settings),
+                    "send_by": c.send_by,
+                    "service_window": c.service_window,
+                }
+                for c in self.channels
+            ],
+            "subscribers": [
+                {
+                    "id": s.id,
+                    "url": s.url,
+                    "secret": mask(s.secret),
+                    "events": list(s.events),
+                    "channels": list(s.channels),
+                    "require_phone": s.require_phone,
+                    "ordering": s.ordering,
+                    "retry_schedule": list(s.retry_schedule),
+                    "timeout": s.timeout,
+                }
+                for s in self.subscribers
+            ],
+        }
+
+
+def _mask_dsn(dsn: str) -> str:
+    return re.sub(r"://([^:/@]+):([^@]*)@", r"://\1:****@", dsn)
+
+
+def parse_duration(text: str) -> float:
+    """`5s`, `30m`, `2h`, `1d`, `250ms` as seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _dotted(path: Iterable[Any]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _interpolate(value: Any, path: tuple[Any, ...], env: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*path, k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*path, i), env) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(_dotted(path), f"environment variable {name} is not set")
+
+    return _ENV_REF.sub(replace, value)
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    text = resources.files("bspgate").joinpath("config.schema.json").read_text()
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _check_schema(data: Any) -> None:
+    errors = list(_validator().iter_errors(data))
+    if not errors:
+        return
+    error = jsonschema.exceptions.best_match(errors)
+    assert error is not None
+    key = _dotted(error.absolute_path)
+    bad = error.instance if not isinstance(error.instance, dict | list) else None
+    detail = error.message if bad is None else f"{bad!r}: {error.message}"
+    if error.validator == "pattern" and isinstance(bad, str):
+        detail = f"{bad!r} does not match {error.validator_value}"
+    if error.validator == "pattern" and key.endswith(".secret"):
+        detail = "must be a Standard Webhooks secret: whsec_ + base64 (value not shown)"
+    raise ConfigError(key, detail)
+
+
+def _unique(items: list[dict[str, Any]], section: str) -> None:
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if item["id"] in seen:
+            raise ConfigError(f"{section}[{index}].id", f"{item['id']!r} is used twice")
+        seen.add(item["id"])
+
+
+def _channel(raw: dict[str, Any]) -> Channel:
+    return Channel(
+        id=raw["id"],
+        provider=raw["provider"],
+        portfolio=raw["portfolio"],
+        business_phone=raw.get("business_phone"),
+        secrets={k: Secret(v) for k, v in (raw.get("secrets") or {}).items()},
+        settings=dict(raw.get("settings") or {}),
+        send_by=raw.get("send_by", "auto"),
+        service_window=raw.get("service_window", "enforce"),
+    )
+
+
+def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subscriber:
+    for position, channel_id in enumerate(raw.get("channels", ["*"])):
+        if channel_id != "*" and channel_id not in channel_ids:
+            raise ConfigError(
+                f"subscribers[{index}].channels[{position}]", f"{channel_id!r} is not a channel id"
+            )
+    schedule = raw.get("retry_schedule", list(DEFAULT_RETRY_SCHEDULE))
+    return Subscriber(
+        id=raw["id"],
+        url=raw["url"],
+        secret=Secret(raw["secret"]),
+        events=tuple(raw.get("events", ["whatsapp.*"])),
+        channels=tuple(raw.get("channels", ["*"])),
+        require_phone=bool(raw.get("require_phone", False)),
+        ordering=raw.get("ordering", "per_contact"),
+        retry_schedule=tuple(parse_duration(item) for item in schedule),
+        timeout=parse_duration(raw.get("timeout", "10s")),
+    )
+
+
+def settings_from_dict(
+    data: Any,
+    *,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    known_mappings: Iterable[str] | None = None,
+    source: Path | None = None,
+) -> Settings:
+    """Validate a parsed config document (`known_mappings`: default, the mappings folder)."""
+    if not isinstance(data, dict):
+        raise ConfigError("", "the config must be a YAML mapping (key: value) at the top level")
+    data = _interpolate(data, (), os.environ if env is None else env)
+    _check_schema(data)
+    base = base_dir or Path.cwd()
+    mappings_dir = (base / data.get("mappings", "mappings")).resolve()
+    if known_mappings is None:
+        from bspgate.mapping.loader import mapping_names
+
+        known_mappings = mapping_names(mappings_dir)
+    known = sorted(known_mappings)
+    channels_raw: list[dict[str, Any]] = data.get("channels") or []
+    subscribers_raw: list[dict[str, Any]] = data.get("subscribers") or []
+    _unique(channels_raw, "channels")
+    _unique(subscribers_raw, "subscribers")
+    for index, raw in enumerate(channels_raw):
+        if raw["provider"] not in known:
+            raise ConfigError(
+                f"channels[{index}].provider",
+                f"{raw['provider']!r} is not a known mapping (known: {', '.join(known) or 'none'})",
+            )
+    channel_ids = {raw["id"] for raw in channels_raw}
+    server = ServerSettings(**(data.get("server") or {}))
+    return Settings(
+        storage=data.get("storage", "sqlite:///bspgate.db"),
+        mappings_dir=mappings_dir,
+        server=server,
+        api_keys=tuple(ApiKey(k["name"], Secret(k["key"])) for k in data.get("api_keys") or []),
+        channels=tuple(_channel(raw) for raw in channels_raw),
+        subscribers=tuple(
+            _subscriber(raw, i, channel_ids) for i, raw in enumerate(subscribers_raw)
+        ),
+        source=source,
+    )
+
+
+def default_config_path() -> Path:
+    """`$BSPGATE_CONFIG`, else ./config.yaml."""
+    return Path(os.environ.get("BSPGATE_CONFIG", "config.yaml"))
+
+
+def load_settings(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, interpolate and validate a config file."""
+    path = path or default_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from exc
+    return settings_from_dict(data, env=env, base_dir=path.resolve().parent, source=path)

@@ -1,0 +1,1 @@
+"""Outbound delivery of canonical events to subscribers: sign, send, retry, dead-letter."""

@@ -1,0 +1,179 @@
+"""The dispatcher: claims due outbox rows, POSTs signed CloudEvents, records every attempt.
+
+One background task per server process. Each round claims up to `batch` due rows in one store
+transaction (per-contact ordering is enforced by the claim query), sends them concurrently through
+the one shared httpx client, then records attempts and outcomes in one transaction. A claimed row
+carries a lease: if the process dies mid-delivery, the lease expires and the row is retried with
+the same `webhook-id`, so receivers can de-duplicate. `wake()` lets ingest start a round at once.
+Signing uses the Standard Webhooks reference library: `webhook-id` is the event id,
+`webhook-signature` is `v1,<base64 HMAC-SHA256("{id}.{timestamp}.{body}")>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import structlog
+from standardwebhooks import Webhook
+
+from bspgate.config import Subscriber
+from bspgate.delivery.retry import decide, retry_after_seconds
+from bspgate.metrics import Metrics
+from bspgate.store.base import DeliveryJob
+
+_log = structlog.get_logger("bspgate.delivery")
+CONTENT_TYPE = "application/cloudevents+json"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    job: DeliveryJob
+    status: int | None
+    latency_ms: float
+    error: str | None
+    retry_after: float | None
+
+
+class Dispatcher:
+    """Delivers the outbox. `store` needs `transaction()`; `clock()` returns aware datetimes."""
+
+    def __init__(
+        self,
+        store: Any,
+        subscribers: tuple[Subscriber, ...],
+        client: httpx.AsyncClient,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        batch: int = 64,
+        lease: float = 60.0,
+        idle_poll: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.subscribers = {s.id: s for s in subscribers}
+        self._signers = {s.id: Webhook(s.secret.reveal()) for s in subscribers}
+        self.client = client
+        self.metrics = metrics
+        self.clock = clock
+        self.batch = batch
+        self.lease = lease
+        self.idle_poll = idle_poll
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._ordered = {s.id for s in subscribers if s.ordering == "per_contact"}
+        self.disabled: dict[str, str] = {}
+
+    def wake(self) -> None:
+        """Start the next round now (called after ingest commits new outbox rows)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until `stop()`; a failing round is logged and retried, never fatal."""
+        while not self._stopping:
+            try:
+                sent = await self.run_once()
+            except Exception as exc:  # keep delivering: the next round may succeed
+                _log.error("delivery.round_failed", error=repr(exc))
+                sent = 0
+            if sent == 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll)
+                self._wake.clear()
+
+    async def run_once(self) -> int:
+        """One round: claim, send, record. Answers how many deliveries were attempted."""
+        now = self.clock().timestamp()
+        disabled = frozenset(self.disabled)
+
+        def claim(tx: Any) -> list[DeliveryJob]:
+            jobs: list[DeliveryJob] = tx.claim_due(
+                now, self.lease, self.batch, self._ordered, exclude=disabled
+            )
+            return jobs
+
+        jobs = await self.store.transaction(claim)
+        if not jobs:
+            return 0
+        results = await asyncio.gather(*(self._attempt(job) for job in jobs))
+        await self.store.transaction(lambda tx: self._record(tx, results))
+        return len(jobs)
+
+    async def _attempt(self, job: DeliveryJob) -> AttemptResult:
+        subscriber = self.subscribers[job.subscriber_id]
+        moment = self.clock()
+        signature = self._signers[subscriber.id].sign(job.event_id, moment, job.body)
+        headers = {
+            "content-type": CONTENT_TYPE,
+            "webhook-id": job.event_id,
+            "webhook-timestamp": str(int(moment.timestamp())),
+            "webhook-signature": signature,
+            "user-agent": "bspgate",
+        }
+        started = time.perf_counter()
+        try:
+            response = await self.client.post(
+                subscriber.url,
+                content=job.body.encode(),
+                headers=headers,
+                timeout=subscriber.timeout,
+            )
+        except httpx.HTTPError as exc:
+            latency = (time.perf_counter() - started) * 1000
+            return AttemptResult(job, None, latency, f"{type(exc).__name__}: {exc}"[:500], None)
+        latency = (time.perf_counter() - started) * 1000
+        error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+        retry_after = retry_after_seconds(response.headers.get("retry-after"), moment)
+        return AttemptResult(job, response.status_code, latency, error, retry_after)
+
+    def _record(self, tx: Any, results: list[AttemptResult]) -> None:
+        moment = self.clock()
+        stamp = moment.isoformat()
+        for result in results:
+            job = result.job
+            subscriber = self.subscribers[job.subscriber_id]
+            attempts = job.attempts + 1
+            verdict = decide(
+                result.status, attempts, subscriber.retry_schedule, retry_after=result.retry_after
+            )
+            tx.record_attempt(job.id, stamp, result.status, result.latency_ms, result.error)
+            state = verdict.state
+            if state == "gone":
+                self.disabled[subscriber.id] = "the subscriber answered 410 Gone"
+                _log.warning(
+                    "delivery.subscriber_disabled",
+                    subscriber=subscriber.id,
+                    reason=self.disabled[subscriber.id],
+                )
+                state = "pending"
+            tx.finish_delivery(
+                job.id,
+                state,
+                attempts,
+                moment.timestamp() + verdict.delay,
+                result.status,
+                result.error,
+                stamp,
+            )
+            self.metrics.deliveries.labels(subscriber.id, verdict.state).inc()
+            _log.info(
+                "delivery.attempt",
+                delivery_id=job.id,
+                event_id=job.event_id,
+                subscriber=subscriber.id,
+                status=result.status,
+                outcome=verdict.state,
+                attempt=attempts,
+                latency_ms=round(result.latency_ms, 2),
+                error=result.error,
+            )

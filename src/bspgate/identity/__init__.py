@@ -1,0 +1,1 @@
+"""BSUID-first identity: contacts, their BSUIDs and phone aliases, per portfolio."""

@@ -1,0 +1,165 @@
+"""The identity rules of the canonical contract (§1), as pure logic over a `StoreTx`.
+
+Per portfolio:
+1. A BSUID resolves to the contact holding it (current or retired), or creates one.
+2. BSUID and phone together record the pair (the phone becomes the contact's alias).
+3. A phone alone resolves through the active alias, or creates a phone-only contact.
+4. A new BSUID with the phone of a phone-only contact: that contact gains the BSUID (merge).
+5. An announced identity change relinks: same contact, new current BSUID, the old one retired but
+   still resolving; the old phone alias is retired (never used to send again) and the new phone
+   becomes the alias only when the change names it.
+6. A known phone with a different, unknown BSUID and no announcement: a new contact for the new
+   BSUID takes the alias (recorded as moved); nothing is merged.
+Username and display name: latest wins, every change recorded.
+
+No I/O besides the `StoreTx` calls, no clock (`now` is passed in): tested without a database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bspgate.store.base import ContactRow, StoreTx
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """The identifiers one payload carries for one person."""
+
+    bsuid: str | None = None
+    parent_bsuid: str | None = None
+    phone: str | None = None
+    username: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def from_contact_data(cls, data: dict[str, Any]) -> Observation:
+        return cls(
+            bsuid=data.get("bsuid"),
+            parent_bsuid=data.get("parent_bsuid"),
+            phone=data.get("phone"),
+            username=data.get("username"),
+            name=data.get("name"),
+        )
+
+
+class UnresolvableContact(Exception):
+    """The payload names nobody the store knows and carries no identifier to create one."""
+
+
+class IdentityResolver:
+    """Applies the rules for one transaction. `portfolio` and `channel_id` scope every call."""
+
+    def __init__(self, tx: StoreTx, portfolio: str, channel_id: str, now: str) -> None:
+        self.tx = tx
+        self.portfolio = portfolio
+        self.channel_id = channel_id
+        self.now = now
+
+    # -- rules 1-4, 6 ----------------------------------------------------------------------
+    def observe(self, seen: Observation) -> ContactRow:
+        """Resolve the contact a message or status is about, recording what it teaches."""
+        if seen.bsuid:
+            contact = self.tx.contact_by_bsuid(self.portfolio, seen.bsuid)
+            if contact is None:
+                contact = self._first_bsuid(seen)
+            elif contact.bsuid == seen.bsuid and seen.phone and contact.phone != seen.phone:
+                self._set_phone(contact, seen.phone, "paired with the current BSUID")
+            # a retired BSUID (late webhook after a relink) lands on its contact and teaches
+            # nothing: its phone, if any, was retired with it
+        elif seen.phone:
+            contact = self.tx.contact_by_phone(self.portfolio, seen.phone)
+            if contact is None:
+                contact = self.tx.create_contact(self.portfolio, self.now)
+                self._set_phone(contact, seen.phone, "first seen, phone only")
+                self.tx.add_history(contact.id, self.now, "created", {"by": "phone"})
+        else:
+            raise UnresolvableContact("the payload carries neither a BSUID nor a phone")
+        if seen.bsuid is None or contact.bsuid == seen.bsuid:
+            self._profile(contact, seen)
+        self.tx.touch_identifiers(contact, self.now)
+        self.tx.save_contact(contact, self.now)
+        return contact
+
+    def _first_bsuid(self, seen: Observation) -> ContactRow:
+        assert seen.bsuid is not None
+        owner = self.tx.contact_by_phone(self.portfolio, seen.phone) if seen.phone else None
+        if owner is not None and owner.bsuid is None:
+            contact = owner  # rule 4: the phone-only contact gains the BSUID
+            self.tx.add_history(contact.id, self.now, "merged", {"bsuid": seen.bsuid})
+        else:
+            contact = self.tx.create_contact(self.portfolio, self.now)
+            self.tx.add_history(contact.id, self.now, "created", {"by": "bsuid"})
+        contact.bsuid = seen.bsuid
+        self.tx.link_bsuid(contact, seen.bsuid, self.now, self.channel_id, current=True)
+        if seen.phone and contact.phone != seen.phone:
+            self._set_phone(contact, seen.phone, "paired with a new BSUID")
+        return contact
+
+    def _set_phone(self, contact: ContactRow, phone: str, why: str) -> None:
+        """Make `phone` the contact's alias; a previous owner loses it (rule 6)."""
+        owner = self.tx.contact_by_phone(self.portfolio, phone)
+        if owner is not None and owner.id != contact.id:
+            self.tx.end_phone(owner.id, phone, self.now, "moved", f"moved to {contact.id}")
+            self.tx.add_history(owner.id, self.now, "phone_moved", {"to": contact.id})
+            owner.phone = None
+            self.tx.save_contact(owner, self.now)
+            self.tx.add_history(contact.id, self.now, "phone_moved_in", {"from": owner.id})
+        if contact.phone and contact.phone != phone:
+            self.tx.end_phone(contact.id, contact.phone, self.now, "retired", "replaced")
+        if contact.phone != phone:
+            self.tx.link_phone(contact, phone, self.now, self.channel_id)
+            self.tx.add_history(contact.id, self.now, "phone_captured", {"why": why})
+        contact.phone = phone
+
+    def _profile(self, contact: ContactRow, seen: Observation) -> None:
+        if seen.parent_bsuid and seen.parent_bsuid != contact.parent_bsuid:
+            contact.parent_bsuid = seen.parent_bsuid
+            self.tx.link_bsuid(contact, seen.parent_bsuid, self.now, self.channel_id, current=False)
+        for attribute in ("username", "name"):
+            value = getattr(seen, attribute)
+            if value and value != getattr(contact, attribute):
+                if getattr(contact, attribute):
+                    self.tx.add_history(contact.id, self.now, f"{attribute}_changed", {})
+                setattr(contact, attribute, value)
+
+    # -- rule 5 ----------------------------------------------------------------------------
+    def relink(
+        self, new: Observation, previous_bsuid: str | None, previous_phone: str | None
+    ) -> tuple[ContactRow, str | None, str | None]:
+        """Apply an announced identity change. Answers (contact, previous bsuid, previous phone)."""
+        contact = None
+        if previous_bsuid:
+            contact = self.tx.contact_by_bsuid(self.portfolio, previous_bsuid)
+        if contact is None and previous_phone:
+            contact = self.tx.contact_by_phone(self.portfolio, previous_phone)
+        newer = self.tx.contact_by_bsuid(self.portfolio, new.bsuid) if new.bsuid else None
+        if contact is None:
+            contact = newer or self.tx.create_contact(self.portfolio, self.now)
+        elif newer is not None and newer.id != contact.id:
+            # The new BSUID wrote before the announcement arrived: fold it into the old contact,
+            # whose id is the one downstream systems already hold.
+            newer.merged_into = contact.id
+            self.tx.save_contact(newer, self.now)
+            self.tx.add_history(newer.id, self.now, "merged_into", {"into": contact.id})
+            self.tx.add_history(contact.id, self.now, "absorbed", {"from": newer.id})
+        old_bsuid = contact.bsuid or previous_bsuid
+        old_phone = contact.phone or previous_phone
+        if new.bsuid and new.bsuid != contact.bsuid:
+            if contact.bsuid is None and previous_bsuid:
+                self.tx.link_bsuid(
+                    contact, previous_bsuid, self.now, self.channel_id, current=False
+                )
+            contact.bsuid = new.bsuid
+            self.tx.link_bsuid(contact, new.bsuid, self.now, self.channel_id, current=True)
+        if contact.phone and contact.phone != new.phone:
+            # A BSUID changes only with the phone number: the old alias must never be sent to.
+            self.tx.end_phone(contact.id, contact.phone, self.now, "retired", "identity changed")
+            contact.phone = None
+        if new.phone:
+            self._set_phone(contact, new.phone, "named by the identity change")
+        self._profile(contact, new)
+        self.tx.add_history(contact.id, self.now, "relinked", {"channel": self.channel_id})
+        self.tx.save_contact(contact, self.now)
+        return contact, old_bsuid if old_bsuid != contact.bsuid else None, old_phone

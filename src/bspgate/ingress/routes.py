@@ -1,0 +1,154 @@
+"""Thin Starlette endpoints for `/webhooks/{channel_id}`: read, verify, hand to the gateway.
+
+Answers: unknown channel 404; body over `server.max_body_bytes` 413; missing or wrong credential
+401; unparseable body 400; store unavailable 503 (the provider retries; nothing was acknowledged);
+otherwise 200, also for quarantined payloads (a retry would not fix a mapping). Every error is an
+RFC 9457 problem. This module holds no SQL and no mapping logic.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from bspgate.errors import PayloadError, SignatureError, StoreError
+from bspgate.ingress import handshake
+from bspgate.ingress.parse import parse_payload
+from bspgate.ingress.verify import SignedRequest
+from bspgate.problems import problem_response
+
+if TYPE_CHECKING:
+    from bspgate.app import Gateway
+
+_log = structlog.get_logger("bspgate.ingress")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _public_url(gateway: Gateway, request: Request) -> str:
+    url = gateway.settings.server.public_url.rstrip("/") + request.url.path
+    return f"{url}?{request.url.query}" if request.url.query else url
+
+
+def _unknown_channel(channel_id: str) -> Response:
+    return problem_response(
+        404, "unknown_channel", "Unknown channel", f"no channel {channel_id!r} is configured"
+    )
+
+
+async def receive_webhook(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    channel_id = request.path_params["channel_id"]
+    channel = gateway.settings.channel(channel_id)
+    if channel is None:
+        return _unknown_channel(channel_id)
+    started = time.perf_counter()
+    log = _log.bind(channel=channel.id, provider=channel.provider)
+    try:
+        body = await _read_body(request, gateway.settings.server.max_body_bytes)
+    except _TooLarge:
+        gateway.metrics.webhooks.labels(channel.id, "too_large").inc()
+        return problem_response(
+            413,
+            "body_too_large",
+            "Body too large",
+            f"the limit is {gateway.settings.server.max_body_bytes} bytes",
+        )
+    except ClientDisconnect:
+        return Response(status_code=400)
+    content_type = request.headers.get("content-type", "")
+    signed = SignedRequest(
+        method=request.method,
+        url=_public_url(gateway, request),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body,
+        content_type=content_type.lower(),
+    )
+    try:
+        gateway.verifiers[channel.id].verify(signed)
+    except SignatureError as exc:
+        gateway.metrics.webhooks.labels(channel.id, "unauthorized").inc()
+        log.warning("webhook.unauthorized", reason=str(exc))
+        return problem_response(
+            401,
+            "invalid_signature",
+            "Webhook authentication failed",
+            str(exc),
+            headers={"WWW-Authenticate": "Signature"},
+        )
+    spec = gateway.mappings[channel.provider]
+    try:
+        payload = parse_payload(body, spec.parse)
+    except PayloadError as exc:
+        gateway.metrics.webhooks.labels(channel.id, "unparseable").inc()
+        log.warning("webhook.unparseable", reason=str(exc), bytes=len(body))
+        return problem_response(400, "unparseable_body", "The body cannot be parsed", str(exc))
+    if "eventgrid_validation" in spec.handshakes:
+        answer = handshake.eventgrid_validation(dict(signed.headers), payload)
+        if answer is not None:
+            log.info("webhook.handshake", kind="eventgrid_validation")
+            return answer
+    try:
+        outcome = await gateway.ingest(channel, payload, body, content_type)
+    except StoreError as exc:
+        gateway.metrics.webhooks.labels(channel.id, "store_unavailable").inc()
+        log.error("webhook.store_unavailable", error=str(exc))
+        return problem_response(
+            503,
+            "store_unavailable",
+            "Temporarily unavailable",
+            "the payload was not stored; retry",
+            headers={"Retry-After": "5"},
+        )
+    elapsed = time.perf_counter() - started
+    gateway.metrics.webhooks.labels(channel.id, outcome.state).inc()
+    gateway.metrics.ingest_seconds.observe(elapsed)
+    log.info(
+        "webhook.received",
+        outcome=outcome.state,
+        raw_id=outcome.raw_id,
+        events=len(outcome.events),
+        duplicates=outcome.duplicates,
+        reason="; ".join(outcome.issues) or None,
+        latency_ms=round(elapsed * 1000, 2),
+    )
+    return Response(status_code=200, headers={"bspgate-raw-id": outcome.raw_id})
+
+
+async def webhook_handshake(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    channel = gateway.settings.channel(request.path_params["channel_id"])
+    if channel is None:
+        return _unknown_channel(request.path_params["channel_id"])
+    spec = gateway.mappings[channel.provider]
+    if request.method == "GET" and "meta_hub_challenge" in spec.handshakes:
+        return handshake.meta_challenge(request, channel)
+    if request.method == "OPTIONS" and "cloudevents_options" in spec.handshakes:
+        return handshake.cloudevents_options(request)
+    return problem_response(
+        405,
+        "method_not_allowed",
+        "Method not allowed",
+        f"{channel.provider} webhooks are POSTed",
+        headers={"Allow": "POST"},
+    )

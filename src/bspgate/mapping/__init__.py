@@ -1,0 +1,1 @@
+"""Declarative provider mappings: YAML files in, pure payload -> canonical event translation out."""

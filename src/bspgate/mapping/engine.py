@@ -1,0 +1,223 @@
+"""The mapping engine: a parsed provider payload in, canonical event drafts (or reasons) out.
+
+Pure: no I/O, no clock, no store. A draft is a canonical event without what only the store can
+add (`data.contact.id`, `data.raw_id`, the resolved contact's other identifiers); `pipeline.py`
+completes and validates it. Rules run over `for_each` scopes; every item either becomes a draft,
+is named by a quarantine rule, or is silently not an event (e.g. a change field no rule reads).
+A payload that gives no draft at all is quarantined with the reasons collected here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jmespath.exceptions import JMESPathError
+
+from bspgate.errors import MappingError
+from bspgate.ids import event_id
+from bspgate.mapping.expression import truthy
+from bspgate.mapping.functions import REGISTRY
+from bspgate.mapping.loader import FieldSpec, MappingSpec, RuleSpec
+
+# Canonical sub-objects: a mapping fills some keys, the rest are null; all null -> object is null.
+_SUBOBJECTS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("message", "media"): ("id", "url", "mime_type", "filename", "sha256"),
+    ("message", "location"): ("latitude", "longitude", "name", "address"),
+    ("message", "reply"): ("id", "title"),
+    ("message", "reaction"): ("message_id", "emoji"),
+    ("message", "context"): ("message_id",),
+    ("message", "error"): ("code", "provider_code", "title", "detail"),
+}
+_MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "whatsapp.message.received": (
+        "id",
+        "type",
+        "timestamp",
+        "text",
+        "media",
+        "location",
+        "reply",
+        "reaction",
+        "context",
+    ),
+    "whatsapp.message.status": ("id", "status", "provider_status", "timestamp", "error"),
+}
+_CONTACT_KEYS = ("bsuid", "parent_bsuid", "phone", "username", "name")
+
+
+@dataclass(slots=True)
+class Draft:
+    """One canonical event before identity resolution."""
+
+    id: str
+    type: str
+    key: str
+    time: str
+    rule: str
+    position: tuple[int, ...]
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class MappingResult:
+    """What a payload maps to: drafts in payload order, and reasons for what could not be mapped."""
+
+    drafts: list[Draft] = field(default_factory=list)
+    issues: list[str] = field(default_factory=list)
+
+
+def _evaluate(spec: FieldSpec, scope: dict[str, Any]) -> Any:
+    if spec.is_constant:
+        return spec.constant
+    value = None
+    func = REGISTRY[spec.apply][0] if spec.apply else None
+    for candidate in spec.candidates:
+        value = candidate(scope)
+        if func is not None:
+            value = func(value)
+        if value is not None and value != "":
+            break
+    else:
+        value = None
+    if spec.value_map is not None and value is not None:
+        value = _lookup(spec, value)
+    if value is None:
+        return spec.default
+    return value
+
+
+_MISSING = object()
+
+
+def _lookup(spec: FieldSpec, value: Any) -> Any:
+    assert spec.value_map is not None
+    text = value if isinstance(value, str) else str(value)
+    mapped = spec.value_map.get(text, _MISSING)
+    if mapped is _MISSING:
+        mapped = spec.value_map.get("*", _MISSING)
+    if mapped is _MISSING:
+        if spec.default is None:
+            raise MappingError(f"value {text!r} is not in the value map")
+        return spec.default
+    return mapped
+
+
+def _iterate(
+    steps: tuple[tuple[str, Any], ...], scope: dict[str, Any], position: tuple[int, ...] = ()
+) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
+    if not steps:
+        return [(position, scope)]
+    (name, getter), rest = steps[0], steps[1:]
+    value = getter(scope)
+    items = value if isinstance(value, list) else ([] if value is None else [value])
+    out = []
+    for index, item in enumerate(items):
+        inner = dict(scope)
+        inner[name] = item
+        out.extend(_iterate(rest, inner, (*position, index)))
+    return out
+
+
+def _skeleton(event_type: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "channel": {"business_phone": None},
+        "contact": dict.fromkeys(_CONTACT_KEYS),
+    }
+    if event_type == "whatsapp.contact.identity_changed":
+        data["previous"] = {"bsuid": None, "phone": None}
+    else:
+        data["message"] = dict.fromkeys(_MESSAGE_KEYS[event_type])
+    return data
+
+
+def _assign(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    if len(path) == 3:
+        parent = data[path[0]]
+        child = parent.get(path[1])
+        if child is None:
+            child = dict.fromkeys(_SUBOBJECTS.get((path[0], path[1]), ()))
+            parent[path[1]] = child
+        child[path[2]] = value
+    else:
+        data[path[0]][path[1]] = value
+
+
+def _collapse(data: dict[str, Any]) -> None:
+    message = data.get("message")
+    if message is None:
+        return
+    for key, value in message.items():
+        if isinstance(value, dict) and all(v is None for v in value.values()):
+            message[key] = None
+
+
+def _draft(
+    rule: RuleSpec, channel_id: str, position: tuple[int, ...], scope: dict[str, Any]
+) -> Draft | None:
+    # `when` sees the for_each bindings only: it runs before `let`, so skipped items cost little.
+    if rule.when is not None and not truthy(rule.when(scope)):
+        return None
+    for name, spec in rule.let:
+        scope[name] = _evaluate(spec, scope)
+    key = _evaluate(rule.key, scope)
+    if key is None or key == "":
+        raise MappingError("the event key is empty", rule=rule.name)
+    time = _evaluate(rule.time, scope)
+    if not isinstance(time, str):
+        raise MappingError("the event time is missing", rule=rule.name)
+    data = _skeleton(rule.event_type)
+    for path, spec in rule.fields:
+        _assign(data, path, _evaluate(spec, scope))
+    _collapse(data)
+    key_text = str(key)
+    return Draft(
+        id=event_id(channel_id, rule.event_type, key_text),
+        type=rule.event_type,
+        key=key_text,
+        time=time,
+        rule=rule.name,
+        position=position,
+        data=data,
+    )
+
+
+def _holds(condition: Any, scope: dict[str, Any]) -> bool:
+    if condition is None:
+        return True
+    try:
+        return truthy(condition(scope))
+    except (MappingError, JMESPathError):
+        return True
+
+
+def apply_mapping(spec: MappingSpec, payload: Any, channel: dict[str, Any]) -> MappingResult:
+    """Map one parsed payload for one channel. Never raises for payload content."""
+    result = MappingResult()
+    root = {"payload": payload, "channel": channel}
+    ordered: list[tuple[tuple[int, ...], int, Draft]] = []
+    for rule_index, rule in enumerate(spec.rules):
+        for position, scope in _iterate(rule.for_each, root):
+            try:
+                draft = _draft(rule, channel["id"], position, scope)
+            except (MappingError, JMESPathError) as exc:
+                where = "/".join(str(p) for p in position)
+                reason = exc.message if isinstance(exc, MappingError) else str(exc)
+                result.issues.append(f"rule {rule.name} item {where or '-'}: {reason}")
+                continue
+            if draft is not None:
+                ordered.append((position, rule_index, draft))
+    for quarantine in spec.quarantine:
+        for position, scope in _iterate(quarantine.for_each, root):
+            if _holds(quarantine.when, scope):
+                where = "/".join(str(p) for p in position)
+                result.issues.append(f"{quarantine.name} item {where or '-'}: {quarantine.reason}")
+    ordered.sort(key=lambda item: (item[0], item[1]))
+    seen: set[str] = set()
+    for _position, _rule, draft in ordered:
+        if draft.id not in seen:
+            seen.add(draft.id)
+            result.drafts.append(draft)
+    if not result.drafts and not result.issues:
+        result.issues.append("no rule of the mapping matched this payload")
+    return result

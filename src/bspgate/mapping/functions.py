@@ -1,0 +1,204 @@
+"""The named transforms a mapping file may call inside its JMESPath expressions.
+
+Each function is registered under the name mapping files use (`e164(msg.from)`), like jsonschema's
+keyword table. They are pure, total on `null` (a missing field gives `null`, never an error), and
+the only place provider-independent formats are decided: phones become E.164, BSUIDs are kept
+verbatim minus a channel prefix, times become RFC 3339 UTC. `bsuid()` is the one function that
+raises: a value that is neither a phone nor a valid BSUID must quarantine the payload, not pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from bspgate.errors import MappingError
+
+BSUID_RE = re.compile(r"^[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}$")
+_PHONE_RE = re.compile(r"^\+?[0-9]{6,15}$")
+_PHONE_NOISE = re.compile(r"[\s().-]")
+_CHANNEL_PREFIXES = ("whatsapp:", "bsuid:")
+_MS_THRESHOLD = 100_000_000_000  # epoch values above this are milliseconds (year 5138 in seconds)
+
+
+def _strip_channel(value: str) -> str:
+    for prefix in _CHANNEL_PREFIXES:
+        if value.startswith(prefix):
+            return value[len(prefix) :]
+    return value
+
+
+def is_bsuid(value: object) -> bool:
+    """True when `value` is a well-formed BSUID (or parent BSUID), used whole."""
+    return isinstance(value, str) and BSUID_RE.match(value) is not None
+
+
+def e164(value: Any) -> str | None:
+    """A phone in any provider spelling (`15551234567`, `whatsapp:+1 555…`) as `+15551234567`.
+
+    A BSUID-shaped value, an empty string or anything that is not a phone gives `null`: a BSUID in
+    a phone field is a BSUID, never a phone.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    text = _PHONE_NOISE.sub("", _strip_channel(value.strip()))
+    if not _PHONE_RE.match(text):
+        return None
+    digits = text.lstrip("+")
+    if digits.startswith("0"):
+        return None
+    return "+" + digits
+
+
+def bsuid(value: Any) -> str | None:
+    """A BSUID with any channel prefix (`whatsapp:`, `bsuid:`) removed, otherwise verbatim.
+
+    `null`, `""` and phone numbers give `null` (the field simply holds no BSUID). Anything else that
+    is not a valid BSUID raises, so the payload is quarantined instead of mis-keyed.
+    """
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str):
+        raise MappingError(f"invalid BSUID {value!r}: not a string")
+    text = _strip_channel(value.strip())
+    if text == "" or e164(text) is not None:
+        return None
+    if BSUID_RE.match(text) is None:
+        raise MappingError(f"invalid BSUID {text!r}")
+    return text
+
+
+def strip_prefix(value: Any, prefix: Any) -> Any:
+    """`value` without a leading `prefix` (unchanged when it has none or is not a string)."""
+    if isinstance(value, str) and isinstance(prefix, str) and value.startswith(prefix):
+        return value[len(prefix) :]
+    return value
+
+
+def lower(value: Any) -> Any:
+    """Lower-cased string; other values unchanged."""
+    return value.lower() if isinstance(value, str) else value
+
+
+def upper(value: Any) -> Any:
+    """Upper-cased string; other values unchanged."""
+    return value.upper() if isinstance(value, str) else value
+
+
+def nonempty(value: Any) -> Any:
+    """`null` for an empty string, list or object; the value otherwise."""
+    return None if value in ("", [], {}) else value
+
+
+def _format(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_to_rfc3339(value: Any) -> str | None:
+    """Unix time in seconds or milliseconds (number or string) as RFC 3339 UTC."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return _epoch_text(value)
+    return _epoch(value)
+
+
+@lru_cache(maxsize=4096)
+def _epoch_text(value: str) -> str:
+    # Payloads repeat their timestamps (event time, message time): formatting is the cost.
+    return _epoch(value)
+
+
+def _epoch(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MappingError(f"not a unix timestamp: {value!r}") from None
+    if number > _MS_THRESHOLD:
+        number /= 1000
+    try:
+        return _format(datetime.fromtimestamp(number, UTC))
+    except (OverflowError, OSError, ValueError):
+        raise MappingError(f"timestamp out of range: {value!r}") from None
+
+
+_OFFSET_NO_COLON = re.compile(r"([+-]\d{2})(\d{2})$")
+_LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def to_rfc3339(value: Any) -> str | None:
+    """ISO 8601 with any offset (`+0000`, `+00:00`, `Z`, 7-digit fractions) as RFC 3339 UTC."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        return epoch_to_rfc3339(value)
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    text = _LONG_FRACTION.sub(r"\1", _OFFSET_NO_COLON.sub(r"\1:\2", text))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise MappingError(f"not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return _format(moment)
+
+
+def find_first(items: Any, key: Any, wanted: Any) -> Any:
+    """The first object of `items` whose `key` equals `wanted` (`null` if none or no `wanted`)."""
+    if wanted is None or not isinstance(items, list):
+        return None
+    for item in items:
+        if isinstance(item, dict) and item.get(key) == wanted:
+            return item
+    return None
+
+
+def join_key(*parts: Any) -> str | None:
+    """The non-null parts as strings joined by `:` (an event key such as `wamid…:delivered`)."""
+    texts = [str(part) for part in parts if part is not None and part != ""]
+    return ":".join(texts) if texts else None
+
+
+def as_string(value: Any) -> str | None:
+    """Numbers and strings as a string (error codes arrive as both); `null` stays `null`."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    return None
+
+
+def as_number(value: Any) -> float | int | None:
+    """A number from a number or a numeric string (form fields carry latitudes as text)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip():
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+# name -> (callable, minimum argument count, maximum or None for variadic)
+REGISTRY: dict[str, tuple[Callable[..., Any], int, int | None]] = {
+    "e164": (e164, 1, 1),
+    "bsuid": (bsuid, 1, 1),
+    "strip_prefix": (strip_prefix, 2, 2),
+    "lower": (lower, 1, 1),
+    "upper": (upper, 1, 1),
+    "nonempty": (nonempty, 1, 1),
+    "epoch_to_rfc3339": (epoch_to_rfc3339, 1, 1),
+    "to_rfc3339": (to_rfc3339, 1, 1),
+    "find_first": (find_first, 3, 3),
+    "join_key": (join_key, 1, None),
+    "as_string": (as_string, 1, 1),
+    "as_number": (as_number, 1, 1),
+}

@@ -1,0 +1,302 @@
+"""Loads `mappings/<provider>/mapping.yaml` into frozen, compiled `MappingSpec`s.
+
+Loading is where a contributor meets errors, so every error names the file, the line and the
+path of the offending rule (`mappings/acme/mapping.yaml:42: inbound.rules[1].fields.message.id:
+...`). A file is checked against `mapping.schema.json` first, then every expression is compiled
+(JMESPath syntax, known function names, known value maps). `extends: other` starts from another
+mapping's file and replaces what this one gives, key by key (lists are replaced whole).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from jmespath.exceptions import JMESPathError
+
+from bspgate.errors import MappingLoadError
+from bspgate.mapping.expression import Getter, compile_expression
+from bspgate.mapping.functions import REGISTRY
+
+MAPPING_FILE = "mapping.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One compiled field: candidates tried in order, an optional function and value map."""
+
+    candidates: tuple[Getter, ...]
+    apply: str | None = None
+    value_map: dict[Any, Any] | None = None
+    default: Any = None
+    constant: Any = None
+    is_constant: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One rule: iterate `for_each`, keep items where `when` holds, fill canonical fields."""
+
+    name: str
+    path: str
+    event_type: str
+    for_each: tuple[tuple[str, Getter], ...]
+    when: Getter | None
+    let: tuple[tuple[str, FieldSpec], ...]
+    key: FieldSpec
+    time: FieldSpec
+    fields: tuple[tuple[tuple[str, ...], FieldSpec], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineSpec:
+    """Items a provider sends that the contract cannot carry: stored, never forwarded."""
+
+    name: str
+    for_each: tuple[tuple[str, Getter], ...]
+    when: Getter | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MappingSpec:
+    """A provider mapping, compiled. `source` is the merged YAML (for outbound and verifiers)."""
+
+    name: str
+    title: str
+    file: str
+    parse: str
+    verify: tuple[dict[str, Any], ...]
+    handshakes: tuple[str, ...]
+    rules: tuple[RuleSpec, ...]
+    quarantine: tuple[QuarantineSpec, ...]
+    source: dict[str, Any] = field(repr=False)
+
+    @property
+    def outbound(self) -> dict[str, Any]:
+        """The provider's send form (empty when the mapping has none)."""
+        value = self.source.get("outbound")
+        return value if isinstance(value, dict) else {}
+
+
+@cache
+def _meta_validator() -> jsonschema.Draft202012Validator:
+    text = resources.files("bspgate.mapping").joinpath("mapping.schema.json").read_text()
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            out[(*path, key_node.value)] = key_node.start_mark.line + 1
+            _line_index(value_node, (*path, key_node.value), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_index(item, (*path, index), out)
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+class _FileContext:
+    """Reads one YAML file and answers `where` questions about its paths."""
+
+    def __init__(self, path: Path, display: str) -> None:
+        self.display = display
+        try:
+            text = path.read_text(encoding="utf-8")
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MappingLoadError(display, None, "", f"cannot read: {exc}") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            raise MappingLoadError(display, line, "", f"invalid YAML: {exc}") from exc
+        self.lines: dict[tuple[Any, ...], int] = {}
+        if node is not None:
+            _line_index(node, (), self.lines)
+
+    def error(self, path: tuple[Any, ...], message: str) -> MappingLoadError:
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        return MappingLoadError(self.display, self.lines.get(probe), _dotted(path), message)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _Compiler:
+    """Turns the merged mapping dict into specs, reporting errors against the right file."""
+
+    def __init__(self, ctx: _FileContext, maps: dict[str, dict[str, Any]]) -> None:
+        self.ctx = ctx
+        self.maps = maps
+
+    def expression(self, text: str, path: tuple[Any, ...]) -> Getter:
+        try:
+            return compile_expression(text)
+        except JMESPathError as exc:
+            raise self.ctx.error(path, f"invalid expression {text!r}: {exc}") from exc
+
+    def field(self, raw: Any, path: tuple[Any, ...]) -> FieldSpec:
+        if isinstance(raw, str):
+            return FieldSpec(candidates=(self.expression(raw, path),))
+        if "value" in raw:
+            return FieldSpec(candidates=(), constant=raw["value"], is_constant=True)
+        texts = raw["first"] if "first" in raw else [raw["from"]]
+        key = "first" if "first" in raw else "from"
+        candidates = tuple(
+            self.expression(text, (*path, key, i) if key == "first" else (*path, key))
+            for i, text in enumerate(texts)
+        )
+        apply = raw.get("apply")
+        if apply is not None:
+            spec = REGISTRY.get(apply)
+            if spec is None or spec[1] > 1:
+                raise self.ctx.error((*path, "apply"), f"{apply!r} is not a one-argument function")
+        value_map = raw.get("map")
+        if isinstance(value_map, str):
+            if value_map not in self.maps:
+                known = ", ".join(sorted(self.maps)) or "none"
+                raise self.ctx.error((*path, "map"), f"unknown map {value_map!r} (known: {known})")
+            value_map = self.maps[value_map]
+        return FieldSpec(candidates, apply, value_map, raw.get("default"))
+
+    def for_each(self, steps: list[dict[str, str]], path: tuple[Any, ...]) -> tuple[Any, ...]:
+        out = []
+        for index, step in enumerate(steps):
+            ((name, text),) = step.items()
+            out.append((name, self.expression(text, (*path, index, name))))
+        return tuple(out)
+
+    def rule(self, raw: dict[str, Any], path: tuple[Any, ...]) -> RuleSpec:
+        when = raw.get("when")
+        return RuleSpec(
+            name=raw["name"],
+            path=_dotted(path),
+            event_type=raw["type"],
+            for_each=self.for_each(raw["for_each"], (*path, "for_each")),
+            when=self.expression(when, (*path, "when")) if when else None,
+            let=tuple(
+                (name, self.field(spec, (*path, "let", name)))
+                for name, spec in (raw.get("let") or {}).items()
+            ),
+            key=self.field(raw["key"], (*path, "key")),
+            time=self.field(raw["time"], (*path, "time")),
+            fields=tuple(
+                (tuple(name.split(".")), self.field(spec, (*path, "fields", name)))
+                for name, spec in raw["fields"].items()
+            ),
+        )
+
+    def quarantine(self, raw: dict[str, Any], path: tuple[Any, ...]) -> QuarantineSpec:
+        when = raw.get("when")
+        return QuarantineSpec(
+            name=raw["name"],
+            for_each=self.for_each(raw["for_each"], (*path, "for_each")),
+            when=self.expression(when, (*path, "when")) if when else None,
+            reason=raw["reason"],
+        )
+
+
+def _schema_errors(ctx: _FileContext, data: Any) -> None:
+    errors = sorted(_meta_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        assert error is not None
+        raise ctx.error(tuple(error.absolute_path), error.message)
+
+
+def _read_merged(
+    root: Path, name: str, seen: tuple[str, ...]
+) -> tuple[_FileContext, dict[str, Any]]:
+    path = root / name / MAPPING_FILE
+    ctx = _FileContext(path, f"mappings/{name}/{MAPPING_FILE}")
+    data = ctx.data
+    _schema_errors(ctx, data)
+    if data["name"] != name:
+        raise ctx.error(("name",), f"{data['name']!r} must equal the folder name {name!r}")
+    parent = data.get("extends")
+    if parent is None:
+        return ctx, data
+    if parent in (*seen, name):
+        raise ctx.error(("extends",), f"circular extends: {' -> '.join((*seen, name, parent))}")
+    if not (root / parent / MAPPING_FILE).is_file():
+        raise ctx.error(("extends",), f"no mapping {parent!r} to extend")
+    _, base = _read_merged(root, parent, (*seen, name))
+    merged = _deep_merge(base, {k: v for k, v in data.items() if k != "extends"})
+    merged["name"] = name
+    return ctx, merged
+
+
+def load_mapping(root: Path, name: str) -> MappingSpec:
+    """Load and compile `root/name/mapping.yaml` (with whatever it extends)."""
+    if not (root / name / MAPPING_FILE).is_file():
+        raise MappingLoadError(f"mappings/{name}", None, "", f"no {MAPPING_FILE}")
+    ctx, data = _read_merged(root, name, ())
+    inbound = data.get("inbound") or {}
+    compiler = _Compiler(ctx, inbound.get("maps") or {})
+    rule_names: set[str] = set()
+    rules = []
+    for index, raw in enumerate(inbound.get("rules") or []):
+        if raw["name"] in rule_names:
+            raise ctx.error(("inbound", "rules", index, "name"), f"duplicate rule {raw['name']!r}")
+        rule_names.add(raw["name"])
+        rules.append(compiler.rule(raw, ("inbound", "rules", index)))
+    quarantine = tuple(
+        compiler.quarantine(raw, ("inbound", "quarantine", index))
+        for index, raw in enumerate(inbound.get("quarantine") or [])
+    )
+    return MappingSpec(
+        name=name,
+        title=data.get("title", name),
+        file=ctx.display,
+        parse=inbound.get("parse", "json"),
+        verify=tuple(inbound.get("verify") or ()),
+        handshakes=tuple(inbound.get("handshakes") or ()),
+        rules=tuple(rules),
+        quarantine=quarantine,
+        source=data,
+    )
+
+
+def mapping_names(root: Path) -> list[str]:
+    """The providers under `root`: folders holding a mapping file, sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MAPPING_FILE).is_file())
+
+
+def load_mappings(root: Path) -> dict[str, MappingSpec]:
+    """Every mapping under `root`, compiled; the first broken file raises."""
+    return {name: load_mapping(root, name) for name in mapping_names(root)}
+
+
+def iter_case_files(root: Path, name: str) -> Iterator[Path]:
+    """The golden case files of one provider, sorted by name."""
+    cases = root / name / "cases"
+    if cases.is_dir():
+        yield from sorted(cases.glob("*.yaml"))

@@ -1,0 +1,45 @@
+"""Prometheus metrics of one gateway instance (a registry per app: no module-level singletons)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """Counters the ingress, the pipeline and the dispatcher update; rendered at /metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.webhooks = Counter(
+            "bspgate_webhooks_total",
+            "Webhooks received, by channel and outcome",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "bspgate_events_total",
+            "Canonical events stored, by type",
+            ["type"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "bspgate_deliveries_total",
+            "Delivery attempts, by subscriber and outcome",
+            ["subscriber", "outcome"],
+            registry=self.registry,
+        )
+        self.ingest_seconds = Histogram(
+            "bspgate_webhook_seconds",
+            "Time from request to durable answer",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+        )
+        self.queue = Gauge(
+            "bspgate_store_rows",
+            "Rows by table state (deliveries_pending, raw_quarantined, …)",
+            ["state"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,194 @@
+"""One path in: mapped drafts -> identity -> complete, validated CloudEvents -> events + outbox.
+
+`ingest()` runs inside one store transaction (a `StoreTx`), so the raw payload, the identity
+changes, the events and one outbox row per (event, matching subscriber) commit together, or not
+at all. The same function serves the server, `bspgate replay` and (over the in-memory store)
+`bspgate normalize` and the golden cases, so all of them produce exactly the same events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+import orjson
+
+from bspgate.config import Channel, Subscriber
+from bspgate.errors import CanonicalValidationError
+from bspgate.identity.resolver import IdentityResolver, Observation, UnresolvableContact
+from bspgate.mapping.engine import Draft, MappingResult
+from bspgate.schema.validate import EventValidator
+from bspgate.store.base import ContactRow, RawRecord, StoreTx
+
+RECEIVED = "whatsapp.message.received"
+STATUS = "whatsapp.message.status"
+IDENTITY_CHANGED = "whatsapp.contact.identity_changed"
+
+
+class InvalidEvents(Exception):
+    """An event failed the canonical schema: the whole payload is quarantined instead."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(slots=True)
+class IngestOutcome:
+    raw_id: str
+    state: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
+    issues: list[str] = field(default_factory=list)
+    deliveries: int = 0
+
+
+class Fanout:
+    """Which subscribers get which events: `events` globs on the type, `channels` ids or `*`."""
+
+    def __init__(self, subscribers: tuple[Subscriber, ...]) -> None:
+        self.subscribers = subscribers
+
+    def matching(self, event_type: str, channel_id: str) -> list[Subscriber]:
+        return [
+            s
+            for s in self.subscribers
+            if any(fnmatchcase(event_type, pattern) for pattern in s.events)
+            and ("*" in s.channels or channel_id in s.channels)
+        ]
+
+
+def _contact_data(contact: ContactRow) -> dict[str, Any]:
+    return {
+        "id": contact.id,
+        "bsuid": contact.bsuid,
+        "parent_bsuid": contact.parent_bsuid,
+        "phone": contact.phone,
+        "username": contact.username,
+        "name": contact.name,
+    }
+
+
+def _resolve(tx: StoreTx, resolver: IdentityResolver, channel: Channel, draft: Draft) -> ContactRow:
+    data = draft.data
+    seen = Observation.from_contact_data(data["contact"])
+    if draft.type == IDENTITY_CHANGED:
+        previous = data["previous"]
+        contact, old_bsuid, old_phone = resolver.relink(seen, previous["bsuid"], previous["phone"])
+        previous["bsuid"] = previous["bsuid"] or old_bsuid
+        previous["phone"] = previous["phone"] or old_phone
+        return contact
+    if draft.type == STATUS and not seen.bsuid and not seen.phone:
+        # identity rule 8: a status without identifiers resolves through our send record
+        contact_id = tx.contact_for_send(channel.id, data["message"]["id"])
+        found = tx.contact(contact_id) if contact_id else None
+        while found is not None and found.merged_into:
+            found = tx.contact(found.merged_into)
+        if found is None:
+            raise UnresolvableContact("status for a message this gateway did not send")
+        return found
+    contact = resolver.observe(seen)
+    if draft.type == RECEIVED:
+        tx.mark_inbound(contact.id, channel.id, data["message"]["timestamp"] or draft.time)
+    return contact
+
+
+def complete_event(
+    draft: Draft, channel: Channel, contact: ContactRow, raw_id: str
+) -> dict[str, Any]:
+    """The CloudEvent for a resolved draft (field order fixed for stable bodies)."""
+    data = dict(draft.data)
+    data["channel"] = {
+        "id": channel.id,
+        "provider": channel.provider,
+        "portfolio": channel.portfolio,
+        "business_phone": draft.data["channel"]["business_phone"] or channel.business_phone,
+    }
+    data["contact"] = _contact_data(contact)
+    data["raw_id"] = raw_id
+    return {
+        "specversion": "1.0",
+        "id": draft.id,
+        "type": draft.type,
+        "source": f"/channels/{channel.id}",
+        "subject": contact.id,
+        "time": draft.time,
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+def ingest(
+    tx: StoreTx,
+    *,
+    channel: Channel,
+    raw: RawRecord,
+    mapped: MappingResult,
+    validator: EventValidator,
+    fanout: Fanout,
+    now: str,
+    now_epoch: float,
+    store_raw: bool = True,
+) -> IngestOutcome:
+    """Store one webhook's raw payload, events and outbox rows. Raises `InvalidEvents`."""
+    outcome = IngestOutcome(raw_id=raw.id, state="processed", issues=list(mapped.issues))
+    resolver = IdentityResolver(tx, channel.portfolio, channel.id, now)
+    for draft in mapped.drafts:
+        if tx.event_exists(draft.id):
+            outcome.duplicates += 1
+            continue
+        try:
+            contact = _resolve(tx, resolver, channel, draft)
+        except UnresolvableContact as exc:
+            outcome.issues.append(f"rule {draft.rule} event {draft.id}: {exc}")
+            continue
+        event = complete_event(draft, channel, contact, raw.id)
+        try:
+            validator.validate(event)
+        except CanonicalValidationError as exc:
+            raise InvalidEvents(
+                f"rule {draft.rule}: event fails the canonical schema: {exc}"
+            ) from exc
+        body = orjson.dumps(event).decode()
+        seq = tx.insert_event(event, body, now)
+        for subscriber in fanout.matching(event["type"], channel.id):
+            held = subscriber.require_phone and not contact.phone
+            tx.insert_delivery(
+                seq,
+                event["id"],
+                subscriber.id,
+                contact.id,
+                "held" if held else "pending",
+                now_epoch,
+                now,
+            )
+            outcome.deliveries += 1
+        outcome.events.append(event)
+    if outcome.issues:
+        outcome.state = "quarantined"
+    elif outcome.duplicates and not outcome.events:
+        outcome.state = "duplicate"
+    if store_raw and outcome.state != "duplicate":
+        reason = "; ".join(outcome.issues) if outcome.issues else None
+        tx.insert_raw(_with_state(raw, outcome.state, reason, len(outcome.events)))
+    return outcome
+
+
+def quarantine(tx: StoreTx, raw: RawRecord, reason: str) -> None:
+    """Store a payload that produced no acceptable event, with the reason."""
+    tx.insert_raw(_with_state(raw, "quarantined", reason, 0))
+
+
+def _with_state(raw: RawRecord, state: str, reason: str | None, count: int) -> RawRecord:
+    return RawRecord(
+        id=raw.id,
+        channel_id=raw.channel_id,
+        provider=raw.provider,
+        received_at=raw.received_at,
+        content_type=raw.content_type,
+        body=raw.body,
+        state=state,
+        reason=reason,
+        event_count=count,
+    )

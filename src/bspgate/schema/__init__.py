@@ -1,0 +1,1 @@
+"""The canonical event contract as a JSON Schema, and its validator."""

@@ -1,0 +1,95 @@
+"""What the rest of bspgate may ask of a store, as Protocols, and the rows it answers with.
+
+Two levels. `StoreTx` is synchronous and runs inside one database transaction: the ingest
+pipeline and the identity resolver call it (they are pure logic over it). `Store` is the async
+face the server uses: it runs `StoreTx` functions as transactions and answers reads. Backends:
+`sqlite.py` (one writer thread, group commit) and `postgres.py`; `memory.py` serves `normalize`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class ContactRow:
+    id: str
+    portfolio: str
+    bsuid: str | None = None
+    parent_bsuid: str | None = None
+    phone: str | None = None
+    username: str | None = None
+    name: str | None = None
+    merged_into: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    id: str
+    channel_id: str
+    provider: str
+    received_at: str
+    content_type: str
+    body: bytes
+    state: str = "processed"
+    reason: str | None = None
+    event_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryJob:
+    """A claimed delivery: what the dispatcher needs to send it once."""
+
+    id: str
+    event_id: str
+    subscriber_id: str
+    contact_id: str
+    attempts: int
+    body: str
+
+
+class StoreTx(Protocol):
+    """Operations inside one transaction. Identity methods are scoped by portfolio."""
+
+    # identity
+    def contact_by_bsuid(self, portfolio: str, bsuid: str) -> ContactRow | None: ...
+    def contact_by_phone(self, portfolio: str, phone: str) -> ContactRow | None: ...
+    def contact(self, contact_id: str) -> ContactRow | None: ...
+    def create_contact(self, portfolio: str, now: str) -> ContactRow: ...
+    def save_contact(self, contact: ContactRow, now: str) -> None: ...
+    def link_bsuid(
+        self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
+    ) -> None: ...
+    def link_phone(self, contact: ContactRow, phone: str, now: str, channel_id: str) -> None: ...
+    def end_phone(self, contact_id: str, phone: str, now: str, state: str, reason: str) -> None: ...
+    def touch_identifiers(self, contact: ContactRow, now: str) -> None: ...
+    def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None: ...
+    def contact_for_send(self, channel_id: str, provider_message_id: str) -> str | None: ...
+    def mark_inbound(self, contact_id: str, channel_id: str, at: str) -> None: ...
+    # events
+    def event_exists(self, event_id: str) -> bool: ...
+    def insert_raw(self, raw: RawRecord) -> None: ...
+    def insert_event(self, event: dict[str, Any], body: str, now: str) -> int: ...
+    def insert_delivery(
+        self,
+        event_seq: int,
+        event_id: str,
+        subscriber_id: str,
+        contact_id: str,
+        state: str,
+        due: float,
+        now: str,
+    ) -> None: ...
+
+
+class Store(Protocol):
+    """The async store the server holds for its lifetime."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def transaction(self, work: Callable[[StoreTx], T]) -> T: ...
+    async def read(self, work: Callable[[Any], T]) -> T: ...

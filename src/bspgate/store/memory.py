@@ -1,0 +1,117 @@
+"""An in-memory `StoreTx` for `bspgate normalize`, golden cases and identity property tests.
+
+It keeps the same identity state as the SQL stores (contacts, BSUIDs current and retired, phone
+aliases with one active owner) in dicts, so the identity rules run unchanged without a database.
+Nothing here persists; events and deliveries are kept in lists for inspection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from bspgate.ids import new_id
+from bspgate.store.base import ContactRow, RawRecord
+
+
+class MemoryTx:
+    """Implements `StoreTx` over dicts (one instance = one private, never-committed store)."""
+
+    def __init__(self) -> None:
+        self.contacts: dict[str, ContactRow] = {}
+        self.bsuids: dict[
+            tuple[str, str], tuple[str, str]
+        ] = {}  # (portfolio, bsuid) -> (id, state)
+        self.phones: dict[tuple[str, str], str] = {}  # active aliases: (portfolio, phone) -> id
+        self.phone_history: list[dict[str, Any]] = []
+        self.history: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.sends: dict[tuple[str, str], str] = {}
+        self.inbound: dict[tuple[str, str], str] = {}
+        self.events: dict[str, dict[str, Any]] = {}
+        self.raws: list[RawRecord] = []
+        self.deliveries: list[tuple[str, str, str]] = []
+
+    def _follow(self, contact_id: str | None) -> ContactRow | None:
+        contact = self.contacts.get(contact_id) if contact_id else None
+        while contact is not None and contact.merged_into:
+            contact = self.contacts.get(contact.merged_into)
+        return replace(contact) if contact is not None else None
+
+    def contact(self, contact_id: str) -> ContactRow | None:
+        contact = self.contacts.get(contact_id)
+        return replace(contact) if contact is not None else None
+
+    def contact_by_bsuid(self, portfolio: str, bsuid: str) -> ContactRow | None:
+        entry = self.bsuids.get((portfolio, bsuid))
+        return self._follow(entry[0]) if entry else None
+
+    def contact_by_phone(self, portfolio: str, phone: str) -> ContactRow | None:
+        return self._follow(self.phones.get((portfolio, phone)))
+
+    def create_contact(self, portfolio: str, now: str) -> ContactRow:
+        contact = ContactRow(id=new_id("ct"), portfolio=portfolio)
+        self.contacts[contact.id] = replace(contact)
+        return contact
+
+    def save_contact(self, contact: ContactRow, now: str) -> None:
+        self.contacts[contact.id] = replace(contact)
+
+    def link_bsuid(
+        self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
+    ) -> None:
+        if current:
+            for key, (owner, _state) in list(self.bsuids.items()):
+                if owner == contact.id and key[1] != bsuid:
+                    self.bsuids[key] = (owner, "retired")
+        self.bsuids[(contact.portfolio, bsuid)] = (contact.id, "current" if current else "retired")
+
+    def link_phone(self, contact: ContactRow, phone: str, now: str, channel_id: str) -> None:
+        key = (contact.portfolio, phone)
+        if key in self.phones:
+            raise ValueError(f"phone alias already active for {self.phones[key]}")
+        self.phones[key] = contact.id
+        self.phone_history.append({"contact_id": contact.id, "phone": phone, "state": "active"})
+
+    def end_phone(self, contact_id: str, phone: str, now: str, state: str, reason: str) -> None:
+        for key, owner in list(self.phones.items()):
+            if owner == contact_id and key[1] == phone:
+                del self.phones[key]
+                self.phone_history.append(
+                    {"contact_id": contact_id, "phone": phone, "state": state, "reason": reason}
+                )
+
+    def touch_identifiers(self, contact: ContactRow, now: str) -> None:
+        return None
+
+    def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None:
+        self.history.append((contact_id, now, kind, detail))
+
+    def contact_for_send(self, channel_id: str, provider_message_id: str) -> str | None:
+        return self.sends.get((channel_id, provider_message_id))
+
+    def mark_inbound(self, contact_id: str, channel_id: str, at: str) -> None:
+        self.inbound[(contact_id, channel_id)] = max(
+            at, self.inbound.get((contact_id, channel_id), "")
+        )
+
+    def event_exists(self, event_id: str) -> bool:
+        return event_id in self.events
+
+    def insert_raw(self, raw: RawRecord) -> None:
+        self.raws.append(raw)
+
+    def insert_event(self, event: dict[str, Any], body: str, now: str) -> int:
+        self.events[event["id"]] = event
+        return len(self.events)
+
+    def insert_delivery(
+        self,
+        event_seq: int,
+        event_id: str,
+        subscriber_id: str,
+        contact_id: str,
+        state: str,
+        due: float,
+        now: str,
+    ) -> None:
+        self.deliveries.append((event_id, subscriber_id, state))

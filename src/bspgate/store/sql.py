@@ -1,0 +1,425 @@
+"""`SqlTx`: every SQL statement of bspgate, over a DB-API connection (sqlite3 or psycopg).
+
+Queries are written once with `?` placeholders; the PostgreSQL backend rewrites them to `%s`.
+The class implements `StoreTx` (identity and ingest, inside a transaction) and the dispatcher's
+and read API's queries. It never commits: the backend that owns the connection decides that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from bspgate.ids import new_id
+from bspgate.store.base import ContactRow, DeliveryJob, RawRecord
+
+_CONTACT_COLUMNS = "id, portfolio, bsuid, parent_bsuid, phone, username, name, merged_into"
+OPEN_DELIVERY_STATES = ("pending", "inflight", "held")
+
+
+def _contact(row: Sequence[Any] | None) -> ContactRow | None:
+    return None if row is None else ContactRow(*row)
+
+
+class SqlTx:
+    """SQL over one connection. `paramstyle` is "qmark" (sqlite3) or "format" (psycopg)."""
+
+    def __init__(self, conn: Any, paramstyle: str = "qmark") -> None:
+        self.conn = conn
+        self._format = paramstyle == "format"
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._format:
+            sql = sql.replace("?", "%s")
+        return self.conn.execute(sql, params)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self.execute(sql, params).fetchall())
+
+    # -- identity -----------------------------------------------------------------------------
+    def _follow(self, contact: ContactRow | None) -> ContactRow | None:
+        # A contact merged into another answers as the survivor.
+        seen = 0
+        while contact is not None and contact.merged_into and seen < 8:
+            contact = self.contact(contact.merged_into)
+            seen += 1
+        return contact
+
+    def contact(self, contact_id: str) -> ContactRow | None:
+        return _contact(
+            self.one(f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE id = ?", (contact_id,))
+        )
+
+    def contact_by_bsuid(self, portfolio: str, bsuid: str) -> ContactRow | None:
+        row = self.one(
+            f"SELECT {', '.join('c.' + c.strip() for c in _CONTACT_COLUMNS.split(','))} "
+            "FROM contact_bsuids b JOIN contacts c ON c.id = b.contact_id "
+            "WHERE b.portfolio = ? AND b.bsuid = ?",
+            (portfolio, bsuid),
+        )
+        return self._follow(_contact(row))
+
+    def contact_by_phone(self, portfolio: str, phone: str) -> ContactRow | None:
+        row = self.one(
+            f"SELECT {', '.join('c.' + c.strip() for c in _CONTACT_COLUMNS.split(','))} "
+            "FROM contact_phones p JOIN contacts c ON c.id = p.contact_id "
+            "WHERE p.portfolio = ? AND p.phone = ? AND p.state = 'active'",
+            (portfolio, phone),
+        )
+        return self._follow(_contact(row))
+
+    def create_contact(self, portfolio: str, now: str) -> ContactRow:
+        contact = ContactRow(id=new_id("ct"), portfolio=portfolio)
+        self.execute(
+            "INSERT INTO contacts (id, portfolio, created_at, updated_at) VALUES (?, ?, ?, ?)",
+            (contact.id, portfolio, now, now),
+        )
+        return contact
+
+    def save_contact(self, contact: ContactRow, now: str) -> None:
+        self.execute(
+            "UPDATE contacts SET bsuid = ?, parent_bsuid = ?, phone = ?, username = ?, name = ?, "
+            "merged_into = ?, updated_at = ? WHERE id = ?",
+            (
+                contact.bsuid,
+                contact.parent_bsuid,
+                contact.phone,
+                contact.username,
+                contact.name,
+                contact.merged_into,
+                now,
+                contact.id,
+            ),
+        )
+
+    def link_bsuid(
+        self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
+    ) -> None:
+        if current:
+            self.execute(
+                "UPDATE contact_bsuids SET state = 'retired' WHERE contact_id = ? AND bsuid <> ?",
+                (contact.id, bsuid),
+            )
+        state = "current" if current else "retired"
+        self.execute(
+            "INSERT INTO contact_bsuids (portfolio, bsuid, contact_id, state, first_seen, "
+            "last_seen, channel_id) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (portfolio, bsuid) DO UPDATE SET contact_id = excluded.contact_id, "
+            "state = excluded.state, last_seen = excluded.last_seen",
+            (contact.portfolio, bsuid, contact.id, state, now, now, channel_id),
+        )
+
+    def link_phone(self, contact: ContactRow, phone: str, now: str, channel_id: str) -> None:
+        self.execute(
+            "INSERT INTO contact_phones (portfolio, phone, contact_id, state, first_seen, "
+            "last_seen, channel_id) VALUES (?, ?, ?, 'active', ?, ?, ?)",
+            (contact.portfolio, phone, contact.id, now, now, channel_id),
+        )
+
+    def end_phone(self, contact_id: str, phone: str, now: str, state: str, reason: str) -> None:
+        self.execute(
+            "UPDATE contact_phones SET state = ?, ended_at = ?, reason = ? "
+            "WHERE contact_id = ? AND phone = ? AND state = 'active'",
+            (state, now, reason, contact_id, phone),
+        )
+
+    def touch_identifiers(self, contact: ContactRow, now: str) -> None:
+        if contact.bsuid:
+            self.execute(
+                "UPDATE contact_bsuids SET last_seen = ? WHERE portfolio = ? AND bsuid = ?",
+                (now, contact.portfolio, contact.bsuid),
+            )
+        if contact.phone:
+            self.execute(
+                "UPDATE contact_phones SET last_seen = ? WHERE contact_id = ? AND phone = ? "
+                "AND state = 'active'",
+                (now, contact.id, contact.phone),
+            )
+
+    def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None:
+        self.execute(
+            "INSERT INTO contact_history (contact_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+            (contact_id, now, kind, json.dumps(detail, sort_keys=True)),
+        )
+
+    def contact_for_send(self, channel_id: str, provider_message_id: str) -> str | None:
+        row = self.one(
+            "SELECT contact_id FROM sends WHERE channel_id = ? AND provider_message_id = ?",
+            (channel_id, provider_message_id),
+        )
+        return None if row is None else row[0]
+
+    def mark_inbound(self, contact_id: str, channel_id: str, at: str) -> None:
+        self.execute(
+            "INSERT INTO conversations (contact_id, channel_id, last_inbound_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (contact_id, channel_id) DO UPDATE SET last_inbound_at = "
+            "CASE WHEN excluded.last_inbound_at > conversations.last_inbound_at "
+            "THEN excluded.last_inbound_at ELSE conversations.last_inbound_at END",
+            (contact_id, channel_id, at),
+        )
+
+    # -- ingest -------------------------------------------------------------------------------
+    def event_exists(self, event_id: str) -> bool:
+        return self.one("SELECT 1 FROM events WHERE id = ?", (event_id,)) is not None
+
+    def insert_raw(self, raw: RawRecord) -> None:
+        self.execute(
+            "INSERT INTO raw_payloads (id, channel_id, provider, received_at, content_type, body, "
+            "state, reason, event_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                raw.id,
+                raw.channel_id,
+                raw.provider,
+                raw.received_at,
+                raw.content_type,
+                raw.body,
+                raw.state,
+                raw.reason,
+                raw.event_count,
+            ),
+        )
+
+    def update_raw(self, raw_id: str, state: str, reason: str | None, event_count: int) -> None:
+        self.execute(
+            "UPDATE raw_payloads SET state = ?, reason = ?, event_count = ? WHERE id = ?",
+            (state, reason, event_count, raw_id),
+        )
+
+    def insert_event(self, event: dict[str, Any], body: str, now: str) -> int:
+        row = self.one(
+            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (
+                event["id"],
+                event["type"],
+                event["data"]["channel"]["id"],
+                event["subject"],
+                event["time"],
+                now,
+                event["data"]["raw_id"],
+                body,
+            ),
+        )
+        return int(row[0])
+
+    def insert_delivery(
+        self,
+        event_seq: int,
+        event_id: str,
+        subscriber_id: str,
+        contact_id: str,
+        state: str,
+        due: float,
+        now: str,
+    ) -> None:
+        self.execute(
+            "INSERT INTO deliveries (id, event_seq, event_id, subscriber_id, contact_id, state, "
+            "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (event_id, subscriber_id) DO NOTHING",
+            (new_id("dlv"), event_seq, event_id, subscriber_id, contact_id, state, due, now, now),
+        )
+
+    # -- raw payloads ---------------------------------------------------------------------------
+    def raw(self, raw_id: str) -> RawRecord | None:
+        row = self.one(
+            "SELECT id, channel_id, provider, received_at, content_type, body, state, reason, "
+            "event_count FROM raw_payloads WHERE id = ?",
+            (raw_id,),
+        )
+        if row is None:
+            return None
+        values = list(row)
+        values[5] = bytes(values[5])
+        return RawRecord(*values)
+
+    def raws(self, state: str, limit: int) -> list[RawRecord]:
+        rows = self.all(
+            "SELECT id, channel_id, provider, received_at, content_type, body, state, reason, "
+            "event_count FROM raw_payloads WHERE state = ? ORDER BY received_at, id LIMIT ?",
+            (state, limit),
+        )
+        return [RawRecord(*[*r[:5], bytes(r[5]), *r[6:]]) for r in rows]
+
+    # -- reads ----------------------------------------------------------------------------------
+    def list_events(
+        self,
+        *,
+        type_: str | None,
+        contact_id: str | None,
+        since: str | None,
+        before_seq: int | None,
+        after_seq: int | None,
+        limit: int,
+    ) -> list[tuple[int, str]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if type_:
+            clauses.append("type = ?")
+            params.append(type_)
+        if contact_id:
+            clauses.append("contact_id = ?")
+            params.append(contact_id)
+        if since:
+            clauses.append("time >= ?")
+            params.append(since)
+        if before_seq is not None:
+            clauses.append("seq < ?")
+            params.append(before_seq)
+        if after_seq is not None:
+            clauses.append("seq > ?")
+            params.append(after_seq)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        order = "ASC" if after_seq is not None else "DESC"
+        params.append(limit)
+        rows = self.all(
+            f"SELECT seq, body FROM events {where} ORDER BY seq {order} LIMIT ?", params
+        )
+        return [(int(seq), body) for seq, body in rows]
+
+    def event_body(self, event_id: str) -> str | None:
+        row = self.one("SELECT body FROM events WHERE id = ?", (event_id,))
+        return None if row is None else str(row[0])
+
+    # -- outbox ---------------------------------------------------------------------------------
+    def claim_due(
+        self,
+        now: float,
+        lease: float,
+        limit: int,
+        ordered: set[str],
+        exclude: frozenset[str] = frozenset(),
+    ) -> list[DeliveryJob]:
+        """Pending rows whose time has come (or whose lease expired), oldest first.
+
+        For subscribers in `ordered` (ordering: per_contact) a row waits while an earlier row for
+        the same (subscriber, contact) is still open, so each contact's events arrive in order.
+        """
+        rows = self.all(
+            "SELECT d.id, d.event_id, d.subscriber_id, d.contact_id, d.attempts, e.body, "
+            "d.event_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq "
+            "WHERE ((d.state = 'pending' AND d.next_attempt_at <= ?) "
+            "OR (d.state = 'inflight' AND d.lease_until <= ?)) "
+            "ORDER BY d.event_seq LIMIT ?",
+            (now, now, limit * 4),
+        )
+        jobs: list[DeliveryJob] = []
+        for row in rows:
+            if len(jobs) >= limit:
+                break
+            if row[2] in exclude:
+                continue
+            if row[2] in ordered and self.one(
+                "SELECT 1 FROM deliveries WHERE subscriber_id = ? AND contact_id = ? "
+                "AND event_seq < ? AND state IN ('pending', 'inflight', 'held') LIMIT 1",
+                (row[2], row[3], row[6]),
+            ):
+                continue
+            claimed = self.execute(
+                "UPDATE deliveries SET state = 'inflight', lease_until = ? WHERE id = ? "
+                "AND (state = 'pending' OR (state = 'inflight' AND lease_until <= ?))",
+                (now + lease, row[0], now),
+            )
+            if claimed.rowcount == 1:
+                jobs.append(DeliveryJob(row[0], row[1], row[2], row[3], int(row[4]), str(row[5])))
+        return jobs
+
+    def record_attempt(
+        self,
+        delivery_id: str,
+        at: str,
+        status: int | None,
+        latency_ms: float,
+        error: str | None,
+    ) -> None:
+        self.execute(
+            "INSERT INTO attempts (delivery_id, at, status, latency_ms, error) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (delivery_id, at, status, latency_ms, error),
+        )
+
+    def finish_delivery(
+        self,
+        delivery_id: str,
+        state: str,
+        attempts: int,
+        next_attempt_at: float,
+        status: int | None,
+        error: str | None,
+        now: str,
+    ) -> None:
+        self.execute(
+            "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, "
+            "lease_until = NULL, "
+            "last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+            (state, attempts, next_attempt_at, status, error, now, delivery_id),
+        )
+
+    def deliveries(
+        self, *, state: str | None, subscriber_id: str | None, event_id: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("state", state),
+            ("subscriber_id", subscriber_id),
+            ("event_id", event_id),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        params.append(limit)
+        rows = self.all(
+            "SELECT id, event_id, subscriber_id, contact_id, state, attempts, next_attempt_at, "
+            f"last_status, last_error, created_at, updated_at FROM deliveries {where} "
+            "ORDER BY event_seq DESC LIMIT ?",
+            params,
+        )
+        keys = (
+            "id",
+            "event_id",
+            "subscriber_id",
+            "contact_id",
+            "state",
+            "attempts",
+            "next_attempt_at",
+            "last_status",
+            "last_error",
+            "created_at",
+            "updated_at",
+        )
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
+        rows = self.all(
+            "SELECT at, status, latency_ms, error FROM attempts WHERE delivery_id = ? ORDER BY id",
+            (delivery_id,),
+        )
+        return [
+            {"at": at, "status": status, "latency_ms": latency, "error": error}
+            for at, status, latency, error in rows
+        ]
+
+    def requeue(self, delivery_ids: Sequence[str], now: float, stamp: str) -> int:
+        count = 0
+        for delivery_id in delivery_ids:
+            cursor = self.execute(
+                "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, attempts = 0, "
+                "updated_at = ? WHERE id = ? AND state IN ('dead', 'delivered')",
+                (now, stamp, delivery_id),
+            )
+            count += cursor.rowcount
+        return count
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for state, number in self.all("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
+            out[f"deliveries_{state}"] = int(number)
+        for state, number in self.all("SELECT state, COUNT(*) FROM raw_payloads GROUP BY state"):
+            out[f"raw_{state}"] = int(number)
+        return out

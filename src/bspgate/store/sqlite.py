@@ -1,0 +1,196 @@
+"""SQLite backend: WAL, one writer thread with group commit, a reader connection.
+
+Every write is a function over `SqlTx` queued to the writer thread. The thread takes whatever is
+queued (up to `_BATCH`), runs each function in its own SAVEPOINT (one failing function rolls back
+only itself), then commits the batch once with `synchronous=FULL`, and only then settles the
+callers' futures: a webhook is answered after its rows are on disk, and concurrent webhooks share
+one fsync. Reads run on a separate connection (WAL readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from bspgate.errors import StoreError
+from bspgate.store.migrate import migrations
+from bspgate.store.sql import SqlTx
+
+T = TypeVar("T")
+_BATCH = 256
+_log = structlog.get_logger("bspgate.store")
+
+_Item = tuple[Callable[[SqlTx], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def sqlite_path(dsn: str) -> str:
+    """`sqlite:///bspgate.db` -> `bspgate.db`; `sqlite:////abs/path.db` -> `/abs/path.db`."""
+    if not dsn.startswith("sqlite:///"):
+        raise StoreError(f"not a SQLite DSN: {dsn!r}")
+    return dsn[len("sqlite:///") :] or ":memory:"
+
+
+class SqliteStore:
+    """The embedded store. `open()` migrates; `close()` drains the writer."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> SqliteStore:
+        return cls(sqlite_path(dsn))
+
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._thread = threading.Thread(target=self._run, name="bspgate-sqlite-writer", daemon=True)
+        self._thread.start()
+        self._queue.put((lambda tx: _migrate(tx), ready, asyncio.get_running_loop()))
+        await ready
+        self._reader = _connect(self.path)
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    async def transaction(self, work: Callable[[SqlTx], T]) -> T:
+        """Run `work` in the writer thread; resolves after the batch holding it is committed."""
+        if self._thread is None:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((work, future, loop))
+        return await future
+
+    async def read(self, work: Callable[[SqlTx], T]) -> T:
+        """Run `work` on the reader connection (consistent snapshot per call)."""
+        return await asyncio.to_thread(self.read_sync, work)
+
+    def read_sync(self, work: Callable[[SqlTx], T]) -> T:
+        if self._reader is None:
+            raise StoreError("the store is not open")
+        with self._read_lock:
+            self._reader.execute("BEGIN")
+            try:
+                return work(SqlTx(self._reader))
+            finally:
+                self._reader.execute("ROLLBACK")
+
+    async def ping(self) -> bool:
+        """True when the database answers and its schema is current."""
+        try:
+            return await self.read(_schema_current)
+        except Exception:  # the readiness probe reports, it does not raise
+            return False
+
+    # -- writer thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        conn = _connect(self.path)
+        tx = SqlTx(conn)
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    break
+                batch = [item]
+                while len(batch) < _BATCH:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._queue.put(None)
+                        break
+                    batch.append(more)
+                self._commit(conn, tx, batch)
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, tx: SqlTx, batch: list[_Item]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for work, _future, _loop in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((work(tx), None))
+                    conn.execute("RELEASE job")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((None, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            _log.error("store.commit_failed", error=str(exc), batch=len(batch))
+            failure = StoreError(f"commit failed: {exc}")
+            outcomes = [(None, failure)] * len(batch)
+        for (_work, future, loop), (result, error) in zip(batch, outcomes, strict=True):
+            # RuntimeError: the caller's loop is gone (shutdown); nothing waits for the answer
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _migrate(tx: SqlTx) -> None:
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+        "name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    done = {row[0] for row in tx.all("SELECT version FROM schema_migrations")}
+    for migration in migrations("sqlite"):
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            tx.execute(statement)
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, datetime.now(UTC).isoformat()),
+        )
+        _log.info("store.migrated", version=migration.version, name=migration.name)
+
+
+def _schema_current(tx: SqlTx) -> bool:
+    from bspgate.store.migrate import LATEST
+
+    row = tx.one("SELECT MAX(version) FROM schema_migrations")
+    return row is not None and row[0] == LATEST
