@@ -19,12 +19,14 @@ import structlog
 _PII_KEYS = frozenset(
     {"phone", "from", "to", "wa_id", "text", "body", "name", "username", "payload", "message"}
 )
-_PHONE_RUN = re.compile(r"\+?\d[\d\s().-]{5,}\d")
+# 8-15 digits standing alone (not inside a BSUID, an id or an ISO time): a phone number.
+_PHONE_RUN = re.compile(r"(?<![\w.:/-])\+?\d{8,15}(?![\w-])")
+_KEEP = frozenset({"event", "timestamp", "level", "logger"})
 
 
 def _mask_phone(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    return "*" * max(len(digits) - 2, 0) + digits[-2:] if len(digits) >= 7 else match.group(0)
+    digits = match.group(0).lstrip("+")
+    return "*" * (len(digits) - 2) + digits[-2:]
 
 
 def _redact(value: Any) -> Any:
@@ -46,7 +48,7 @@ def redact_pii(
     for key, value in list(event_dict.items()):
         if key in _PII_KEYS:
             event_dict[key] = "[redacted]"
-        elif key != "event":
+        elif key not in _KEEP:
             event_dict[key] = _redact(value)
     return event_dict
 

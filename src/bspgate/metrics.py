@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 
 class Metrics:
     """Counters the ingress, the pipeline and the dispatcher update; rendered at /metrics."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # *_created series only add noise to every counter
         self.registry = CollectorRegistry()
         self.webhooks = Counter(
             "bspgate_webhooks_total",

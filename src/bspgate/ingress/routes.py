@@ -132,7 +132,8 @@ async def receive_webhook(request: Request) -> Response:
         reason="; ".join(outcome.issues) or None,
         latency_ms=round(elapsed * 1000, 2),
     )
-    return Response(status_code=200, headers={"bspgate-raw-id": outcome.raw_id})
+    stored = outcome.state != "duplicate"  # a duplicate's raw payload is the first delivery's
+    return Response(status_code=200, headers={"bspgate-raw-id": outcome.raw_id} if stored else None)
 
 
 async def webhook_handshake(request: Request) -> Response:

@@ -102,7 +102,7 @@ def _migrate(tx: SqlTx) -> None:
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
             (migration.version, migration.name, datetime.now(UTC).isoformat()),
         )
-        _log.info("store.migrated", version=migration.version, name=migration.name)
+        _log.info("store.migrated", version=migration.version, migration=migration.name)
 
 
 def _schema_current(tx: SqlTx) -> bool:
