@@ -137,20 +137,31 @@ class IdentityResolver:
         newer = self.tx.contact_by_bsuid(self.portfolio, new.bsuid) if new.bsuid else None
         if contact is None:
             contact = newer or self.tx.create_contact(self.portfolio, self.now)
-        elif newer is not None and newer.id != contact.id:
+        carried_phone = None
+        if newer is not None and newer.id != contact.id:
             # The new BSUID wrote before the announcement arrived: fold it into the old contact,
-            # whose id is the one downstream systems already hold.
+            # whose id is the one downstream systems already hold. A phone seen with the new
+            # BSUID belongs to the new identity, so it comes along.
+            if newer.phone:
+                carried_phone = newer.phone
+                self.tx.end_phone(
+                    newer.id, newer.phone, self.now, "moved", f"merged into {contact.id}"
+                )
+                newer.phone = None
             newer.merged_into = contact.id
             self.tx.save_contact(newer, self.now)
             self.tx.add_history(newer.id, self.now, "merged_into", {"into": contact.id})
             self.tx.add_history(contact.id, self.now, "absorbed", {"from": newer.id})
         old_bsuid = contact.bsuid or previous_bsuid
         old_phone = contact.phone or previous_phone
+        if (
+            previous_bsuid
+            and previous_bsuid != new.bsuid
+            and (self.tx.contact_by_bsuid(self.portfolio, previous_bsuid) is None)
+        ):
+            # first time we hear of the old BSUID: keep it resolvable for late webhooks
+            self.tx.link_bsuid(contact, previous_bsuid, self.now, self.channel_id, current=False)
         if new.bsuid and new.bsuid != contact.bsuid:
-            if contact.bsuid is None and previous_bsuid:
-                self.tx.link_bsuid(
-                    contact, previous_bsuid, self.now, self.channel_id, current=False
-                )
             contact.bsuid = new.bsuid
             self.tx.link_bsuid(contact, new.bsuid, self.now, self.channel_id, current=True)
         if contact.phone and contact.phone != new.phone:
@@ -159,6 +170,8 @@ class IdentityResolver:
             contact.phone = None
         if new.phone:
             self._set_phone(contact, new.phone, "named by the identity change")
+        elif carried_phone:
+            self._set_phone(contact, carried_phone, "seen with the new BSUID")
         self._profile(contact, new)
         self.tx.add_history(contact.id, self.now, "relinked", {"channel": self.channel_id})
         self.tx.save_contact(contact, self.now)
