@@ -133,7 +133,7 @@ def ingest(
 ) -> IngestOutcome:
     """Store one webhook's raw payload, events and outbox rows. Raises `InvalidEvents`."""
     outcome = IngestOutcome(raw_id=raw.id, state="processed", issues=list(mapped.issues))
-    resolver = IdentityResolver(tx, channel.portfolio, channel.id, now)
+    resolver = IdentityResolver(tx, channel.portfolio, channel.id, now, now_epoch)
     for draft in mapped.drafts:
         if tx.event_exists(draft.id):
             outcome.duplicates += 1

@@ -51,11 +51,14 @@ class UnresolvableContact(Exception):
 class IdentityResolver:
     """Applies the rules for one transaction. `portfolio` and `channel_id` scope every call."""
 
-    def __init__(self, tx: StoreTx, portfolio: str, channel_id: str, now: str) -> None:
+    def __init__(
+        self, tx: StoreTx, portfolio: str, channel_id: str, now: str, now_epoch: float = 0.0
+    ) -> None:
         self.tx = tx
         self.portfolio = portfolio
         self.channel_id = channel_id
         self.now = now
+        self.now_epoch = now_epoch
 
     # -- rules 1-4, 6 ----------------------------------------------------------------------
     def observe(self, seen: Observation) -> ContactRow:
@@ -111,6 +114,8 @@ class IdentityResolver:
         if contact.phone != phone:
             self.tx.link_phone(contact, phone, self.now, self.channel_id)
             self.tx.add_history(contact.id, self.now, "phone_captured", {"why": why})
+            # deliveries held for phone-keyed subscribers go out now, with the phone filled in
+            self.tx.release_held(contact.id, phone, self.now_epoch, self.now)
         contact.phone = phone
 
     def _profile(self, contact: ContactRow, seen: Observation) -> None:
@@ -120,8 +125,10 @@ class IdentityResolver:
         for attribute in ("username", "name"):
             value = getattr(seen, attribute)
             if value and value != getattr(contact, attribute):
-                if getattr(contact, attribute):
-                    self.tx.add_history(contact.id, self.now, f"{attribute}_changed", {})
+                previous = getattr(contact, attribute)
+                if previous:
+                    detail = {"previous": previous}
+                    self.tx.add_history(contact.id, self.now, f"{attribute}_changed", detail)
                 setattr(contact, attribute, value)
 
     # -- rule 5 ----------------------------------------------------------------------------

@@ -94,6 +94,14 @@ class MemoryTx:
             at, self.inbound.get((contact_id, channel_id), "")
         )
 
+    def release_held(self, contact_id: str, phone: str, now: float, stamp: str) -> int:
+        released = 0
+        for index, (event_id, subscriber_id, state) in enumerate(self.deliveries):
+            if state == "held" and self.events[event_id]["subject"] == contact_id:
+                self.deliveries[index] = (event_id, subscriber_id, "pending")
+                released += 1
+        return released
+
     def event_exists(self, event_id: str) -> bool:
         return event_id in self.events
 
