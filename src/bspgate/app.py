@@ -113,11 +113,11 @@ class Gateway:
     ) -> IngestOutcome:
         """Map, resolve and store one parsed webhook in one transaction."""
         spec = self.mappings[channel.provider]
+        moment = self.clock()
         try:
-            mapped = apply_mapping(spec, payload, channel.as_scope())
+            mapped = apply_mapping(spec, payload, channel.as_scope(), received_at=iso(moment))
         except Exception as exc:  # a mapping bug must quarantine, never lose, the payload
             mapped = MappingResult(issues=[f"mapping engine error: {type(exc).__name__}: {exc}"])
-        moment = self.clock()
         raw = RawRecord(
             id=new_id("raw"),
             channel_id=channel.id,

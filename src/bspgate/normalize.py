@@ -44,9 +44,17 @@ class Normalizer:
         """Parse and normalize a body as the provider sends it. Raises `PayloadError`."""
         return self.normalize(parse_payload(body, self.spec.parse), body, content_type)
 
-    def normalize(self, payload: Any, body: bytes = b"", content_type: str = "") -> IngestOutcome:
-        mapped = apply_mapping(self.spec, payload, self.channel.as_scope())
-        now = datetime.now(UTC)
+    def normalize(
+        self,
+        payload: Any,
+        body: bytes = b"",
+        content_type: str = "",
+        received_at: datetime | None = None,
+    ) -> IngestOutcome:
+        # `received_at` pins the receive time (golden cases of providers that send no event time).
+        now = received_at or datetime.now(UTC)
+        received = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        mapped = apply_mapping(self.spec, payload, self.channel.as_scope(), received_at=received)
         raw = RawRecord(
             id=digest_id("raw", body or repr(payload).encode()),
             channel_id=self.channel.id,

@@ -3,9 +3,11 @@
 A case file holds `input` (the payload as a JSON-like value; for form providers an object of the
 form's fields) and either `expect.events` (the canonical events, in order) or `expect.quarantine`
 (a phrase the quarantine reason must contain). Optional `channel` overrides the demo channel
-(`id`, `portfolio`, `business_phone`). Fields that differ per run (`subject`, `data.contact.id`,
-`data.raw_id`) may be left out of expected events; when present they are not compared. Every
-expected event, with those fields filled in, must itself satisfy the canonical schema.
+(`id`, `portfolio`, `business_phone`); optional `received_at` (RFC 3339) pins the receive time
+that providers without an event time (Twilio) use. Fields that differ per run (`subject`,
+`data.contact.id`, `data.raw_id`) may be left out of expected events; when present they are not
+compared. Every expected event, with those fields filled in, must itself satisfy the canonical
+schema.
 The pytest suite and `bspgate mappings test` both run cases through `run_case`.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +92,12 @@ def run_case(spec: MappingSpec, path: Path, validator: EventValidator | None = N
     channel = demo_channel(spec.name, **(case.get("channel") or {}))
     payload = case["input"]
     body = orjson.dumps(payload)
-    outcome = Normalizer(spec, channel, validator).normalize(payload, body, "application/json")
+    received_at = case.get("received_at")
+    if isinstance(received_at, str):
+        received_at = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+    outcome = Normalizer(spec, channel, validator).normalize(
+        payload, body, "application/json", received_at=received_at
+    )
     expect = case["expect"]
     if "quarantine" in expect:
         reason = "; ".join(outcome.issues)

@@ -191,10 +191,17 @@ def _holds(condition: Any, scope: dict[str, Any]) -> bool:
         return True
 
 
-def apply_mapping(spec: MappingSpec, payload: Any, channel: dict[str, Any]) -> MappingResult:
-    """Map one parsed payload for one channel. Never raises for payload content."""
+def apply_mapping(
+    spec: MappingSpec, payload: Any, channel: dict[str, Any], received_at: str | None = None
+) -> MappingResult:
+    """Map one parsed payload for one channel. Never raises for payload content.
+
+    `received_at` (RFC 3339) is when the gateway received the payload; mappings see it as the
+    name `received_at`. The engine has no clock, so the caller passes it; it is the event time
+    only for providers that send none (Twilio), and `null` when the caller gives none.
+    """
     result = MappingResult()
-    root = {"payload": payload, "channel": channel}
+    root = {"payload": payload, "channel": channel, "received_at": received_at}
     ordered: list[tuple[tuple[int, ...], int, Draft]] = []
     for rule_index, rule in enumerate(spec.rules):
         for position, scope in _iterate(rule.for_each, root):

@@ -9,11 +9,14 @@ raises: a value that is neither a phone nor a valid BSUID must quarantine the pa
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
+
+import orjson
 
 from bspgate.errors import MappingError
 
@@ -187,6 +190,50 @@ def as_number(value: Any) -> float | int | None:
     return None
 
 
+def get_ci(obj: Any, name: Any) -> Any:
+    """The value of `obj`'s key equal to `name` ignoring letter case (exact spelling first).
+
+    For providers whose key spelling is unsettled: Azure's `fromBSUID` / `fromBSUId`,
+    `receivedTimestamp` / `receivedTimeStamp` (docs/provider-evidence.md §5).
+    """
+    if not isinstance(obj, dict) or not isinstance(name, str):
+        return None
+    if name in obj:
+        return obj[name]
+    wanted = name.lower()
+    for key, value in obj.items():
+        if isinstance(key, str) and key.lower() == wanted:
+            return value
+    return None
+
+
+def split_part(value: Any, separator: Any, index: Any) -> str | None:
+    """Part `index` (0-based) of `value` split on `separator`; `null` when there is none.
+
+    Reads ids out of structured strings, e.g. the sender in Event Grid's
+    `advancedMessage/sender/{sender}/recipient/{id}` subject.
+    """
+    if not isinstance(value, str) or not isinstance(separator, str) or not separator:
+        return None
+    if not isinstance(index, int | float) or isinstance(index, bool):
+        return None
+    parts = value.split(separator)
+    position = int(index)
+    if not -len(parts) <= position < len(parts):
+        return None
+    return parts[position] or None
+
+
+def digest(*parts: Any) -> str:
+    """A stable 32-hex-digit SHA-256 of the parts (as canonical JSON).
+
+    The event key and message id for providers whose webhooks carry no message id (Connectly
+    inbound): the same webhook retried gives the same digest, so it dedupes like a real id.
+    """
+    text = orjson.dumps(list(parts), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(text).hexdigest()[:32]
+
+
 # name -> (callable, minimum argument count, maximum or None for variadic)
 REGISTRY: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "e164": (e164, 1, 1),
@@ -201,4 +248,7 @@ REGISTRY: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "join_key": (join_key, 1, None),
     "as_string": (as_string, 1, 1),
     "as_number": (as_number, 1, 1),
+    "get_ci": (get_ci, 2, 2),
+    "split_part": (split_part, 3, 3),
+    "digest": (digest, 1, None),
 }
