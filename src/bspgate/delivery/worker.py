@@ -111,7 +111,8 @@ class Dispatcher:
 
     async def _attempt(self, job: DeliveryJob) -> AttemptResult:
         subscriber = self.subscribers[job.subscriber_id]
-        moment = self.clock()
+        # UTC: standardwebhooks' sign() replaces the tzinfo instead of converting it.
+        moment = self.clock().astimezone(UTC)
         signature = self._signers[subscriber.id].sign(job.event_id, moment, job.body)
         headers = {
             "content-type": CONTENT_TYPE,
@@ -137,7 +138,7 @@ class Dispatcher:
         return AttemptResult(job, response.status_code, latency, error, retry_after)
 
     def _record(self, tx: Any, results: list[AttemptResult]) -> None:
-        moment = self.clock()
+        moment = self.clock().astimezone(UTC)
         stamp = moment.isoformat()
         for result in results:
             job = result.job
