@@ -466,27 +466,34 @@ class SqlTx:
         For subscribers in `ordered` (ordering: per_contact) a row waits while an earlier row for
         the same (subscriber, contact) is still open, so each contact's events arrive in order.
         """
+        # Only the head of each ordered (subscriber, contact) queue qualifies, decided in SQL so
+        # a long backlog behind one failing contact never hides other contacts' due rows.
+        clauses = [
+            "((d.state = 'pending' AND d.next_attempt_at <= ?) "
+            "OR (d.state = 'inflight' AND d.lease_until <= ?))"
+        ]
+        params: list[Any] = [now, now]
+        if exclude:
+            clauses.append(f"d.subscriber_id NOT IN ({', '.join('?' * len(exclude))})")
+            params.extend(sorted(exclude))
+        if ordered:
+            clauses.append(
+                f"(d.subscriber_id NOT IN ({', '.join('?' * len(ordered))}) OR NOT EXISTS ("
+                "SELECT 1 FROM deliveries p WHERE p.subscriber_id = d.subscriber_id "
+                "AND p.contact_id = d.contact_id AND p.event_seq < d.event_seq "
+                "AND p.state IN ('pending', 'inflight', 'held')))"
+            )
+            params.extend(sorted(ordered))
+        params.append(limit)
         rows = self.all(
             "SELECT d.id, d.event_id, d.subscriber_id, d.contact_id, d.attempts, "
-            "COALESCE(d.body, e.body), "
-            "d.event_seq FROM deliveries d JOIN events e ON e.seq = d.event_seq "
-            "WHERE ((d.state = 'pending' AND d.next_attempt_at <= ?) "
-            "OR (d.state = 'inflight' AND d.lease_until <= ?)) "
-            "ORDER BY d.event_seq LIMIT ?",
-            (now, now, limit * 4),
+            "COALESCE(d.body, e.body) FROM deliveries d JOIN events e ON e.seq = d.event_seq "
+            f"WHERE {' AND '.join(clauses)} ORDER BY d.event_seq LIMIT ?",
+            params,
         )
         jobs: list[DeliveryJob] = []
         for row in rows:
-            if len(jobs) >= limit:
-                break
-            if row[2] in exclude:
-                continue
-            if row[2] in ordered and self.one(
-                "SELECT 1 FROM deliveries WHERE subscriber_id = ? AND contact_id = ? "
-                "AND event_seq < ? AND state IN ('pending', 'inflight', 'held') LIMIT 1",
-                (row[2], row[3], row[6]),
-            ):
-                continue
+            # the guard makes a claim race between replicas a no-op for the loser
             claimed = self.execute(
                 "UPDATE deliveries SET state = 'inflight', lease_until = ? WHERE id = ? "
                 "AND (state = 'pending' OR (state = 'inflight' AND lease_until <= ?))",
