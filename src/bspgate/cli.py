@@ -185,6 +185,41 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
                 time.sleep(args.interval)
 
 
+def cmd_contacts_show(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bspgate.app import open_store
+    from bspgate.mapping.functions import e164, is_bsuid
+
+    settings = _settings(args)
+    key = args.identifier.strip()
+
+    def lookup(tx: Any) -> list[dict[str, Any]]:
+        if key.startswith("ct_"):
+            ids = [key]
+        elif is_bsuid(key):
+            ids = tx.find_contacts(bsuid=key)
+        else:
+            ids = tx.find_contacts(phone=e164(key) or key)
+        return [view for view in (tx.contact_view(i) for i in ids) if view is not None]
+
+    async def run() -> list[dict[str, Any]]:
+        store = open_store(settings)
+        await store.open()
+        try:
+            result: list[dict[str, Any]] = await store.read(lookup)
+            return result
+        finally:
+            await store.close()
+
+    views = asyncio.run(run())
+    if not views:
+        return _fail(f"no contact matches {key!r}", 1)
+    for view in views:
+        _print_json(view)
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from bspgate.app import build_verifiers, load_channel_mappings
 
@@ -250,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--interval", type=float, default=1.0)
     tail.add_argument("--once", action="store_true", help="print what is new and exit")
     tail.set_defaults(func=cmd_events_tail)
+
+    contacts = sub.add_parser("contacts", help="the identity store")
+    contacts_sub = contacts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = contacts_sub.add_parser(
+        "show", parents=[common], help="a contact, its identifiers and their history"
+    )
+    show.add_argument("identifier", help="a contact id (ct_…), a BSUID or a phone number")
+    show.set_defaults(func=cmd_contacts_show)
 
     config = sub.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
