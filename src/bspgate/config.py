@@ -107,6 +107,7 @@ class Subscriber:
     ordering: Literal["per_contact", "none"] = "per_contact"
     retry_schedule: tuple[float, ...] = ()
     timeout: float = 10.0
+    hold_for: float = 30 * 86400.0  # require_phone: how long an event waits for a phone
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,7 @@ class Settings:
                     "ordering": s.ordering,
                     "retry_schedule": list(s.retry_schedule),
                     "timeout": s.timeout,
+                    "hold_for": s.hold_for,
                 }
                 for s in self.subscribers
             ],
@@ -272,6 +274,7 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
         ordering=raw.get("ordering", "per_contact"),
         retry_schedule=tuple(parse_duration(item) for item in schedule),
         timeout=parse_duration(raw.get("timeout", "10s")),
+        hold_for=parse_duration(raw.get("hold_for", "30d")),
     )
 
 

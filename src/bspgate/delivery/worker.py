@@ -68,6 +68,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._ordered = {s.id for s in subscribers if s.ordering == "per_contact"}
+        self._holding = [s for s in subscribers if s.require_phone]
         self.disabled: dict[str, str] = {}
 
     def wake(self) -> None:
@@ -93,10 +94,13 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """One round: claim, send, record. Answers how many deliveries were attempted."""
-        now = self.clock().timestamp()
+        moment = self.clock()
+        now, stamp = moment.timestamp(), moment.isoformat()
         disabled = frozenset(self.disabled)
 
         def claim(tx: Any) -> list[DeliveryJob]:
+            for held in self._holding:
+                tx.expire_held(held.id, now - held.hold_for, stamp)
             jobs: list[DeliveryJob] = tx.claim_due(
                 now, self.lease, self.batch, self._ordered, exclude=disabled
             )

@@ -503,6 +503,15 @@ class SqlTx:
                 jobs.append(DeliveryJob(row[0], row[1], row[2], row[3], int(row[4]), str(row[5])))
         return jobs
 
+    def expire_held(self, subscriber_id: str, held_since_before: float, stamp: str) -> int:
+        """Held deliveries whose contact never gained a phone within the subscriber's hold_for."""
+        cursor = self.execute(
+            "UPDATE deliveries SET state = 'expired', last_error = 'no phone within hold_for', "
+            "updated_at = ? WHERE subscriber_id = ? AND state = 'held' AND next_attempt_at < ?",
+            (stamp, subscriber_id, held_since_before),
+        )
+        return int(cursor.rowcount)
+
     def record_attempt(
         self,
         delivery_id: str,
