@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import jsonschema
 import yaml
+from standardwebhooks import Webhook
 
 from bspgate.errors import ConfigError
 
@@ -159,7 +160,7 @@ class Settings:
             "subscribers": [
                 {
                     "id": s.id,
-                    "url": s.url,
+                    "url": _mask_dsn(s.url),
                     "secret": mask(s.secret),
                     "events": list(s.events),
                     "channels": list(s.channels),
@@ -175,7 +176,18 @@ class Settings:
 
 
 def _mask_dsn(dsn: str) -> str:
-    return re.sub(r"://([^:/@]+):([^@]*)@", r"://\1:****@", dsn)
+    """A DSN or URL without its password (`user:****@`, and `password=****` in the query)."""
+    masked = re.sub(r"://([^:/@]+):([^@]*)@", r"://\1:****@", dsn)
+    return re.sub(r"([?&]password=)[^&]*", r"\1****", masked)
+
+
+def _is_secret_key(key: str) -> bool:
+    # subscribers[0].secret, channels[1].secrets.app_secret, api_keys[0].key
+    return (
+        key.endswith(".secret")
+        or ".secrets." in key
+        or (key.startswith("api_keys[") and key.endswith(".key"))
+    )
 
 
 def parse_duration(text: str) -> float:
@@ -233,7 +245,19 @@ def _check_schema(data: Any) -> None:
         detail = f"{bad!r} does not match {error.validator_value}"
     if error.validator == "pattern" and key.endswith(".secret"):
         detail = "must be a Standard Webhooks secret: whsec_ + base64 (value not shown)"
+    elif _is_secret_key(key):
+        detail = f"{error.validator} failed: {error.validator_value!r} (value not shown)"
     raise ConfigError(key, detail)
+
+
+def _check_webhook_secret(secret: str, key: str) -> None:
+    # The schema checks the alphabet; the signer itself must accept the key (valid base64).
+    try:
+        Webhook(secret)
+    except Exception:  # binascii.Error, EmptyWebhookSecretError: the message would echo it
+        raise ConfigError(
+            key, "must be a Standard Webhooks secret: whsec_ + base64 (value not shown)"
+        ) from None
 
 
 def _unique(items: list[dict[str, Any]], section: str) -> None:
@@ -263,6 +287,7 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
             raise ConfigError(
                 f"subscribers[{index}].channels[{position}]", f"{channel_id!r} is not a channel id"
             )
+    _check_webhook_secret(raw["secret"], f"subscribers[{index}].secret")
     schedule = raw.get("retry_schedule", list(DEFAULT_RETRY_SCHEDULE))
     return Subscriber(
         id=raw["id"],
