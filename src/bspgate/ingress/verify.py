@@ -4,8 +4,14 @@ A verifier takes the raw request (bytes, headers, URL) and a channel's secrets, 
 `SignatureError` (missing credential or mismatch; both answer 401). Every comparison is constant
 time. Schemes:
 - `hmac`: HMAC of the raw body in a header (`algorithm` sha1/sha256/sha512, `encoding` hex, base64
-  or any, optional `prefix` such as `sha256=`); Meta, Connectly, 360dialog, Infobip.
-- `twilio`: X-Twilio-Signature exactly as twilio-python's RequestValidator computes it.
+  or any, optional `prefix` such as `sha256=`); Meta, Connectly, 360dialog, Infobip. Each of
+  `header`, `algorithm`, `encoding` and `prefix` may be overridden per channel by the setting that
+  `header_setting`, `algorithm_setting`, `encoding_setting` or `prefix_setting` names (Infobip's
+  HMAC header and algorithm are configured per account, not published).
+- `twilio`: X-Twilio-Signature exactly as twilio-python's RequestValidator computes it: the URL
+  with and without its port, sorted form params, or the `bodySHA256` variant for JSON bodies;
+  HMAC-SHA1 with the auth token, or the algorithm named by X-Twilio-Webhooks-Signature-Settings
+  (SharedKey webhooks, secret named by `shared_key_secret`).
 - `header_secret`: a shared secret compared with a header (`header`, or the channel setting named
   by `header_setting`); `basic_auth`: HTTP Basic with `user:password` as the secret.
 - `query_secret`: a shared secret in a query parameter or, failing that, a header (Event Grid).
@@ -24,7 +30,7 @@ import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlparse, urlsplit
 
 from bspgate.config import Channel
 from bspgate.errors import ConfigError, SignatureError
@@ -64,11 +70,43 @@ def _decode_signature(text: str, encoding: str, size: int) -> list[bytes]:
     return [c for c in candidates if len(c) == size]
 
 
-def _hmac(options: dict[str, Any]) -> Check:
-    header = options["header"]
-    digest = _ALGORITHMS[options.get("algorithm", "sha256")]
-    encoding = options.get("encoding", "hex")
-    prefix = options.get("prefix", "")
+def _option(options: dict[str, Any], channel: Channel, name: str, default: str) -> str:
+    """An entry option, overridden by the channel setting its `<name>_setting` names."""
+    setting = options.get(f"{name}_setting")
+    if setting and channel.settings.get(setting) not in (None, ""):
+        return str(channel.settings[setting])
+    return str(options.get(name, default))
+
+
+@dataclass(frozen=True, slots=True)
+class _HmacForm:
+    header: str
+    algorithm: str
+    encoding: str
+    prefix: str
+
+
+def _hmac_form(options: dict[str, Any], channel: Channel) -> _HmacForm:
+    form = _HmacForm(
+        header=_option(options, channel, "header", ""),
+        algorithm=_option(options, channel, "algorithm", "sha256").lower(),
+        encoding=_option(options, channel, "encoding", "hex").lower(),
+        prefix=_option(options, channel, "prefix", ""),
+    )
+    where = f"channels[{channel.id}]"
+    if not form.header:
+        raise ConfigError(where, "the hmac verification names no header")
+    if form.algorithm not in _ALGORITHMS:
+        raise ConfigError(where, f"hmac algorithm {form.algorithm!r} is not sha1, sha256 or sha512")
+    if form.encoding not in ("hex", "base64", "any"):
+        raise ConfigError(where, f"hmac encoding {form.encoding!r} is not hex, base64 or any")
+    return form
+
+
+def _hmac(options: dict[str, Any], channel: Channel) -> Check:
+    form = _hmac_form(options, channel)
+    header, prefix = form.header, form.prefix
+    digest = _ALGORITHMS[form.algorithm]
 
     def check(request: SignedRequest, secret: str) -> None:
         sent = request.header(header)
@@ -78,7 +116,8 @@ def _hmac(options: dict[str, Any]) -> Check:
         if prefix and sent.lower().startswith(prefix.lower()):
             sent = sent[len(prefix) :]
         expected = hmac.new(secret.encode(), request.body, digest).digest()
-        if not any(_equal(expected, c) for c in _decode_signature(sent, encoding, len(expected))):
+        candidates = _decode_signature(sent, form.encoding, len(expected))
+        if not any(_equal(expected, c) for c in candidates):
             raise SignatureError(f"{header} does not match the body")
 
     return check
@@ -140,46 +179,71 @@ def _query_secret(options: dict[str, Any], channel: Channel) -> Check:
     return check
 
 
-def twilio_signature(auth_token: str, url: str, params: Mapping[str, list[str]]) -> str:
+TWILIO_SETTINGS_HEADER = "x-twilio-webhooks-signature-settings"
+_TWILIO_ALGORITHMS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
+
+
+def twilio_signature(
+    auth_token: str, url: str, params: Mapping[str, list[str]], algorithm: str = "HMAC_SHA1"
+) -> str:
     """Twilio's X-Twilio-Signature for `url` and form `params` (twilio-python's algorithm)."""
     data = url
     for key in sorted(params):
         for value in sorted(set(params[key])):
             data += key + value
-    mac = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    mac = hmac.new(auth_token.encode(), data.encode(), _TWILIO_ALGORITHMS[algorithm]).digest()
     return base64.b64encode(mac).decode()
 
 
+def twilio_algorithm(settings_header: str | None) -> str:
+    """The algorithm an X-Twilio-Webhooks-Signature-Settings value names (default HMAC_SHA1)."""
+    for part in (settings_header or "").split(","):
+        name, separator, value = part.partition("=")
+        if separator and name.strip() == "algorithm" and value.strip():
+            return value.strip().upper()
+    return "HMAC_SHA1"
+
+
 def _url_variants(url: str) -> list[str]:
-    # Twilio signs with or without the default port, inconsistently: accept both spellings.
-    parts = urlsplit(url)
-    default = {"https": 443, "http": 80}.get(parts.scheme)
-    if parts.port is None and default:
-        other = parts._replace(netloc=f"{parts.netloc}:{default}")
-    elif parts.port == default:
-        other = parts._replace(netloc=parts.netloc.rsplit(":", 1)[0])
+    # As twilio-python: the URL without any port and with the scheme's default port, because
+    # Twilio signs either spelling inconsistently.
+    parts = urlparse(url)
+    without = parts._replace(netloc=parts.netloc.split(":")[0]).geturl() if parts.port else url
+    if parts.port:
+        with_port = url
     else:
-        return [url]
-    return [url, urlunsplit(other)]
+        default = 443 if parts.scheme == "https" else 80
+        with_port = parts._replace(netloc=f"{parts.netloc}:{default}").geturl()
+    return [without] if without == with_port else [without, with_port]
 
 
 def _twilio(options: dict[str, Any], channel: Channel) -> Check:
+    shared_key_name = str(options.get("shared_key_secret", ""))
+
     def check(request: SignedRequest, secret: str) -> None:
         sent = request.header("x-twilio-signature")
         if not sent:
             raise SignatureError("missing X-Twilio-Signature header", missing=True)
-        query = dict(parse_qsl(urlsplit(request.url).query))
+        settings_header = request.header(TWILIO_SETTINGS_HEADER)
+        algorithm = twilio_algorithm(settings_header)
+        if algorithm not in _TWILIO_ALGORITHMS:
+            raise SignatureError(f"unsupported Twilio signature algorithm {algorithm!r}")
+        # A SharedKey-signed webhook is signed with the shared key's secret, when configured.
+        key = (channel.secret(shared_key_name) if settings_header else "") or secret
+        query = parse_qs(urlsplit(request.url).query)
+        params: Mapping[str, list[str]]
         if "bodySHA256" in query:
             body_hash = hashlib.sha256(request.body).hexdigest()
-            if not _equal(body_hash.encode(), query["bodySHA256"].encode()):
+            if not _equal(body_hash.encode(), query["bodySHA256"][0].encode()):
                 raise SignatureError("bodySHA256 does not match the body")
-            params: Mapping[str, list[str]] = {}
+            params = {}
         elif request.content_type.startswith("application/x-www-form-urlencoded"):
             params = parse_form_fields(request.body)
         else:
             params = {}
         for candidate in _url_variants(request.url):
-            if _equal(twilio_signature(secret, candidate, params).encode(), sent.encode()):
+            computed = twilio_signature(key, candidate, params, algorithm)
+            if _equal(computed.encode(), sent.strip().encode()):
                 return
         raise SignatureError("X-Twilio-Signature does not match (check server.public_url)")
 
@@ -187,7 +251,7 @@ def _twilio(options: dict[str, Any], channel: Channel) -> Check:
 
 
 _SCHEMES: dict[str, Callable[[dict[str, Any], Channel], Check]] = {
-    "hmac": lambda options, _channel: _hmac(options),
+    "hmac": _hmac,
     "twilio": _twilio,
     "header_secret": _header_secret,
     "basic_auth": _basic_auth,
@@ -257,16 +321,14 @@ class ChannelVerifier:
 def _sign(entry: _Entry, channel: Channel, secret: str, request: SignedRequest) -> dict[str, str]:
     options = entry.options
     if entry.scheme == "hmac":
-        digest = _ALGORITHMS[options.get("algorithm", "sha256")]
-        mac = hmac.new(secret.encode(), request.body, digest).digest()
-        encoded = (
-            base64.b64encode(mac).decode() if options.get("encoding") == "base64" else mac.hex()
-        )
-        return {options["header"]: options.get("prefix", "") + encoded}
+        shape = _hmac_form(options, channel)
+        mac = hmac.new(secret.encode(), request.body, _ALGORITHMS[shape.algorithm]).digest()
+        encoded = base64.b64encode(mac).decode() if shape.encoding == "base64" else mac.hex()
+        return {shape.header: shape.prefix + encoded}
     if entry.scheme == "twilio":
-        query = dict(parse_qsl(urlsplit(request.url).query))
-        form = request.content_type.startswith("application/x-www-form-urlencoded")
-        params = parse_form_fields(request.body) if form and "bodySHA256" not in query else {}
+        query = parse_qs(urlsplit(request.url).query)
+        is_form = request.content_type.startswith("application/x-www-form-urlencoded")
+        params = parse_form_fields(request.body) if is_form and "bodySHA256" not in query else {}
         return {"X-Twilio-Signature": twilio_signature(secret, request.url, params)}
     if entry.scheme == "header_secret":
         return {_header_value(options, channel): secret}
