@@ -62,8 +62,8 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact_pii,
             structlog.processors.format_exc_info,
+            redact_pii,  # after format_exc_info: exception messages can carry payload values
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
