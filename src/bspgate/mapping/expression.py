@@ -107,6 +107,10 @@ def _equal(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 _ORDER: dict[str, Callable[[Any, Any], bool]] = {
     "lt": lambda a, b: a < b,
     "lte": lambda a, b: a <= b,
@@ -123,10 +127,10 @@ def _comparator(op: str, left: Getter, right: Getter) -> Getter:
     compare = _ORDER[op]
 
     def ordered(value: Any) -> Any:
+        # As the interpreter: numbers with numbers, strings with strings (jmespath >= 1.0 orders
+        # strings too); anything else is null (the interpreter would raise on str vs number).
         a, b = left(value), right(value)
-        numeric = (int, float)
-        comparable = isinstance(a, numeric) and isinstance(b, numeric)
-        if comparable and not isinstance(a, bool) and not isinstance(b, bool):
+        if (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
             return compare(a, b)
         return None
 
