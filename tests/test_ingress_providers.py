@@ -1,0 +1,377 @@
+"""Every provider end to end through the ASGI app over SQLite: signed fixtures in, events out.
+
+Each webhook fixture of twilio, infobip, azure_acs, connectly and dialog360 is posted exactly as
+the provider would send it (`bspgate.simulate.signed_request`: form encoding, signatures, Basic
+auth, `?code=`), must be answered 200, and its events must be listed by `GET /v1/events`.
+Missing, forged and (Twilio) wrong-URL credentials are 401 for every provider. Ingesting must log
+no phone number and no message text at INFO. Azure's Event Grid handshakes are answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from bspgate.app import create_app
+from bspgate.config import Settings
+from bspgate.mapping.loader import load_mapping
+from bspgate.simulate import signed_request
+from tests.asgi_client import TestClient
+from tests.conftest import API_KEY, fixture_bytes, make_settings
+
+TWILIO_TOKEN = "twilio-auth-token"
+CHANNELS: list[dict[str, Any]] = [
+    {
+        "id": "twilio-us",
+        "provider": "twilio",
+        "portfolio": "acme",
+        "business_phone": "+15550001111",
+        "secrets": {"auth_token": TWILIO_TOKEN, "account_sid": "AC0"},
+    },
+    {
+        "id": "infobip-us",
+        "provider": "infobip",
+        "portfolio": "acme",
+        "business_phone": "+15550001111",
+        "secrets": {"webhook_basic_auth": "infobip:pa55"},
+    },
+    {
+        "id": "infobip-hmac",
+        "provider": "infobip",
+        "portfolio": "acme",
+        "business_phone": "+15550001111",
+        "secrets": {"webhook_secret": "infobip-hmac-key"},
+    },
+    {
+        "id": "acs-us",
+        "provider": "azure_acs",
+        "portfolio": "acme",
+        "business_phone": "+15550001111",
+        "secrets": {"webhook_secret": "eg-secret"},
+    },
+    {
+        "id": "connectly-us",
+        "provider": "connectly",
+        "portfolio": "acme",
+        "business_phone": "+15550001111",
+        "secrets": {"webhook_secret": "cn-secret"},
+    },
+    {
+        "id": "d360-us",
+        "provider": "dialog360",
+        "portfolio": "acme",
+        "business_phone": "+15550001111",
+        "secrets": {"webhook_secret": "d360-header-secret", "partner_secret": "d360-platform"},
+    },
+]
+
+WAMID = "wamid.HBgLMTU1NTEyMzQ1NjcVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA="
+
+# (channel, fixture, message ids its events carry)
+WEBHOOKS: list[tuple[str, str, str, list[str]]] = [
+    ("twilio-us", "twilio", "inbound_text", ["SM0123456789abcdef0123456789abcdef"]),
+    ("twilio-us", "twilio", "inbound_bsuid_only", ["SM1123456789abcdef0123456789abcdef"]),
+    ("twilio-us", "twilio", "inbound_media", ["MM0123456789abcdef0123456789abcdef"]),
+    ("twilio-us", "twilio", "inbound_location", ["SM2123456789abcdef0123456789abcdef"]),
+    ("twilio-us", "twilio", "inbound_button", ["SM3123456789abcdef0123456789abcdef"]),
+    ("twilio-us", "twilio", "status_read", ["SM9999456789abcdef0123456789abcdef"]),
+    ("twilio-us", "twilio", "status_failed", ["SM9999456789abcdef0123456789abcdef"]),
+    ("infobip-us", "infobip", "inbound_text", [WAMID]),
+    ("infobip-us", "infobip", "inbound_location", [WAMID]),
+    ("infobip-hmac", "infobip", "inbound_button_reply", [WAMID]),
+    ("infobip-us", "infobip", "delivery_report", ["2b6a2d4f-8c27-4a0c-9c2a-0d3a1f7a1e11"]),
+    ("infobip-hmac", "infobip", "delivery_report_failed", ["2b6a2d4f-8c27-4a0c-9c2a-0d3a1f7a1e11"]),
+    ("infobip-us", "infobip", "seen_report", ["2b6a2d4f-8c27-4a0c-9c2a-0d3a1f7a1e11"]),
+    ("acs-us", "azure_acs", "inbound_text", ["bbbbbbbb-0000-0000-0000-000000000001"]),
+    ("acs-us", "azure_acs", "inbound_bsuid_only", ["bbbbbbbb-0000-0000-0000-000000000002"]),
+    ("acs-us", "azure_acs", "inbound_interactive", ["aaaaaaaa-0000-0000-0000-000000000003"]),
+    ("acs-us", "azure_acs", "inbound_image_cloudevent", ["aaaaaaaa-0000-0000-0000-000000000004"]),
+    ("acs-us", "azure_acs", "status_delivered", ["22222222-2222-2222-2222-222222222222"]),
+    ("acs-us", "azure_acs", "status_failed", ["22222222-2222-2222-2222-222222222222"]),
+    ("connectly-us", "connectly", "inbound_text", []),
+    ("connectly-us", "connectly", "inbound_bsuid_only", []),
+    ("connectly-us", "connectly", "inbound_media", []),
+    ("connectly-us", "connectly", "inbound_button", []),
+    ("connectly-us", "connectly", "status_delivered", ["01FRRWW2ZAHD9GJ1SWY4VF2GBD"]),
+    ("connectly-us", "connectly", "status_failed", ["01FRRWMSAMKNFZAMBPQ65CA7DD"]),
+    ("d360-us", "dialog360", "inbound_text", [WAMID]),
+]  # fmt: skip
+
+# One fixture per channel for the negative tests.
+SAMPLES = [
+    ("twilio-us", "twilio", "inbound_text"),
+    ("infobip-us", "infobip", "inbound_text"),
+    ("infobip-hmac", "infobip", "inbound_text"),
+    ("acs-us", "azure_acs", "inbound_text"),
+    ("connectly-us", "connectly", "inbound_text"),
+    ("d360-us", "dialog360", "inbound_text"),
+]
+# The credential each channel's provider sends, by header (Azure's is the ?code= query).
+CREDENTIAL_HEADERS = {
+    "twilio-us": ["x-twilio-signature"],
+    "infobip-us": ["authorization"],
+    "infobip-hmac": ["x-infobip-signature"],
+    "acs-us": [],
+    "connectly-us": ["x-connectly-hmac-sha256"],
+    "d360-us": ["authorization", "x-360dialog-signature"],
+}
+PHONES = ("15551234567", "5551234567")
+TEXTS = ("Does it come in another color?", "broken part", "Hi")
+
+
+_load_mapping = cache(load_mapping)
+
+
+@pytest.fixture(autouse=True)
+def _compile_mappings_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Compiled mappings are frozen and the same for every test: parse the YAML once per run,
+    # not once per app and per signed request (most of each test's time otherwise).
+    monkeypatch.setattr("bspgate.app.load_mapping", _load_mapping)
+    monkeypatch.setattr("bspgate.simulate.load_mapping", _load_mapping)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, channels=CHANNELS)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, dispatch=False)) as test_client:
+        yield test_client
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path
+
+
+def signed(settings: Settings, channel_id: str, body: bytes) -> tuple[str, dict[str, str], bytes]:
+    channel = settings.channel(channel_id)
+    assert channel is not None
+    return signed_request(settings, channel, body)
+
+
+def post(client: TestClient, url: str, headers: dict[str, str], body: bytes) -> Any:
+    return client.post(path_of(url), content=body, headers=headers)
+
+
+def events(client: TestClient) -> list[dict[str, Any]]:
+    response = client.get("/v1/events?limit=500", headers={"authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 200
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("channel_id", "provider", "name", "message_ids"),
+    WEBHOOKS,
+    ids=[f"{c}/{n}" for c, _p, n, _m in WEBHOOKS],
+)
+def test_signed_fixture_is_accepted_and_its_events_are_listed(
+    client: TestClient,
+    settings: Settings,
+    channel_id: str,
+    provider: str,
+    name: str,
+    message_ids: list[str],
+) -> None:
+    url, headers, body = signed(settings, channel_id, fixture_bytes(provider, name))
+    response = post(client, url, headers, body)
+    assert response.status_code == 200, response.text
+    assert response.headers["bspgate-raw-id"].startswith("raw_")
+    listed = events(client)
+    assert len(listed) == 1
+    event = listed[0]
+    assert event["source"] == f"/channels/{channel_id}"
+    assert event["data"]["channel"]["provider"] == provider
+    assert event["data"]["raw_id"] == response.headers["bspgate-raw-id"]
+    assert event["data"]["contact"]["id"] == event["subject"]
+    if message_ids:
+        assert [e["data"]["message"]["id"] for e in listed] == message_ids
+    else:  # Connectly inbound carries no id: a digest of the payload stands in
+        assert event["data"]["message"]["id"].startswith("connectly:")
+
+
+def test_retried_webhook_without_provider_ids_is_one_event(
+    client: TestClient, settings: Settings
+) -> None:
+    # Twilio carries no event time and Connectly no message id: a retry must still dedupe.
+    for channel_id, provider, name in [
+        ("twilio-us", "twilio", "inbound_text"),
+        ("connectly-us", "connectly", "inbound_text"),
+    ]:
+        url, headers, body = signed(settings, channel_id, fixture_bytes(provider, name))
+        assert post(client, url, headers, body).status_code == 200
+        assert post(client, url, headers, body).status_code == 200
+    assert len(events(client)) == 2
+
+
+def test_twilio_event_time_is_the_receive_time(client: TestClient, settings: Settings) -> None:
+    url, headers, body = signed(settings, "twilio-us", fixture_bytes("twilio", "inbound_text"))
+    assert post(client, url, headers, body).status_code == 200
+    (event,) = events(client)
+    assert event["time"] == event["data"]["message"]["timestamp"]
+    assert event["time"].endswith("Z")
+
+
+def test_connectly_text_plain_body_is_read_as_json(client: TestClient, settings: Settings) -> None:
+    url, headers, body = signed(
+        settings, "connectly-us", fixture_bytes("connectly", "inbound_text")
+    )
+    headers["content-type"] = "text/plain; charset=utf-8"  # what Connectly really sends
+    assert post(client, url, headers, body).status_code == 200
+    assert len(events(client)) == 1
+
+
+# -- refused credentials ----------------------------------------------------------------------
+@pytest.mark.parametrize(("channel_id", "provider", "name"), SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_missing_credential_is_401(
+    client: TestClient, settings: Settings, channel_id: str, provider: str, name: str
+) -> None:
+    url, headers, body = signed(settings, channel_id, fixture_bytes(provider, name))
+    dropped = CREDENTIAL_HEADERS[channel_id]
+    headers = {k: v for k, v in headers.items() if k.lower() not in dropped}
+    url = url.split("?", 1)[0]  # Azure's credential is the ?code= query
+    response = post(client, url, headers, body)
+    assert response.status_code == 401
+    assert response.json()["code"] == "invalid_signature"
+    assert events(client) == []
+
+
+@pytest.mark.parametrize(("channel_id", "provider", "name"), SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_forged_credential_is_401(
+    client: TestClient,
+    settings: Settings,
+    tmp_path: Path,
+    channel_id: str,
+    provider: str,
+    name: str,
+) -> None:
+    # The same request as the provider's, signed with secrets the gateway does not hold.
+    forged_channels = []
+    for raw in CHANNELS:
+        secrets = {key: "forged-" + value for key, value in raw["secrets"].items()}
+        forged_channels.append({**raw, "secrets": secrets})
+    forger = dataclasses.replace(
+        settings, channels=make_settings(tmp_path, channels=forged_channels).channels
+    )
+    url, headers, body = signed(forger, channel_id, fixture_bytes(provider, name))
+    response = post(client, url, headers, body)
+    assert response.status_code == 401
+    assert events(client) == []
+
+
+@pytest.mark.parametrize(("channel_id", "provider", "name"), SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_credential_over_other_bytes_is_401(
+    client: TestClient, settings: Settings, channel_id: str, provider: str, name: str
+) -> None:
+    url, headers, body = signed(settings, channel_id, fixture_bytes(provider, name))
+    tampered = body.replace(b"another", b"ANOTHER")
+    assert tampered != body
+    response = post(client, url, headers, tampered)
+    if channel_id in ("infobip-us", "acs-us"):
+        # Basic auth and Event Grid's shared secret do not cover the body: same bytes rule out.
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 401
+
+
+def test_twilio_signature_for_another_url_is_401(client: TestClient, settings: Settings) -> None:
+    # Twilio signed the URL it was configured with; the gateway's public_url differs.
+    elsewhere = dataclasses.replace(
+        settings, server=dataclasses.replace(settings.server, public_url="https://old.example.com")
+    )
+    url, headers, body = signed(elsewhere, "twilio-us", fixture_bytes("twilio", "inbound_text"))
+    response = post(client, url, headers, body)
+    assert response.status_code == 401
+    assert "public_url" in response.json()["detail"]
+
+
+def test_twilio_signature_over_a_changed_form_field_is_401(
+    client: TestClient, settings: Settings
+) -> None:
+    url, headers, body = signed(settings, "twilio-us", fixture_bytes("twilio", "inbound_text"))
+    response = post(client, url, headers, body.replace(b"Body=Does", b"Body=Did"))
+    assert response.status_code == 401
+
+
+# -- Azure Event Grid handshakes ----------------------------------------------------------------
+def test_eventgrid_subscription_validation_is_answered(
+    client: TestClient, settings: Settings
+) -> None:
+    body = fixture_bytes("azure_acs", "subscription_validation")
+    url, headers, body = signed(settings, "acs-us", body)
+    assert headers["aeg-event-type"] == "SubscriptionValidation"
+    response = post(client, url, headers, body)
+    assert response.status_code == 200
+    expected = orjson.loads(fixture_bytes("azure_acs", "subscription_validation_response"))
+    assert response.json() == expected
+    assert events(client) == []
+
+
+def test_eventgrid_subscription_validation_without_the_secret_is_401(
+    client: TestClient, settings: Settings
+) -> None:
+    url, headers, body = signed(
+        settings, "acs-us", fixture_bytes("azure_acs", "subscription_validation")
+    )
+    response = post(client, url.split("?", 1)[0], headers, body)
+    assert response.status_code == 401
+
+
+def test_cloudevents_abuse_protection_preflight_is_answered(client: TestClient) -> None:
+    response = client.options(
+        "/webhooks/acs-us", headers={"WebHook-Request-Origin": "eventgrid.azure.net"}
+    )
+    assert response.status_code == 200
+    assert response.headers["webhook-allowed-origin"] == "eventgrid.azure.net"
+
+
+def test_analysis_completed_event_is_stored_and_quarantined(
+    client: TestClient, settings: Settings
+) -> None:
+    event = orjson.loads(fixture_bytes("azure_acs", "inbound_text"))[0]
+    event["eventType"] = "Microsoft.Communication.AdvancedMessageAnalysisCompleted"
+    url, headers, body = signed(settings, "acs-us", orjson.dumps([event]))
+    response = post(client, url, headers, body)
+    assert response.status_code == 200
+    assert response.headers["bspgate-raw-id"].startswith("raw_")
+    assert events(client) == []
+
+
+def test_dialog360_has_no_hub_challenge(client: TestClient) -> None:
+    response = client.get(
+        "/webhooks/d360-us?hub.mode=subscribe&hub.verify_token=x&hub.challenge=42"
+    )
+    assert response.status_code == 405
+
+
+# -- no PII in INFO logs --------------------------------------------------------------------------
+@pytest.mark.parametrize(("channel_id", "provider", "name"), SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_ingest_logs_no_phone_and_no_text_at_info(
+    client: TestClient, settings: Settings, channel_id: str, provider: str, name: str
+) -> None:
+    url, headers, body = signed(settings, channel_id, fixture_bytes(provider, name))
+    with capture_logs() as logs:
+        assert post(client, url, headers, body).status_code == 200
+        # a refused request is logged too: its log line must not echo the payload either
+        headers_bad = {k: v for k, v in headers.items() if k.lower() not in ("authorization",)}
+        headers_bad["x-twilio-signature"] = base64.b64encode(b"0" * 20).decode()
+        post(client, url.split("?", 1)[0], headers_bad, body)
+    info = [entry for entry in logs if entry.get("log_level") != "debug"]
+    assert info, "the ingest logged nothing"
+    text = orjson.dumps(info, default=str).decode()
+    for phone in PHONES:
+        assert phone not in text
+    for message in TEXTS:
+        assert message not in text
