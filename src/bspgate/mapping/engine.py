@@ -182,6 +182,13 @@ def _draft(
     )
 
 
+def _order(rule: RuleSpec, position: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    # Payload order: by index within one array, by rule order between sibling arrays
+    # (messages[] before statuses[] of the same change), parents before their items.
+    ranks = rule.ranks or (0,) * len(position)
+    return tuple(zip(ranks, position, strict=True))
+
+
 def _holds(condition: Any, scope: dict[str, Any]) -> bool:
     if condition is None:
         return True
@@ -202,7 +209,7 @@ def apply_mapping(
     """
     result = MappingResult()
     root = {"payload": payload, "channel": channel, "received_at": received_at}
-    ordered: list[tuple[tuple[int, ...], int, Draft]] = []
+    ordered: list[tuple[tuple[tuple[int, int], ...], int, Draft]] = []
     for rule_index, rule in enumerate(spec.rules):
         for position, scope in _iterate(rule.for_each, root):
             try:
@@ -213,7 +220,7 @@ def apply_mapping(
                 result.issues.append(f"rule {rule.name} item {where or '-'}: {reason}")
                 continue
             if draft is not None:
-                ordered.append((position, rule_index, draft))
+                ordered.append((_order(rule, position), rule_index, draft))
     for quarantine in spec.quarantine:
         for position, scope in _iterate(quarantine.for_each, root):
             if _holds(quarantine.when, scope):

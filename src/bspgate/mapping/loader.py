@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -53,6 +53,9 @@ class RuleSpec:
     key: FieldSpec
     time: FieldSpec
     fields: tuple[tuple[tuple[str, ...], FieldSpec], ...]
+    # Per for_each step, the index of the first rule iterating the same array (same expressions
+    # up to that step): items of one array sort by index, sibling arrays by the order of rules.
+    ranks: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,20 @@ class _FileContext:
         return MappingLoadError(self.display, self.lines.get(probe), _dotted(path), message)
 
 
+class _Chain:
+    """A mapping file and the files it extends: an error is reported where its path is written."""
+
+    def __init__(self, contexts: list[_FileContext]) -> None:
+        self.contexts = contexts
+        self.display = contexts[0].display
+
+    def error(self, path: tuple[Any, ...], message: str) -> MappingLoadError:
+        for ctx in self.contexts:
+            if path in ctx.lines:
+                return ctx.error(path, message)
+        return self.contexts[0].error(path, message)
+
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -151,7 +168,7 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 class _Compiler:
     """Turns the merged mapping dict into specs, reporting errors against the right file."""
 
-    def __init__(self, ctx: _FileContext, maps: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, ctx: _Chain, maps: dict[str, dict[str, Any]]) -> None:
         self.ctx = ctx
         self.maps = maps
 
@@ -232,7 +249,7 @@ def _schema_errors(ctx: _FileContext, data: Any) -> None:
 
 def _read_merged(
     root: Path, name: str, seen: tuple[str, ...]
-) -> tuple[_FileContext, dict[str, Any]]:
+) -> tuple[list[_FileContext], dict[str, Any]]:
     path = root / name / MAPPING_FILE
     ctx = _FileContext(path, f"mappings/{name}/{MAPPING_FILE}")
     data = ctx.data
@@ -241,22 +258,23 @@ def _read_merged(
         raise ctx.error(("name",), f"{data['name']!r} must equal the folder name {name!r}")
     parent = data.get("extends")
     if parent is None:
-        return ctx, data
+        return [ctx], data
     if parent in (*seen, name):
         raise ctx.error(("extends",), f"circular extends: {' -> '.join((*seen, name, parent))}")
     if not (root / parent / MAPPING_FILE).is_file():
         raise ctx.error(("extends",), f"no mapping {parent!r} to extend")
-    _, base = _read_merged(root, parent, (*seen, name))
+    ancestors, base = _read_merged(root, parent, (*seen, name))
     merged = _deep_merge(base, {k: v for k, v in data.items() if k != "extends"})
     merged["name"] = name
-    return ctx, merged
+    return [ctx, *ancestors], merged
 
 
 def load_mapping(root: Path, name: str) -> MappingSpec:
     """Load and compile `root/name/mapping.yaml` (with whatever it extends)."""
     if not (root / name / MAPPING_FILE).is_file():
         raise MappingLoadError(f"mappings/{name}", None, "", f"no {MAPPING_FILE}")
-    ctx, data = _read_merged(root, name, ())
+    contexts, data = _read_merged(root, name, ())
+    ctx = _Chain(contexts)
     inbound = data.get("inbound") or {}
     compiler = _Compiler(ctx, inbound.get("maps") or {})
     rule_names: set[str] = set()
@@ -266,6 +284,7 @@ def load_mapping(root: Path, name: str) -> MappingSpec:
             raise ctx.error(("inbound", "rules", index, "name"), f"duplicate rule {raw['name']!r}")
         rule_names.add(raw["name"])
         rules.append(compiler.rule(raw, ("inbound", "rules", index)))
+    rules = _ranked(rules, [raw["for_each"] for raw in inbound.get("rules") or []])
     quarantine = tuple(
         compiler.quarantine(raw, ("inbound", "quarantine", index))
         for index, raw in enumerate(inbound.get("quarantine") or [])
@@ -281,6 +300,16 @@ def load_mapping(root: Path, name: str) -> MappingSpec:
         quarantine=quarantine,
         source=data,
     )
+
+
+def _ranked(rules: list[RuleSpec], steps: list[list[dict[str, str]]]) -> list[RuleSpec]:
+    first: dict[tuple[str, ...], int] = {}
+    out = []
+    for index, (rule, for_each) in enumerate(zip(rules, steps, strict=True)):
+        texts = tuple(next(iter(step.values())) for step in for_each)
+        ranks = tuple(first.setdefault(texts[: depth + 1], index) for depth in range(len(texts)))
+        out.append(replace(rule, ranks=ranks))
+    return out
 
 
 def mapping_names(root: Path) -> list[str]:
