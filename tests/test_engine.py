@@ -555,7 +555,7 @@ def demo_module(tmp_path_factory: pytest.TempPathFactory) -> MappingSpec:
     return load_text(tmp_path_factory.mktemp("mappings"), DEMO)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=JSON | SHAPED)
 def test_apply_mapping_never_raises_on_any_json(payload: Any) -> None:
     result = apply_mapping(CLOUDAPI, payload, {**CHANNEL, "provider": "cloudapi"})
@@ -564,7 +564,7 @@ def test_apply_mapping_never_raises_on_any_json(payload: Any) -> None:
     assert all(isinstance(issue, str) for issue in result.issues)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=SHAPED)
 def test_demo_mapping_never_raises_on_any_json(demo_module: MappingSpec, payload: Any) -> None:
     result = apply_mapping(demo_module, payload, CHANNEL)

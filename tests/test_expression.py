@@ -175,7 +175,7 @@ JSON = st.recursive(
         st.lists(children, max_size=3)
         | st.dictionaries(st.sampled_from(["a", "b", "c", "list", "x"]), children, max_size=4)
     ),
-    max_leaves=12,
+    max_leaves=8,
 )
 PROPERTY_EXPRESSIONS = [
     "a",
@@ -195,7 +195,7 @@ PROPERTY_EXPRESSIONS = [
 ]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=JSON, expression=st.sampled_from(PROPERTY_EXPRESSIONS))
 def test_fast_path_agrees_with_the_interpreter_on_any_json(data: Any, expression: str) -> None:
     getter = compile_expression(expression)
