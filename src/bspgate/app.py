@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bspgate.api import contacts as contacts_api
+from bspgate.api import messages as messages_api
 from bspgate.api.events import list_events
 from bspgate.config import Channel, Settings
 from bspgate.delivery.worker import Dispatcher
@@ -213,6 +214,7 @@ def create_app(
         Route("/webhooks/{channel_id}", webhook_handshake, methods=["GET", "OPTIONS"]),
         Route("/v1/events", list_events, methods=["GET"]),
         *contacts_api.routes(),
+        *messages_api.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("identifier", help="a contact id (ct_…), a BSUID or a phone number")
     show.set_defaults(func=cmd_contacts_show)
 
+    add_send_parser(sub, common)
+
     config = sub.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
     config_check = config_sub.add_parser(
@@ -318,3 +320,97 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+
+
+# -- send (bspgate.outbound) ------------------------------------------------------------------
+def _send_problem(exc: Any) -> int:
+    from bspgate.outbound.service import title_for
+    from bspgate.problems import problem
+
+    _print_json(problem(exc.status, exc.code, title_for(exc.code), exc.detail, **exc.extra))
+    return 2 if exc.status < 500 else 1
+
+
+async def _dry_run(settings: Settings, payload: Any, channel: str, use_store: bool) -> Any:
+    from bspgate.app import open_store, utc_now
+    from bspgate.outbound.service import SendService
+
+    store = open_store(settings) if use_store else None
+    if store is not None:
+        await store.open()
+    try:
+        service = SendService(settings, store=store, client=None, clock=utc_now)
+        return await service.dry_run(payload, channel_id=channel, use_store=use_store)
+    finally:
+        if store is not None:
+            await store.close()
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Dry run: render here (the store only for `to.contact_id`). Send: via the running gateway.
+
+    A real send goes through the gateway's `POST /v1/messages`, so it is recorded in the store the
+    server owns (status webhooks then resolve to the contact) and idempotency keys hold.
+    """
+    import asyncio
+
+    import httpx
+    import structlog
+
+    from bspgate.errors import SendError
+
+    if not structlog.is_configured():
+        # stdout carries the JSON answer only; log lines (a fresh store migrating) go to stderr
+        structlog.configure(logger_factory=lambda *_args: structlog.PrintLogger(sys.stderr))
+    settings = _settings(args)
+    try:
+        payload = orjson.loads(_read_input(args.file))
+    except orjson.JSONDecodeError:
+        return _send_problem(SendError("invalid_request", f"{args.file} is not JSON"))
+    if args.dry_run:
+        to = payload.get("to") if isinstance(payload, dict) else None
+        use_store = isinstance(to, dict) and "contact_id" in to
+        try:
+            outcome = asyncio.run(_dry_run(settings, payload, args.channel, use_store))
+        except SendError as exc:
+            return _send_problem(exc)
+        _print_json(outcome.body)
+        return 0
+    if isinstance(payload, dict):
+        payload = {**payload, "channel": args.channel}
+    base = (args.url or settings.server.public_url).rstrip("/")
+    key = args.api_key or (settings.api_keys[0].key.reveal() if settings.api_keys else "")
+    headers = {"authorization": f"Bearer {key}"}
+    if args.idempotency_key:
+        headers["idempotency-key"] = args.idempotency_key
+    try:
+        response = httpx.post(f"{base}/v1/messages", json=payload, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        return _fail(f"cannot reach the gateway at {base}: {exc}")
+    try:
+        _print_json(response.json())
+    except ValueError:
+        return _fail(f"POST /v1/messages answered {response.status_code}: {response.text[:200]}")
+    if response.status_code in (200, 202):
+        return 0
+    return 2 if 400 <= response.status_code < 500 else 1
+
+
+def add_send_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    send = sub.add_parser(
+        "send",
+        parents=[common],
+        help="send a canonical message (or print the provider request it becomes: --dry-run)",
+        description="FILE (or -) is a canonical send; `channel` may be left out of it. "
+        "--dry-run prints {method, url, headers, body} with secrets masked and sends nothing "
+        "(no server needed unless `to.contact_id` must be looked up in the store). Without it "
+        "the send goes through the running gateway's POST /v1/messages and the 202 answer is "
+        "printed. A refused send prints the problem JSON (with its code) and exits 2.",
+    )
+    send.add_argument("file", help="the canonical send as JSON, or - for stdin")
+    send.add_argument("--channel", required=True, help="channel id to send from")
+    send.add_argument("--dry-run", action="store_true", help="print the provider request only")
+    send.add_argument("--url", help="gateway base URL (default: server.public_url)")
+    send.add_argument("--api-key", help="Bearer key (default: the config's first)")
+    send.add_argument("--idempotency-key", help="sent as the Idempotency-Key header")
+    send.set_defaults(func=cmd_send)

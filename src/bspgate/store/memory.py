@@ -123,3 +123,86 @@ class MemoryTx:
         now: str,
     ) -> None:
         self.deliveries.append((event_id, subscriber_id, state))
+
+    # -- sends ----------------------------------------------------------------------------------
+    # Mirrors the `# -- sends` section of `SqlTx` (rows are dicts keyed by send id).
+    def phone_alias_state(self, portfolio: str, phone: str) -> tuple[str, str] | None:
+        owner = self.phones.get((portfolio, phone))
+        if owner is not None:
+            return owner, "active"
+        for entry in reversed(self.phone_history):
+            contact = self.contacts.get(entry["contact_id"])
+            if entry["phone"] == phone and contact is not None and contact.portfolio == portfolio:
+                return str(entry["contact_id"]), str(entry["state"])
+        return None
+
+    def last_inbound_at(self, contact_id: str, channel_id: str) -> str | None:
+        return self.inbound.get((contact_id, channel_id))
+
+    def _send_rows(self) -> dict[str, dict[str, Any]]:
+        # created on first use, so this appended section leaves __init__ as it was
+        rows: dict[str, dict[str, Any]] = self.__dict__.setdefault("send_rows", {})
+        return rows
+
+    def send_by_key(self, key: str) -> dict[str, Any] | None:
+        for row in self._send_rows().values():
+            if row["idempotency_key"] == key:
+                return dict(row)
+        return None
+
+    def send_record(self, send_id: str) -> dict[str, Any] | None:
+        row = self._send_rows().get(send_id)
+        return dict(row) if row is not None else None
+
+    def reserve_send(self, send: dict[str, Any]) -> bool:
+        if send["idempotency_key"] is not None and self.send_by_key(send["idempotency_key"]):
+            return False
+        self._send_rows()[send["id"]] = {
+            **send,
+            "provider_message_id": None,
+            "answer": "",
+            "state": "pending",
+            "status": None,
+            "updated_at": send["created_at"],
+        }
+        return True
+
+    def finish_send(
+        self,
+        send_id: str,
+        *,
+        contact_id: str | None,
+        provider_message_id: str | None,
+        state: str,
+        status: int,
+        answer: str,
+        now: str,
+        keep_key: bool = True,
+    ) -> None:
+        row = self._send_rows()[send_id]
+        row.update(
+            contact_id=contact_id,
+            provider_message_id=provider_message_id,
+            state=state,
+            status=status,
+            answer=answer,
+            updated_at=now,
+        )
+        if not keep_key:
+            row["idempotency_key"] = None
+        if provider_message_id and contact_id:
+            self.sends[(row["channel_id"], provider_message_id)] = contact_id
+
+    def release_send_key(self, send_id: str) -> None:
+        self._send_rows()[send_id]["idempotency_key"] = None
+
+    def status_event_bodies(self, channel_id: str, contact_ids: list[str]) -> list[str]:
+        import orjson
+
+        return [
+            orjson.dumps(event).decode()
+            for event in self.events.values()
+            if event["type"] == "whatsapp.message.status"
+            and event["subject"] in contact_ids
+            and event["data"]["channel"]["id"] == channel_id
+        ]

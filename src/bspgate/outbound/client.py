@@ -1,0 +1,152 @@
+"""Sends one `ProviderRequest` with the shared httpx client and maps the provider's answer.
+
+A 2xx answer carrying a message id (the mapping's `answer.message_id`) is a success. Anything
+else is a `SendError` with status 502: the provider's own rejection keeps its code and text
+(`provider_code`, `detail`) and maps to a canonical code where the mapping says so (Meta 131062 ->
+`auth_template_requires_phone`), else `provider_error`.
+
+Retries: a request that never reached the provider (connection refused) is always safe to repeat.
+Timeouts, 429 and 5xx are repeated only when the mapping declares the call safe (`retry.safe`:
+the provider de-duplicates it, e.g. Azure's Repeatability-Request-ID); otherwise the answer is
+`502` with `retryable: true` and the caller decides. Logs carry no phone numbers or bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from bspgate.errors import SendError
+from bspgate.outbound.rewrite import ProviderRequest
+from bspgate.outbound.spec import OutboundSpec
+
+_log = structlog.get_logger("bspgate.outbound")
+Sleep = Callable[[float], Awaitable[None]]
+DEFAULT_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAnswer:
+    """A provider's acceptance: its message id, HTTP status and parsed body."""
+
+    message_id: str
+    status: int
+    body: Any
+
+
+def _parse(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _rejection(spec: OutboundSpec, response: httpx.Response, body: Any) -> SendError:
+    code = spec.error_code(body) if spec.error_code and body is not None else None
+    message = spec.error_message(body) if spec.error_message and body is not None else None
+    provider_code = None if code is None else str(code)
+    canonical = spec.error_map.get(provider_code or "", "provider_error")
+    detail = str(message) if message else f"{spec.provider} answered HTTP {response.status_code}"
+    return SendError(
+        canonical,
+        detail,
+        status=502,
+        provider=spec.provider,
+        provider_status=response.status_code,
+        provider_code=provider_code,
+        retryable=response.status_code == 429 or response.status_code >= 500,
+    )
+
+
+def _unreachable(spec: OutboundSpec, why: str) -> SendError:
+    return SendError(
+        "provider_error",
+        f"{spec.provider} did not answer ({why}); the message may or may not have been sent",
+        status=502,
+        provider=spec.provider,
+        provider_code=None,
+        retryable=True,
+    )
+
+
+async def deliver(
+    client: httpx.AsyncClient,
+    spec: OutboundSpec,
+    request: ProviderRequest,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> ProviderAnswer:
+    """Send `request`; answers the provider's acceptance or raises `SendError` (502)."""
+    if request.missing_secrets:
+        raise SendError(
+            "channel_not_configured",
+            f"the channel has no {', '.join(request.missing_secrets)} secret for {spec.provider}",
+            status=500,
+        )
+    attempts = spec.retry.attempts if spec.retry.safe else 1
+    attempt = 0
+    while True:
+        attempt += 1
+        started = time.perf_counter()
+        try:
+            response = await client.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                content=request.content,
+                timeout=timeout,
+            )
+        except httpx.ConnectError:
+            # nothing reached the provider: repeating cannot send twice
+            error = _unreachable(spec, "connection failed")
+            if attempt < max(attempts, 2):
+                await sleep(_backoff(spec, attempt))
+                continue
+            raise error from None
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            error = _unreachable(spec, type(exc).__name__)
+            if attempt < attempts:
+                await sleep(_backoff(spec, attempt))
+                continue
+            raise error from None
+        latency = (time.perf_counter() - started) * 1000
+        body = _parse(response)
+        _log.info(
+            "outbound.answer",
+            provider=spec.provider,
+            status=response.status_code,
+            attempt=attempt,
+            latency_ms=round(latency, 1),
+        )
+        if response.is_success:
+            message_id = spec.message_id(body) if body is not None else None
+            if not message_id:
+                raise SendError(
+                    "provider_error",
+                    f"{spec.provider} accepted the request but its answer has no message id "
+                    f"({spec.file} answer.message_id)",
+                    status=502,
+                    provider=spec.provider,
+                    provider_status=response.status_code,
+                    provider_code=None,
+                    retryable=False,
+                )
+            return ProviderAnswer(str(message_id), response.status_code, body)
+        error = _rejection(spec, response, body)
+        if error.extra.get("retryable") and attempt < attempts:
+            await sleep(_backoff(spec, attempt))
+            continue
+        raise error
+
+
+def _backoff(spec: OutboundSpec, attempt: int) -> float:
+    schedule = spec.retry.backoff or (0.2,)
+    return schedule[min(attempt - 1, len(schedule) - 1)]

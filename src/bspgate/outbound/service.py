@@ -1,0 +1,394 @@
+"""One canonical send, end to end: validate, resolve, address, render, dry-run or send, record.
+
+`SendService.submit` is what `POST /v1/messages` and `bspgate send` call. Order of checks (each
+refusal a `SendError`, answered as RFC 9457 problem details, before any provider call): JSON
+Schema of the canonical send -> channel -> BSUID format -> recipient -> send form -> addressing
+rules -> service window -> the mapping's own refusals. Every send that reaches the provider is
+recorded with its provider message id and contact, so later status webhooks without identifiers
+resolve to the contact (identity rule 8 in `pipeline.py`).
+
+Idempotency: a key is reserved in the store (unique index) before the provider call, so the same
+key never calls the provider twice; within 24 h it answers the first answer again. A key whose
+first attempt failed in a way the caller may retry (`retryable: true`) is freed for that retry.
+This module holds no SQL (the store's `# -- sends` methods) and no provider facts (the mappings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import orjson
+import structlog
+
+from bspgate.config import Channel, Settings
+from bspgate.errors import MappingLoadError, SendError
+from bspgate.identity.resolver import IdentityResolver, Observation
+from bspgate.ids import new_id
+from bspgate.outbound.addressing import (
+    Address,
+    IdentityView,
+    NoIdentityView,
+    check_bsuid,
+    check_service_window,
+    choose_address,
+    resolve_recipient,
+)
+from bspgate.outbound.client import Sleep, deliver
+from bspgate.outbound.rewrite import (
+    ProviderRequest,
+    bsuid_supported,
+    build_context,
+    render_request,
+    type_form,
+)
+from bspgate.outbound.spec import OutboundSpec, TypeForm, load_outbound
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+_log = structlog.get_logger("bspgate.outbound")
+
+TITLES = {
+    "invalid_request": "Invalid send request",
+    "unknown_channel": "Unknown channel",
+    "invalid_bsuid": "Invalid BSUID",
+    "unknown_contact": "Unknown contact",
+    "recipient_conflict": "Recipient identifiers disagree",
+    "auth_template_requires_phone": "Authentication template needs a phone number",
+    "bsuid_send_unsupported": "BSUID sends are not supported",
+    "bsuid_required": "No BSUID known",
+    "outside_service_window": "Outside the 24 h service window",
+    "unsupported_message": "The provider cannot carry this message",
+    "channel_not_configured": "Channel not configured for sending",
+    "idempotency_key_reused": "Idempotency key used for another request",
+    "idempotency_in_progress": "A request with this idempotency key is in progress",
+    "provider_error": "The provider rejected the send",
+}
+
+
+def title_for(code: str) -> str:
+    return TITLES.get(code, code.replace("_", " ").capitalize())
+
+
+@cache
+def _send_validator() -> jsonschema.Draft202012Validator:
+    text = resources.files("bspgate.outbound").joinpath("send.schema.json").read_text()
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate_send(payload: Any) -> dict[str, Any]:
+    """The canonical send, or `SendError(invalid_request)` naming the offending path."""
+    if not isinstance(payload, dict):
+        raise SendError("invalid_request", "the body must be a JSON object (a canonical send)")
+    errors = list(_send_validator().iter_errors(payload))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        assert error is not None
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise SendError("invalid_request", f"{where}: {error.message}", pointer=f"/{where}")
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class SendPlan:
+    """Everything decided before rendering: the form and the one address."""
+
+    form: TypeForm
+    address: Address
+    warnings: tuple[str, ...]
+
+
+def plan_send(
+    view: IdentityView,
+    channel: Channel,
+    spec: OutboundSpec,
+    send: Mapping[str, Any],
+    now: datetime,
+    *,
+    store_checked: bool = True,
+) -> SendPlan:
+    """Rules 1-5 and the recipient, over a store view (pure: no I/O besides `view`)."""
+    check_bsuid(send["to"])
+    recipient = resolve_recipient(view, channel.portfolio, send["to"])
+    form = type_form(spec, channel, send["type"])
+    template = send.get("template") or {}
+    address = choose_address(
+        recipient,
+        send_type=send["type"],
+        category=template.get("category"),
+        send_by=channel.send_by,
+        bsuid_supported=bsuid_supported(spec, channel, form),
+    )
+    warnings: tuple[str, ...] = ()
+    if send["type"] != "template":
+        last = (
+            view.last_inbound_at(recipient.contact_id, channel.id) if recipient.contact_id else None
+        )
+        warnings = check_service_window(
+            last, policy=channel.service_window, now=now, checked=store_checked
+        )
+    return SendPlan(form, address, warnings)
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """An HTTP answer: 202 with the send, 200 with a dry-run request, or a replayed answer."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class SendService:
+    """Sends for one gateway. Specs are loaded on first use per provider, then kept."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Any,
+        client: httpx.AsyncClient | None,
+        clock: Callable[[], datetime],
+        sleep: Sleep = asyncio.sleep,
+        mappings_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.clock = clock
+        self.sleep = sleep
+        self.mappings_dir = mappings_dir or settings.mappings_dir
+        self._specs: dict[str, OutboundSpec] = {}
+
+    def spec(self, provider: str) -> OutboundSpec:
+        """The provider's compiled `outbound.yaml` (a broken file is a 500 naming it)."""
+        if provider not in self._specs:
+            try:
+                self._specs[provider] = load_outbound(self.mappings_dir, provider)
+            except MappingLoadError as exc:
+                raise SendError("channel_not_configured", str(exc), status=500) from exc
+        return self._specs[provider]
+
+    def channel(self, payload: dict[str, Any], channel_id: str | None) -> Channel:
+        name = channel_id or payload.get("channel")
+        if not name:
+            raise SendError("invalid_request", "channel: give the channel id to send from")
+        channel = self.settings.channel(name)
+        if channel is None:
+            raise SendError("unknown_channel", f"no channel {name!r} is configured")
+        return channel
+
+    def render(
+        self, send: dict[str, Any], channel: Channel, plan: SendPlan, send_id: str, now: datetime
+    ) -> ProviderRequest:
+        spec = self.spec(channel.provider)
+        context = build_context(
+            send,
+            plan.address,
+            channel,
+            spec,
+            send_id=send_id,
+            public_url=self.settings.server.public_url,
+            now=now,
+        )
+        return render_request(spec, plan.form, context, channel, now)
+
+    async def dry_run(
+        self, payload: Any, *, channel_id: str | None = None, use_store: bool = True
+    ) -> SendOutcome:
+        """The exact provider request, credentials masked; nothing is sent or stored."""
+        send = validate_send(payload)
+        channel = self.channel(send, channel_id)
+        spec = self.spec(channel.provider)
+        now = self.clock()
+        if use_store and self.store is not None:
+            plan = await self.store.read(lambda tx: plan_send(tx, channel, spec, send, now))
+        else:
+            plan = plan_send(NoIdentityView(), channel, spec, send, now, store_checked=False)
+        request = self.render(send, channel, plan, new_id("snd"), now)
+        return SendOutcome(200, request.masked())
+
+    async def submit(
+        self, payload: Any, *, channel_id: str | None = None, idempotency_key: str | None = None
+    ) -> SendOutcome:
+        """Send one canonical message; answers 202 or a replayed answer, raises `SendError`."""
+        send = validate_send(payload)
+        channel = self.channel(send, channel_id)
+        send = {**send, "channel": channel.id}
+        spec = self.spec(channel.provider)
+        fingerprint = orjson.dumps(send, option=orjson.OPT_SORT_KEYS).decode()
+        now = self.clock()
+        if idempotency_key:
+            replay = await self._replay(idempotency_key, fingerprint, now)
+            if replay is not None:
+                return replay
+        plan = await self.store.read(lambda tx: plan_send(tx, channel, spec, send, now))
+        send_id = new_id("snd")
+        request = self.render(send, channel, plan, send_id, now)
+        row = {
+            "id": send_id,
+            "channel_id": channel.id,
+            "contact_id": plan.address.recipient.contact_id,
+            "idempotency_key": idempotency_key or None,
+            "created_at": _iso(now),
+            "request": fingerprint,
+            "provider": channel.provider,
+        }
+        if not await self.store.transaction(lambda tx: tx.reserve_send(row)):
+            replay = await self._replay(idempotency_key or "", fingerprint, now)
+            if replay is not None:
+                return replay
+            raise SendError(
+                "idempotency_in_progress", "retry after the first request finished", status=409
+            )
+        assert self.client is not None
+        try:
+            answer = await deliver(self.client, spec, request, sleep=self.sleep)
+        except SendError as exc:
+            await self._record_failure(send_id, plan, exc)
+            raise
+        body = await self.store.transaction(
+            lambda tx: self._record_success(tx, send_id, channel, plan, answer.message_id)
+        )
+        _log.info(
+            "outbound.sent", send_id=send_id, channel=channel.id, addressed_by=body["addressed_by"]
+        )
+        return SendOutcome(202, body)
+
+    async def _replay(self, key: str, fingerprint: str, now: datetime) -> SendOutcome | None:
+        row = await self.store.read(lambda tx: tx.send_by_key(key))
+        if row is None:
+            return None
+        created = datetime.fromisoformat(row["created_at"].replace("Z", "+00:00"))
+        if now - created > IDEMPOTENCY_WINDOW:
+            await self.store.transaction(lambda tx: tx.release_send_key(row["id"]))
+            return None
+        if row["request"] != fingerprint:
+            raise SendError(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used within 24 h for a different request",
+            )
+        if row["state"] == "pending":
+            raise SendError(
+                "idempotency_in_progress",
+                "the first request with this Idempotency-Key has not finished yet",
+                status=409,
+            )
+        return SendOutcome(int(row["status"]), orjson.loads(row["answer"]), replayed=True)
+
+    async def _record_failure(self, send_id: str, plan: SendPlan, error: SendError) -> None:
+        from bspgate.problems import problem
+
+        doc = problem(error.status, error.code, title_for(error.code), error.detail, **error.extra)
+        retryable = bool(error.extra.get("retryable"))
+        await self.store.transaction(
+            lambda tx: tx.finish_send(
+                send_id,
+                contact_id=plan.address.recipient.contact_id,
+                provider_message_id=None,
+                state="failed",
+                status=error.status,
+                answer=orjson.dumps(doc).decode(),
+                now=_iso(self.clock()),
+                keep_key=not retryable,  # a retry with the same key must be able to try again
+            )
+        )
+
+    def _record_success(
+        self, tx: Any, send_id: str, channel: Channel, plan: SendPlan, message_id: str
+    ) -> dict[str, Any]:
+        address = plan.address
+        contact_id = address.recipient.contact_id
+        stamp = _iso(self.clock())
+        if contact_id is None:
+            # A recipient the store did not know: the contact is created from the address used,
+            # so this send's statuses (and later inbound messages) land on one contact.
+            resolver = IdentityResolver(tx, channel.portfolio, channel.id, stamp)
+            seen = Observation(
+                bsuid=address.value if address.kind == "bsuid" else None,
+                phone=address.value if address.kind == "phone" else None,
+            )
+            contact_id = resolver.observe(seen).id
+        body: dict[str, Any] = {
+            "id": send_id,
+            "channel": channel.id,
+            "provider": channel.provider,
+            "provider_message_id": message_id,
+            "addressed_by": address.kind,
+            "contact_id": contact_id,
+        }
+        recipient = address.recipient
+        if recipient.replaced_bsuid:
+            body["replaced_bsuid"] = {"given": recipient.replaced_bsuid, "current": recipient.bsuid}
+        if recipient.ignored_phone:
+            body["ignored_phone"] = recipient.ignored_phone
+        if plan.warnings:
+            body["warnings"] = list(plan.warnings)
+        tx.finish_send(
+            send_id,
+            contact_id=contact_id,
+            provider_message_id=message_id,
+            state="sent",
+            status=202,
+            answer=orjson.dumps(body).decode(),
+            now=stamp,
+        )
+        return body
+
+    async def lookup(self, send_id: str) -> dict[str, Any] | None:
+        """A recorded send with the statuses seen for its provider message id."""
+        return await self.store.read(lambda tx: _send_view(tx, send_id))  # type: ignore[no-any-return]
+
+
+def _send_view(tx: Any, send_id: str) -> dict[str, Any] | None:
+    row = tx.send_record(send_id)
+    if row is None:
+        return None
+    contact_ids: list[str] = []
+    contact = tx.contact(row["contact_id"]) if row["contact_id"] else None
+    while contact is not None and len(contact_ids) < 8:
+        contact_ids.append(contact.id)
+        contact = tx.contact(contact.merged_into) if contact.merged_into else None
+    statuses = []
+    pmid = row["provider_message_id"]
+    for text in tx.status_event_bodies(row["channel_id"], contact_ids) if pmid else []:
+        event = orjson.loads(text)
+        message = event["data"]["message"]
+        if message.get("id") == pmid:
+            statuses.append(
+                {
+                    "event_id": event["id"],
+                    "status": message.get("status"),
+                    "provider_status": message.get("provider_status"),
+                    "timestamp": message.get("timestamp"),
+                    "error": message.get("error"),
+                }
+            )
+    answer = orjson.loads(row["answer"]) if row["answer"] else None
+    return {
+        "id": row["id"],
+        "channel": row["channel_id"],
+        "provider": row["provider"],
+        "state": row["state"],
+        "provider_message_id": pmid,
+        "contact_id": (contact_ids[-1] if contact_ids else row["contact_id"]),
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "request": orjson.loads(row["request"]),
+        "answer": answer,
+        "statuses": statuses,
+    }

@@ -1,0 +1,298 @@
+"""Loads `mappings/<provider>/outbound.yaml` into a frozen, compiled `OutboundSpec`.
+
+The file is checked against `outbound.schema.json`, then every template and expression is
+compiled; every error is a `MappingLoadError` naming the file, the line and the YAML path
+(`mappings/twilio/outbound.yaml:40: types.template.body.ContentSid: invalid expression …`).
+This module only reads files: rendering is `rewrite.py`, sending is `client.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+
+from bspgate.errors import MappingLoadError
+from bspgate.mapping.expression import Getter
+from bspgate.outbound.template import Node, TemplateError, compile_expr, compile_template
+
+OUTBOUND_FILE = "outbound.yaml"
+SEND_TYPES = ("text", "template", "image", "document", "audio", "video", "interactive")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A condition under which the provider cannot carry a send (422 unsupported_message)."""
+
+    when: Getter
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class BsuidFlag:
+    """Whether one send form may address a BSUID: a fixed value, or a channel setting."""
+
+    default: bool
+    setting: str | None = None
+
+    def allows(self, settings: Mapping[str, Any]) -> bool:
+        if self.setting is not None and self.setting in settings:
+            return bool(settings[self.setting])
+        return self.default
+
+
+@dataclass(frozen=True, slots=True)
+class TypeForm:
+    """How one canonical send type is written: endpoint override, values, refusals, body."""
+
+    name: str
+    body: Node
+    url: Node | None = None
+    let: tuple[tuple[str, Node], ...] = ()
+    refuse: tuple[Refusal, ...] = ()
+    bsuid_send: BsuidFlag | None = None
+    variant_setting: str | None = None
+    variants: Mapping[str, TypeForm] = field(default_factory=dict)
+
+    def pick(self, settings: Mapping[str, Any]) -> TypeForm:
+        """The variant the channel's settings select, or this form."""
+        if self.variant_setting is None:
+            return self
+        chosen = settings.get(self.variant_setting)
+        return self.variants.get(str(chosen), self) if chosen is not None else self
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    safe: bool = False
+    attempts: int = 3
+    backoff: tuple[float, ...] = (0.2, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundSpec:
+    """One provider's send form, compiled."""
+
+    provider: str
+    file: str
+    method: str
+    url: Node
+    encoding: Literal["json", "form"]
+    headers: tuple[tuple[str, Node], ...]
+    base_body: Any
+    auth: Mapping[str, Any]
+    bsuid_send: bool
+    defaults: Mapping[str, Any]
+    secrets: tuple[str, ...]
+    let: tuple[tuple[str, Node], ...]
+    refuse: tuple[Refusal, ...]
+    types: Mapping[str, TypeForm]
+    message_id: Getter
+    error_code: Getter | None
+    error_message: Getter | None
+    error_map: Mapping[str, str]
+    retry: RetryPolicy
+    source: dict[str, Any] = field(repr=False)
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    text = resources.files("bspgate.outbound").joinpath("outbound.schema.json").read_text()
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _lines(node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    if node is None:
+        return
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out[(*path, key.value)] = key.start_mark.line + 1
+            _lines(value, (*path, key.value), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _lines(item, (*path, index), out)
+
+
+class _File:
+    def __init__(self, path: Path, display: str) -> None:
+        self.display = display
+        self.lines: dict[tuple[Any, ...], int] = {}
+        try:
+            text = path.read_text(encoding="utf-8")
+            self.data = yaml.safe_load(text)
+            _lines(yaml.compose(text, Loader=yaml.SafeLoader), (), self.lines)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MappingLoadError(display, None, "", f"cannot read: {exc}") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise MappingLoadError(
+                display, mark.line + 1 if mark else None, "", f"invalid YAML: {exc}"
+            ) from exc
+
+    def error(self, path: tuple[Any, ...] | str, message: str) -> MappingLoadError:
+        if isinstance(path, str):
+            parts: list[Any] = []
+            for piece in path.replace("[", ".").replace("]", "").split("."):
+                if piece:
+                    parts.append(int(piece) if piece.isdigit() else piece)
+            path = tuple(parts)
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        dotted = ""
+        for part in path:
+            dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else part)
+        return MappingLoadError(self.display, self.lines.get(probe), dotted, message)
+
+
+def _compile(file: _File, raw: Any, path: tuple[Any, ...]) -> Node:
+    try:
+        return compile_template(raw, path)
+    except TemplateError as exc:
+        raise file.error(exc.path, exc.message) from exc
+
+
+def _expr(file: _File, text: Any, path: tuple[Any, ...]) -> Getter:
+    try:
+        return compile_expr(text, path)
+    except TemplateError as exc:
+        raise file.error(exc.path, exc.message) from exc
+
+
+def _lets(file: _File, raw: Mapping[str, Any] | None, path: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(
+        (name, _compile(file, value, (*path, name))) for name, value in (raw or {}).items()
+    )
+
+
+def _refusals(file: _File, raw: list[dict[str, str]] | None, path: tuple[Any, ...]) -> Any:
+    return tuple(
+        Refusal(_expr(file, item["when"], (*path, i, "when")), item["detail"])
+        for i, item in enumerate(raw or [])
+    )
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(merged[key], value) if key in merged else value
+        return merged
+    return override
+
+
+def _type_form(
+    file: _File, name: str, raw: dict[str, Any], base_body: Any, path: tuple[Any, ...]
+) -> TypeForm:
+    flag = raw.get("bsuid_send")
+    bsuid = None
+    if isinstance(flag, bool):
+        bsuid = BsuidFlag(flag)
+    elif isinstance(flag, dict):
+        bsuid = BsuidFlag(flag["default"], flag["setting"])
+    variants = raw.get("variants") or {}
+    return TypeForm(
+        name=name,
+        body=_compile(file, _merge(base_body, raw["body"]), (*path, "body")),
+        url=_compile(file, raw["url"], (*path, "url")) if "url" in raw else None,
+        let=_lets(file, raw.get("let"), (*path, "let")),
+        refuse=_refusals(file, raw.get("refuse"), (*path, "refuse")),
+        bsuid_send=bsuid,
+        variant_setting=variants.get("setting"),
+        variants={
+            key: _type_form(file, name, form, base_body, (*path, "variants", "forms", key))
+            for key, form in (variants.get("forms") or {}).items()
+        },
+    )
+
+
+def _extended(root: Path, file: _File, provider: str, seen: tuple[str, ...]) -> Any:
+    """The file's data with `extends: other` resolved (the other file first, this one on top)."""
+    data = file.data
+    parent = data.get("extends") if isinstance(data, dict) else None
+    if parent is None:
+        return data
+    if parent in (*seen, provider):
+        raise file.error(
+            ("extends",), f"circular extends: {' -> '.join((*seen, provider, parent))}"
+        )
+    parent_path = root / parent / OUTBOUND_FILE
+    if not parent_path.is_file():
+        raise file.error(("extends",), f"no {parent}/{OUTBOUND_FILE} to extend")
+    base = _extended(
+        root, _File(parent_path, f"mappings/{parent}/{OUTBOUND_FILE}"), parent, (*seen, provider)
+    )
+    merged = _merge(base, {k: v for k, v in data.items() if k != "extends"})
+    merged["provider"] = data.get("provider", provider)
+    return merged
+
+
+def load_outbound(root: Path, provider: str) -> OutboundSpec:
+    """Load and compile `root/<provider>/outbound.yaml`."""
+    path = root / provider / OUTBOUND_FILE
+    display = f"mappings/{provider}/{OUTBOUND_FILE}"
+    if not path.is_file():
+        raise MappingLoadError(display, None, "", "no such file: this provider cannot send")
+    file = _File(path, display)
+    data = _extended(root, file, provider, ())
+    errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        assert error is not None
+        raise file.error(tuple(error.absolute_path), error.message)
+    if data["provider"] != provider:
+        raise file.error(("provider",), f"{data['provider']!r} must equal the folder name")
+    request = data["request"]
+    base_body = request.get("body", {})
+    retry = data.get("retry") or {"safe": False}
+    errors_raw = data.get("errors") or {}
+    return OutboundSpec(
+        provider=provider,
+        file=display,
+        method=request.get("method", "POST"),
+        url=_compile(file, request.get("url", ""), ("request", "url")),
+        encoding=request.get("encoding", "json"),
+        headers=_lets(file, request.get("headers"), ("request", "headers")),
+        base_body=base_body,
+        auth=data.get("auth") or {},
+        bsuid_send=bool((data.get("capabilities") or {}).get("bsuid_send", False)),
+        defaults=dict(data.get("settings") or {}),
+        secrets=tuple(data.get("secrets") or ()),
+        let=_lets(file, data.get("let"), ("let",)),
+        refuse=_refusals(file, data.get("refuse"), ("refuse",)),
+        types={
+            name: _type_form(file, name, raw, base_body, ("types", name))
+            for name, raw in data["types"].items()
+        },
+        message_id=_expr(file, data["answer"]["message_id"], ("answer", "message_id")),
+        error_code=_expr(file, errors_raw["code"], ("errors", "code"))
+        if "code" in errors_raw
+        else None,
+        error_message=_expr(file, errors_raw["message"], ("errors", "message"))
+        if "message" in errors_raw
+        else None,
+        error_map={str(k): v for k, v in (errors_raw.get("map") or {}).items()},
+        retry=RetryPolicy(
+            safe=bool(retry["safe"]),
+            attempts=int(retry.get("attempts", 3)),
+            backoff=tuple(float(x) for x in retry.get("backoff", (0.2, 1.0))),
+        ),
+        source=data,
+    )
+
+
+def outbound_names(root: Path) -> list[str]:
+    """Providers under `root` that have a send form, sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / OUTBOUND_FILE).is_file())
