@@ -118,10 +118,13 @@ async def harness(
     *subscribers: dict[str, Any],
     clock: Clock | None = None,
     batch: int = 64,
+    **overrides: Any,
 ) -> AsyncIterator[Harness]:
     clock = clock or Clock(datetime.now(UTC).replace(microsecond=0))
     receiver = Receiver()
-    settings = make_settings(tmp_path, subscribers=list(subscribers) or [subscriber("crm", CRM)])
+    settings = make_settings(
+        tmp_path, subscribers=list(subscribers) or [subscriber("crm", CRM)], **overrides
+    )
     async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as client:
         app = create_app(settings, http_client=client, clock=clock, dispatch=False)
         gateway: Gateway = app.state.gateway

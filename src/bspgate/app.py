@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from bspgate.api import contacts as contacts_api
 from bspgate.api import messages as messages_api
+from bspgate.api import operations as operations_api
 from bspgate.api.events import list_events
 from bspgate.config import Channel, Settings
 from bspgate.delivery.worker import Dispatcher
@@ -193,6 +194,12 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.store.open()
         task = None
+        if dispatch and settings.storage.startswith("sqlite:"):
+            # One process owns an SQLite store: deliveries in flight when it last stopped (even by
+            # SIGKILL) are retried at once, with the same webhook-id. PostgreSQL replicas cannot
+            # know whose claim is dead, so there claims expire with their lease instead.
+            now = clock().timestamp()
+            await gateway.store.transaction(lambda tx: tx.recover_inflight(now))
         if dispatch:
             gateway.dispatcher = Dispatcher(
                 gateway.store, settings.subscribers, gateway.client, gateway.metrics, clock=clock
@@ -214,6 +221,7 @@ def create_app(
         Route("/webhooks/{channel_id}", webhook_handshake, methods=["GET", "OPTIONS"]),
         Route("/v1/events", list_events, methods=["GET"]),
         *contacts_api.routes(),
+        *operations_api.routes(),
         *messages_api.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -294,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("identifier", help="a contact id (ct_…), a BSUID or a phone number")
     show.set_defaults(func=cmd_contacts_show)
 
+    from bspgate.cli_operations import add_commands
+
+    add_commands(sub, common, _settings)
+
     add_send_parser(sub, common)
 
     config = sub.add_parser("config", help="configuration")

@@ -109,6 +109,7 @@ class Subscriber:
     retry_schedule: tuple[float, ...] = ()
     timeout: float = 10.0
     hold_for: float = 30 * 86400.0  # require_phone: how long an event waits for a phone
+    disable_after: float = 86400.0  # every delivery failing this long disables the subscriber
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +170,7 @@ class Settings:
                     "retry_schedule": list(s.retry_schedule),
                     "timeout": s.timeout,
                     "hold_for": s.hold_for,
+                    "disable_after": s.disable_after,
                 }
                 for s in self.subscribers
             ],
@@ -300,6 +302,7 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
         retry_schedule=tuple(parse_duration(item) for item in schedule),
         timeout=parse_duration(raw.get("timeout", "10s")),
         hold_for=parse_duration(raw.get("hold_for", "30d")),
+        disable_after=parse_duration(raw.get("disable_after", "24h")),
     )
 
 

@@ -40,6 +40,7 @@ class IngestOutcome:
     state: str
     events: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
+    superseded: int = 0
     issues: list[str] = field(default_factory=list)
     deliveries: int = 0
 
@@ -92,6 +93,25 @@ def _resolve(tx: StoreTx, resolver: IdentityResolver, channel: Channel, draft: D
     if draft.type == RECEIVED:
         tx.mark_inbound(contact.id, channel.id, data["message"]["timestamp"] or draft.time)
     return contact
+
+
+# Status order per message: accepted < sent < delivered < read < played; failed and deleted are
+# terminal (reachable from any earlier status, left by none).
+STATUS_RANK = {
+    "accepted": 0,
+    "sent": 1,
+    "delivered": 2,
+    "read": 3,
+    "played": 4,
+    "failed": 100,
+    "deleted": 100,
+}
+
+
+def _moves_forward(tx: StoreTx, channel_id: str, event: dict[str, Any], now: str) -> bool:
+    message = event["data"]["message"]
+    status = message["status"]
+    return tx.advance_status(channel_id, message["id"], status, STATUS_RANK[status], now)
 
 
 def complete_event(
@@ -151,6 +171,11 @@ def ingest(
                 f"rule {draft.rule}: event fails the canonical schema: {exc}"
             ) from exc
         body = orjson.dumps(event).decode()
+        if draft.type == STATUS and not _moves_forward(tx, channel.id, event, now):
+            # stored for the record, never delivered: it would move the message backwards
+            tx.insert_event(event, body, now, superseded=True)
+            outcome.superseded += 1
+            continue
         seq = tx.insert_event(event, body, now)
         for subscriber in fanout.matching(event["type"], channel.id):
             held = subscriber.require_phone and not contact.phone
@@ -167,7 +192,7 @@ def ingest(
         outcome.events.append(event)
     if outcome.issues:
         outcome.state = "quarantined"
-    elif outcome.duplicates and not outcome.events:
+    elif (outcome.duplicates or outcome.superseded) and not outcome.events:
         outcome.state = "duplicate"
     if store_raw and outcome.state != "duplicate":
         reason = "; ".join(outcome.issues) if outcome.issues else None

@@ -3,7 +3,8 @@
 Query: `type`, `contact_id`, `since` (RFC 3339, on the event time), `limit` (1 to 500, default 50),
 `cursor` (opaque, from `next_cursor`). The answer is `{"data": [event, …], "next_cursor": …}`.
 `after` (a cursor from `tail`) answers events newer than it, oldest first: that is how
-`bspgate events tail` follows the stream.
+`bspgate events tail` follows the stream. Statuses that arrived out of order (superseded: stored,
+never delivered) are left out unless `include_superseded=true`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ async def list_events(request: Request) -> Response:
             before_seq=before,
             after_seq=after,
             limit=limit,
+            include_superseded=query.get("include_superseded") == "true",
         )
     )
     next_cursor = encode_cursor(rows[-1][0]) if len(rows) == limit else None

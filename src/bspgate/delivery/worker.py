@@ -96,13 +96,18 @@ class Dispatcher:
         """One round: claim, send, record. Answers how many deliveries were attempted."""
         moment = self.clock()
         now, stamp = moment.timestamp(), moment.isoformat()
-        disabled = frozenset(self.disabled)
 
         def claim(tx: Any) -> list[DeliveryJob]:
+            # disabled state lives in the store: operators (and other replicas) see and change it
+            self.disabled = {
+                sub_id: str(state["reason"])
+                for sub_id, state in tx.subscriber_states().items()
+                if state["disabled_at"] and sub_id in self.subscribers
+            }
             for held in self._holding:
                 tx.expire_held(held.id, now - held.hold_for, stamp)
             jobs: list[DeliveryJob] = tx.claim_due(
-                now, self.lease, self.batch, self._ordered, exclude=disabled
+                now, self.lease, self.batch, self._ordered, exclude=frozenset(self.disabled)
             )
             return jobs
 
@@ -153,13 +158,25 @@ class Dispatcher:
             )
             tx.record_attempt(job.id, stamp, result.status, result.latency_ms, result.error)
             state = verdict.state
+            failing_since = tx.subscriber_result(
+                subscriber.id, state == "delivered", moment.timestamp(), stamp
+            )
+            reason = None
             if state == "gone":
-                self.disabled[subscriber.id] = "the subscriber answered 410 Gone"
+                reason = "the subscriber answered 410 Gone"
+            elif failing_since is not None and (
+                moment.timestamp() - failing_since >= subscriber.disable_after
+            ):
+                since = datetime.fromtimestamp(failing_since, UTC).isoformat()
+                reason = f"every delivery failed since {since}"
+            if reason is not None and subscriber.id not in self.disabled:
+                # The delivery stays pending: re-enabling the subscriber resumes from here.
+                tx.disable_subscriber(subscriber.id, reason, stamp)
+                self.disabled[subscriber.id] = reason
                 _log.warning(
-                    "delivery.subscriber_disabled",
-                    subscriber=subscriber.id,
-                    reason=self.disabled[subscriber.id],
+                    "delivery.subscriber_disabled", subscriber=subscriber.id, reason=reason
                 )
+            if state == "gone":
                 state = "pending"
             tx.finish_delivery(
                 job.id,

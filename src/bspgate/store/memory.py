@@ -30,6 +30,8 @@ class MemoryTx:
         self.events: dict[str, dict[str, Any]] = {}
         self.raws: list[RawRecord] = []
         self.deliveries: list[tuple[str, str, str]] = []
+        self.superseded: set[str] = set()
+        self.statuses: dict[tuple[str, str], int] = {}
 
     def _follow(self, contact_id: str | None) -> ContactRow | None:
         contact = self.contacts.get(contact_id) if contact_id else None
@@ -108,9 +110,22 @@ class MemoryTx:
     def insert_raw(self, raw: RawRecord) -> None:
         self.raws.append(raw)
 
-    def insert_event(self, event: dict[str, Any], body: str, now: str) -> int:
+    def insert_event(
+        self, event: dict[str, Any], body: str, now: str, superseded: bool = False
+    ) -> int:
         self.events[event["id"]] = event
+        if superseded:
+            self.superseded.add(event["id"])
         return len(self.events)
+
+    def advance_status(
+        self, channel_id: str, message_id: str, status: str, rank: int, stamp: str
+    ) -> bool:
+        current = self.statuses.get((channel_id, message_id))
+        if current is not None and (current >= rank or current >= 100):
+            return False
+        self.statuses[(channel_id, message_id)] = rank
+        return True
 
     def insert_delivery(
         self,

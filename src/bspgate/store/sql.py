@@ -16,6 +16,7 @@ from bspgate.store.base import ContactRow, DeliveryJob, RawRecord
 
 _CONTACT_COLUMNS = "id, portfolio, bsuid, parent_bsuid, phone, username, name, merged_into"
 OPEN_DELIVERY_STATES = ("pending", "inflight", "held")
+TERMINAL_RANK = 100  # failed and deleted: nothing moves a message on from there
 
 
 def _contact(row: Sequence[Any] | None) -> ContactRow | None:
@@ -28,6 +29,8 @@ class SqlTx:
     def __init__(self, conn: Any, paramstyle: str = "qmark") -> None:
         self.conn = conn
         self._format = paramstyle == "format"
+        # the few statements spelled per database check this ("postgres" means psycopg)
+        self.dialect = "postgres" if self._format else "sqlite"
 
     # -- plumbing ---------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -330,6 +333,24 @@ class SqlTx:
         self.add_history(contact_id, stamp, "erased", summary)
         return summary
 
+    def advance_status(
+        self, channel_id: str, message_id: str, status: str, rank: int, stamp: str
+    ) -> bool:
+        """Record a message's status if it moves forward; False when it would move backwards."""
+        row = self.one(
+            "SELECT rank FROM message_status WHERE channel_id = ? AND message_id = ?",
+            (channel_id, message_id),
+        )
+        if row is not None and (row[0] >= rank or row[0] >= TERMINAL_RANK):
+            return False
+        self.execute(
+            "INSERT INTO message_status (channel_id, message_id, status, rank, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel_id, message_id) DO UPDATE SET "
+            "status = excluded.status, rank = excluded.rank, updated_at = excluded.updated_at",
+            (channel_id, message_id, status, rank, stamp),
+        )
+        return True
+
     # -- ingest -------------------------------------------------------------------------------
     def event_exists(self, event_id: str) -> bool:
         return self.one("SELECT 1 FROM events WHERE id = ?", (event_id,)) is not None
@@ -357,10 +378,12 @@ class SqlTx:
             (state, reason, event_count, raw_id),
         )
 
-    def insert_event(self, event: dict[str, Any], body: str, now: str) -> int:
+    def insert_event(
+        self, event: dict[str, Any], body: str, now: str, superseded: bool = False
+    ) -> int:
         row = self.one(
-            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body, "
+            "superseded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
             (
                 event["id"],
                 event["type"],
@@ -370,6 +393,7 @@ class SqlTx:
                 now,
                 event["data"]["raw_id"],
                 body,
+                1 if superseded else 0,
             ),
         )
         return int(row[0])
@@ -422,6 +446,7 @@ class SqlTx:
         before_seq: int | None,
         after_seq: int | None,
         limit: int,
+        include_superseded: bool = False,
     ) -> list[tuple[int, str]]:
         clauses: list[str] = []
         params: list[Any] = []
@@ -440,6 +465,8 @@ class SqlTx:
         if after_seq is not None:
             clauses.append("seq > ?")
             params.append(after_seq)
+        if not include_superseded:
+            clauses.append("superseded = 0")
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         order = "ASC" if after_seq is not None else "DESC"
         params.append(limit)
@@ -485,10 +512,13 @@ class SqlTx:
             )
             params.extend(sorted(ordered))
         params.append(limit)
+        # PostgreSQL: replicas claim concurrently; SKIP LOCKED hands each one disjoint rows
+        # (SQLite has a single writer, so nothing to lock)
+        lock = " FOR UPDATE OF d SKIP LOCKED" if self.dialect == "postgres" else ""
         rows = self.all(
             "SELECT d.id, d.event_id, d.subscriber_id, d.contact_id, d.attempts, "
             "COALESCE(d.body, e.body) FROM deliveries d JOIN events e ON e.seq = d.event_seq "
-            f"WHERE {' AND '.join(clauses)} ORDER BY d.event_seq LIMIT ?",
+            f"WHERE {' AND '.join(clauses)} ORDER BY d.event_seq LIMIT ?{lock}",
             params,
         )
         jobs: list[DeliveryJob] = []
@@ -502,6 +532,138 @@ class SqlTx:
             if claimed.rowcount == 1:
                 jobs.append(DeliveryJob(row[0], row[1], row[2], row[3], int(row[4]), str(row[5])))
         return jobs
+
+    # -- subscribers, replays ------------------------------------------------------------------
+    def subscriber_states(self) -> dict[str, dict[str, Any]]:
+        rows = self.all(
+            "SELECT subscriber_id, disabled_at, reason, failing_since, updated_at "
+            "FROM subscriber_state"
+        )
+        keys = ("disabled_at", "reason", "failing_since", "updated_at")
+        return {row[0]: dict(zip(keys, row[1:], strict=True)) for row in rows}
+
+    def _upsert_subscriber(
+        self, subscriber_id: str, stamp: str, assignments: str, values: Sequence[Any]
+    ) -> None:
+        self.execute(
+            "INSERT INTO subscriber_state (subscriber_id, updated_at) VALUES (?, ?) "
+            "ON CONFLICT (subscriber_id) DO NOTHING",
+            (subscriber_id, stamp),
+        )
+        self.execute(
+            f"UPDATE subscriber_state SET {assignments}, updated_at = ? WHERE subscriber_id = ?",
+            (*values, stamp, subscriber_id),
+        )
+
+    def disable_subscriber(self, subscriber_id: str, reason: str, stamp: str) -> None:
+        self._upsert_subscriber(
+            subscriber_id, stamp, "disabled_at = ?, reason = ?", (stamp, reason)
+        )
+
+    def enable_subscriber(self, subscriber_id: str, stamp: str) -> None:
+        self._upsert_subscriber(
+            subscriber_id, stamp, "disabled_at = NULL, reason = NULL, failing_since = NULL", ()
+        )
+
+    def subscriber_result(
+        self, subscriber_id: str, ok: bool, now: float, stamp: str
+    ) -> float | None:
+        """Track sustained failure: answers since when the subscriber has been failing."""
+        if ok:
+            self.execute(
+                "UPDATE subscriber_state SET failing_since = NULL, updated_at = ? "
+                "WHERE subscriber_id = ? AND failing_since IS NOT NULL",
+                (stamp, subscriber_id),
+            )
+            return None
+        self._upsert_subscriber(
+            subscriber_id, stamp, "failing_since = COALESCE(failing_since, ?)", (now,)
+        )
+        row = self.one(
+            "SELECT failing_since FROM subscriber_state WHERE subscriber_id = ?", (subscriber_id,)
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    def replay_candidates(
+        self,
+        *,
+        event_id: str | None,
+        subscriber_id: str | None,
+        type_: str | None,
+        since: str | None,
+        until: str | None,
+        states: Sequence[str],
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Deliveries a replay would re-send: by event, subscriber, type and event-time window."""
+        clauses = [f"d.state IN ({', '.join('?' * len(states))})"]
+        params: list[Any] = list(states)
+        for clause, value in (
+            ("d.event_id = ?", event_id),
+            ("d.subscriber_id = ?", subscriber_id),
+            ("e.type = ?", type_),
+            ("e.time >= ?", since),
+            ("e.time < ?", until),
+        ):
+            if value:
+                clauses.append(clause)
+                params.append(value)
+        params.append(limit)
+        rows = self.all(
+            "SELECT d.id, d.event_id, d.subscriber_id, d.state, e.type, e.time "
+            "FROM deliveries d JOIN events e ON e.seq = d.event_seq "
+            f"WHERE {' AND '.join(clauses)} ORDER BY d.event_seq LIMIT ?",
+            params,
+        )
+        keys = ("id", "event_id", "subscriber_id", "state", "type", "time")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def fan_out_missing(
+        self,
+        subscriber_id: str,
+        *,
+        event_id: str | None,
+        type_: str | None,
+        since: str | None,
+        until: str | None,
+        now: float,
+        stamp: str,
+        limit: int,
+    ) -> int:
+        """Outbox rows for stored events a subscriber never had (it was added later)."""
+        clauses = [
+            "e.superseded = 0",
+            "NOT EXISTS (SELECT 1 FROM deliveries d "
+            "WHERE d.event_id = e.id AND d.subscriber_id = ?)",
+        ]
+        params: list[Any] = [subscriber_id]
+        for clause, value in (
+            ("e.id = ?", event_id),
+            ("e.type = ?", type_),
+            ("e.time >= ?", since),
+            ("e.time < ?", until),
+        ):
+            if value:
+                clauses.append(clause)
+                params.append(value)
+        params.append(limit)
+        rows = self.all(
+            f"SELECT e.seq, e.id, e.contact_id FROM events e WHERE {' AND '.join(clauses)} "
+            "ORDER BY e.seq LIMIT ?",
+            params,
+        )
+        for seq, event_id_, contact_id in rows:
+            self.insert_delivery(seq, event_id_, subscriber_id, contact_id, "pending", now, stamp)
+        return len(rows)
+
+    def recover_inflight(self, now: float) -> int:
+        """After a crash of the only process using this store: claims die with it, retry now."""
+        cursor = self.execute(
+            "UPDATE deliveries SET state = 'pending', lease_until = NULL, next_attempt_at = ? "
+            "WHERE state = 'inflight'",
+            (now,),
+        )
+        return int(cursor.rowcount)
 
     def expire_held(self, subscriber_id: str, held_since_before: float, stamp: str) -> int:
         """Held deliveries whose contact never gained a phone within the subscriber's hold_for."""
@@ -544,7 +706,13 @@ class SqlTx:
         )
 
     def deliveries(
-        self, *, state: str | None, subscriber_id: str | None, event_id: str | None, limit: int
+        self,
+        *,
+        state: str | None,
+        subscriber_id: str | None,
+        event_id: str | None,
+        limit: int,
+        delivery_id: str | None = None,
     ) -> list[dict[str, Any]]:
         clauses: list[str] = []
         params: list[Any] = []
@@ -552,6 +720,7 @@ class SqlTx:
             ("state", state),
             ("subscriber_id", subscriber_id),
             ("event_id", event_id),
+            ("id", delivery_id),
         ):
             if value:
                 clauses.append(f"{column} = ?")
@@ -579,6 +748,15 @@ class SqlTx:
         )
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        rows = [
+            d
+            for d in self.deliveries(
+                state=None, subscriber_id=None, event_id=None, limit=1, delivery_id=delivery_id
+            )
+        ]
+        return rows[0] if rows else None
+
     def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
         rows = self.all(
             "SELECT at, status, latency_ms, error FROM attempts WHERE delivery_id = ? ORDER BY id",
@@ -594,7 +772,7 @@ class SqlTx:
         for delivery_id in delivery_ids:
             cursor = self.execute(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, attempts = 0, "
-                "updated_at = ? WHERE id = ? AND state IN ('dead', 'delivered')",
+                "updated_at = ? WHERE id = ? AND state IN ('dead', 'delivered', 'expired')",
                 (now, stamp, delivery_id),
             )
             count += cursor.rowcount

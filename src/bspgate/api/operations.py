@@ -1,0 +1,182 @@
+"""Operator endpoints: deliveries and their attempts, replays, quarantine, subscribers.
+
+- `GET /v1/deliveries?state=&subscriber_id=&event_id=&limit=`; `GET /v1/deliveries/{id}` with
+  every attempt (time, HTTP status, latency, error).
+- `POST /v1/replays`: `{"event_id"|"subscriber_id"|"type"|"since"|"until", "states", "dry_run"}`
+  re-delivers; `{"quarantined": true, "raw_id"?: …, "dry_run"?: …}` re-normalizes quarantined
+  payloads with the current mappings.
+- `GET /v1/quarantined`: quarantined raw payloads with their reasons (bodies stay in the store).
+- `GET /v1/subscribers`; `POST /v1/subscribers/{id}/enable` and `/disable`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bspgate.api.auth import authenticated
+from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined, set_subscriber
+from bspgate.problems import problem_response
+
+if TYPE_CHECKING:
+    from bspgate.app import Gateway
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _limit(request: Request, default: int = 100) -> int:
+    value = int(request.query_params.get("limit", str(default)))
+    if not 1 <= value <= 1000:
+        raise ValueError("limit is 1 to 1000")
+    return value
+
+
+@authenticated
+async def list_deliveries(request: Request) -> Response:
+    query = request.query_params
+    try:
+        limit = _limit(request)
+    except ValueError as exc:
+        return problem_response(400, "invalid_query", "Invalid limit", str(exc))
+    rows = await _gateway(request).store.read(
+        lambda tx: tx.deliveries(
+            state=query.get("state"),
+            subscriber_id=query.get("subscriber_id"),
+            event_id=query.get("event_id"),
+            limit=limit,
+        )
+    )
+    return JSONResponse({"data": rows})
+
+
+@authenticated
+async def get_delivery(request: Request) -> Response:
+    delivery_id = request.path_params["delivery_id"]
+
+    def read(tx: Any) -> dict[str, Any] | None:
+        row: dict[str, Any] | None = tx.delivery(delivery_id)
+        if row is not None:
+            row["attempt_log"] = tx.attempts(delivery_id)
+        return row
+
+    row = await _gateway(request).store.read(read)
+    if row is None:
+        return problem_response(
+            404, "unknown_delivery", "Unknown delivery", f"no delivery {delivery_id!r}"
+        )
+    return JSONResponse(row)
+
+
+@authenticated
+async def create_replay(request: Request) -> Response:
+    gateway = _gateway(request)
+    try:
+        data = orjson.loads(await request.body() or b"{}")
+        if not isinstance(data, dict):
+            raise ValueError("the body is a JSON object")
+        if data.get("quarantined"):
+            result = await replay_quarantined(
+                gateway,
+                raw_id=data.get("raw_id"),
+                dry_run=bool(data.get("dry_run", False)),
+            )
+        else:
+            replay = ReplayRequest.from_dict(data)
+            result = await replay_deliveries(gateway.store, replay, gateway.clock())
+            changed = result.get("requeued") or result.get("added")
+            if changed and gateway.dispatcher is not None:
+                gateway.dispatcher.wake()
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        return problem_response(400, "invalid_replay", "Invalid replay request", str(exc))
+    return JSONResponse(result, status_code=200 if result.get("dry_run") else 202)
+
+
+@authenticated
+async def list_quarantined(request: Request) -> Response:
+    try:
+        limit = _limit(request)
+    except ValueError as exc:
+        return problem_response(400, "invalid_query", "Invalid limit", str(exc))
+    raws = await _gateway(request).store.read(lambda tx: tx.raws("quarantined", limit))
+    return JSONResponse(
+        {
+            "data": [
+                {
+                    "id": r.id,
+                    "channel_id": r.channel_id,
+                    "provider": r.provider,
+                    "received_at": r.received_at,
+                    "content_type": r.content_type,
+                    "reason": r.reason,
+                    "bytes": len(r.body),
+                }
+                for r in raws
+            ]
+        }
+    )
+
+
+@authenticated
+async def list_subscribers(request: Request) -> Response:
+    gateway = _gateway(request)
+    states = await gateway.store.read(lambda tx: tx.subscriber_states())
+    return JSONResponse(
+        {
+            "data": [
+                {
+                    "id": s.id,
+                    "url": s.url,
+                    "events": list(s.events),
+                    "channels": list(s.channels),
+                    "enabled": not (states.get(s.id) or {}).get("disabled_at"),
+                    **{
+                        k: (states.get(s.id) or {}).get(k)
+                        for k in ("disabled_at", "reason", "failing_since")
+                    },
+                }
+                for s in gateway.settings.subscribers
+            ]
+        }
+    )
+
+
+async def _switch(request: Request, enabled: bool) -> Response:
+    gateway = _gateway(request)
+    subscriber_id = request.path_params["subscriber_id"]
+    if subscriber_id not in {s.id for s in gateway.settings.subscribers}:
+        return problem_response(
+            404, "unknown_subscriber", "Unknown subscriber", f"no subscriber {subscriber_id!r}"
+        )
+    await set_subscriber(gateway.store, subscriber_id, enabled, gateway.clock())
+    if enabled and gateway.dispatcher is not None:
+        gateway.dispatcher.wake()
+    return JSONResponse({"id": subscriber_id, "enabled": enabled})
+
+
+@authenticated
+async def enable_subscriber(request: Request) -> Response:
+    return await _switch(request, True)
+
+
+@authenticated
+async def disable_subscriber(request: Request) -> Response:
+    return await _switch(request, False)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/deliveries", list_deliveries, methods=["GET"]),
+        Route("/v1/deliveries/{delivery_id}", get_delivery, methods=["GET"]),
+        Route("/v1/replays", create_replay, methods=["POST"]),
+        Route("/v1/quarantined", list_quarantined, methods=["GET"]),
+        Route("/v1/subscribers", list_subscribers, methods=["GET"]),
+        Route("/v1/subscribers/{subscriber_id}/enable", enable_subscriber, methods=["POST"]),
+        Route("/v1/subscribers/{subscriber_id}/disable", disable_subscriber, methods=["POST"]),
+    ]

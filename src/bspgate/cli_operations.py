@@ -1,0 +1,177 @@
+"""Operator commands of the CLI: `dlq list`, `replay`, `subscribers list|enable|disable`.
+
+They work on the store the config names, with or without a running server: a running gateway's
+dispatcher picks requeued deliveries up on its next round. Output is JSON (lines for lists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+if TYPE_CHECKING:
+    from bspgate.app import Gateway
+    from bspgate.config import Settings
+
+T = TypeVar("T")
+SettingsLoader = Callable[[argparse.Namespace], "Settings"]
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+
+
+def _with_gateway(settings: Settings, work: Callable[[Gateway], Awaitable[T]]) -> T:
+    from bspgate.app import create_app
+
+    async def run() -> T:
+        app = create_app(settings, dispatch=False)
+        gateway: Gateway = app.state.gateway
+        await gateway.store.open()
+        try:
+            return await work(gateway)
+        finally:
+            await gateway.client.aclose()
+            await gateway.store.close()
+
+    return asyncio.run(run())
+
+
+def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(gateway: Gateway) -> int:
+        dead = await gateway.store.read(
+            lambda tx: tx.deliveries(
+                state="dead", subscriber_id=args.subscriber, event_id=None, limit=args.limit
+            )
+        )
+        for row in dead:
+            _print({"kind": "dead_letter", **row})
+        if not args.subscriber:
+            raws = await gateway.store.read(lambda tx: tx.raws("quarantined", args.limit))
+            for raw in raws:
+                _print(
+                    {
+                        "kind": "quarantined",
+                        "id": raw.id,
+                        "channel_id": raw.channel_id,
+                        "provider": raw.provider,
+                        "received_at": raw.received_at,
+                        "reason": raw.reason,
+                    }
+                )
+        return 0
+
+    return _with_gateway(settings, work)
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined
+
+    async def work(gateway: Gateway) -> int:
+        if args.quarantined:
+            result = await replay_quarantined(
+                gateway, raw_id=args.raw, dry_run=args.dry_run, limit=args.limit
+            )
+        else:
+            states = ["dead", *(["delivered"] if args.include_delivered else [])]
+            request = ReplayRequest.from_dict(
+                {
+                    "event_id": args.event,
+                    "subscriber_id": args.subscriber,
+                    "type": args.type,
+                    "since": args.since,
+                    "until": args.until,
+                    "states": states,
+                    "dry_run": args.dry_run,
+                    "limit": args.limit,
+                }
+            )
+            result = await replay_deliveries(gateway.store, request, gateway.clock())
+        _print(result)
+        return 0
+
+    return _with_gateway(settings, work)
+
+
+def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
+    from bspgate.operations import set_subscriber
+
+    async def work(gateway: Gateway) -> int:
+        if args.action in ("enable", "disable"):
+            if args.subscriber not in {s.id for s in settings.subscribers}:
+                sys.stderr.write(f"bspgate: no subscriber {args.subscriber!r} in the config\n")
+                return 1
+            await set_subscriber(
+                gateway.store, args.subscriber, args.action == "enable", gateway.clock()
+            )
+        states = await gateway.store.read(lambda tx: tx.subscriber_states())
+        for subscriber in settings.subscribers:
+            state = states.get(subscriber.id) or {}
+            _print(
+                {
+                    "id": subscriber.id,
+                    "url": subscriber.url,
+                    "enabled": not state.get("disabled_at"),
+                    "reason": state.get("reason"),
+                }
+            )
+        return 0
+
+    return _with_gateway(settings, work)
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader) -> None:
+    """Register the operator commands on the main parser's subcommands."""
+
+    def bind(command: Callable[[argparse.Namespace, Settings], int]) -> Callable[..., int]:
+        return lambda args: command(args, load(args))
+
+    dlq = sub.add_parser("dlq", help="dead letters and quarantined payloads")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", parents=[common], help="list them as JSON lines")
+    dlq_list.add_argument("--subscriber", help="only this subscriber's dead letters")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.set_defaults(func=bind(cmd_dlq_list))
+
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="re-deliver dead letters (by event, subscriber, type, time window) or re-normalize "
+        "quarantined payloads after a mapping fix",
+    )
+    replay.add_argument("--event", help="one event id")
+    replay.add_argument("--subscriber", help="one subscriber (also gives it events it never had)")
+    replay.add_argument("--type", help="event type, e.g. whatsapp.message.status")
+    replay.add_argument("--since", help="event time from (RFC 3339)")
+    replay.add_argument("--until", help="event time before (RFC 3339)")
+    replay.add_argument(
+        "--include-delivered",
+        action="store_true",
+        help="re-send delivered events too, not only dead letters",
+    )
+    replay.add_argument(
+        "--quarantined",
+        action="store_true",
+        help="re-run quarantined raw payloads through the current mappings",
+    )
+    replay.add_argument("--raw", help="with --quarantined: one raw payload id")
+    replay.add_argument("--dry-run", action="store_true", help="say what would happen, do nothing")
+    replay.add_argument("--limit", type=int, default=1000)
+    replay.set_defaults(func=bind(cmd_replay))
+
+    subscribers = sub.add_parser("subscribers", help="subscriber state")
+    subscribers_sub = subscribers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = subscribers_sub.add_parser("list", parents=[common], help="enabled or why not")
+    listing.set_defaults(func=bind(cmd_subscribers))
+    for action, text in (
+        ("enable", "resume deliveries where they stopped"),
+        ("disable", "pause deliveries (they wait in the outbox)"),
+    ):
+        switch = subscribers_sub.add_parser(action, parents=[common], help=text)
+        switch.add_argument("subscriber")
+        switch.set_defaults(func=bind(cmd_subscribers))

@@ -1,0 +1,191 @@
+"""Operator actions shared by `/v1` and the CLI: dead letters, replays, subscriber switches.
+
+- Replaying deliveries puts dead (and, when asked, delivered or expired) deliveries back in the
+  outbox with their attempt count reset; a subscriber added later can be given the stored events
+  it never had. The `webhook-id` stays the event id, so receivers de-duplicate a re-delivery.
+- Replaying quarantined payloads runs each stored raw payload through the current mappings (after
+  a mapping fix): the events it should have produced are stored once (event ids are deterministic,
+  so a second replay finds them and adds nothing), and the raw payload's state is updated.
+Nothing here talks HTTP or SQL directly: the store runs the statements, the pipeline the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from bspgate.errors import PayloadError
+from bspgate.ingress.parse import parse_payload
+from bspgate.mapping.engine import apply_mapping
+from bspgate.pipeline import InvalidEvents, ingest
+from bspgate.store.base import RawRecord
+
+if TYPE_CHECKING:
+    from bspgate.app import Gateway
+
+DEFAULT_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """Which deliveries to send again. `states` defaults to dead letters only."""
+
+    event_id: str | None = None
+    subscriber_id: str | None = None
+    type: str | None = None
+    since: str | None = None
+    until: str | None = None
+    states: tuple[str, ...] = ("dead",)
+    dry_run: bool = False
+    limit: int = DEFAULT_LIMIT
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplayRequest:
+        states = data.get("states") or ["dead"]
+        if not isinstance(states, list) or not all(
+            s in ("dead", "delivered", "expired") for s in states
+        ):
+            raise ValueError("states holds dead, delivered and/or expired")
+        limit = int(data.get("limit", DEFAULT_LIMIT))
+        if not 1 <= limit <= 100_000:
+            raise ValueError("limit is 1 to 100000")
+        text = {k: data.get(k) for k in ("event_id", "subscriber_id", "type", "since", "until")}
+        for key, value in text.items():
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key} must be a string")
+        return cls(
+            states=tuple(states), dry_run=bool(data.get("dry_run", False)), limit=limit, **text
+        )
+
+
+async def replay_deliveries(store: Any, request: ReplayRequest, moment: datetime) -> dict[str, Any]:
+    """Requeue matching deliveries (and fan out to a later subscriber); answers what it did."""
+    now, stamp = moment.timestamp(), moment.isoformat()
+
+    def work(tx: Any) -> dict[str, Any]:
+        candidates = tx.replay_candidates(
+            event_id=request.event_id,
+            subscriber_id=request.subscriber_id,
+            type_=request.type,
+            since=request.since,
+            until=request.until,
+            states=request.states,
+            limit=request.limit,
+        )
+        result: dict[str, Any] = {
+            "matched": len(candidates),
+            "dry_run": request.dry_run,
+            "deliveries": [c["id"] for c in candidates],
+        }
+        if request.dry_run:
+            return result
+        result["requeued"] = tx.requeue([c["id"] for c in candidates], now, stamp)
+        if request.subscriber_id:
+            result["added"] = tx.fan_out_missing(
+                request.subscriber_id,
+                event_id=request.event_id,
+                type_=request.type,
+                since=request.since,
+                until=request.until,
+                now=now,
+                stamp=stamp,
+                limit=request.limit,
+            )
+        return result
+
+    if request.dry_run:
+        answer: dict[str, Any] = await store.read(work)
+    else:
+        answer = await store.transaction(work)
+    return answer
+
+
+@dataclass(slots=True)
+class QuarantineReplay:
+    replayed: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def replay_quarantined(
+    gateway: Gateway,
+    *,
+    raw_id: str | None = None,
+    dry_run: bool = False,
+    limit: int = DEFAULT_LIMIT,
+) -> dict[str, Any]:
+    """Re-run quarantined raw payloads through the current mappings."""
+    if raw_id:
+        found = await gateway.store.read(lambda tx: tx.raw(raw_id))
+        raws = [found] if found is not None else []
+    else:
+        raws = await gateway.store.read(lambda tx: tx.raws("quarantined", limit))
+    report = [await _replay_one(gateway, raw, dry_run) for raw in raws]
+    return {"matched": len(raws), "dry_run": dry_run, "payloads": report}
+
+
+async def _replay_one(gateway: Gateway, raw: RawRecord, dry_run: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"raw_id": raw.id, "channel": raw.channel_id}
+    channel = gateway.settings.channel(raw.channel_id)
+    if channel is None or channel.provider not in gateway.mappings:
+        entry.update(state=raw.state, reason="its channel is no longer configured")
+        return entry
+    spec = gateway.mappings[channel.provider]
+    try:
+        payload = parse_payload(raw.body, spec.parse)
+    except PayloadError as exc:
+        entry.update(state=raw.state, reason=str(exc))
+        return entry
+    mapped = apply_mapping(spec, payload, channel.as_scope(), received_at=raw.received_at)
+    if dry_run:
+        entry.update(events=len(mapped.drafts), issues=mapped.issues)
+        return entry
+    moment = gateway.clock()
+    work = partial(
+        ingest,
+        channel=channel,
+        raw=raw,
+        mapped=mapped,
+        validator=gateway.validator,
+        fanout=gateway.fanout,
+        now=moment.isoformat(),
+        now_epoch=moment.timestamp(),
+        store_raw=False,
+    )
+
+    def run(tx: Any) -> dict[str, Any]:
+        outcome = work(tx)  # InvalidEvents rolls this transaction back whole
+        state = "quarantined" if outcome.issues else "processed"
+        reason = "; ".join(outcome.issues) or None
+        tx.update_raw(raw.id, state, reason, len(outcome.events) + outcome.duplicates)
+        return {
+            "state": state,
+            "reason": reason,
+            "events": len(outcome.events),
+            "deliveries": outcome.deliveries,
+        }
+
+    try:
+        entry.update(await gateway.store.transaction(run))
+    except InvalidEvents as exc:
+        reason = exc.reason
+        await gateway.store.transaction(lambda tx: tx.update_raw(raw.id, "quarantined", reason, 0))
+        entry.update(state="quarantined", reason=reason, events=0)
+    if entry.get("deliveries") and gateway.dispatcher is not None:
+        gateway.dispatcher.wake()
+    return entry
+
+
+async def set_subscriber(
+    store: Any,
+    subscriber_id: str,
+    enabled: bool,
+    moment: datetime,
+    reason: str = "disabled by an operator",
+) -> None:
+    """Enable (resume where it stopped) or disable a subscriber."""
+    stamp = moment.isoformat()
+    if enabled:
+        await store.transaction(lambda tx: tx.enable_subscriber(subscriber_id, stamp))
+    else:
+        await store.transaction(lambda tx: tx.disable_subscriber(subscriber_id, reason, stamp))
