@@ -17,7 +17,6 @@ from jmespath.exceptions import JMESPathError
 from bspgate.errors import MappingError
 from bspgate.ids import event_id
 from bspgate.mapping.expression import truthy
-from bspgate.mapping.functions import REGISTRY
 from bspgate.mapping.loader import FieldSpec, MappingSpec, RuleSpec
 
 # Canonical sub-objects: a mapping fills some keys, the rest are null; all null -> object is null.
@@ -68,39 +67,7 @@ class MappingResult:
 
 
 def _evaluate(spec: FieldSpec, scope: dict[str, Any]) -> Any:
-    if spec.is_constant:
-        return spec.constant
-    value = None
-    func = REGISTRY[spec.apply][0] if spec.apply else None
-    for candidate in spec.candidates:
-        value = candidate(scope)
-        if func is not None:
-            value = func(value)
-        if value is not None and value != "":
-            break
-    else:
-        value = None
-    if spec.value_map is not None and value is not None:
-        value = _lookup(spec, value)
-    if value is None:
-        return spec.default
-    return value
-
-
-_MISSING = object()
-
-
-def _lookup(spec: FieldSpec, value: Any) -> Any:
-    assert spec.value_map is not None
-    text = value if isinstance(value, str) else str(value)
-    mapped = spec.value_map.get(text, _MISSING)
-    if mapped is _MISSING:
-        mapped = spec.value_map.get("*", _MISSING)
-    if mapped is _MISSING:
-        if spec.default is None:
-            raise MappingError(f"value {text!r} is not in the value map")
-        return spec.default
-    return mapped
+    return spec.run(scope)
 
 
 def _iterate(
@@ -131,27 +98,6 @@ def _skeleton(event_type: str) -> dict[str, Any]:
     return data
 
 
-def _assign(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    if len(path) == 3:
-        parent = data[path[0]]
-        child = parent.get(path[1])
-        if child is None:
-            child = dict.fromkeys(_SUBOBJECTS.get((path[0], path[1]), ()))
-            parent[path[1]] = child
-        child[path[2]] = value
-    else:
-        data[path[0]][path[1]] = value
-
-
-def _collapse(data: dict[str, Any]) -> None:
-    message = data.get("message")
-    if message is None:
-        return
-    for key, value in message.items():
-        if isinstance(value, dict) and all(v is None for v in value.values()):
-            message[key] = None
-
-
 def _draft(
     rule: RuleSpec, channel_id: str, position: tuple[int, ...], scope: dict[str, Any]
 ) -> Draft | None:
@@ -159,17 +105,25 @@ def _draft(
     if rule.when is not None and not truthy(rule.when(scope)):
         return None
     for name, spec in rule.let:
-        scope[name] = _evaluate(spec, scope)
-    key = _evaluate(rule.key, scope)
+        scope[name] = spec.run(scope)
+    key = rule.key.run(scope)
     if key is None or key == "":
         raise MappingError("the event key is empty", rule=rule.name)
-    time = _evaluate(rule.time, scope)
+    time = rule.time.run(scope)
     if not isinstance(time, str):
         raise MappingError("the event time is missing", rule=rule.name)
     data = _skeleton(rule.event_type)
     for path, spec in rule.fields:
-        _assign(data, path, _evaluate(spec, scope))
-    _collapse(data)
+        value = spec.run(scope)
+        if len(path) == 2:
+            data[path[0]][path[1]] = value
+        elif value is not None:
+            # a sub-object (media, location, …) exists only when one of its fields has a value
+            parent = data[path[0]]
+            child = parent.get(path[1])
+            if child is None:
+                child = parent[path[1]] = dict.fromkeys(_SUBOBJECTS.get((path[0], path[1]), ()))
+            child[path[2]] = value
     key_text = str(key)
     return Draft(
         id=event_id(channel_id, rule.event_type, key_text),
@@ -210,10 +164,21 @@ def apply_mapping(
     result = MappingResult()
     root = {"payload": payload, "channel": channel, "received_at": received_at}
     ordered: list[tuple[tuple[tuple[int, int], ...], int, Draft]] = []
+    iterations: dict[tuple[tuple[str, str], ...], list[tuple[tuple[int, ...], dict[str, Any]]]] = {}
+
+    def scopes(
+        steps: tuple[tuple[str, Any], ...], key: tuple[tuple[str, str], ...]
+    ) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
+        # rules (and quarantine rules) with the same for_each walk the payload once
+        if key not in iterations:
+            iterations[key] = _iterate(steps, root)
+        return iterations[key]
+
     for rule_index, rule in enumerate(spec.rules):
-        for position, scope in _iterate(rule.for_each, root):
+        for position, scope in scopes(rule.for_each, rule.iteration_key):
             try:
-                draft = _draft(rule, channel["id"], position, scope)
+                # a copy: `let` bindings belong to this rule only
+                draft = _draft(rule, channel["id"], position, dict(scope))
             except (MappingError, JMESPathError) as exc:
                 where = "/".join(str(p) for p in position)
                 reason = exc.message if isinstance(exc, MappingError) else str(exc)
@@ -222,7 +187,7 @@ def apply_mapping(
             if draft is not None:
                 ordered.append((_order(rule, position), rule_index, draft))
     for quarantine in spec.quarantine:
-        for position, scope in _iterate(quarantine.for_each, root):
+        for position, scope in scopes(quarantine.for_each, quarantine.iteration_key):
             if _holds(quarantine.when, scope):
                 where = "/".join(str(p) for p in position)
                 result.issues.append(f"{quarantine.name} item {where or '-'}: {quarantine.reason}")

@@ -85,12 +85,43 @@ def _field_names(node: dict[str, Any]) -> tuple[str, ...] | None:
 
 
 def _path(names: tuple[str, ...]) -> Getter:
-    # One loop instead of one closure per segment: plain paths are most of every mapping.
-    def get(value: Any) -> Any:
-        for name in names:
-            if not isinstance(value, dict):
+    # Plain paths are most of every mapping, so they get one closure, unrolled for the usual
+    # depths. Only a dict has `.get`: a missing key (None), a list or a string raise
+    # AttributeError, which is JMESPath's null for a field of a non-object.
+    if len(names) == 1:
+        (a,) = names
+
+        def get1(value: Any) -> Any:
+            return value.get(a) if type(value) is dict else None
+
+        return get1
+    if len(names) == 2:
+        a, b = names
+
+        def get2(value: Any) -> Any:
+            try:
+                return value.get(a).get(b)
+            except AttributeError:
                 return None
-            value = value.get(name)
+
+        return get2
+    if len(names) == 3:
+        a, b, c = names
+
+        def get3(value: Any) -> Any:
+            try:
+                return value.get(a).get(b).get(c)
+            except AttributeError:
+                return None
+
+        return get3
+
+    def get(value: Any) -> Any:
+        try:
+            for name in names:
+                value = value.get(name)
+        except AttributeError:
+            return None
         return value
 
     return get
