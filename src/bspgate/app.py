@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 import httpx
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,6 +41,7 @@ from bspgate.schema.validate import EventValidator
 from bspgate.store.base import RawRecord
 
 Clock = Callable[[], datetime]
+_log = structlog.get_logger("bspgate.app")
 
 
 def utc_now() -> datetime:
@@ -121,6 +123,11 @@ class Gateway:
             mapped = apply_mapping(spec, payload, channel.as_scope(), received_at=iso(moment))
         except Exception as exc:  # a mapping bug must quarantine, never lose, the payload
             mapped = MappingResult(issues=[f"mapping engine error: {type(exc).__name__}: {exc}"])
+        if mapped.unmapped:
+            # the provider sent fields no rule reads: its format may have changed (names only)
+            for name in mapped.unmapped:
+                self.metrics.unmapped.labels(channel.provider, name[:64]).inc()
+            _log.info("mapping.unmapped_fields", provider=channel.provider, fields=mapped.unmapped)
         raw = RawRecord(
             id=new_id("raw"),
             channel_id=channel.id,

@@ -42,6 +42,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
         )
+        self.unmapped = Counter(
+            "bspgate_unmapped_fields_total",
+            "Payload fields no mapping rule reads (format drift), by provider and field name",
+            ["provider", "field"],
+            registry=self.registry,
+        )
         self.queue = Gauge(
             "bspgate_store_rows",
             "Rows by table state (deliveries_pending, raw_quarantined, …)",

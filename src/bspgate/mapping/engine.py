@@ -64,6 +64,8 @@ class MappingResult:
 
     drafts: list[Draft] = field(default_factory=list)
     issues: list[str] = field(default_factory=list)
+    # format drift: `binding.field` names the provider sent that no rule reads (never values)
+    unmapped: list[str] = field(default_factory=list)
 
 
 def _evaluate(spec: FieldSpec, scope: dict[str, Any]) -> Any:
@@ -143,6 +145,20 @@ def _order(rule: RuleSpec, position: tuple[int, ...]) -> tuple[tuple[int, int], 
     return tuple(zip(ranks, position, strict=True))
 
 
+def _drift(
+    watched: dict[str, frozenset[str]], rule: RuleSpec, scope: dict[str, Any], out: list[str]
+) -> None:
+    for binding, _getter in rule.for_each:
+        known = watched.get(binding)
+        item = scope.get(binding)
+        if known is not None and isinstance(item, dict):
+            for key in item:
+                if key not in known:
+                    name = f"{binding}.{key}"
+                    if name not in out:
+                        out.append(name)
+
+
 def _holds(condition: Any, scope: dict[str, Any]) -> bool:
     if condition is None:
         return True
@@ -186,6 +202,8 @@ def apply_mapping(
                 continue
             if draft is not None:
                 ordered.append((_order(rule, position), rule_index, draft))
+                if spec.drift:
+                    _drift(spec.drift, rule, scope, result.unmapped)
     for quarantine in spec.quarantine:
         for position, scope in scopes(quarantine.for_each, quarantine.iteration_key):
             if _holds(quarantine.when, scope):

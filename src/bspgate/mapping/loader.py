@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jmespath
 import jsonschema
 import yaml
 from jmespath.exceptions import JMESPathError
@@ -150,6 +151,8 @@ class MappingSpec:
     rules: tuple[RuleSpec, ...]
     quarantine: tuple[QuarantineSpec, ...]
     source: dict[str, Any] = field(repr=False)
+    # drift watch: binding -> every first-level field a rule reads or the mapping declares known
+    drift: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
     @property
     def outbound(self) -> dict[str, Any]:
@@ -240,12 +243,15 @@ class _Compiler:
     def __init__(self, ctx: _Chain, maps: dict[str, dict[str, Any]]) -> None:
         self.ctx = ctx
         self.maps = maps
+        self.reads: set[tuple[str, str]] = set()  # (binding, first-level field) pairs read
 
     def expression(self, text: str, path: tuple[Any, ...]) -> Getter:
         try:
-            return compile_expression(text)
+            getter = compile_expression(text)
         except JMESPathError as exc:
             raise self.ctx.error(path, f"invalid expression {text!r}: {exc}") from exc
+        _collect_reads(jmespath.compile(text).parsed, self.reads)  # type: ignore[arg-type]
+        return getter
 
     def field(self, raw: Any, path: tuple[Any, ...]) -> FieldSpec:
         if isinstance(raw, str):
@@ -360,9 +366,14 @@ def load_mapping(root: Path, name: str) -> MappingSpec:
         compiler.quarantine(raw, ("inbound", "quarantine", index))
         for index, raw in enumerate(inbound.get("quarantine") or [])
     )
+    drift = {
+        binding: frozenset(known) | {f for b, f in compiler.reads if b == binding}
+        for binding, known in (inbound.get("drift") or {}).items()
+    }
     return MappingSpec(
         name=name,
         title=data.get("title", name),
+        drift=drift,
         file=ctx.display,
         parse=inbound.get("parse", "json"),
         verify=tuple(inbound.get("verify") or ()),
@@ -371,6 +382,36 @@ def load_mapping(root: Path, name: str) -> MappingSpec:
         quarantine=quarantine,
         source=data,
     )
+
+
+def _collect_reads(node: dict[str, Any], out: set[tuple[str, str]]) -> None:
+    """Record every `binding.field` an expression reads (the head of each plain path)."""
+    if node.get("type") == "subexpression":
+        head = _head_fields(node)
+        if len(head) >= 2:
+            out.add((head[0], head[1]))
+    for child in node.get("children", []):
+        if isinstance(child, dict):
+            _collect_reads(child, out)
+
+
+def _head_fields(node: dict[str, Any]) -> list[str]:
+    # `a.b.c` parses as subexpression(subexpression(a, b), c): flatten the leading fields
+    if node.get("type") == "field":
+        return [node["value"]]
+    if node.get("type") == "index_expression":  # `errors[0]`: the field before the index
+        return _head_fields(node["children"][0])
+    if node.get("type") != "subexpression":
+        return []
+    names: list[str] = []
+    for child in node.get("children", []):
+        part = _head_fields(child)
+        if not part:
+            break
+        names.extend(part)
+        if child.get("type") != "field" and child.get("type") != "subexpression":
+            break
+    return names
 
 
 def _iteration_key(steps: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
