@@ -146,11 +146,18 @@ def test_after_the_newest_tail_cursor_is_empty(stored: TestClient) -> None:
     assert events(stored, after=newest)["data"] == []
 
 
-def test_after_a_tail_cursor_answers_newer_events_oldest_first(stored: TestClient) -> None:
-    oldest = events(stored, limit=5)["tail_cursor"]  # a full page ends at its oldest event
+def test_after_a_cursor_answers_newer_events_oldest_first(stored: TestClient) -> None:
+    oldest = events(stored, limit=5)["next_cursor"]  # a full page ends at its oldest event
     page = events(stored, after=oldest)
     assert message_ids(page) == ["wamid.B1", "wamid.A2", "wamid.OUT1", "wamid.OUT2"]
     assert page["next_cursor"] is None
+
+
+def test_tail_cursor_follows_from_the_newest_event(stored: TestClient) -> None:
+    newest_first = events(stored, limit=3)
+    assert events(stored, after=newest_first["tail_cursor"])["data"] == []
+    oldest_first = events(stored, after=events(stored, limit=5)["next_cursor"])
+    assert events(stored, after=oldest_first["tail_cursor"])["data"] == []
 
 
 @pytest.mark.parametrize("cursor", ["!!!", "eDEy", "", "s1", "czE2YQ"])
