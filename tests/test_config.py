@@ -324,3 +324,14 @@ def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("channels: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(path, env={})
+
+
+def test_port_from_an_environment_reference() -> None:
+    data = {"server": {"port": "${PORT:-9090}"}, "channels": []}
+    assert settings_from_dict(data, env={"PORT": "8181"}, base_dir=ROOT).server.port == 8181
+
+
+def test_port_from_the_environment_out_of_range_names_the_key() -> None:
+    data = {"server": {"port": "${PORT}"}, "channels": []}
+    with pytest.raises(ConfigError, match=r"server\.port"):
+        settings_from_dict(data, env={"PORT": "99999"}, base_dir=ROOT)

@@ -337,7 +337,14 @@ def settings_from_dict(
                 f"{raw['provider']!r} is not a known mapping (known: {', '.join(known) or 'none'})",
             )
     channel_ids = {raw["id"] for raw in channels_raw}
-    server = ServerSettings(**(data.get("server") or {}))
+    server_raw = dict(data.get("server") or {})
+    for key, low, high in (("port", 0, 65535), ("max_body_bytes", 1024, 104_857_600)):
+        # ${ENV} references arrive as text: digits are accepted, then range-checked here
+        if isinstance(server_raw.get(key), str):
+            server_raw[key] = int(server_raw[key])
+            if not low <= server_raw[key] <= high:
+                raise ConfigError(f"server.{key}", f"{server_raw[key]} is not in {low}..{high}")
+    server = ServerSettings(**server_raw)
     return Settings(
         storage=data.get("storage", "sqlite:///bspgate.db"),
         mappings_dir=mappings_dir,
