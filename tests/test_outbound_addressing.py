@@ -1,0 +1,119 @@
+"""The addressing rules as pure logic over the in-memory store (no HTTP, no database)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bspgate.errors import SendError
+from bspgate.identity.resolver import IdentityResolver, Observation
+from bspgate.outbound.addressing import (
+    Recipient,
+    check_service_window,
+    choose_address,
+    resolve_recipient,
+)
+from bspgate.store.memory import MemoryTx
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+B1, B2 = "US.11111111111111111111", "US.22222222222222222222"
+
+
+def store_with(*people: Observation) -> tuple[MemoryTx, list[str]]:
+    tx = MemoryTx()
+    resolver = IdentityResolver(tx, "acme", "ch", "2026-11-20T10:00:00Z")
+    return tx, [resolver.observe(person).id for person in people]
+
+
+def test_phone_of_another_contact_is_a_conflict_with_contact_id() -> None:
+    tx, (first, _second) = store_with(Observation(bsuid=B1), Observation(phone="+15550000002"))
+    with pytest.raises(SendError) as caught:
+        resolve_recipient(tx, "acme", {"contact_id": first, "phone": "+15550000002"})
+    assert caught.value.code == "recipient_conflict"
+
+
+def test_contact_of_another_portfolio_is_unknown() -> None:
+    tx, (contact,) = store_with(Observation(bsuid=B1))
+    with pytest.raises(SendError) as caught:
+        resolve_recipient(tx, "other-portfolio", {"contact_id": contact})
+    assert caught.value.code == "unknown_contact"
+
+
+def test_moved_phone_is_not_used_for_the_bsuid_it_left() -> None:
+    # a recycled number: the phone moved to a new BSUID's contact (identity rule 6)
+    tx, (old_owner, new_owner) = store_with(
+        Observation(bsuid=B1, phone="+15550000001"), Observation(bsuid=B2, phone="+15550000001")
+    )
+    recipient = resolve_recipient(tx, "acme", {"bsuid": B1, "phone": "+15550000001"})
+    assert recipient.contact_id == old_owner != new_owner
+    assert recipient.phone is None
+    assert recipient.ignored_phone == "belongs to another contact"
+
+
+def test_unknown_bsuid_with_a_phone_only_contact_joins_it() -> None:
+    tx, (legacy,) = store_with(Observation(phone="+15550000003"))
+    recipient = resolve_recipient(tx, "acme", {"bsuid": B1, "phone": "+15550000003"})
+    assert (recipient.contact_id, recipient.bsuid, recipient.phone) == (legacy, B1, "+15550000003")
+
+
+@pytest.mark.parametrize(
+    ("send_by", "supported", "bsuid", "phone", "expected"),
+    [
+        ("auto", True, B1, "+15550000001", "bsuid"),
+        ("auto", False, B1, "+15550000001", "phone"),
+        ("auto", False, B1, None, "bsuid_send_unsupported"),
+        ("phone", True, B1, None, "bsuid_send_unsupported"),
+        ("phone", True, B1, "+15550000001", "phone"),
+        ("bsuid", True, None, "+15550000001", "bsuid_required"),
+        ("bsuid", False, B1, "+15550000001", "bsuid_send_unsupported"),
+        ("bsuid", True, B1, "+15550000001", "bsuid"),
+    ],
+)
+def test_send_by_policy(
+    send_by: str, supported: bool, bsuid: str | None, phone: str | None, expected: str
+) -> None:
+    recipient = Recipient("ct_1", bsuid, phone)
+
+    def choose() -> str:
+        address = choose_address(
+            recipient, send_type="text", category=None, send_by=send_by, bsuid_supported=supported
+        )
+        context = address.as_context()
+        assert (context["bsuid"] is None) != (context["phone"] is None)  # rule 1
+        return address.kind
+
+    if expected in {"bsuid", "phone"}:
+        assert choose() == expected
+    else:
+        with pytest.raises(SendError) as caught:
+            choose()
+        assert caught.value.code == expected
+
+
+def test_auth_template_goes_to_the_phone_even_when_the_channel_sends_by_bsuid() -> None:
+    address = choose_address(
+        Recipient("ct_1", B1, "+15550000001"),
+        send_type="template",
+        category="authentication",
+        send_by="bsuid",
+        bsuid_supported=True,
+    )
+    assert (address.kind, address.value) == ("phone", "+15550000001")
+
+
+def test_window_without_any_inbound_is_closed() -> None:
+    with pytest.raises(SendError) as caught:
+        check_service_window(None, policy="enforce", now=NOW)
+    assert "never messaged" in caught.value.detail
+
+
+def test_window_edges() -> None:
+    inside = (NOW - timedelta(hours=24)).isoformat()
+    outside = (NOW - timedelta(hours=24, seconds=1)).isoformat()
+    assert check_service_window(inside, policy="enforce", now=NOW) == ()
+    assert check_service_window(outside, policy="warn", now=NOW) == ("outside_service_window",)
+    assert check_service_window(outside, policy="off", now=NOW) == ()
+    assert check_service_window(None, policy="enforce", now=NOW, checked=False) == (
+        "service_window_not_checked",
+    )
