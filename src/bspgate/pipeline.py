@@ -17,6 +17,7 @@ import orjson
 from bspgate.config import Channel, Subscriber
 from bspgate.errors import CanonicalValidationError
 from bspgate.identity.resolver import IdentityResolver, Observation, UnresolvableContact
+from bspgate.ids import event_id
 from bspgate.mapping.engine import Draft, MappingResult
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import ContactRow, RawRecord, StoreTx
@@ -153,7 +154,10 @@ def ingest(
 ) -> IngestOutcome:
     """Store one webhook's raw payload, events and outbox rows. Raises `InvalidEvents`."""
     outcome = IngestOutcome(raw_id=raw.id, state="processed", issues=list(mapped.issues))
-    resolver = IdentityResolver(tx, channel.portfolio, channel.id, now, now_epoch)
+    resolver = IdentityResolver(
+        tx, channel.portfolio, channel.id, now, now_epoch, announces=mapped.announces
+    )
+    store = _EventWriter(tx, channel, raw.id, validator, fanout, now, now_epoch, outcome)
     for draft in mapped.drafts:
         if tx.event_exists(draft.id):
             outcome.duplicates += 1
@@ -163,33 +167,10 @@ def ingest(
         except UnresolvableContact as exc:
             outcome.issues.append(f"rule {draft.rule} event {draft.id}: {exc}")
             continue
-        event = complete_event(draft, channel, contact, raw.id)
-        try:
-            validator.validate(event)
-        except CanonicalValidationError as exc:
-            raise InvalidEvents(
-                f"rule {draft.rule}: event fails the canonical schema: {exc}"
-            ) from exc
-        body = orjson.dumps(event).decode()
-        if draft.type == STATUS and not _moves_forward(tx, channel.id, event, now):
-            # stored for the record, never delivered: it would move the message backwards
-            tx.insert_event(event, body, now, superseded=True)
-            outcome.superseded += 1
-            continue
-        seq = tx.insert_event(event, body, now)
-        for subscriber in fanout.matching(event["type"], channel.id):
-            held = subscriber.require_phone and not contact.phone
-            tx.insert_delivery(
-                seq,
-                event["id"],
-                subscriber.id,
-                contact.id,
-                "held" if held else "pending",
-                now_epoch,
-                now,
-            )
-            outcome.deliveries += 1
-        outcome.events.append(event)
+        for previous_bsuid in resolver.take_silent_relinks():
+            # the provider announces nothing: tell downstream about the relink we inferred
+            store.write(_relink_draft(channel.id, draft, contact, previous_bsuid), contact)
+        store.write(draft, contact)
     if outcome.issues:
         outcome.state = "quarantined"
     elif (outcome.duplicates or outcome.superseded) and not outcome.events:
@@ -198,6 +179,71 @@ def ingest(
         reason = "; ".join(outcome.issues) if outcome.issues else None
         tx.insert_raw(_with_state(raw, outcome.state, reason, len(outcome.events)))
     return outcome
+
+
+def _relink_draft(channel_id: str, cause: Draft, contact: ContactRow, previous: str) -> Draft:
+    key = f"relink:{previous}:{contact.bsuid}"
+    return Draft(
+        id=event_id(channel_id, IDENTITY_CHANGED, key),
+        type=IDENTITY_CHANGED,
+        key=key,
+        time=cause.time,
+        rule="unannounced_relink",
+        position=cause.position,
+        data={
+            "channel": {"business_phone": cause.data["channel"]["business_phone"]},
+            "contact": {},
+            "previous": {"bsuid": previous, "phone": None},
+        },
+    )
+
+
+class _EventWriter:
+    """Completes, validates and stores events with their outbox rows, for one ingest."""
+
+    def __init__(
+        self,
+        tx: StoreTx,
+        channel: Channel,
+        raw_id: str,
+        validator: EventValidator,
+        fanout: Fanout,
+        now: str,
+        now_epoch: float,
+        outcome: IngestOutcome,
+    ) -> None:
+        self.tx, self.channel, self.raw_id = tx, channel, raw_id
+        self.validator, self.fanout = validator, fanout
+        self.now, self.now_epoch, self.outcome = now, now_epoch, outcome
+
+    def write(self, draft: Draft, contact: ContactRow) -> None:
+        event = complete_event(draft, self.channel, contact, self.raw_id)
+        try:
+            self.validator.validate(event)
+        except CanonicalValidationError as exc:
+            raise InvalidEvents(
+                f"rule {draft.rule}: event fails the canonical schema: {exc}"
+            ) from exc
+        body = orjson.dumps(event).decode()
+        if draft.type == STATUS and not _moves_forward(self.tx, self.channel.id, event, self.now):
+            # stored for the record, never delivered: it would move the message backwards
+            self.tx.insert_event(event, body, self.now, superseded=True)
+            self.outcome.superseded += 1
+            return
+        seq = self.tx.insert_event(event, body, self.now)
+        for subscriber in self.fanout.matching(event["type"], self.channel.id):
+            held = subscriber.require_phone and not contact.phone
+            self.tx.insert_delivery(
+                seq,
+                event["id"],
+                subscriber.id,
+                contact.id,
+                "held" if held else "pending",
+                self.now_epoch,
+                self.now,
+            )
+            self.outcome.deliveries += 1
+        self.outcome.events.append(event)
 
 
 def quarantine(tx: StoreTx, raw: RawRecord, reason: str) -> None:

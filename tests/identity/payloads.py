@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 TS = 1767225600
+ACS_CHANNEL = "11111111-1111-1111-1111-111111111111"
 
 
 def _cloud(change_value: dict[str, Any]) -> bytes:
@@ -84,3 +85,60 @@ def cloud_user_changed_number(
             ]
         }
     )
+
+
+def twilio_message(sid: str, *, phone: str | None = None, bsuid: str | None = None) -> bytes:
+    """Twilio's inbound form fields (as JSON: `simulate` form-encodes them)."""
+    fields = {
+        "MessageSid": sid,
+        "SmsMessageSid": sid,
+        "SmsSid": sid,
+        "AccountSid": "AC" + "0" * 32,
+        "MessageType": "text",
+        "Body": f"message {sid}",
+        "NumMedia": "0",
+        "ProfileName": "Sheena Nelson",
+        "To": "whatsapp:+15550001111",
+        "ApiVersion": "2010-04-01",
+        "SmsStatus": "received",
+    }
+    if phone:
+        fields["From"] = f"whatsapp:+{phone}"
+        fields["WaId"] = phone
+    elif bsuid:
+        fields["From"] = f"whatsapp:{bsuid}"  # phone hidden: From carries the BSUID
+    if bsuid:
+        fields["ExternalUserId"] = f"whatsapp:{bsuid}"
+    return json.dumps(fields).encode()
+
+
+def acs_message(
+    message_id: str, *, phone: str | None = None, bsuid: str | None = None, step: int = 0
+) -> bytes:
+    """One Event Grid AdvancedMessageReceived event (Event Grid schema: a JSON array)."""
+    data = {
+        "content": f"message {message_id}",
+        "channelType": "whatsapp",
+        "messageType": "text",
+        "messageId": message_id,
+        "from": phone or "",
+        "to": "11111111-1111-1111-1111-111111111111",
+        "receivedTimestamp": f"2026-01-01T00:00:{step:02d}+00:00",
+    }
+    if bsuid:
+        data["fromBSUID"] = bsuid
+    sender = phone or bsuid
+    return json.dumps(
+        [
+            {
+                "id": f"eg-{message_id}",
+                "topic": "/subscriptions/x/providers/microsoft.communication/acs",
+                "subject": f"advancedMessage/sender/{sender}/recipient/{ACS_CHANNEL}",
+                "data": data,
+                "eventType": "Microsoft.Communication.AdvancedMessageReceived",
+                "dataVersion": "1.0",
+                "metadataVersion": "1",
+                "eventTime": "2026-01-01T00:00:01Z",
+            }
+        ]
+    ).encode()

@@ -132,3 +132,24 @@ def test_username_and_name_latest_wins(tx: Any) -> None:
 def test_no_identifier_is_unresolvable(tx: Any) -> None:
     with pytest.raises(UnresolvableContact):
         resolver(tx).observe(Observation(name="nobody"))
+
+
+def test_silent_provider_relinks_a_known_phone_with_a_new_bsuid(tx: Any) -> None:
+    silent = IdentityResolver(tx, "acme", "tw", NOW, announces=False)
+    first = silent.observe(Observation(bsuid=B1, phone=P1))
+    assert silent.take_silent_relinks() == []
+    again = silent.observe(Observation(bsuid=B2, phone=P1))
+    assert again.id == first.id
+    assert again.bsuid == B2
+    assert again.phone == P1
+    assert silent.take_silent_relinks() == [B1]
+    assert silent.take_silent_relinks() == []
+    assert tx.contact_by_bsuid("acme", B1).id == first.id
+
+
+def test_announcing_provider_treats_the_same_pairing_as_a_recycled_number(tx: Any) -> None:
+    announcing = IdentityResolver(tx, "acme", "cloud", NOW, announces=True)
+    first = announcing.observe(Observation(bsuid=B1, phone=P1))
+    again = announcing.observe(Observation(bsuid=B2, phone=P1))
+    assert again.id != first.id
+    assert announcing.take_silent_relinks() == []

@@ -52,13 +52,30 @@ class IdentityResolver:
     """Applies the rules for one transaction. `portfolio` and `channel_id` scope every call."""
 
     def __init__(
-        self, tx: StoreTx, portfolio: str, channel_id: str, now: str, now_epoch: float = 0.0
+        self,
+        tx: StoreTx,
+        portfolio: str,
+        channel_id: str,
+        now: str,
+        now_epoch: float = 0.0,
+        *,
+        announces: bool = True,
     ) -> None:
         self.tx = tx
         self.portfolio = portfolio
         self.channel_id = channel_id
         self.now = now
         self.now_epoch = now_epoch
+        # Does this channel's provider announce identity changes (Meta's system messages)? If it
+        # does, a known phone with a new BSUID is a recycled number (rule 6); if it announces
+        # nothing, the phone is the only link left, and the contract relinks on it.
+        self.announces = announces
+        self._silent_relinks: list[str] = []
+
+    def take_silent_relinks(self) -> list[str]:
+        """Previous BSUIDs relinked without an announcement since the last call."""
+        taken, self._silent_relinks = self._silent_relinks, []
+        return taken
 
     # -- rules 1-4, 6 ----------------------------------------------------------------------
     def observe(self, seen: Observation) -> ContactRow:
@@ -91,6 +108,18 @@ class IdentityResolver:
         if owner is not None and owner.bsuid is None:
             contact = owner  # rule 4: the phone-only contact gains the BSUID
             self.tx.add_history(contact.id, self.now, "merged", {"bsuid": seen.bsuid})
+        elif owner is not None and not self.announces:
+            # an identity change the provider did not announce: same contact, new BSUID; the old
+            # one stays resolvable (link_bsuid retires it) and the phone, seen again, stays
+            contact = owner
+            assert owner.bsuid is not None
+            self._silent_relinks.append(owner.bsuid)
+            self.tx.add_history(
+                contact.id,
+                self.now,
+                "relinked",
+                {"channel": self.channel_id, "announced": False, "previous_bsuid": owner.bsuid},
+            )
         else:
             contact = self.tx.create_contact(self.portfolio, self.now)
             self.tx.add_history(contact.id, self.now, "created", {"by": "bsuid"})
