@@ -123,6 +123,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_mappings(args: argparse.Namespace) -> int:
     from bspgate.mapping.cases import run_case
     from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names
+    from bspgate.outbound.spec import OUTBOUND_FILE, load_outbound
 
     root = _mappings_dir(args)
     names = [args.provider] if getattr(args, "provider", None) else mapping_names(root)
@@ -140,6 +141,15 @@ def cmd_mappings(args: argparse.Namespace) -> int:
         if args.action == "check":
             sys.stdout.write(f"ok   {spec.file} ({len(spec.rules)} rules)\n")
             passed += 1
+            if (root / name / OUTBOUND_FILE).is_file():
+                try:
+                    load_outbound(root, name)
+                except MappingLoadError as exc:
+                    sys.stdout.write(f"FAIL {exc}\n")
+                    failures += 1
+                else:
+                    sys.stdout.write(f"ok   mappings/{name}/{OUTBOUND_FILE}\n")
+                    passed += 1
             continue
         for path in iter_case_files(root, name):
             result = run_case(spec, path)
