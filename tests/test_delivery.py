@@ -143,7 +143,7 @@ async def harness(
             await gateway.store.close()
 
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.store]  # store: runs on SQLite and PostgreSQL
 
 
 # -- what a subscriber receives -------------------------------------------------------------------

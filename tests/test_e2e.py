@@ -48,9 +48,10 @@ from tests.conftest import (
     ROOT,
     SUBSCRIBER_SECRET,
     make_settings,
+    storage_url,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.store]  # store: runs on SQLite and PostgreSQL
 DEADLINE = 10.0
 
 
@@ -295,7 +296,7 @@ def test_bspgate_serve_and_simulate_deliver_to_a_real_receiver(
         config.write_text(
             yaml.safe_dump(
                 {
-                    "storage": f"sqlite:///{tmp_path / 'gateway.db'}",
+                    "storage": storage_url(tmp_path, "gateway.db"),
                     "mappings": str(MAPPINGS),
                     "server": {
                         "host": "127.0.0.1",

@@ -13,6 +13,8 @@ from tests.asgi_client import TestClient
 from tests.conftest import API_KEY, make_settings
 from tests.payloads import signed, status_webhook, text_webhook
 
+pytestmark = pytest.mark.store  # runs on SQLite and PostgreSQL
+
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 ALICE = "US.10000000000000000001"
 BOB = "US.20000000000000000002"

@@ -21,6 +21,8 @@ from tests.conftest import (
     meta_signature,
 )
 
+pytestmark = pytest.mark.store  # runs on SQLite and PostgreSQL
+
 PROBLEM = "application/problem+json"
 ClientFactory = Callable[..., TestClient]
 

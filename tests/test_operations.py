@@ -14,7 +14,7 @@ from tests.conftest import MAPPINGS
 from tests.payloads import status_webhook, text_webhook
 from tests.test_delivery import BI, CRM, harness, subscriber
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.store]  # store: runs on SQLite and PostgreSQL
 
 
 async def _statuses(h: Any) -> list[str]:

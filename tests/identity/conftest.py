@@ -12,6 +12,8 @@ import pytest
 from bspgate.store.memory import MemoryTx
 from bspgate.store.sql import SqlTx
 from bspgate.store.sqlite import _migrate
+from tests.conftest import BACKENDS
+from tests.store.pg import migrated_tx
 
 
 def sqlite_tx(path: Path) -> tuple[SqlTx, sqlite3.Connection]:
@@ -22,10 +24,14 @@ def sqlite_tx(path: Path) -> tuple[SqlTx, sqlite3.Connection]:
     return tx, conn
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", *BACKENDS[1:]])
 def tx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     if request.param == "memory":
         yield MemoryTx()
+        return
+    if request.param == "postgres":
+        with migrated_tx(request.getfixturevalue("postgres_dsn")) as pg_tx:
+            yield pg_tx
         return
     store, conn = sqlite_tx(tmp_path / "identity.db")
     try:

@@ -17,6 +17,8 @@ from tests.asgi_client import TestClient
 from tests.conftest import API_KEY, SUBSCRIBER_SECRET, make_settings, meta_signature
 from tests.identity.payloads import cloud_message, cloud_user_changed_user_id
 
+pytestmark = pytest.mark.store  # runs on SQLite and PostgreSQL
+
 B1 = "US.13491208655302741918"
 B2 = "US.20000000000000000001"
 PHONE = "15551234567"

@@ -16,7 +16,7 @@ from tests.identity.payloads import (
     cloud_user_changed_user_id,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.store]  # store: runs on SQLite and PostgreSQL
 
 B1 = "US.13491208655302741918"
 B2 = "US.20000000000000000001"

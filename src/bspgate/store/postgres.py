@@ -1,17 +1,32 @@
 """PostgreSQL backend: several gateway replicas share one database.
 
 Same `SqlTx` statements as SQLite (placeholders rewritten to `%s`), over a psycopg 3 connection
-pool; each transaction runs in a worker thread. Races between replicas are settled by the unique
-constraints: a transaction that loses one (two replicas creating the same new contact) is retried
-from the start, so no lock is ever held across network I/O. Dispatchers on different replicas
-never claim the same row: `claim_due` updates a row only while it is still claimable, and the
-update's row lock serializes the claim.
+pool; each transaction runs in one of the store's own worker threads (as many as the pool has
+connections, so a thread never waits for a connection).
+
+Concurrency between replicas (and between the threads of one replica):
+
+- Transactions run at REPEATABLE READ. A transaction that read a row another transaction then
+  changed (two replicas updating one contact, or both creating the contact of one new BSUID, where
+  `INSERT ... ON CONFLICT DO UPDATE` meets a row its snapshot cannot see) fails with a
+  serialization error instead of silently overwriting the other's work, as READ COMMITTED would.
+  Unique constraints settle the rest (one active owner per phone). The loser is retried from the
+  start after a short jittered pause, so no lock is ever held across network I/O and each
+  transaction sees the winner's rows on its next try: one contact, whatever the interleaving.
+- Dispatchers claim with `SELECT ... FOR UPDATE OF d SKIP LOCKED` (`SqlTx.claim_due`): two
+  replicas claiming at once get disjoint rows, and the guarded UPDATE makes a lost race a no-op.
+- Reads (`read`, `read_sync`) run in a transaction that is always rolled back, as SQLite's
+  reader does: one consistent snapshot per call, and nothing a read does persists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import random
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -24,31 +39,70 @@ from bspgate.store.migrate import LATEST, migrations
 from bspgate.store.sql import SqlTx
 
 T = TypeVar("T")
-_RETRIES = 5
+_RETRIES = 10
 _MIGRATION_LOCK = 7_206_102_311  # pg_advisory_xact_lock key: one replica migrates at a time
+# Errors that mean "another transaction won this race; run again from the start".
+_CONFLICTS = (
+    psycopg.errors.UniqueViolation,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+)
 _log = structlog.get_logger("bspgate.store")
 
 
-class PostgresStore:
-    """The shared store. `dsn` is a `postgresql://` URL."""
+def _configure(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
 
-    def __init__(self, dsn: str, *, max_size: int = 8) -> None:
+
+class PostgresStore:
+    """The shared store. `dsn` is a `postgresql://` URL; `max_size` connections (and threads)."""
+
+    def __init__(self, dsn: str, *, max_size: int = 8, connect_timeout: float = 30.0) -> None:
         self.dsn = dsn.replace("postgres://", "postgresql://", 1)
+        self._connect_timeout = connect_timeout  # how long open() waits for the server
         self._pool: ConnectionPool | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._max_size = max_size
+        self.conflicts = 0  # transactions retried after losing a race (for tests and metrics)
 
     async def open(self) -> None:
         if self._pool is not None:
             return
-        pool = ConnectionPool(self.dsn, min_size=1, max_size=self._max_size, open=False)
+        pool = ConnectionPool(
+            self.dsn,
+            min_size=min(2, self._max_size),
+            max_size=self._max_size,
+            open=False,
+            configure=_configure,
+            name="bspgate",
+        )
         try:
-            await asyncio.to_thread(pool.open, True, 30.0)
+            await asyncio.to_thread(pool.open, True, self._connect_timeout)
         except Exception as exc:
+            await asyncio.to_thread(pool.close)
             raise StoreError(f"cannot reach PostgreSQL: {exc}") from exc
         self._pool = pool
-        await self.transaction(_migrate)
+        self._executor = ThreadPoolExecutor(self._max_size, thread_name_prefix="bspgate-pg")
+        try:
+            await asyncio.to_thread(self._migrate)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _migrate(self) -> None:
+        # Its own READ COMMITTED connection: a replica that waited for the migration lock must
+        # see the versions the lock holder committed, which a REPEATABLE READ snapshot taken
+        # before the wait would hide (it would then re-run them and fail).
+        try:
+            with psycopg.connect(self.dsn) as conn, conn.transaction():
+                _migrate(SqlTx(conn, "format"))
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL migration failed: {exc}") from exc
 
     async def close(self) -> None:
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, True)
+            self._executor = None
         if self._pool is not None:
             await asyncio.to_thread(self._pool.close)
             self._pool = None
@@ -58,23 +112,33 @@ class PostgresStore:
             raise StoreError("the store is not open")
         for attempt in range(_RETRIES):
             try:
-                with self._pool.connection() as conn, conn.transaction():
-                    if read_only:
-                        conn.execute("SET TRANSACTION READ ONLY")
+                with (
+                    self._pool.connection() as conn,
+                    conn.transaction(force_rollback=read_only),
+                ):
                     return work(SqlTx(conn, "format"))
-            except (psycopg.errors.UniqueViolation, psycopg.errors.SerializationFailure) as exc:
+            except _CONFLICTS as exc:
                 if attempt == _RETRIES - 1:
                     raise StoreError(f"transaction kept conflicting: {exc}") from exc
-                _log.info("store.retry_conflict", attempt=attempt + 1, error=type(exc).__name__)
+                self.conflicts += 1
+                _log.debug("store.retry_conflict", attempt=attempt + 1, error=type(exc).__name__)
+                # jittered, growing pause: racing replicas retry out of step
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311 (not crypto)
             except psycopg.OperationalError as exc:
                 raise StoreError(f"PostgreSQL failed: {exc}") from exc
         raise StoreError("unreachable")  # pragma: no cover
 
+    async def _submit(self, work: Callable[[SqlTx], T], read_only: bool) -> T:
+        if self._executor is None:
+            raise StoreError("the store is not open")
+        call = functools.partial(self._run, work, read_only)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
     async def transaction(self, work: Callable[[SqlTx], T]) -> T:
-        return await asyncio.to_thread(self._run, work, False)
+        return await self._submit(work, False)
 
     async def read(self, work: Callable[[SqlTx], T]) -> T:
-        return await asyncio.to_thread(self._run, work, True)
+        return await self._submit(work, True)
 
     def read_sync(self, work: Callable[[SqlTx], T]) -> T:
         return self._run(work, True)

@@ -1,0 +1,1 @@
+"""Store test plumbing shared by the suite: throwaway PostgreSQL databases and schemas."""

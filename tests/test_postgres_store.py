@@ -1,0 +1,137 @@
+"""PostgreSQL backend specifics: concurrent migrations, SKIP LOCKED claims, races, read semantics.
+
+The behaviour both backends share is tested by the `store`-marked modules on both; these are the
+properties only several replicas (or several threads on one pool) can break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+from bspgate.errors import StoreError
+from bspgate.identity.resolver import IdentityResolver, Observation
+from bspgate.store.base import ContactRow
+from bspgate.store.postgres import PostgresStore
+from bspgate.store.sql import SqlTx
+from tests.store.pg import migrated_tx, with_database, with_search_path
+
+pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
+NOW = "2026-04-02T10:00:00Z"
+
+
+def test_dsn_helpers_keep_other_parameters() -> None:
+    url = "postgresql://u@h:5432/test?sslmode=disable&options=-cfoo%3Dbar"
+    assert (
+        with_database(url, "other")
+        == "postgresql://u@h:5432/other?sslmode=disable&options=-cfoo%3Dbar"
+    )
+    assert with_search_path(url, "t_1") == (
+        "postgresql://u@h:5432/test?sslmode=disable&options=-csearch_path%3Dt_1"
+    )
+
+
+async def test_replicas_starting_together_migrate_once(postgres_dsn: str) -> None:
+    stores = [PostgresStore(postgres_dsn) for _ in range(3)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        assert all([await store.ping() for store in stores])
+        versions = await stores[0].read(lambda tx: tx.all("SELECT version FROM schema_migrations"))
+        assert len(versions) == len({v for (v,) in versions})
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+async def test_unreachable_server_is_a_store_error() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/none", connect_timeout=1.0)
+    with pytest.raises(StoreError, match="cannot reach PostgreSQL"):
+        await store.open()
+
+
+async def test_reads_never_persist_writes(postgres_dsn: str) -> None:
+    # as with SQLite's reader: a read runs in a transaction that is rolled back
+    store = PostgresStore(postgres_dsn)
+    await store.open()
+    try:
+        await store.read(lambda tx: tx.create_contact("acme", NOW))
+        count = await store.read(lambda tx: tx.one("SELECT COUNT(*) FROM contacts")[0])
+        assert count == 0
+    finally:
+        await store.close()
+
+
+def _pending_rows(tx: SqlTx, count: int) -> None:
+    for n in range(count):
+        tx.execute(
+            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
+            "VALUES (?, 'whatsapp.message.received', 'ch', ?, ?, ?, 'raw', '{}')",
+            (f"evt{n}", f"ct{n}", NOW, NOW),
+        )
+        seq = tx.one("SELECT seq FROM events WHERE id = ?", (f"evt{n}",))[0]
+        tx.insert_delivery(seq, f"evt{n}", "crm", f"ct{n}", "pending", 0.0, NOW)
+
+
+def test_concurrent_claims_take_disjoint_rows(postgres_dsn: str) -> None:
+    with migrated_tx(postgres_dsn) as setup:
+        _pending_rows(setup, 10)
+        setup.conn.commit()
+    with psycopg.connect(postgres_dsn) as first, psycopg.connect(postgres_dsn) as second:
+        # the first claim is still uncommitted while the second runs: its rows are locked
+        mine = SqlTx(first, "format").claim_due(100.0, 60.0, 4, {"crm"})
+        theirs = SqlTx(second, "format").claim_due(100.0, 60.0, 100, {"crm"})
+        first.commit()
+        second.commit()
+    assert len(mine) == 4
+    assert len(theirs) == 6
+    assert not {job.id for job in mine} & {job.id for job in theirs}
+
+
+def test_claim_skips_a_contact_whose_head_another_replica_holds(postgres_dsn: str) -> None:
+    with migrated_tx(postgres_dsn) as setup:
+        _pending_rows(setup, 2)
+        # a second event for contact ct0 must wait for the first, even while it is locked
+        setup.execute(
+            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
+            "VALUES ('late', 'whatsapp.message.received', 'ch', 'ct0', ?, ?, 'raw', '{}')",
+            (NOW, NOW),
+        )
+        seq = setup.one("SELECT seq FROM events WHERE id = 'late'")[0]
+        setup.insert_delivery(seq, "late", "crm", "ct0", "pending", 0.0, NOW)
+        setup.conn.commit()
+    with psycopg.connect(postgres_dsn) as first, psycopg.connect(postgres_dsn) as second:
+        mine = SqlTx(first, "format").claim_due(100.0, 60.0, 1, {"crm"})
+        theirs = SqlTx(second, "format").claim_due(100.0, 60.0, 100, {"crm"})
+        first.commit()
+        second.commit()
+    assert [job.event_id for job in mine] == ["evt0"]
+    assert [job.event_id for job in theirs] == ["evt1"]
+
+
+async def test_racing_first_messages_of_one_bsuid_make_one_contact(postgres_dsn: str) -> None:
+    # Both transactions look the BSUID up before either creates it (the barrier), so one must
+    # lose at commit or on the upsert and be retried, then find the winner's contact.
+    store = PostgresStore(postgres_dsn)
+    await store.open()
+    barrier = threading.Barrier(2)
+    first_try = threading.local()
+
+    def resolve(tx: Any) -> ContactRow:
+        resolver = IdentityResolver(tx, "acme", "ch", NOW)
+        tx.contact_by_bsuid("acme", "US.1")
+        if not getattr(first_try, "done", False):
+            first_try.done = True
+            barrier.wait(timeout=10)
+        return resolver.observe(Observation(bsuid="US.1"))
+
+    try:
+        contacts = await asyncio.gather(store.transaction(resolve), store.transaction(resolve))
+        assert contacts[0].id == contacts[1].id
+        assert store.conflicts >= 1
+        count = await store.read(lambda tx: tx.one("SELECT COUNT(*) FROM contacts")[0])
+        assert count == 1
+    finally:
+        await store.close()
