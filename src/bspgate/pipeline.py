@@ -72,15 +72,18 @@ def _contact_data(contact: ContactRow) -> dict[str, Any]:
     }
 
 
-def _resolve(tx: StoreTx, resolver: IdentityResolver, channel: Channel, draft: Draft) -> ContactRow:
+def _resolve(
+    tx: StoreTx, resolver: IdentityResolver, channel: Channel, draft: Draft
+) -> tuple[ContactRow, dict[str, Any]]:
     data = draft.data
     seen = Observation.from_contact_data(data["contact"])
     if draft.type == IDENTITY_CHANGED:
         previous = data["previous"]
         contact, old_bsuid, old_phone = resolver.relink(seen, previous["bsuid"], previous["phone"])
-        previous["bsuid"] = previous["bsuid"] or old_bsuid
-        previous["phone"] = previous["phone"] or old_phone
-        return contact
+        # what the contact had before fills what the announcement left out; the draft itself
+        # stays untouched, so a retried transaction (PostgreSQL conflicts) starts from the same
+        filled = {"bsuid": previous["bsuid"] or old_bsuid, "phone": previous["phone"] or old_phone}
+        return contact, {"previous": filled}
     if draft.type == STATUS and not seen.bsuid and not seen.phone:
         # identity rule 8: a status without identifiers resolves through our send record
         contact_id = tx.contact_for_send(channel.id, data["message"]["id"])
@@ -89,11 +92,11 @@ def _resolve(tx: StoreTx, resolver: IdentityResolver, channel: Channel, draft: D
             found = tx.contact(found.merged_into)
         if found is None:
             raise UnresolvableContact("status for a message this gateway did not send")
-        return found
+        return found, {}
     contact = resolver.observe(seen)
     if draft.type == RECEIVED:
         tx.mark_inbound(contact.id, channel.id, data["message"]["timestamp"] or draft.time)
-    return contact
+    return contact, {}
 
 
 # Status order per message: accepted < sent < delivered < read < played; failed and deleted are
@@ -163,14 +166,14 @@ def ingest(
             outcome.duplicates += 1
             continue
         try:
-            contact = _resolve(tx, resolver, channel, draft)
+            contact, resolved = _resolve(tx, resolver, channel, draft)
         except UnresolvableContact as exc:
             outcome.issues.append(f"rule {draft.rule} event {draft.id}: {exc}")
             continue
         for previous_bsuid in resolver.take_silent_relinks():
             # the provider announces nothing: tell downstream about the relink we inferred
             store.write(_relink_draft(channel.id, draft, contact, previous_bsuid), contact)
-        store.write(draft, contact)
+        store.write(draft, contact, resolved)
     if outcome.issues:
         outcome.state = "quarantined"
     elif (outcome.duplicates or outcome.superseded) and not outcome.events:
@@ -216,8 +219,12 @@ class _EventWriter:
         self.validator, self.fanout = validator, fanout
         self.now, self.now_epoch, self.outcome = now, now_epoch, outcome
 
-    def write(self, draft: Draft, contact: ContactRow) -> None:
+    def write(
+        self, draft: Draft, contact: ContactRow, resolved: dict[str, Any] | None = None
+    ) -> None:
         event = complete_event(draft, self.channel, contact, self.raw_id)
+        if resolved:
+            event["data"].update(resolved)
         try:
             self.validator.validate(event)
         except CanonicalValidationError as exc:
