@@ -25,6 +25,7 @@ from standardwebhooks import Webhook
 
 from bspgate.config import Subscriber
 from bspgate.delivery.retry import decide, retry_after_seconds
+from bspgate.delivery.transport import HttpxPoster, Poster, PostFailed
 from bspgate.metrics import Metrics
 from bspgate.store.base import DeliveryJob
 
@@ -48,7 +49,7 @@ class Dispatcher:
         self,
         store: Any,
         subscribers: tuple[Subscriber, ...],
-        client: httpx.AsyncClient,
+        client: httpx.AsyncClient | Poster,
         metrics: Metrics,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -59,7 +60,9 @@ class Dispatcher:
         self.store = store
         self.subscribers = {s.id: s for s in subscribers}
         self._signers = {s.id: Webhook(s.secret.reveal()) for s in subscribers}
-        self.client = client
+        self.poster: Poster = (
+            HttpxPoster(client) if isinstance(client, httpx.AsyncClient) else client
+        )
         self.metrics = metrics
         self.clock = clock
         self.batch = batch
@@ -79,8 +82,16 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
 
-    async def run(self) -> None:
-        """Deliver until `stop()`; a failing round is logged and retried, never fatal."""
+    async def run(self, rounds: int = 2) -> None:
+        """Deliver until `stop()`; a failing round is logged and retried, never fatal.
+
+        `rounds` rounds overlap: while one waits for its slowest subscriber, the next claims and
+        sends. Claims are exclusive (a claimed row is in flight) and only the head of each
+        contact's queue is claimable, so overlapping rounds keep per-contact order.
+        """
+        await asyncio.gather(*(self._loop() for _ in range(max(1, rounds))))
+
+    async def _loop(self) -> None:
         while not self._stopping:
             try:
                 sent = await self.run_once()
@@ -132,23 +143,26 @@ class Dispatcher:
         }
         started = time.perf_counter()
         try:
-            response = await self.client.post(
-                subscriber.url,
-                content=job.body.encode(),
-                headers=headers,
-                timeout=subscriber.timeout,
+            answer = await self.poster.post(
+                subscriber.url, job.body.encode(), headers, subscriber.timeout
             )
-        except httpx.HTTPError as exc:
+        except PostFailed as exc:
             latency = (time.perf_counter() - started) * 1000
-            return AttemptResult(job, None, latency, f"{type(exc).__name__}: {exc}"[:500], None)
+            return AttemptResult(job, None, latency, str(exc)[:500], None)
         latency = (time.perf_counter() - started) * 1000
-        error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-        retry_after = retry_after_seconds(response.headers.get("retry-after"), moment)
-        return AttemptResult(job, response.status_code, latency, error, retry_after)
+        error = None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
+        retry_after = retry_after_seconds(answer.retry_after, moment)
+        return AttemptResult(job, answer.status, latency, error, retry_after)
 
     def _record(self, tx: Any, results: list[AttemptResult]) -> None:
+        """One transaction per round: attempts and outcomes written in bulk, one health update
+        per subscriber (any success clears its failure streak)."""
         moment = self.clock().astimezone(UTC)
-        stamp = moment.isoformat()
+        now, stamp = moment.timestamp(), moment.isoformat()
+        attempt_rows: list[tuple[Any, ...]] = []
+        finish_rows: list[tuple[Any, ...]] = []
+        health: dict[str, bool] = {}
+        gone: set[str] = set()
         for result in results:
             job = result.job
             subscriber = self.subscribers[job.subscriber_id]
@@ -156,36 +170,15 @@ class Dispatcher:
             verdict = decide(
                 result.status, attempts, subscriber.retry_schedule, retry_after=result.retry_after
             )
-            tx.record_attempt(job.id, stamp, result.status, result.latency_ms, result.error)
-            state = verdict.state
-            failing_since = tx.subscriber_result(
-                subscriber.id, state == "delivered", moment.timestamp(), stamp
-            )
-            reason = None
-            if state == "gone":
-                reason = "the subscriber answered 410 Gone"
-            elif failing_since is not None and (
-                moment.timestamp() - failing_since >= subscriber.disable_after
-            ):
-                since = datetime.fromtimestamp(failing_since, UTC).isoformat()
-                reason = f"every delivery failed since {since}"
-            if reason is not None and subscriber.id not in self.disabled:
-                # The delivery stays pending: re-enabling the subscriber resumes from here.
-                tx.disable_subscriber(subscriber.id, reason, stamp)
-                self.disabled[subscriber.id] = reason
-                _log.warning(
-                    "delivery.subscriber_disabled", subscriber=subscriber.id, reason=reason
-                )
-            if state == "gone":
-                state = "pending"
-            tx.finish_delivery(
-                job.id,
-                state,
-                attempts,
-                moment.timestamp() + verdict.delay,
-                result.status,
-                result.error,
-                stamp,
+            delivered = verdict.state == "delivered"
+            health[subscriber.id] = health.get(subscriber.id, False) or delivered
+            if verdict.state == "gone":
+                gone.add(subscriber.id)
+            # a 410 keeps the delivery pending: re-enabling the subscriber resumes from here
+            state = "pending" if verdict.state == "gone" else verdict.state
+            attempt_rows.append((job.id, stamp, result.status, result.latency_ms, result.error))
+            finish_rows.append(
+                (state, attempts, now + verdict.delay, result.status, result.error, stamp, job.id)
             )
             self.metrics.deliveries.labels(subscriber.id, verdict.state).inc()
             _log.info(
@@ -199,3 +192,21 @@ class Dispatcher:
                 latency_ms=round(result.latency_ms, 2),
                 error=result.error,
             )
+        tx.record_attempts(attempt_rows)
+        tx.finish_deliveries(finish_rows)
+        for subscriber_id, ok in health.items():
+            failing_since = tx.subscriber_result(subscriber_id, ok, now, stamp)
+            reason = None
+            if subscriber_id in gone:
+                reason = "the subscriber answered 410 Gone"
+            elif failing_since is not None and (
+                now - failing_since >= self.subscribers[subscriber_id].disable_after
+            ):
+                since = datetime.fromtimestamp(failing_since, UTC).isoformat()
+                reason = f"every delivery failed since {since}"
+            if reason is not None and subscriber_id not in self.disabled:
+                tx.disable_subscriber(subscriber_id, reason, stamp)
+                self.disabled[subscriber_id] = reason
+                _log.warning(
+                    "delivery.subscriber_disabled", subscriber=subscriber_id, reason=reason
+                )

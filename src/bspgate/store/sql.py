@@ -687,6 +687,34 @@ class SqlTx:
         )
         return int(cursor.rowcount)
 
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if self._format:
+            cursor = self.conn.cursor()
+            try:
+                cursor.executemany(sql.replace("?", "%s"), rows)
+            finally:
+                cursor.close()
+        else:
+            self.conn.executemany(sql, rows)
+
+    def record_attempts(self, rows: Sequence[Sequence[Any]]) -> None:
+        """(delivery_id, at, status, latency_ms, error) per attempt."""
+        self.execute_many(
+            "INSERT INTO attempts (delivery_id, at, status, latency_ms, error) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def finish_deliveries(self, rows: Sequence[Sequence[Any]]) -> None:
+        """(state, attempts, next_attempt_at, status, error, updated_at, id) per delivery."""
+        self.execute_many(
+            "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, "
+            "lease_until = NULL, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+            rows,
+        )
+
     def record_attempt(
         self,
         delivery_id: str,
