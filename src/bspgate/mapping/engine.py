@@ -18,31 +18,11 @@ from bspgate.errors import MappingError
 from bspgate.ids import event_id
 from bspgate.mapping.expression import truthy
 from bspgate.mapping.loader import FieldSpec, MappingSpec, RuleSpec
+from bspgate.mapping.shapes import CONTACT_KEYS, MESSAGE_KEYS, SUBOBJECTS
 
-# Canonical sub-objects: a mapping fills some keys, the rest are null; all null -> object is null.
-_SUBOBJECTS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("message", "media"): ("id", "url", "mime_type", "filename", "sha256"),
-    ("message", "location"): ("latitude", "longitude", "name", "address"),
-    ("message", "reply"): ("id", "title"),
-    ("message", "reaction"): ("message_id", "emoji"),
-    ("message", "context"): ("message_id",),
-    ("message", "error"): ("code", "provider_code", "title", "detail"),
-}
-_MESSAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "whatsapp.message.received": (
-        "id",
-        "type",
-        "timestamp",
-        "text",
-        "media",
-        "location",
-        "reply",
-        "reaction",
-        "context",
-    ),
-    "whatsapp.message.status": ("id", "status", "provider_status", "timestamp", "error"),
-}
-_CONTACT_KEYS = ("bsuid", "parent_bsuid", "phone", "username", "name")
+_SUBOBJECTS = SUBOBJECTS
+_MESSAGE_KEYS = MESSAGE_KEYS
+_CONTACT_KEYS = CONTACT_KEYS
 
 
 @dataclass(slots=True)
@@ -104,17 +84,19 @@ def _skeleton(event_type: str) -> dict[str, Any]:
 def _draft(
     rule: RuleSpec, channel_id: str, position: tuple[int, ...], scope: dict[str, Any]
 ) -> Draft | None:
+    if rule.build is not None:
+        built = rule.build(scope)
+        if built is None:
+            return None
+        key, time, data = built
+        return _finish(rule, channel_id, position, key, time, data)
     # `when` sees the for_each bindings only: it runs before `let`, so skipped items cost little.
     if rule.when is not None and not truthy(rule.when(scope)):
         return None
     for name, spec in rule.let:
         scope[name] = spec.run(scope)
     key = rule.key.run(scope)
-    if key is None or key == "":
-        raise MappingError("the event key is empty", rule=rule.name)
     time = rule.time.run(scope)
-    if not isinstance(time, str):
-        raise MappingError("the event time is missing", rule=rule.name)
     data = _skeleton(rule.event_type)
     for path, spec in rule.fields:
         value = spec.run(scope)
@@ -127,6 +109,21 @@ def _draft(
             if child is None:
                 child = parent[path[1]] = dict.fromkeys(_SUBOBJECTS.get((path[0], path[1]), ()))
             child[path[2]] = value
+    return _finish(rule, channel_id, position, key, time, data)
+
+
+def _finish(
+    rule: RuleSpec,
+    channel_id: str,
+    position: tuple[int, ...],
+    key: Any,
+    time: Any,
+    data: dict[str, Any],
+) -> Draft:
+    if key is None or key == "":
+        raise MappingError("the event key is empty", rule=rule.name)
+    if not isinstance(time, str):
+        raise MappingError("the event time is missing", rule=rule.name)
     key_text = str(key)
     return Draft(
         id=event_id(channel_id, rule.event_type, key_text),

@@ -49,6 +49,12 @@ def e164(value: Any) -> str | None:
         value = str(value)
     if not isinstance(value, str):
         return None
+    return _e164_text(value)
+
+
+@lru_cache(maxsize=8192)
+def _e164_text(value: str) -> str | None:
+    # The same few phones recur in every webhook of a conversation: normalize each once.
     text = _PHONE_NOISE.sub("", _strip_channel(value.strip()))
     if not _PHONE_RE.match(text):
         return None
@@ -68,11 +74,23 @@ def bsuid(value: Any) -> str | None:
         return None
     if not isinstance(value, str):
         raise MappingError(f"invalid BSUID {value!r}: not a string")
+    found = _bsuid_text(value)
+    if found is _INVALID:
+        raise MappingError(f"invalid BSUID {_strip_channel(value.strip())!r}")
+    return found
+
+
+_INVALID = "\x00invalid"
+
+
+@lru_cache(maxsize=8192)
+def _bsuid_text(value: str) -> str | None:
+    # Cached like phones; an invalid value is cached as a marker, the error raised by the caller.
     text = _strip_channel(value.strip())
-    if text == "" or e164(text) is not None:
+    if text == "" or _e164_text(text) is not None:
         return None
     if BSUID_RE.match(text) is None:
-        raise MappingError(f"invalid BSUID {text!r}")
+        return _INVALID
     return text
 
 

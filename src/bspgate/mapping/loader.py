@@ -23,6 +23,7 @@ import yaml
 from jmespath.exceptions import JMESPathError
 
 from bspgate.errors import MappingError, MappingLoadError
+from bspgate.mapping.codegen import Builder, compile_rule
 from bspgate.mapping.expression import Getter, compile_expression
 from bspgate.mapping.functions import REGISTRY
 
@@ -44,6 +45,7 @@ class FieldSpec:
     default: Any = None
     constant: Any = None
     is_constant: bool = False
+    texts: tuple[str, ...] = field(default=(), compare=False)  # the expressions, as written
     run: Getter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +127,8 @@ class RuleSpec:
     ranks: tuple[int, ...] = ()
     # The for_each steps as written: rules iterating alike share one iteration per payload.
     iteration_key: tuple[tuple[str, str], ...] = ()
+    # The rule compiled to one function (codegen.py); None: the engine runs the closures.
+    build: Builder | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +260,7 @@ class _Compiler:
 
     def field(self, raw: Any, path: tuple[Any, ...]) -> FieldSpec:
         if isinstance(raw, str):
-            return FieldSpec(candidates=(self.expression(raw, path),))
+            return FieldSpec(candidates=(self.expression(raw, path),), texts=(raw,))
         if "value" in raw:
             return FieldSpec(candidates=(), constant=raw["value"], is_constant=True)
         texts = raw["first"] if "first" in raw else [raw["from"]]
@@ -276,7 +280,7 @@ class _Compiler:
                 known = ", ".join(sorted(self.maps)) or "none"
                 raise self.ctx.error((*path, "map"), f"unknown map {value_map!r} (known: {known})")
             value_map = self.maps[value_map]
-        return FieldSpec(candidates, apply, value_map, raw.get("default"))
+        return FieldSpec(candidates, apply, value_map, raw.get("default"), texts=tuple(texts))
 
     def for_each(self, steps: list[dict[str, str]], path: tuple[Any, ...]) -> tuple[Any, ...]:
         out = []
@@ -363,6 +367,7 @@ def load_mapping(root: Path, name: str) -> MappingSpec:
         rule_names.add(raw["name"])
         rules.append(compiler.rule(raw, ("inbound", "rules", index)))
     rules = _ranked(rules, [raw["for_each"] for raw in inbound.get("rules") or []])
+    rules = [replace(rule, build=compile_rule(rule)) for rule in rules]
     quarantine = tuple(
         compiler.quarantine(raw, ("inbound", "quarantine", index))
         for index, raw in enumerate(inbound.get("quarantine") or [])
