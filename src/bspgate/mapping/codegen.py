@@ -1,13 +1,17 @@
 """Compiles a mapping rule into one straight-line Python function (the hot path of mapping).
 
-A rule's canonical fields are mostly plain paths (`msg.text.body`), fallbacks between them and a
-named transform (`e164`). Evaluated one closure at a time they cost ~80 µs per Cloud API message;
-written out as one function (bindings in locals, each path an inline chain of `.get`, the data
-dict built as a literal) the same rule costs a fraction of that. Nothing from a mapping file is
-ever put into the generated source as code: names and keys go in as `repr()` string literals,
-constants and anything that is not a plain path (functions of several arguments, projections,
-value maps) stay compiled closures called from the generated code. The engine falls back to the
-closures whenever a rule has a shape this compiler does not handle, with the same results.
+A rule's expressions are mostly plain paths (`msg.text.body`), `||`/`&&` chains, comparisons with
+string literals and the named transforms (`e164`). Evaluated one closure at a time they cost
+several times what the same work costs written out, so each rule becomes one generated function:
+bindings in locals, each path an inline chain of `.get`, the data dict built as a literal.
+
+Safety: nothing from a mapping file is put into the generated source as code. Names, keys and
+literals go in as `repr()`; functions, value maps, constants and any expression this compiler
+does not translate (projections, filters, JMESPath built-ins) stay compiled closures, called from
+the generated code. Semantics: the generated paths assume objects where objects are expected; a
+payload with, say, a string where an object should be raises AttributeError inside the fast path,
+and the engine then evaluates that item with the closures, which implement JMESPath exactly.
+`tests/test_codegen.py` checks both give the same result on every case and on arbitrary JSON.
 """
 
 from __future__ import annotations
@@ -22,88 +26,173 @@ from bspgate.mapping.functions import REGISTRY
 from bspgate.mapping.shapes import SUBOBJECTS, sections
 
 Built = tuple[Any, Any, dict[str, Any]]
-Builder = Callable[[dict[str, Any]], Built | None]
+Builder = Callable[[dict[str, Any]], Any]
+FALLBACK = object()  # the fast path met an unexpected type: evaluate with the closures
+_EMPTY: dict[str, Any] = {}
+_SCALARS = (str, int, float, bool, type(None))
 
 
-def _plain_path(text: str) -> tuple[str, ...] | None:
-    node: Any = jmespath.compile(text).parsed
-    names: list[str] = []
+def _index(value: Any, position: int) -> Any:
+    if type(value) is list:
+        try:
+            return value[position]
+        except IndexError:
+            return None
+    return None
 
-    def walk(item: dict[str, Any]) -> bool:
-        if item["type"] == "field":
-            names.append(item["value"])
-            return True
-        if item["type"] == "subexpression":
-            return all(walk(child) for child in item["children"])
-        return False
 
-    return tuple(names) if walk(node) else None
+def _equal(left: Any, right: Any) -> bool:
+    if isinstance(left, bool) or isinstance(right, bool):
+        return type(left) is type(right) and left == right
+    return bool(left == right)
 
 
 class _Writer:
-    def __init__(self) -> None:
+    def __init__(self, bindings: dict[str, str]) -> None:
         self.lines: list[str] = []
         self.constants: dict[str, Any] = {}
-        self.heads: dict[str, str] = {}  # binding name -> local variable (b0, b1, …)
+        self.bindings = bindings  # scope name -> local variable
+        self._temps = 0
+        self.booleans: set[str] = set()  # generated expressions that are always True or False
 
     def const(self, value: Any) -> str:
         name = f"K{len(self.constants)}"
         self.constants[name] = value
         return name
 
-    def emit(self, line: str, indent: int = 1) -> None:
+    def temp(self) -> str:
+        self._temps += 1
+        return f"t{self._temps}"
+
+    def emit(self, line: str, indent: int = 2) -> None:
         self.lines.append("    " * indent + line)
 
-    def path(self, target: str, names: tuple[str, ...]) -> None:
-        head = self.heads.setdefault(names[0], f"b{len(self.heads)}")
-        if len(names) == 1:
-            self.emit(f"{target} = {head}")
-            return
-        chain = head + "".join(f".get({name!r})" for name in names[1:])
-        self.emit("try:")
-        self.emit(f"{target} = {chain}", 2)
-        self.emit("except AttributeError:")
-        self.emit(f"{target} = None", 2)
+    # -- expressions ------------------------------------------------------------------------
+    def source(self, node: dict[str, Any], current: str | None) -> str | None:
+        """Python source for a JMESPath node, or None when it is left to the closures."""
+        kind = node["type"]
+        children = node.get("children", [])
+        if kind == "field":
+            name = node["value"]
+            if current is None:  # a name of the scope: a binding, or nothing
+                return self.bindings.get(name, f"scope.get({name!r})")
+            return f"({current} or _E).get({name!r})"
+        if kind == "subexpression":
+            out = current
+            for child in children:
+                out = self.source(child, out)
+                if out is None:
+                    return None
+            return out
+        if kind == "index_expression" and children[1]["type"] == "index":
+            left = self.source(children[0], current)
+            return None if left is None else f"_index({left}, {int(children[1]['value'])})"
+        if kind == "literal":
+            value = node["value"]
+            return repr(value) if isinstance(value, _SCALARS) else self.const(value)
+        if kind == "current":
+            return current if current is not None else "scope"
+        if kind in ("or_expression", "and_expression"):
+            left, right = (self.source(child, current) for child in children)
+            if left is None or right is None:
+                return None
+            if left in self.booleans and right in self.booleans:
+                # JMESPath's &&/|| on two booleans are Python's and/or
+                code = f"({left} {'or' if kind == 'or_expression' else 'and'} {right})"
+                self.booleans.add(code)
+                return code
+            held = self.temp()
+            if kind == "or_expression":
+                return f"({held} if truthy({held} := {left}) else {right})"
+            return f"({right} if truthy({held} := {left}) else {held})"
+        if kind == "not_expression":
+            inner = self.source(children[0], current)
+            if inner is None:
+                return None
+            code = f"(not {inner})" if inner in self.booleans else f"(not truthy({inner}))"
+            self.booleans.add(code)
+            return code
+        if kind == "comparator" and node["value"] in ("eq", "ne"):
+            left, right = (self.source(child, current) for child in children)
+            if left is None or right is None:
+                return None
+            literal = any(c["type"] == "literal" and isinstance(c["value"], str) for c in children)
+            test = f"({left} == {right})" if literal else f"_equal({left}, {right})"
+            code = test if node["value"] == "eq" else f"(not {test})"
+            self.booleans.add(code)
+            return code
+        if kind == "function_expression" and node["value"] in REGISTRY:
+            func, minimum, maximum = REGISTRY[node["value"]]
+            if len(children) < minimum or (maximum is not None and len(children) > maximum):
+                return None
+            args = [self.source(child, current) for child in children]
+            if any(arg is None for arg in args):
+                return None
+            return f"{self.const(func)}({', '.join(args)})"  # type: ignore[arg-type]
+        return None
 
+    def expression(self, text: str, closure: Callable[[Any], Any]) -> str:
+        node: Any = jmespath.compile(text).parsed
+        code = self.source(node, None)
+        return code if code is not None else f"{self.const(closure)}(scope)"
+
+    # -- fields -----------------------------------------------------------------------------
     def field(self, target: str, spec: Any) -> None:
-        texts: tuple[str, ...] = getattr(spec, "texts", ())
-        paths = [_plain_path(text) for text in texts] if texts else []
-        inline = (
-            not spec.is_constant
-            and spec.value_map is None
-            and paths
-            and len(paths) == len(spec.candidates)
-            and all(p is not None for p in paths)
-        )
-        if not inline:
+        if spec.is_constant:
+            self.emit(f"{target} = {self.const(spec.constant)}")
+            return
+        texts: tuple[str, ...] = spec.texts
+        if spec.value_map is not None or len(texts) != len(spec.candidates) or not texts:
             self.emit(f"{target} = {self.const(spec.run)}(scope)")
             return
         apply = self.const(REGISTRY[spec.apply][0]) if spec.apply else None
-        for index, names in enumerate(paths):
-            assert names is not None
-            indent = 1
-            if index:
-                self.emit(f"if {target} is None or {target} == '':")
-                indent = 2
-            if indent == 2:
-                # nested: write the path under the condition
-                saved = self.lines
-                self.lines = []
-                self.path(target, names)
-                if apply:
-                    self.emit(f"{target} = {apply}({target})")
-                self.lines = saved + ["    " + line for line in self.lines]
+        for index, (text, closure) in enumerate(zip(texts, spec.candidates, strict=True)):
+            code = self.expression(text, closure)
+            if apply:
+                code = f"{apply}({code})"
+            if index == 0:
+                self.emit(f"{target} = {code}")
             else:
-                self.path(target, names)
-                if apply:
-                    self.emit(f"{target} = {apply}({target})")
+                self.emit(f"if {target} is None or {target} == '':")
+                self.emit(f"{target} = {code}", 3)
         default = "None" if spec.default is None else self.const(spec.default)
         self.emit(f"if {target} is None or {target} == '':")
-        self.emit(f"{target} = {default}", 2)
+        self.emit(f"{target} = {default}", 3)
+
+
+def compile_condition(
+    text: str, closure: Callable[[Any], Any], names: list[str]
+) -> Callable[[dict[str, Any]], bool]:
+    """A `when` as one generated function; an unexpected type falls back to the closure."""
+    writer = _Writer({name: f"b{i}" for i, name in enumerate(dict.fromkeys(names))})
+    for name, local in writer.bindings.items():
+        writer.emit(f"{local} = scope.get({name!r})")
+    condition = writer.expression(text, closure)
+    test = condition if condition in writer.booleans else f"truthy({condition})"
+    writer.emit(f"return {test}")
+    source = (
+        "def check(scope):\n    try:\n"
+        + "\n".join(writer.lines)
+        + ("\n    except AttributeError:\n        return truthy(SLOW(scope))\n")
+    )
+    namespace: dict[str, Any] = {
+        "truthy": truthy,
+        "_E": _EMPTY,
+        "_index": _index,
+        "_equal": _equal,
+        "SLOW": closure,
+        **writer.constants,
+    }
+    exec(compile(source, f"<mapping condition {text!r}>", "exec"), namespace)  # noqa: S102
+    check: Callable[[dict[str, Any]], bool] = namespace["check"]
+    return check
 
 
 def compile_rule(rule: Any) -> Builder | None:
-    """The rule as one function `scope -> (key, time, data) | None`, or None when unsupported."""
+    """The rule as one function `scope -> (key, time, data) | None | FALLBACK`.
+
+    Answers None (the engine keeps the closures) for a rule shape it does not handle.
+    """
     shape = sections(rule.event_type)
     assigned: dict[tuple[str, ...], str] = {}
     for index, (path, _spec) in enumerate(rule.fields):
@@ -114,45 +203,58 @@ def compile_rule(rule: Any) -> Builder | None:
         if len(path) == 2 and (path[0], path[1]) in SUBOBJECTS:
             return None  # a whole sub-object from one expression: left to the closures
         assigned[path] = f"v{index}"
-    body = _Writer()
+    names = ["payload", "channel", "received_at", *(name for name, _getter in rule.for_each)]
+    bindings = {name: f"b{i}" for i, name in enumerate(dict.fromkeys(names))}
+    writer = _Writer(bindings)
+    for name, local in bindings.items():
+        writer.emit(f"{local} = scope.get({name!r})")
     if rule.when is not None:
-        body.emit(f"if not truthy({body.const(rule.when)}(scope)):")
-        body.emit("return None", 2)
+        condition = writer.expression(rule.when_text, rule.when)
+        test = condition if condition in writer.booleans else f"truthy({condition})"
+        writer.emit(f"if not {test}:")
+        writer.emit("return None", 3)
     for name, spec in rule.let:
-        body.emit(f"scope[{name!r}] = {body.const(spec.run)}(scope)")
-    fields = _Writer()
-    fields.constants = body.constants  # one constant table
+        local = writer.bindings.setdefault(name, f"b{len(writer.bindings)}")
+        writer.field(local, spec)
+        writer.emit(f"scope[{name!r}] = {local}")
     for index, (_path, spec) in enumerate(rule.fields):
-        fields.field(f"v{index}", spec)
-    for head, local in fields.heads.items():
-        body.emit(f"{local} = scope.get({head!r})")
-    body.lines.extend(fields.lines)
-    body.emit(f"key = {body.const(rule.key.run)}(scope)")
-    body.emit(f"time = {body.const(rule.time.run)}(scope)")
+        writer.field(f"v{index}", spec)
+    writer.field("key", rule.key)
+    writer.field("time", rule.time)
     parts = []
     for section, keys in shape.items():
         items = []
         for key in keys:
             if (section, key) in SUBOBJECTS:
                 sub_keys = SUBOBJECTS[(section, key)]
-                names = [assigned.get((section, key, k)) for k in sub_keys]
-                present = [n for n in names if n]
+                values = [assigned.get((section, key, k)) for k in sub_keys]
+                present = [v for v in values if v]
                 if not present:
                     items.append(f"{key!r}: None")
                     continue
                 var = f"s_{section}_{key}"
-                literal = ", ".join(
-                    f"{k!r}: {n or 'None'}" for k, n in zip(sub_keys, names, strict=True)
-                )
-                condition = " and ".join(f"{n} is None" for n in present)
-                body.emit(f"{var} = None if {condition} else {{{literal}}}")
+                pairs = zip(sub_keys, values, strict=True)
+                literal = ", ".join(f"{k!r}: {v or 'None'}" for k, v in pairs)
+                condition = " and ".join(f"{v} is None" for v in present)
+                writer.emit(f"{var} = None if {condition} else {{{literal}}}")
                 items.append(f"{key!r}: {var}")
             else:
                 items.append(f"{key!r}: {assigned.get((section, key), 'None')}")
         parts.append(f"{section!r}: {{{', '.join(items)}}}")
-    body.emit(f"return key, time, {{{', '.join(parts)}}}")
-    source = "def build(scope):\n" + "\n".join(body.lines) + "\n"
-    namespace: dict[str, Any] = {"truthy": truthy, **body.constants}
+    writer.emit(f"return key, time, {{{', '.join(parts)}}}")
+    source = (
+        "def build(scope):\n    try:\n"
+        + "\n".join(writer.lines)
+        + ("\n    except AttributeError:\n        return FALLBACK\n")
+    )
+    namespace: dict[str, Any] = {
+        "truthy": truthy,
+        "_E": _EMPTY,
+        "_index": _index,
+        "_equal": _equal,
+        "FALLBACK": FALLBACK,
+        **writer.constants,
+    }
     exec(compile(source, f"<mapping rule {rule.name}>", "exec"), namespace)  # noqa: S102
     built: Builder = namespace["build"]
     built.__doc__ = source  # the generated code, for whoever debugs a mapping

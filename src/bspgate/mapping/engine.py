@@ -16,6 +16,7 @@ from jmespath.exceptions import JMESPathError
 
 from bspgate.errors import MappingError
 from bspgate.ids import event_id
+from bspgate.mapping.codegen import FALLBACK
 from bspgate.mapping.expression import truthy
 from bspgate.mapping.loader import FieldSpec, MappingSpec, RuleSpec
 from bspgate.mapping.shapes import CONTACT_KEYS, MESSAGE_KEYS, SUBOBJECTS
@@ -53,22 +54,6 @@ def _evaluate(spec: FieldSpec, scope: dict[str, Any]) -> Any:
     return spec.run(scope)
 
 
-def _iterate(
-    steps: tuple[tuple[str, Any], ...], scope: dict[str, Any], position: tuple[int, ...] = ()
-) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
-    if not steps:
-        return [(position, scope)]
-    (name, getter), rest = steps[0], steps[1:]
-    value = getter(scope)
-    items = value if isinstance(value, list) else ([] if value is None else [value])
-    out = []
-    for index, item in enumerate(items):
-        inner = dict(scope)
-        inner[name] = item
-        out.extend(_iterate(rest, inner, (*position, index)))
-    return out
-
-
 def _skeleton(event_type: str) -> dict[str, Any]:
     data: dict[str, Any] = {
         "channel": {"business_phone": None},
@@ -88,8 +73,9 @@ def _draft(
         built = rule.build(scope)
         if built is None:
             return None
-        key, time, data = built
-        return _finish(rule, channel_id, position, key, time, data)
+        if built is not FALLBACK:
+            key, time, data = built
+            return _finish(rule, channel_id, position, key, time, data)
     # `when` sees the for_each bindings only: it runs before `let`, so skipped items cost little.
     if rule.when is not None and not truthy(rule.when(scope)):
         return None
@@ -183,10 +169,24 @@ def apply_mapping(
     def scopes(
         steps: tuple[tuple[str, Any], ...], key: tuple[tuple[str, str], ...]
     ) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
-        # rules (and quarantine rules) with the same for_each walk the payload once
-        if key not in iterations:
-            iterations[key] = _iterate(steps, root)
-        return iterations[key]
+        # rules (and quarantine rules) walk each for_each prefix once: `entry`, then
+        # `entry.changes`, are shared by the rules that go on to messages[] or statuses[]
+        if key in iterations:
+            return iterations[key]
+        if not key:
+            return [((), root)]
+        parents = scopes(steps[:-1], key[:-1])
+        name, getter = steps[-1]
+        out: list[tuple[tuple[int, ...], dict[str, Any]]] = []
+        for position, scope in parents:
+            value = getter(scope)
+            items = value if isinstance(value, list) else ([] if value is None else [value])
+            for index, item in enumerate(items):
+                inner = dict(scope)
+                inner[name] = item
+                out.append(((*position, index), inner))
+        iterations[key] = out
+        return out
 
     for rule_index, rule in enumerate(spec.rules):
         for position, scope in scopes(rule.for_each, rule.iteration_key):

@@ -23,7 +23,7 @@ import yaml
 from jmespath.exceptions import JMESPathError
 
 from bspgate.errors import MappingError, MappingLoadError
-from bspgate.mapping.codegen import Builder, compile_rule
+from bspgate.mapping.codegen import Builder, compile_condition, compile_rule
 from bspgate.mapping.expression import Getter, compile_expression
 from bspgate.mapping.functions import REGISTRY
 
@@ -127,6 +127,7 @@ class RuleSpec:
     ranks: tuple[int, ...] = ()
     # The for_each steps as written: rules iterating alike share one iteration per payload.
     iteration_key: tuple[tuple[str, str], ...] = ()
+    when_text: str = ""  # `when` as written (for codegen)
     # The rule compiled to one function (codegen.py); None: the engine runs the closures.
     build: Builder | None = field(default=None, compare=False, repr=False)
 
@@ -298,6 +299,7 @@ class _Compiler:
             for_each=self.for_each(raw["for_each"], (*path, "for_each")),
             iteration_key=_iteration_key(raw["for_each"]),
             when=self.expression(when, (*path, "when")) if when else None,
+            when_text=when or "",
             let=tuple(
                 (name, self.field(spec, (*path, "let", name)))
                 for name, spec in (raw.get("let") or {}).items()
@@ -312,11 +314,13 @@ class _Compiler:
 
     def quarantine(self, raw: dict[str, Any], path: tuple[Any, ...]) -> QuarantineSpec:
         when = raw.get("when")
+        condition = self.expression(when, (*path, "when")) if when else None
+        names = ["payload", "channel", "received_at", *(next(iter(s)) for s in raw["for_each"])]
         return QuarantineSpec(
             name=raw["name"],
             for_each=self.for_each(raw["for_each"], (*path, "for_each")),
             iteration_key=_iteration_key(raw["for_each"]),
-            when=self.expression(when, (*path, "when")) if when else None,
+            when=compile_condition(when, condition, names) if when and condition else None,
             reason=raw["reason"],
         )
 
