@@ -7,7 +7,13 @@ replaced per dialect here (`BIGSERIAL_PK`, `BYTEA`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
+from typing import Any
+
+import structlog
+
+_log = structlog.get_logger("bspgate.store")
 
 _DIALECT = {
     "sqlite": {"BIGSERIAL_PK": "INTEGER PRIMARY KEY AUTOINCREMENT", "BYTEA": "BLOB"},
@@ -40,3 +46,28 @@ def migrations(dialect: str) -> list[Migration]:
 
 
 LATEST = max((m.version for m in migrations("sqlite")), default=0)
+
+
+def apply_migrations(tx: Any, dialect: str) -> None:
+    """Apply every migration `tx`'s database lacks, in order, recording each (one transaction)."""
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+        "name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    done = {row[0] for row in tx.all("SELECT version FROM schema_migrations")}
+    for migration in migrations(dialect):
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            tx.execute(statement)
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, datetime.now(UTC).isoformat()),
+        )
+        _log.info("store.migrated", version=migration.version, migration=migration.name)
+
+
+def schema_current(tx: Any) -> bool:
+    """True when every migration this version of bspgate knows is applied."""
+    row = tx.one("SELECT MAX(version) FROM schema_migrations")
+    return row is not None and row[0] == LATEST

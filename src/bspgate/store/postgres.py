@@ -27,7 +27,6 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import psycopg
@@ -35,7 +34,7 @@ import structlog
 from psycopg_pool import ConnectionPool
 
 from bspgate.errors import StoreError
-from bspgate.store.migrate import LATEST, migrations
+from bspgate.store.migrate import apply_migrations, schema_current
 from bspgate.store.sql import SqlTx
 
 T = TypeVar("T")
@@ -152,23 +151,8 @@ class PostgresStore:
 
 def _migrate(tx: SqlTx) -> None:
     tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-    tx.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-        "name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
-    done = {row[0] for row in tx.all("SELECT version FROM schema_migrations")}
-    for migration in migrations("postgres"):
-        if migration.version in done:
-            continue
-        for statement in migration.statements:
-            tx.execute(statement)
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-            (migration.version, migration.name, datetime.now(UTC).isoformat()),
-        )
-        _log.info("store.migrated", version=migration.version, migration=migration.name)
+    apply_migrations(tx, "postgres")
 
 
 def _schema_current(tx: SqlTx) -> bool:
-    row = tx.one("SELECT MAX(version) FROM schema_migrations")
-    return row is not None and row[0] == LATEST
+    return schema_current(tx)

@@ -15,14 +15,13 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
 from bspgate.errors import StoreError
-from bspgate.store.migrate import migrations
+from bspgate.store.migrate import apply_migrations, schema_current
 from bspgate.store.sql import SqlTx
 
 T = TypeVar("T")
@@ -172,25 +171,8 @@ class SqliteStore:
 
 
 def _migrate(tx: SqlTx) -> None:
-    tx.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-        "name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
-    done = {row[0] for row in tx.all("SELECT version FROM schema_migrations")}
-    for migration in migrations("sqlite"):
-        if migration.version in done:
-            continue
-        for statement in migration.statements:
-            tx.execute(statement)
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-            (migration.version, migration.name, datetime.now(UTC).isoformat()),
-        )
-        _log.info("store.migrated", version=migration.version, migration=migration.name)
+    apply_migrations(tx, "sqlite")
 
 
 def _schema_current(tx: SqlTx) -> bool:
-    from bspgate.store.migrate import LATEST
-
-    row = tx.one("SELECT MAX(version) FROM schema_migrations")
-    return row is not None and row[0] == LATEST
+    return schema_current(tx)
