@@ -170,22 +170,33 @@ def compile_condition(
     condition = writer.expression(text, closure)
     test = condition if condition in writer.booleans else f"truthy({condition})"
     writer.emit(f"return {test}")
+    check: Callable[[dict[str, Any]], bool] = _define(
+        "check", writer, "return truthy(SLOW(scope))", {"SLOW": closure}, f"condition {text!r}"
+    )
+    return check
+
+
+def _define(
+    name: str, writer: _Writer, on_type_error: str, extra: dict[str, Any], label: str
+) -> Any:
+    """Compile the writer's lines as `def name(scope)`, AttributeError answered by a fallback."""
     source = (
-        "def check(scope):\n    try:\n"
+        f"def {name}(scope):\n    try:\n"
         + "\n".join(writer.lines)
-        + ("\n    except AttributeError:\n        return truthy(SLOW(scope))\n")
+        + f"\n    except AttributeError:\n        {on_type_error}\n"
     )
     namespace: dict[str, Any] = {
         "truthy": truthy,
         "_E": _EMPTY,
         "_index": _index,
         "_equal": _equal,
-        "SLOW": closure,
+        **extra,
         **writer.constants,
     }
-    exec(compile(source, f"<mapping condition {text!r}>", "exec"), namespace)  # noqa: S102
-    check: Callable[[dict[str, Any]], bool] = namespace["check"]
-    return check
+    exec(compile(source, f"<mapping {label}>", "exec"), namespace)  # noqa: S102
+    defined = namespace[name]
+    defined.__doc__ = source  # the generated code, for whoever debugs a mapping
+    return defined
 
 
 def compile_rule(rule: Any) -> Builder | None:
@@ -242,20 +253,7 @@ def compile_rule(rule: Any) -> Builder | None:
                 items.append(f"{key!r}: {assigned.get((section, key), 'None')}")
         parts.append(f"{section!r}: {{{', '.join(items)}}}")
     writer.emit(f"return key, time, {{{', '.join(parts)}}}")
-    source = (
-        "def build(scope):\n    try:\n"
-        + "\n".join(writer.lines)
-        + ("\n    except AttributeError:\n        return FALLBACK\n")
+    built: Builder = _define(
+        "build", writer, "return FALLBACK", {"FALLBACK": FALLBACK}, f"rule {rule.name}"
     )
-    namespace: dict[str, Any] = {
-        "truthy": truthy,
-        "_E": _EMPTY,
-        "_index": _index,
-        "_equal": _equal,
-        "FALLBACK": FALLBACK,
-        **writer.constants,
-    }
-    exec(compile(source, f"<mapping rule {rule.name}>", "exec"), namespace)  # noqa: S102
-    built: Builder = namespace["build"]
-    built.__doc__ = source  # the generated code, for whoever debugs a mapping
     return built

@@ -19,6 +19,17 @@ OPEN_DELIVERY_STATES = ("pending", "inflight", "held")
 TERMINAL_RANK = 100  # failed and deleted: nothing moves a message on from there
 
 
+def _filters(
+    clauses: list[str], params: list[Any], optional: Sequence[tuple[str, Any]]
+) -> tuple[list[str], list[Any]]:
+    """Add `clause` with its value for every optional filter that has one."""
+    for clause, value in optional:
+        if value:
+            clauses.append(clause)
+            params.append(value)
+    return clauses, params
+
+
 def _contact(row: Sequence[Any] | None) -> ContactRow | None:
     return None if row is None else ContactRow(*row)
 
@@ -609,18 +620,17 @@ class SqlTx:
         limit: int,
     ) -> list[dict[str, Any]]:
         """Deliveries a replay would re-send: by event, subscriber, type and event-time window."""
-        clauses = [f"d.state IN ({', '.join('?' * len(states))})"]
-        params: list[Any] = list(states)
-        for clause, value in (
-            ("d.event_id = ?", event_id),
-            ("d.subscriber_id = ?", subscriber_id),
-            ("e.type = ?", type_),
-            ("e.time >= ?", since),
-            ("e.time < ?", until),
-        ):
-            if value:
-                clauses.append(clause)
-                params.append(value)
+        clauses, params = _filters(
+            [f"d.state IN ({', '.join('?' * len(states))})"],
+            list(states),
+            (
+                ("d.event_id = ?", event_id),
+                ("d.subscriber_id = ?", subscriber_id),
+                ("e.type = ?", type_),
+                ("e.time >= ?", since),
+                ("e.time < ?", until),
+            ),
+        )
         params.append(limit)
         rows = self.all(
             "SELECT d.id, d.event_id, d.subscriber_id, d.state, e.type, e.time "
@@ -644,21 +654,20 @@ class SqlTx:
         limit: int,
     ) -> int:
         """Outbox rows for stored events a subscriber never had (it was added later)."""
-        clauses = [
-            "e.superseded = 0",
-            "NOT EXISTS (SELECT 1 FROM deliveries d "
-            "WHERE d.event_id = e.id AND d.subscriber_id = ?)",
-        ]
-        params: list[Any] = [subscriber_id]
-        for clause, value in (
-            ("e.id = ?", event_id),
-            ("e.type = ?", type_),
-            ("e.time >= ?", since),
-            ("e.time < ?", until),
-        ):
-            if value:
-                clauses.append(clause)
-                params.append(value)
+        clauses, params = _filters(
+            [
+                "e.superseded = 0",
+                "NOT EXISTS (SELECT 1 FROM deliveries d "
+                "WHERE d.event_id = e.id AND d.subscriber_id = ?)",
+            ],
+            [subscriber_id],
+            (
+                ("e.id = ?", event_id),
+                ("e.type = ?", type_),
+                ("e.time >= ?", since),
+                ("e.time < ?", until),
+            ),
+        )
         params.append(limit)
         rows = self.all(
             f"SELECT e.seq, e.id, e.contact_id FROM events e WHERE {' AND '.join(clauses)} "
