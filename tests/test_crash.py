@@ -41,6 +41,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.events: dict[str, str] = {}
+        self.arrivals: list[tuple[str, str]] = []  # (contact BSUID, message id), in order
         self.rejected = 0
         self._lock = threading.Lock()
         self._webhook = Webhook(SUBSCRIBER_SECRET)
@@ -56,6 +57,9 @@ class Receiver:
             return Response(status_code=400)
         with self._lock:
             self.events[request.headers["webhook-id"]] = event["data"]["message"]["id"]
+            self.arrivals.append(
+                (event["data"]["contact"]["bsuid"], event["data"]["message"]["id"])
+            )
         return Response(status_code=204)
 
     def message_ids(self) -> set[str]:
@@ -204,5 +208,31 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path, receiver: tuple[Receiv
         assert gateway.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
         gateway.start()
         assert not _wait_for(receiving, acknowledged, 30)
+    finally:
+        gateway.ensure_stopped()
+
+
+def test_receiver_down_then_back_gets_everything_in_order_per_contact(tmp_path: Path) -> None:
+    receiving = Receiver()
+    receiver_port = free_port()  # nothing listens here yet: every delivery is refused
+    port = free_port()
+    gateway = Gateway(_config(tmp_path, port, f"http://127.0.0.1:{receiver_port}/hook"), port)
+    gateway.start()
+    try:
+        acknowledged = [_post(port, i) for i in range(21)]  # 7 contacts, 3 messages each
+        assert all(acknowledged)
+        time.sleep(1.5)  # first attempts fail and are rescheduled
+        assert receiving.message_ids() == set()
+        with ServerThread(receiving.app, receiver_port):
+            assert not _wait_for(receiving, set(acknowledged), 60)  # type: ignore[arg-type]
+            with receiving._lock:
+                arrivals = list(receiving.arrivals)
+        by_contact: dict[str, list[int]] = {}
+        for contact, message_id in arrivals:
+            by_contact.setdefault(contact, []).append(int(message_id.removeprefix("wamid.crash")))
+        assert len(by_contact) == 7
+        for numbers in by_contact.values():
+            firsts = list(dict.fromkeys(numbers))  # a retried delivery may arrive twice
+            assert firsts == sorted(firsts), f"out of order for one contact: {numbers}"
     finally:
         gateway.ensure_stopped()

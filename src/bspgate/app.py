@@ -172,8 +172,13 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     with contextlib.suppress(StoreError):
-        for key, value in (await gateway.store.read(lambda tx: tx.counts())).items():
+        counts, oldest = await gateway.store.read(lambda tx: (tx.counts(), tx.oldest_undelivered()))
+        for key, value in counts.items():
             gateway.metrics.queue.labels(key).set(value)
+        age = 0.0
+        if oldest is not None:
+            age = max((gateway.clock() - datetime.fromisoformat(oldest)).total_seconds(), 0.0)
+        gateway.metrics.oldest_undelivered.set(age)
     return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

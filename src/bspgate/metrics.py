@@ -48,6 +48,11 @@ class Metrics:
             ["provider", "field"],
             registry=self.registry,
         )
+        self.oldest_undelivered = Gauge(
+            "bspgate_oldest_undelivered_seconds",
+            "Age of the oldest delivery still waiting (pending, in flight or held)",
+            registry=self.registry,
+        )
         self.queue = Gauge(
             "bspgate_store_rows",
             "Rows by table state (deliveries_pending, raw_quarantined, …)",

@@ -169,3 +169,12 @@ def test_old_bsuid_finds_the_relinked_contact(client: TestClient) -> None:
     _post(client, cloud_user_changed_user_id("wamid.2", B1, B2, step=1))
     found = client.get("/v1/contacts", params={"bsuid": B1}, headers=AUTH).json()["data"]
     assert [c["bsuid"] for c in found] == [B2]
+
+
+def test_metrics_show_queue_depth_and_oldest_undelivered_age(client: TestClient) -> None:
+    _post(client, cloud_message("wamid.1", bsuid=B1))
+    text = client.get("/metrics").text
+    assert 'bspgate_store_rows{state="deliveries_pending"} 1.0' in text
+    assert 'bspgate_store_rows{state="deliveries_held"} 1.0' in text
+    (line,) = [x for x in text.splitlines() if x.startswith("bspgate_oldest_undelivered_seconds")]
+    assert float(line.split()[-1]) >= 0.0

@@ -828,6 +828,13 @@ class SqlTx:
             count += cursor.rowcount
         return count
 
+    def oldest_undelivered(self) -> str | None:
+        """When the oldest delivery still waiting (pending, in flight or held) was created."""
+        row = self.one(
+            "SELECT MIN(created_at) FROM deliveries WHERE state IN ('pending', 'inflight', 'held')"
+        )
+        return None if row is None or row[0] is None else str(row[0])
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for state, number in self.all("SELECT state, COUNT(*) FROM deliveries GROUP BY state"):
