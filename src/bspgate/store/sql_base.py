@@ -1,0 +1,277 @@
+"""`SqlBase`: the plumbing of bspgate's SQL, and the identity and ingest statements.
+
+Queries are written once with `?` placeholders; the PostgreSQL backend rewrites them to `%s`.
+Nothing here commits: the backend that owns the connection decides that. The other statement
+groups live beside it (`sql_contacts`, `sql_outbox`, `sql_sends`) and `sql.SqlTx` joins them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from bspgate.ids import new_id
+from bspgate.store.base import ContactRow, RawRecord
+
+_CONTACT_COLUMNS = "id, portfolio, bsuid, parent_bsuid, phone, username, name, merged_into"
+OPEN_DELIVERY_STATES = ("pending", "inflight", "held")
+TERMINAL_RANK = 100  # failed and deleted: nothing moves a message on from there
+
+
+def _filters(
+    clauses: list[str], params: list[Any], optional: Sequence[tuple[str, Any]]
+) -> tuple[list[str], list[Any]]:
+    """Add `clause` with its value for every optional filter that has one."""
+    for clause, value in optional:
+        if value:
+            clauses.append(clause)
+            params.append(value)
+    return clauses, params
+
+
+def _contact(row: Sequence[Any] | None) -> ContactRow | None:
+    return None if row is None else ContactRow(*row)
+
+
+class SqlBase:
+    """SQL over one connection. `paramstyle` is "qmark" (sqlite3) or "format" (psycopg)."""
+
+    def __init__(self, conn: Any, paramstyle: str = "qmark") -> None:
+        self.conn = conn
+        self._format = paramstyle == "format"
+        # the few statements spelled per database check this ("postgres" means psycopg)
+        self.dialect = "postgres" if self._format else "sqlite"
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._format:
+            sql = sql.replace("?", "%s")
+        return self.conn.execute(sql, params)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self.execute(sql, params).fetchall())
+
+    # -- identity -----------------------------------------------------------------------------
+    def _follow(self, contact: ContactRow | None) -> ContactRow | None:
+        # A contact merged into another answers as the survivor.
+        seen = 0
+        while contact is not None and contact.merged_into and seen < 8:
+            contact = self.contact(contact.merged_into)
+            seen += 1
+        return contact
+
+    def contact(self, contact_id: str) -> ContactRow | None:
+        return _contact(
+            self.one(f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE id = ?", (contact_id,))
+        )
+
+    def contact_by_bsuid(self, portfolio: str, bsuid: str) -> ContactRow | None:
+        row = self.one(
+            f"SELECT {', '.join('c.' + c.strip() for c in _CONTACT_COLUMNS.split(','))} "
+            "FROM contact_bsuids b JOIN contacts c ON c.id = b.contact_id "
+            "WHERE b.portfolio = ? AND b.bsuid = ?",
+            (portfolio, bsuid),
+        )
+        return self._follow(_contact(row))
+
+    def contact_by_phone(self, portfolio: str, phone: str) -> ContactRow | None:
+        row = self.one(
+            f"SELECT {', '.join('c.' + c.strip() for c in _CONTACT_COLUMNS.split(','))} "
+            "FROM contact_phones p JOIN contacts c ON c.id = p.contact_id "
+            "WHERE p.portfolio = ? AND p.phone = ? AND p.state = 'active'",
+            (portfolio, phone),
+        )
+        return self._follow(_contact(row))
+
+    def create_contact(self, portfolio: str, now: str) -> ContactRow:
+        contact = ContactRow(id=new_id("ct"), portfolio=portfolio)
+        self.execute(
+            "INSERT INTO contacts (id, portfolio, created_at, updated_at) VALUES (?, ?, ?, ?)",
+            (contact.id, portfolio, now, now),
+        )
+        return contact
+
+    def save_contact(self, contact: ContactRow, now: str) -> None:
+        self.execute(
+            "UPDATE contacts SET bsuid = ?, parent_bsuid = ?, phone = ?, username = ?, name = ?, "
+            "merged_into = ?, updated_at = ? WHERE id = ?",
+            (
+                contact.bsuid,
+                contact.parent_bsuid,
+                contact.phone,
+                contact.username,
+                contact.name,
+                contact.merged_into,
+                now,
+                contact.id,
+            ),
+        )
+
+    def link_bsuid(
+        self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
+    ) -> None:
+        if current:
+            self.execute(
+                "UPDATE contact_bsuids SET state = 'retired' WHERE contact_id = ? AND bsuid <> ?",
+                (contact.id, bsuid),
+            )
+        state = "current" if current else "retired"
+        self.execute(
+            "INSERT INTO contact_bsuids (portfolio, bsuid, contact_id, state, first_seen, "
+            "last_seen, channel_id) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (portfolio, bsuid) DO UPDATE SET contact_id = excluded.contact_id, "
+            "state = excluded.state, last_seen = excluded.last_seen",
+            (contact.portfolio, bsuid, contact.id, state, now, now, channel_id),
+        )
+
+    def link_phone(self, contact: ContactRow, phone: str, now: str, channel_id: str) -> None:
+        self.execute(
+            "INSERT INTO contact_phones (portfolio, phone, contact_id, state, first_seen, "
+            "last_seen, channel_id) VALUES (?, ?, ?, 'active', ?, ?, ?)",
+            (contact.portfolio, phone, contact.id, now, now, channel_id),
+        )
+
+    def end_phone(self, contact_id: str, phone: str, now: str, state: str, reason: str) -> None:
+        self.execute(
+            "UPDATE contact_phones SET state = ?, ended_at = ?, reason = ? "
+            "WHERE contact_id = ? AND phone = ? AND state = 'active'",
+            (state, now, reason, contact_id, phone),
+        )
+
+    def touch_identifiers(self, contact: ContactRow, now: str) -> None:
+        if contact.bsuid:
+            self.execute(
+                "UPDATE contact_bsuids SET last_seen = ? WHERE portfolio = ? AND bsuid = ?",
+                (now, contact.portfolio, contact.bsuid),
+            )
+        if contact.phone:
+            self.execute(
+                "UPDATE contact_phones SET last_seen = ? WHERE contact_id = ? AND phone = ? "
+                "AND state = 'active'",
+                (now, contact.id, contact.phone),
+            )
+
+    def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None:
+        self.execute(
+            "INSERT INTO contact_history (contact_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+            (contact_id, now, kind, json.dumps(detail, sort_keys=True)),
+        )
+
+    def contact_for_send(self, channel_id: str, provider_message_id: str) -> str | None:
+        row = self.one(
+            "SELECT contact_id FROM sends WHERE channel_id = ? AND provider_message_id = ?",
+            (channel_id, provider_message_id),
+        )
+        return None if row is None else row[0]
+
+    def mark_inbound(self, contact_id: str, channel_id: str, at: str) -> None:
+        self.execute(
+            "INSERT INTO conversations (contact_id, channel_id, last_inbound_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (contact_id, channel_id) DO UPDATE SET last_inbound_at = "
+            "CASE WHEN excluded.last_inbound_at > conversations.last_inbound_at "
+            "THEN excluded.last_inbound_at ELSE conversations.last_inbound_at END",
+            (contact_id, channel_id, at),
+        )
+
+    def release_held(self, contact_id: str, phone: str, now: float, stamp: str) -> int:
+        """Held deliveries of a contact that just gained a phone: pending, phone filled in."""
+        rows = self.all(
+            "SELECT d.id, COALESCE(d.body, e.body) FROM deliveries d "
+            "JOIN events e ON e.seq = d.event_seq WHERE d.contact_id = ? AND d.state = 'held'",
+            (contact_id,),
+        )
+        for delivery_id, body in rows:
+            event = json.loads(body)
+            event["data"]["contact"]["phone"] = phone
+            self.execute(
+                "UPDATE deliveries SET state = 'pending', body = ?, next_attempt_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (json.dumps(event, separators=(",", ":")), now, stamp, delivery_id),
+            )
+        return len(rows)
+
+    # -- ingest -------------------------------------------------------------------------------
+    def event_exists(self, event_id: str) -> bool:
+        return self.one("SELECT 1 FROM events WHERE id = ?", (event_id,)) is not None
+
+    def insert_raw(self, raw: RawRecord) -> None:
+        self.execute(
+            "INSERT INTO raw_payloads (id, channel_id, provider, received_at, content_type, body, "
+            "state, reason, event_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                raw.id,
+                raw.channel_id,
+                raw.provider,
+                raw.received_at,
+                raw.content_type,
+                raw.body,
+                raw.state,
+                raw.reason,
+                raw.event_count,
+            ),
+        )
+
+    def update_raw(self, raw_id: str, state: str, reason: str | None, event_count: int) -> None:
+        self.execute(
+            "UPDATE raw_payloads SET state = ?, reason = ?, event_count = ? WHERE id = ?",
+            (state, reason, event_count, raw_id),
+        )
+
+    def insert_event(
+        self, event: dict[str, Any], body: str, now: str, superseded: bool = False
+    ) -> int:
+        row = self.one(
+            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body, "
+            "superseded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+            (
+                event["id"],
+                event["type"],
+                event["data"]["channel"]["id"],
+                event["subject"],
+                event["time"],
+                now,
+                event["data"]["raw_id"],
+                body,
+                1 if superseded else 0,
+            ),
+        )
+        return int(row[0])
+
+    def insert_delivery(
+        self,
+        event_seq: int,
+        event_id: str,
+        subscriber_id: str,
+        contact_id: str,
+        state: str,
+        due: float,
+        now: str,
+    ) -> None:
+        self.execute(
+            "INSERT INTO deliveries (id, event_seq, event_id, subscriber_id, contact_id, state, "
+            "next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (event_id, subscriber_id) DO NOTHING",
+            (new_id("dlv"), event_seq, event_id, subscriber_id, contact_id, state, due, now, now),
+        )
+
+    def advance_status(
+        self, channel_id: str, message_id: str, status: str, rank: int, stamp: str
+    ) -> bool:
+        """Record a message's status if it moves forward; False when it would move backwards."""
+        row = self.one(
+            "SELECT rank FROM message_status WHERE channel_id = ? AND message_id = ?",
+            (channel_id, message_id),
+        )
+        if row is not None and (row[0] >= rank or row[0] >= TERMINAL_RANK):
+            return False
+        self.execute(
+            "INSERT INTO message_status (channel_id, message_id, status, rank, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel_id, message_id) DO UPDATE SET "
+            "status = excluded.status, rank = excluded.rank, updated_at = excluded.updated_at",
+            (channel_id, message_id, status, rank, stamp),
+        )
+        return True
