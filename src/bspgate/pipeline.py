@@ -51,6 +51,7 @@ class Fanout:
 
     def __init__(self, subscribers: tuple[Subscriber, ...]) -> None:
         self.subscribers = subscribers
+        self.holds = any(s.require_phone for s in subscribers)
 
     def matching(self, event_type: str, channel_id: str) -> list[Subscriber]:
         return [
@@ -158,7 +159,13 @@ def ingest(
     """Store one webhook's raw payload, events and outbox rows. Raises `InvalidEvents`."""
     outcome = IngestOutcome(raw_id=raw.id, state="processed", issues=list(mapped.issues))
     resolver = IdentityResolver(
-        tx, channel.portfolio, channel.id, now, now_epoch, announces=mapped.announces
+        tx,
+        channel.portfolio,
+        channel.id,
+        now,
+        now_epoch,
+        announces=mapped.announces,
+        holds=fanout.holds,
     )
     store = _EventWriter(tx, channel, raw.id, validator, fanout, now, now_epoch, outcome)
     for draft in mapped.drafts:

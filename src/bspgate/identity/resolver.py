@@ -17,7 +17,7 @@ No I/O besides the `StoreTx` calls, no clock (`now` is passed in): tested withou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bspgate.store.base import ContactRow, StoreTx
@@ -60,6 +60,7 @@ class IdentityResolver:
         now_epoch: float = 0.0,
         *,
         announces: bool = True,
+        holds: bool = True,
     ) -> None:
         self.tx = tx
         self.portfolio = portfolio
@@ -70,6 +71,7 @@ class IdentityResolver:
         # does, a known phone with a new BSUID is a recycled number (rule 6); if it announces
         # nothing, the phone is the only link left, and the contract relinks on it.
         self.announces = announces
+        self.holds = holds  # some subscriber requires a phone: held deliveries may wait
         self._silent_relinks: list[str] = []
 
     def take_silent_relinks(self) -> list[str]:
@@ -80,8 +82,10 @@ class IdentityResolver:
     # -- rules 1-4, 6 ----------------------------------------------------------------------
     def observe(self, seen: Observation) -> ContactRow:
         """Resolve the contact a message or status is about, recording what it teaches."""
+        known: ContactRow | None = None  # the contact as stored before this payload, if any
         if seen.bsuid:
             contact = self.tx.contact_by_bsuid(self.portfolio, seen.bsuid)
+            known = replace(contact) if contact is not None else None
             if contact is None:
                 contact = self._first_bsuid(seen)
             elif contact.bsuid == seen.bsuid and seen.phone and contact.phone != seen.phone:
@@ -90,6 +94,7 @@ class IdentityResolver:
             # nothing: its phone, if any, was retired with it
         elif seen.phone:
             contact = self.tx.contact_by_phone(self.portfolio, seen.phone)
+            known = replace(contact) if contact is not None else None
             if contact is None:
                 contact = self.tx.create_contact(self.portfolio, self.now)
                 self._set_phone(contact, seen.phone, "first seen, phone only")
@@ -98,8 +103,11 @@ class IdentityResolver:
             raise UnresolvableContact("the payload carries neither a BSUID nor a phone")
         if seen.bsuid is None or contact.bsuid == seen.bsuid:
             self._profile(contact, seen)
-        self.tx.touch_identifiers(contact, self.now)
-        self.tx.save_contact(contact, self.now)
+        if known is not None:
+            # seen again: last-seen times move (a contact made just now has them already)
+            self.tx.touch_identifiers(contact, self.now)
+        if contact != known:  # one UPDATE only when something changed
+            self.tx.save_contact(contact, self.now)
         return contact
 
     def _first_bsuid(self, seen: Observation) -> ContactRow:
@@ -144,7 +152,8 @@ class IdentityResolver:
             self.tx.link_phone(contact, phone, self.now, self.channel_id)
             self.tx.add_history(contact.id, self.now, "phone_captured", {"why": why})
             # deliveries held for phone-keyed subscribers go out now, with the phone filled in
-            self.tx.release_held(contact.id, phone, self.now_epoch, self.now)
+            if self.holds:
+                self.tx.release_held(contact.id, phone, self.now_epoch, self.now)
         contact.phone = phone
 
     def _profile(self, contact: ContactRow, seen: Observation) -> None:
