@@ -19,13 +19,13 @@ from typing import Any
 
 import jmespath
 import jsonschema
-import yaml
 from jmespath.exceptions import JMESPathError
 
 from bspgate.errors import MappingError, MappingLoadError
 from bspgate.mapping.codegen import Builder, compile_condition, compile_rule
 from bspgate.mapping.expression import Getter, compile_expression
 from bspgate.mapping.functions import REGISTRY
+from bspgate.mapping.yamlfile import YamlFile, dotted
 
 MAPPING_FILE = "mapping.yaml"
 
@@ -175,54 +175,10 @@ def _meta_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            out[(*path, key_node.value)] = key_node.start_mark.line + 1
-            _line_index(value_node, (*path, key_node.value), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _line_index(item, (*path, index), out)
-
-
-def _dotted(path: tuple[Any, ...]) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-class _FileContext:
-    """Reads one YAML file and answers `where` questions about its paths."""
-
-    def __init__(self, path: Path, display: str) -> None:
-        self.display = display
-        try:
-            text = path.read_text(encoding="utf-8")
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            self.data = yaml.safe_load(text)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MappingLoadError(display, None, "", f"cannot read: {exc}") from exc
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            raise MappingLoadError(display, line, "", f"invalid YAML: {exc}") from exc
-        self.lines: dict[tuple[Any, ...], int] = {}
-        if node is not None:
-            _line_index(node, (), self.lines)
-
-    def error(self, path: tuple[Any, ...], message: str) -> MappingLoadError:
-        probe = path
-        while probe and probe not in self.lines:
-            probe = probe[:-1]
-        return MappingLoadError(self.display, self.lines.get(probe), _dotted(path), message)
-
-
 class _Chain:
     """A mapping file and the files it extends: an error is reported where its path is written."""
 
-    def __init__(self, contexts: list[_FileContext]) -> None:
+    def __init__(self, contexts: list[YamlFile]) -> None:
         self.contexts = contexts
         self.display = contexts[0].display
 
@@ -294,7 +250,7 @@ class _Compiler:
         when = raw.get("when")
         return RuleSpec(
             name=raw["name"],
-            path=_dotted(path),
+            path=dotted(path),
             event_type=raw["type"],
             for_each=self.for_each(raw["for_each"], (*path, "for_each")),
             iteration_key=_iteration_key(raw["for_each"]),
@@ -325,7 +281,7 @@ class _Compiler:
         )
 
 
-def _schema_errors(ctx: _FileContext, data: Any) -> None:
+def _schema_errors(ctx: YamlFile, data: Any) -> None:
     errors = sorted(_meta_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         error = jsonschema.exceptions.best_match(errors)
@@ -335,9 +291,9 @@ def _schema_errors(ctx: _FileContext, data: Any) -> None:
 
 def _read_merged(
     root: Path, name: str, seen: tuple[str, ...]
-) -> tuple[list[_FileContext], dict[str, Any]]:
+) -> tuple[list[YamlFile], dict[str, Any]]:
     path = root / name / MAPPING_FILE
-    ctx = _FileContext(path, f"mappings/{name}/{MAPPING_FILE}")
+    ctx = YamlFile(path, f"mappings/{name}/{MAPPING_FILE}")
     data = ctx.data
     _schema_errors(ctx, data)
     if data["name"] != name:

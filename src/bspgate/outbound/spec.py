@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
-import yaml
 
 from bspgate.errors import MappingLoadError
 from bspgate.mapping.expression import Getter
+from bspgate.mapping.yamlfile import YamlFile
 from bspgate.outbound.template import Node, TemplateError, compile_expr, compile_template
 
 OUTBOUND_FILE = "outbound.yaml"
@@ -110,72 +110,27 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-def _lines(node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    if node is None:
-        return
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            out[(*path, key.value)] = key.start_mark.line + 1
-            _lines(value, (*path, key.value), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _lines(item, (*path, index), out)
-
-
-class _File:
-    def __init__(self, path: Path, display: str) -> None:
-        self.display = display
-        self.lines: dict[tuple[Any, ...], int] = {}
-        try:
-            text = path.read_text(encoding="utf-8")
-            self.data = yaml.safe_load(text)
-            _lines(yaml.compose(text, Loader=yaml.SafeLoader), (), self.lines)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MappingLoadError(display, None, "", f"cannot read: {exc}") from exc
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise MappingLoadError(
-                display, mark.line + 1 if mark else None, "", f"invalid YAML: {exc}"
-            ) from exc
-
-    def error(self, path: tuple[Any, ...] | str, message: str) -> MappingLoadError:
-        if isinstance(path, str):
-            parts: list[Any] = []
-            for piece in path.replace("[", ".").replace("]", "").split("."):
-                if piece:
-                    parts.append(int(piece) if piece.isdigit() else piece)
-            path = tuple(parts)
-        probe = path
-        while probe and probe not in self.lines:
-            probe = probe[:-1]
-        dotted = ""
-        for part in path:
-            dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else part)
-        return MappingLoadError(self.display, self.lines.get(probe), dotted, message)
-
-
-def _compile(file: _File, raw: Any, path: tuple[Any, ...]) -> Node:
+def _compile(file: YamlFile, raw: Any, path: tuple[Any, ...]) -> Node:
     try:
         return compile_template(raw, path)
     except TemplateError as exc:
         raise file.error(exc.path, exc.message) from exc
 
 
-def _expr(file: _File, text: Any, path: tuple[Any, ...]) -> Getter:
+def _expr(file: YamlFile, text: Any, path: tuple[Any, ...]) -> Getter:
     try:
         return compile_expr(text, path)
     except TemplateError as exc:
         raise file.error(exc.path, exc.message) from exc
 
 
-def _lets(file: _File, raw: Mapping[str, Any] | None, path: tuple[Any, ...]) -> tuple[Any, ...]:
+def _lets(file: YamlFile, raw: Mapping[str, Any] | None, path: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(
         (name, _compile(file, value, (*path, name))) for name, value in (raw or {}).items()
     )
 
 
-def _refusals(file: _File, raw: list[dict[str, str]] | None, path: tuple[Any, ...]) -> Any:
+def _refusals(file: YamlFile, raw: list[dict[str, str]] | None, path: tuple[Any, ...]) -> Any:
     return tuple(
         Refusal(_expr(file, item["when"], (*path, i, "when")), item["detail"])
         for i, item in enumerate(raw or [])
@@ -192,7 +147,7 @@ def _merge(base: Any, override: Any) -> Any:
 
 
 def _type_form(
-    file: _File, name: str, raw: dict[str, Any], base_body: Any, path: tuple[Any, ...]
+    file: YamlFile, name: str, raw: dict[str, Any], base_body: Any, path: tuple[Any, ...]
 ) -> TypeForm:
     flag = raw.get("bsuid_send")
     bsuid = None
@@ -216,7 +171,7 @@ def _type_form(
     )
 
 
-def _extended(root: Path, file: _File, provider: str, seen: tuple[str, ...]) -> Any:
+def _extended(root: Path, file: YamlFile, provider: str, seen: tuple[str, ...]) -> Any:
     """The file's data with `extends: other` resolved (the other file first, this one on top)."""
     data = file.data
     parent = data.get("extends") if isinstance(data, dict) else None
@@ -230,7 +185,7 @@ def _extended(root: Path, file: _File, provider: str, seen: tuple[str, ...]) -> 
     if not parent_path.is_file():
         raise file.error(("extends",), f"no {parent}/{OUTBOUND_FILE} to extend")
     base = _extended(
-        root, _File(parent_path, f"mappings/{parent}/{OUTBOUND_FILE}"), parent, (*seen, provider)
+        root, YamlFile(parent_path, f"mappings/{parent}/{OUTBOUND_FILE}"), parent, (*seen, provider)
     )
     merged = _merge(base, {k: v for k, v in data.items() if k != "extends"})
     merged["provider"] = data.get("provider", provider)
@@ -243,7 +198,7 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
     display = f"mappings/{provider}/{OUTBOUND_FILE}"
     if not path.is_file():
         raise MappingLoadError(display, None, "", "no such file: this provider cannot send")
-    file = _File(path, display)
+    file = YamlFile(path, display)
     data = _extended(root, file, provider, ())
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
