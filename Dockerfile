@@ -13,6 +13,9 @@ COPY config.yaml ./config.yaml
 RUN mkdir -p /app/data && chown -R bspgate /app/data
 
 USER bspgate
+# The shipped config keeps its SQLite file in the working folder: a writable one (mount a volume
+# here to keep the data). Mappings are found next to the config file.
+WORKDIR /app/data
 EXPOSE 8080
 # The shipped config listens on 127.0.0.1; in a container listen on every interface.
 CMD ["bspgate", "serve", "--host", "0.0.0.0"]
