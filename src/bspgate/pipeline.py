@@ -8,7 +8,7 @@ at all. The same function serves the server, `bspgate replay` and (over the in-m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -266,14 +266,4 @@ def quarantine(tx: StoreTx, raw: RawRecord, reason: str) -> None:
 
 
 def _with_state(raw: RawRecord, state: str, reason: str | None, count: int) -> RawRecord:
-    return RawRecord(
-        id=raw.id,
-        channel_id=raw.channel_id,
-        provider=raw.provider,
-        received_at=raw.received_at,
-        content_type=raw.content_type,
-        body=raw.body,
-        state=state,
-        reason=reason,
-        event_count=count,
-    )
+    return replace(raw, state=state, reason=reason, event_count=count)

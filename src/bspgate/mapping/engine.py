@@ -18,12 +18,8 @@ from bspgate.errors import MappingError
 from bspgate.ids import event_id
 from bspgate.mapping.codegen import FALLBACK
 from bspgate.mapping.expression import truthy
-from bspgate.mapping.loader import FieldSpec, MappingSpec, RuleSpec
-from bspgate.mapping.shapes import CONTACT_KEYS, MESSAGE_KEYS, SUBOBJECTS
-
-_SUBOBJECTS = SUBOBJECTS
-_MESSAGE_KEYS = MESSAGE_KEYS
-_CONTACT_KEYS = CONTACT_KEYS
+from bspgate.mapping.loader import MappingSpec, RuleSpec
+from bspgate.mapping.shapes import SUBOBJECTS, sections
 
 
 @dataclass(slots=True)
@@ -50,20 +46,8 @@ class MappingResult:
     announces: bool = True  # the mapping's announces_identity_changes (identity rule 6)
 
 
-def _evaluate(spec: FieldSpec, scope: dict[str, Any]) -> Any:
-    return spec.run(scope)
-
-
 def _skeleton(event_type: str) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "channel": {"business_phone": None},
-        "contact": dict.fromkeys(_CONTACT_KEYS),
-    }
-    if event_type == "whatsapp.contact.identity_changed":
-        data["previous"] = {"bsuid": None, "phone": None}
-    else:
-        data["message"] = dict.fromkeys(_MESSAGE_KEYS[event_type])
-    return data
+    return {section: dict.fromkeys(keys) for section, keys in sections(event_type).items()}
 
 
 def _draft(
@@ -93,7 +77,7 @@ def _draft(
             parent = data[path[0]]
             child = parent.get(path[1])
             if child is None:
-                child = parent[path[1]] = dict.fromkeys(_SUBOBJECTS.get((path[0], path[1]), ()))
+                child = parent[path[1]] = dict.fromkeys(SUBOBJECTS.get((path[0], path[1]), ()))
             child[path[2]] = value
     return _finish(rule, channel_id, position, key, time, data)
 
