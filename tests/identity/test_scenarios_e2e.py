@@ -68,6 +68,7 @@ def test_one_contact_id_through_a_persons_life(gateway: RunningGateway) -> None:
     assert len({e["data"]["contact"]["id"] for e in events}) == 1
     assert events[1]["data"]["contact"]["bsuid"] == B1
     change = events[2]["data"]
+    assert change["change"] == "bsuid_changed"
     assert change["previous"] == {"bsuid": B1, "phone": "+" + PHONE}
     assert change["contact"]["bsuid"] == B2
     for event in events[2:]:  # the old phone is retired with the old BSUID: never shown again
@@ -94,8 +95,13 @@ def test_number_change_names_the_new_phone(gateway: RunningGateway) -> None:
 def test_recycled_phone_gives_two_contacts_and_moves_the_alias(gateway: RunningGateway) -> None:
     _post_ok(gateway, cloud_message("wamid.1", phone=PHONE, bsuid=B1))
     _post_ok(gateway, cloud_message("wamid.2", phone=PHONE, bsuid=B3, step=1))
-    first, second = gateway.events()
+    first, reassigned, second = gateway.events()
     assert first["data"]["contact"]["id"] != second["data"]["contact"]["id"]
+    assert reassigned["type"] == "whatsapp.contact.identity_changed"
+    assert reassigned["subject"] == first["data"]["contact"]["id"]
+    assert reassigned["data"]["change"] == "phone_reassigned"
+    assert reassigned["data"]["previous"] == {"bsuid": B1, "phone": "+" + PHONE}
+    assert reassigned["data"]["contact"]["phone"] is None
     owners = gateway.client.get("/v1/contacts", params={"phone": "+" + PHONE}).json()["data"]
     assert [c["id"] for c in owners] == [
         second["data"]["contact"]["id"],
