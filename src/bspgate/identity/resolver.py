@@ -103,7 +103,7 @@ class IdentityResolver:
 
     # -- rules 1-4, 6, 8-10 -----------------------------------------------------------------
     def observe(self, seen: Observation, at: str | None = None) -> ContactRow:
-        """Resolve the contact a payload is about (evidence time `at`), recording what it teaches."""
+        """Resolve the contact a payload is about (evidence time `at`), recording what it says."""
         at = at or self.now
         if seen.bsuid:
             contact = self.tx.contact_by_bsuid(self.portfolio, seen.bsuid)

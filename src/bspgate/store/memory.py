@@ -102,9 +102,8 @@ class MemoryTx:
             if owner == contact_id and key[1] == phone:
                 del self.phones[key]
         for row in self.phone_history:
-            if row["contact_id"] == contact_id and row["phone"] == phone:
-                if row["state"] == "active":
-                    row.update(state=state, reason=reason, ended_evidence=evidence)
+            if (row["contact_id"], row["phone"], row["state"]) == (contact_id, phone, "active"):
+                row.update(state=state, reason=reason, ended_evidence=evidence)
 
     def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None:
         rows = [r for r in self.phone_history if (r["portfolio"], r["phone"]) == (portfolio, phone)]

@@ -75,4 +75,4 @@ def apply_migrations(tx: Any, dialect: str) -> None:
 
 def schema_current(tx: Any) -> bool:
     """True when every migration this version of bspgate knows is applied."""
-    return KNOWN <= {row[0] for row in tx.all("SELECT name FROM schema_migrations")}
+    return {row[0] for row in tx.all("SELECT name FROM schema_migrations")} >= KNOWN
