@@ -70,7 +70,7 @@ class Fanout:
         ]
 
 
-def _contact_data(contact: ContactRow) -> dict[str, Any]:
+def contact_data(contact: ContactRow) -> dict[str, Any]:
     return {
         "id": contact.id,
         "bsuid": contact.bsuid,
@@ -142,7 +142,7 @@ def complete_event(
         "portfolio": channel.portfolio,
         "business_phone": draft.data["channel"]["business_phone"] or channel.business_phone,
     }
-    data["contact"] = _contact_data(contact)
+    data["contact"] = contact_data(contact)
     data["raw_id"] = raw_id
     return {
         "specversion": "1.0",

@@ -219,13 +219,24 @@ class IdentityResolver:
 
     # -- rules 8 and 11 --------------------------------------------------------------------------
     def merge(
-        self, one: ContactRow, other: ContactRow, by: str, *, at: str | None = None, key: str = ""
+        self,
+        one: ContactRow,
+        other: ContactRow,
+        by: str,
+        *,
+        at: str | None = None,
+        key: str = "",
+        into_first: bool = False,
     ) -> ContactRow:
         """Merge two contacts: the one created first survives and is answered (rule 8).
 
-        `by` is `identity_rule` or `operator`; `key` names the operator's API key.
+        `by` is `identity_rule` or `operator`; `key` names the operator's API key. An operator
+        names the survivor (`into_first`: `one` survives, rule 11).
         """
-        survivor, absorbed = sorted((one, other), key=lambda c: (c.created_at or "", c.id))
+        if into_first:
+            survivor, absorbed = one, other
+        else:
+            survivor, absorbed = sorted((one, other), key=lambda c: (c.created_at or "", c.id))
         self.tx.merge_rows(absorbed.id, survivor.id, self.now)
         if absorbed.bsuid and (
             survivor.bsuid is None or not _newer(survivor.bsuid_at or "", absorbed.bsuid_at)
