@@ -90,3 +90,35 @@ def test_a_known_phone_with_a_new_bsuid_is_a_new_contact(provider: Any) -> None:
     found = gateway.client.get("/v1/contacts", params={"bsuid": B1}).json()["data"]
     assert [c["id"] for c in found] == [first_id]
     assert "relinked" not in [h["kind"] for h in found[0]["history"]]
+
+
+def test_an_operator_merges_a_person_who_changed_number(provider: Any) -> None:
+    """Rule 11: the provider announced nothing, so the operator joins the two contacts."""
+    gateway, build, channel = provider
+    assert gateway.post(channel, build(1, phone=PHONE, bsuid=B1)).status_code == 200
+    assert gateway.post(channel, build(2, phone="15557654321", bsuid=B2)).status_code == 200
+    first, second = (e["subject"] for e in gateway.events())
+    assert first != second
+    merged = gateway.client.post(f"/v1/contacts/{first}/merge", json={"from": second})
+    assert merged.status_code == 200, merged.text
+    view = merged.json()
+    assert view["id"] == first
+    assert (view["bsuid"], view["phone"]) == (B2, "+15557654321")  # the newer identifiers
+    assert view["history"][-1]["kind"] == "absorbed"
+    assert view["history"][-1]["detail"] == {"from": second, "by": "operator", "key": "test"}
+    event = gateway.events()[-1]
+    assert event["type"] == "whatsapp.contact.merged"
+    assert event["subject"] == first
+    assert event["data"]["merged"] == {"id": second, "by": "operator"}
+    assert event["data"]["raw_id"] is None
+    # the absorbed id keeps resolving: lookups answer the survivor, naming the merge
+    absorbed = gateway.client.get(f"/v1/contacts/{second}").json()
+    assert (absorbed["id"], absorbed["merged_into"]) == (first, first)
+    # later webhooks of either BSUID land on the survivor
+    assert gateway.post(channel, build(3, bsuid=B1)).status_code == 200
+    assert gateway.post(channel, build(4, bsuid=B2)).status_code == 200
+    assert {e["subject"] for e in gateway.events()[-2:]} == {first}
+    again = gateway.client.post(f"/v1/contacts/{first}/merge", json={"from": second})
+    assert again.status_code == 409
+    bad = gateway.client.post(f"/v1/contacts/{first}/merge", json={"from": 5})
+    assert bad.status_code == 400

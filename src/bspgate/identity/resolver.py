@@ -238,8 +238,11 @@ class IdentityResolver:
         else:
             survivor, absorbed = sorted((one, other), key=lambda c: (c.created_at or "", c.id))
         self.tx.merge_rows(absorbed.id, survivor.id, self.now)
+        # the newer evidence wins; at equal event times, the contact created later
         if absorbed.bsuid and (
-            survivor.bsuid is None or not _newer(survivor.bsuid_at or "", absorbed.bsuid_at)
+            survivor.bsuid is None
+            or (survivor.bsuid_at or "", survivor.created_at or "")
+            < (absorbed.bsuid_at or "", absorbed.created_at or "")
         ):
             survivor.bsuid, survivor.bsuid_at = absorbed.bsuid, absorbed.bsuid_at
             survivor.parent_bsuid = absorbed.parent_bsuid or survivor.parent_bsuid
@@ -247,7 +250,10 @@ class IdentityResolver:
             # the newest BSUID is current; every other one stays resolvable, retired
             self.tx.link_bsuid(survivor, survivor.bsuid, self.now, self.channel_id, current=True)
         if absorbed.phone:
-            if survivor.phone is None or not _newer(survivor.phone_at or "", absorbed.phone_at):
+            if survivor.phone is None or (survivor.phone_at or "", survivor.created_at or "") < (
+                absorbed.phone_at or "",
+                absorbed.created_at or "",
+            ):
                 if survivor.phone:
                     self.tx.end_phone(
                         survivor.id, survivor.phone, self.now, "retired", "merged", at
