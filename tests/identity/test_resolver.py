@@ -17,6 +17,7 @@ from bspgate.identity.resolver import (
     Observation,
     UnresolvableContact,
 )
+from bspgate.store.memory import MemoryTx
 
 NOW = "2026-04-02T10:11:12Z"
 B1 = "US.13491208655302741918"
@@ -287,3 +288,79 @@ def test_rule11_operator_merge_has_rule8_effects(tx: Any) -> None:
     assert tx.contact_by_phone("acme", P1) is None
     [notice] = operator.take_notices()
     assert notice.data == {"merged": {"id": second.id, "by": "operator"}}
+
+
+def _history(tx: Any, contact_id: str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(tx, MemoryTx):
+        return [(kind, detail) for who, _at, kind, detail in tx.history if who == contact_id]
+    return [(h["kind"], h["detail"]) for h in tx.contact_view(contact_id)["history"]]
+
+
+def _phones(tx: Any, contact_id: str) -> list[tuple[str, str, str | None]]:
+    if isinstance(tx, MemoryTx):
+        rows = [r for r in tx.phone_history if r["contact_id"] == contact_id]
+    else:
+        rows = tx.contact_view(contact_id)["phones"]
+    return [(r["phone"], r["state"], r.get("reason")) for r in rows]
+
+
+def test_every_identity_fact_is_recorded_with_its_reason(tx: Any) -> None:
+    legacy = resolver(tx, now=at(1)).observe(Observation(phone=P1, name="Sheena"), at(1))
+    resolver(tx, now=at(2)).observe(Observation(bsuid=B1, phone=P1, name="Sheena N"), at(2))
+    stranger = resolver(tx, now=at(3)).observe(Observation(bsuid=B2, phone=P1), at(3))
+    resolver(tx, now=at(4)).relink(Observation(bsuid=B3, phone=P2), B1, None, at(4))
+    assert _history(tx, legacy.id) == [
+        ("created", {"by": "phone"}),
+        ("phone_captured", {"why": "first seen, phone only"}),
+        ("merged", {"bsuid": B1}),
+        ("name_changed", {"previous": "Sheena"}),
+        ("phone_moved", {"to": stranger.id}),
+        ("phone_captured", {"why": "named by the identity change"}),
+        ("relinked", {"channel": "cloud-us"}),
+    ]
+    assert _history(tx, stranger.id) == [
+        ("created", {"by": "bsuid"}),
+        ("phone_moved_in", {"from": legacy.id}),
+        ("phone_captured", {"why": "paired with a new BSUID"}),
+    ]
+    assert _phones(tx, legacy.id) == [
+        (P1, "moved", f"moved to {stranger.id}"),
+        (P2, "active", None),
+    ]
+    final = tx.contact(legacy.id)
+    assert (final.bsuid, final.phone, final.name) == (B3, P2, "Sheena N")
+    assert (final.bsuid_at, final.phone_at) == (at(4), at(4))
+
+
+def test_a_phone_replaced_by_a_newer_pair_is_retired(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    resolver(tx, now=at(2)).observe(Observation(bsuid=B1, phone=P2), at(2))
+    assert _phones(tx, contact.id) == [(P1, "retired", "replaced"), (P2, "active", None)]
+    older = resolver(tx, now=at(3)).observe(Observation(bsuid=B1, phone=P3), at(1))
+    assert older.phone == P2  # an older pair does not replace a newer phone
+    assert tx.contact_by_phone("acme", P3) is None
+    relinked, _, _ = resolver(tx, now=at(4)).relink(Observation(bsuid=B2), B1, None, at(4))
+    assert _phones(tx, contact.id)[-1] == (P2, "retired", "identity changed")
+    assert relinked.phone is None
+
+
+def test_a_merge_keeps_the_newer_phone_and_retires_the_other(tx: Any) -> None:
+    first = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    second = resolver(tx, now=at(2)).observe(Observation(bsuid=B2, phone=P2), at(5))
+    survivor = resolver(tx, now=at(3)).merge(
+        tx.contact(first.id), tx.contact(second.id), "operator", into_first=True
+    )
+    assert (survivor.phone, survivor.phone_at, survivor.bsuid, survivor.bsuid_at) == (
+        P2,
+        at(5),
+        B2,
+        at(5),
+    )
+    assert sorted(_phones(tx, first.id)) == [(P1, "retired", "merged"), (P2, "active", None)]
+    assert _history(tx, second.id)[-1] == ("merged_into", {"into": first.id, "by": "operator"})
+    assert _history(tx, first.id)[-1] == ("absorbed", {"from": second.id, "by": "operator"})
+    other = resolver(tx, now=at(6)).observe(Observation(bsuid=B3, phone=P3), at(0))
+    kept = resolver(tx, now=at(7)).merge(tx.contact(first.id), tx.contact(other.id), "operator")
+    assert (kept.id, kept.phone, kept.bsuid) == (first.id, P2, B2)  # older survives, newer wins
+    assert tx.contact_by_phone("acme", P3) is None
+    assert (P3, "retired", "merged") in _phones(tx, first.id)
