@@ -442,3 +442,41 @@ def test_rule9_a_stale_change_records_its_phone_as_past(tx: Any) -> None:
     assert tx.contact_by_phone("acme", P2) is None
     assert tx.phone_owner_at("acme", P2, at(5)).id == contact.id
     assert tx.contact_by_bsuid("acme", B2).id == contact.id
+
+
+def _bsuid_state(tx: Any, contact_id: str) -> dict[str, str]:
+    if isinstance(tx, MemoryTx):
+        return {key[1]: state for key, (who, state) in tx.bsuids.items() if who == contact_id}
+    return {b["bsuid"]: b["state"] for b in tx.contact_view(contact_id)["bsuids"]}
+
+
+def test_rule8_a_merge_keeps_one_current_bsuid_and_the_parent(tx: Any) -> None:
+    parent = "US.ENT.11815799212886844830"
+    legacy = resolver(tx, now=at(1)).observe(Observation(phone=P1), at(1))
+    managed = resolver(tx, now=at(2)).observe(Observation(bsuid=B1, parent_bsuid=parent), at(2))
+    merged = resolver(tx, now=at(3)).observe(Observation(bsuid=B1, phone=P1), at(3))
+    assert merged.id == legacy.id
+    assert (merged.parent_bsuid, merged.bsuid, merged.bsuid_at) == (parent, B1, at(2))
+    assert tx.contact(legacy.id).parent_bsuid == parent
+    states = _bsuid_state(tx, legacy.id)
+    assert states[B1] == "current"
+    assert tx.contact(managed.id).parent_bsuid is None
+    old = resolver(tx, now=at(4)).observe(Observation(bsuid=B2, phone=P2), at(0))
+    survivor = resolver(tx, now=at(5)).merge(tx.contact(old.id), tx.contact(legacy.id), "operator")
+    assert survivor.id == legacy.id
+    assert survivor.bsuid == B1  # the newer BSUID stays current
+    assert _bsuid_state(tx, legacy.id)[B1] == "current"
+    assert _bsuid_state(tx, legacy.id)[B2] == "retired"
+
+
+def test_rule9_a_pair_older_than_the_owners_is_recorded_as_kept(tx: Any) -> None:
+    owner = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(5))
+    late = resolver(tx, now=at(2)).observe(Observation(bsuid=B2, phone=P1), at(3))
+    assert late.phone is None
+    assert _history(tx, late.id)[-1] == ("phone_kept", {"by": owner.id})
+    # the owner's own pair seen again moves its evidence time forward, never back
+    resolver(tx, now=at(3)).observe(Observation(bsuid=B1, phone=P1), at(2))
+    assert tx.contact(owner.id).phone_at == at(5)
+    resolver(tx, now=at(4)).observe(Observation(bsuid=B1, phone=P1), at(7))
+    assert tx.contact(owner.id).phone_at == at(7)
+    assert tx.contact(owner.id).bsuid_at == at(2)  # the earliest evidence of the current BSUID
