@@ -31,6 +31,7 @@ class MemoryTx:
         ] = {}  # (portfolio, bsuid) -> (id, state)
         self.phones: dict[tuple[str, str], str] = {}  # active aliases: (portfolio, phone) -> id
         self.phone_history: list[dict[str, Any]] = []
+        self.last_seen: dict[tuple[str, str], str] = {}  # (portfolio, bsuid) -> when seen again
         self.history: list[tuple[str, str, str, dict[str, Any]]] = []
         self.sends: dict[tuple[str, str], str] = {}
         self.inbound: dict[tuple[str, str], str] = {}
@@ -153,11 +154,12 @@ class MemoryTx:
 
     def touch_identifiers(self, contact: ContactRow, now: str) -> None:
         _text(contact.id, now)
-        return None
+        if contact.bsuid:
+            self.touch_bsuid(contact.portfolio, contact.bsuid, now)
 
     def touch_bsuid(self, portfolio: str, bsuid: str, now: str) -> None:
         _text(portfolio, bsuid, now)
-        return None
+        self.last_seen[(portfolio, bsuid)] = now
 
     def merge_rows(self, absorbed_id: str, survivor_id: str, now: str) -> None:
         _text(absorbed_id, survivor_id, now)
@@ -198,6 +200,8 @@ class MemoryTx:
 
     def release_held(self, contact_id: str, phone: str, now: float, stamp: str) -> int:
         _text(contact_id, phone, stamp)
+        if not isinstance(now, float | int):
+            raise TypeError(f"expected an epoch time, got {now!r}")
         released = 0
         for index, (event_id, subscriber_id, state) in enumerate(self.deliveries):
             if state == "held" and self.events[event_id]["subject"] == contact_id:
