@@ -18,6 +18,7 @@ from bspgate.errors import MappingError
 from bspgate.ids import event_id
 from bspgate.mapping.codegen import FALLBACK
 from bspgate.mapping.expression import truthy
+from bspgate.mapping.functions import REGISTRY, NotAnIdentifier
 from bspgate.mapping.loader import MappingSpec, RuleSpec
 from bspgate.mapping.shapes import SUBOBJECTS, sections
 
@@ -127,6 +128,30 @@ def _drift(
                         out.append(name)
 
 
+def _locate(rule: RuleSpec, scope: dict[str, Any]) -> str | None:
+    """The expression whose value was neither a phone nor a BSUID (only run on that error)."""
+    scope = dict(scope)
+    for name, spec in rule.let:
+        try:
+            scope[name] = spec.run(scope)
+        except (MappingError, JMESPathError):
+            scope[name] = None
+    for _path, spec in rule.fields:
+        if not spec.apply:
+            continue
+        func = REGISTRY[spec.apply][0]
+        for text, getter in zip(spec.texts, spec.candidates, strict=False):
+            try:
+                value = func(getter(scope))
+            except NotAnIdentifier:
+                return text
+            except (MappingError, JMESPathError):
+                break
+            if value is not None and value != "":
+                break  # `first` stops here: later candidates were never evaluated
+    return None
+
+
 def _holds(condition: Any, scope: dict[str, Any]) -> bool:
     if condition is None:
         return True
@@ -178,6 +203,8 @@ def apply_mapping(
                 # a copy: `let` bindings belong to this rule only
                 draft = _draft(rule, channel["id"], position, dict(scope))
             except (MappingError, JMESPathError) as exc:
+                if isinstance(exc, NotAnIdentifier) and exc.where is None:
+                    exc = exc.at(_locate(rule, scope) or "a field")
                 where = "/".join(str(p) for p in position)
                 reason = exc.message if isinstance(exc, MappingError) else str(exc)
                 result.issues.append(f"rule {rule.name} item {where or '-'}: {reason}")
