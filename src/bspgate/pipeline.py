@@ -124,6 +124,7 @@ def complete_event(
 ) -> dict[str, Any]:
     """The CloudEvent for a resolved draft (field order fixed for stable bodies)."""
     data = dict(draft.data)
+    data.setdefault("handled_by", None)  # v1.1: on every event; "standby" only where mapped
     data["channel"] = {
         "id": channel.id,
         "provider": channel.provider,
@@ -204,6 +205,7 @@ def _relink_draft(channel_id: str, cause: Draft, contact: ContactRow, previous: 
             "channel": {"business_phone": cause.data["channel"]["business_phone"]},
             "contact": {},
             "previous": {"bsuid": previous, "phone": None},
+            "handled_by": cause.data.get("handled_by"),
         },
     )
 

@@ -20,7 +20,7 @@ from bspgate.mapping.codegen import FALLBACK
 from bspgate.mapping.expression import truthy
 from bspgate.mapping.functions import REGISTRY, NotAnIdentifier
 from bspgate.mapping.loader import MappingSpec, RuleSpec
-from bspgate.mapping.shapes import SUBOBJECTS, sections
+from bspgate.mapping.shapes import SCALARS, SUBOBJECTS, sections
 
 
 @dataclass(slots=True)
@@ -48,7 +48,11 @@ class MappingResult:
 
 
 def _skeleton(event_type: str) -> dict[str, Any]:
-    return {section: dict.fromkeys(keys) for section, keys in sections(event_type).items()}
+    data: dict[str, Any] = {
+        section: dict.fromkeys(keys) for section, keys in sections(event_type).items()
+    }
+    data.update(dict.fromkeys(SCALARS))
+    return data
 
 
 def _draft(
@@ -71,7 +75,9 @@ def _draft(
     data = _skeleton(rule.event_type)
     for path, spec in rule.fields:
         value = spec.run(scope)
-        if len(path) == 2:
+        if len(path) == 1:
+            data[path[0]] = value
+        elif len(path) == 2:
             data[path[0]][path[1]] = value
         elif value is not None:
             # a sub-object (media, location, …) exists only when one of its fields has a value

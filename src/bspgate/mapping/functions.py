@@ -251,6 +251,54 @@ def entry_for(items: Any, criteria: Any) -> Any:
     return None
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value != "" else None
+
+
+def contact_cards(cards: Any) -> list[dict[str, Any]] | None:
+    """Meta's `contacts` message content as canonical cards (v1.1 `data.message.contacts`).
+
+    Each card is `{name, phones: [{phone, wa_id, type}], origin}`: `name` the formatted name (or
+    the first and last names), `phone` E.164 via `e164()` (the card's phone, else its wa_id; null
+    when neither is a phone), `origin` `contact_request` when the person shared their own number
+    answering a request, `other` for any other origin Meta names, null when it names none. Items
+    that are not objects are skipped; no card gives `null`.
+    """
+    if not isinstance(cards, list):
+        return None
+    out: list[dict[str, Any]] = []
+    for card in cards:
+        if not isinstance(card, dict):
+            continue
+        name = card.get("name")
+        if isinstance(name, dict):
+            parts = [_text(name.get("first_name")), _text(name.get("last_name"))]
+            full = _text(name.get("formatted_name")) or " ".join(p for p in parts if p) or None
+        else:
+            full = _text(name)
+        phones = []
+        listed = card.get("phones")
+        for entry in listed if isinstance(listed, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            wa_id = entry.get("wa_id")
+            wa_text = str(wa_id) if isinstance(wa_id, int | str) and wa_id != "" else None
+            phones.append(
+                {
+                    "phone": e164(entry.get("phone")) or e164(wa_text),
+                    "wa_id": wa_text,
+                    "type": _text(entry.get("type")),
+                }
+            )
+        origin = card.get("origin")
+        if origin is not None and origin != "":
+            origin = "contact_request" if origin == "contact_request" else "other"
+        else:
+            origin = None
+        out.append({"name": full, "phones": phones, "origin": origin})
+    return out or None
+
+
 def join_key(*parts: Any) -> str | None:
     """The non-null parts as strings joined by `:` (an event key such as `wamid…:delivered`)."""
     texts = [str(part) for part in parts if part is not None and part != ""]
@@ -336,6 +384,7 @@ REGISTRY: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "to_rfc3339": (to_rfc3339, 1, 1),
     "find_first": (find_first, 3, 3),
     "entry_for": (entry_for, 2, 2),
+    "contact_cards": (contact_cards, 1, 1),
     "join_key": (join_key, 1, None),
     "as_string": (as_string, 1, 1),
     "as_number": (as_number, 1, 1),
