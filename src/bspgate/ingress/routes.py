@@ -103,11 +103,14 @@ async def receive_webhook(request: Request) -> Response:
         gateway.metrics.webhooks.labels(channel.id, "unparseable").inc()
         log.warning("webhook.unparseable", reason=str(exc), bytes=len(body))
         return problem_response(400, "unparseable_body", "The body cannot be parsed", str(exc))
+    validation: Response | None = None
     if "eventgrid_validation" in spec.handshakes:
-        answer = handshake.eventgrid_validation(dict(signed.headers), payload)
-        if answer is not None:
+        validation = handshake.eventgrid_validation(dict(signed.headers), payload)
+        if validation is not None:
             log.info("webhook.handshake", kind="eventgrid_validation")
-            return answer
+            if validation.status_code != 200 or not handshake.holds_other_events(payload):
+                return validation
+            # v1.1: real events batched with the validation are ingested, then it is answered
     try:
         outcome = await gateway.ingest(channel, payload, body, content_type)
     except StoreError as exc:
@@ -133,6 +136,10 @@ async def receive_webhook(request: Request) -> Response:
         latency_ms=round(elapsed * 1000, 2),
     )
     stored = outcome.state != "duplicate"  # a duplicate's raw payload is the first delivery's
+    if validation is not None:
+        if stored:
+            validation.headers["bspgate-raw-id"] = outcome.raw_id
+        return validation
     return Response(status_code=200, headers={"bspgate-raw-id": outcome.raw_id} if stored else None)
 
 

@@ -123,10 +123,11 @@ def _order(rule: RuleSpec, position: tuple[int, ...]) -> tuple[tuple[int, int], 
 def _drift(
     watched: dict[str, frozenset[str]], rule: RuleSpec, scope: dict[str, Any], out: list[str]
 ) -> None:
-    for binding, _getter in rule.for_each:
-        known = watched.get(binding)
+    # a watched name is a for_each binding or a `let` name (Azure's `d: ev.data`), as the rule
+    # bound it; `scope` is the rule's own scope after its draft was built
+    for binding, known in watched.items():
         item = scope.get(binding)
-        if known is not None and isinstance(item, dict):
+        if isinstance(item, dict):
             for key in item:
                 if key not in known:
                     name = f"{binding}.{key}"
@@ -207,7 +208,8 @@ def apply_mapping(
         for position, scope in scopes(rule.for_each, rule.iteration_key):
             try:
                 # a copy: `let` bindings belong to this rule only
-                draft = _draft(rule, channel["id"], position, dict(scope))
+                local = dict(scope)
+                draft = _draft(rule, channel["id"], position, local)
             except (MappingError, JMESPathError) as exc:
                 if isinstance(exc, NotAnIdentifier) and exc.where is None:
                     exc = exc.at(_locate(rule, scope) or "a field")
@@ -218,7 +220,7 @@ def apply_mapping(
             if draft is not None:
                 ordered.append((_order(rule, position), rule_index, draft))
                 if spec.drift:
-                    _drift(spec.drift, rule, scope, result.unmapped)
+                    _drift(spec.drift, rule, local, result.unmapped)
     for quarantine in spec.quarantine:
         for position, scope in scopes(quarantine.for_each, quarantine.iteration_key):
             if _holds(quarantine.when, scope):
