@@ -57,7 +57,10 @@ def subscribers(url: str) -> Any:
         "mappings": "mappings",
         "server": {"public_url": "http://127.0.0.1"},
         "channels": [],
-        "subscribers": [{"id": "crm", "url": url, "secret": SUBSCRIBER_SECRET}],
+        # the bare loop's concurrency: the lane's in-flight limit matches it
+        "subscribers": [
+            {"id": "crm", "url": url, "secret": SUBSCRIBER_SECRET, "max_in_flight": CONCURRENCY}
+        ],
     }
     return settings_from_dict(config, env={}, base_dir=Path.cwd()).subscribers
 

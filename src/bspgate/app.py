@@ -29,7 +29,7 @@ from bspgate.api import operations as operations_api
 from bspgate.api.events import list_events
 from bspgate.config import Channel, Settings
 from bspgate.delivery.transport import AiohttpPoster, HttpxPoster, Poster
-from bspgate.delivery.worker import Dispatcher
+from bspgate.delivery.worker import Dispatcher, dispatcher_owner
 from bspgate.errors import ConfigError, StoreError
 from bspgate.ids import new_id
 from bspgate.ingress.routes import receive_webhook, webhook_handshake
@@ -218,9 +218,14 @@ def create_app(
             # httpx client (tests) is used as given
             poster: Poster = AiohttpPoster() if owns_client else HttpxPoster(gateway.client)
             gateway.dispatcher = Dispatcher(
-                gateway.store, settings.subscribers, poster, gateway.metrics, clock=clock
+                gateway.store,
+                settings.subscribers,
+                poster,
+                gateway.metrics,
+                clock=clock,
+                owner=dispatcher_owner(settings),
             )
-            task = asyncio.create_task(gateway.dispatcher.run(), name="bspgate-dispatcher")
+            task = gateway.dispatcher.start()
         try:
             yield
         finally:

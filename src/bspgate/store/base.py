@@ -50,6 +50,8 @@ class DeliveryJob:
     contact_id: str
     attempts: int
     body: str
+    token: str = ""  # the claim token: only this claim may finish the row
+    due: float = 0.0  # when the row was due (a probe may claim a row before its time)
 
 
 class StoreTx(Protocol):
