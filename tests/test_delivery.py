@@ -82,6 +82,7 @@ class Harness:
     dispatcher: Dispatcher
     clock: Clock
     receiver: Receiver
+    app: Any = None  # the ASGI app (its store already open), for /v1 calls in tests
 
     async def ingest(self, payload: dict[str, Any]) -> None:
         channel = self.gateway.settings.channel("cloud-us")
@@ -138,7 +139,7 @@ async def harness(
                 clock=clock,
                 batch=batch,
             )
-            yield Harness(gateway, dispatcher, clock, receiver)
+            yield Harness(gateway, dispatcher, clock, receiver, app)
         finally:
             await gateway.store.close()
 

@@ -99,13 +99,18 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
-    from bspgate.operations import set_subscriber
+    from bspgate.operations import retry_subscriber, set_subscriber
 
     async def work(gateway: Gateway) -> int:
+        known = {s.id for s in settings.subscribers}
+        if args.action in ("enable", "disable", "retry") and args.subscriber not in known:
+            sys.stderr.write(f"bspgate: no subscriber {args.subscriber!r} in the config\n")
+            return 1
+        if args.action == "retry":
+            moved = await retry_subscriber(gateway.store, args.subscriber, gateway.clock())
+            _print({"id": args.subscriber, "retrying": moved})
+            return 0
         if args.action in ("enable", "disable"):
-            if args.subscriber not in {s.id for s in settings.subscribers}:
-                sys.stderr.write(f"bspgate: no subscriber {args.subscriber!r} in the config\n")
-                return 1
             await set_subscriber(
                 gateway.store, args.subscriber, args.action == "enable", gateway.clock()
             )
@@ -171,6 +176,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
     for action, text in (
         ("enable", "resume deliveries where they stopped"),
         ("disable", "pause deliveries (they wait in the outbox)"),
+        ("retry", "retry everything pending for it now (a running gateway picks it up)"),
     ):
         switch = subscribers_sub.add_parser(action, parents=[common], help=text)
         switch.add_argument("subscriber")

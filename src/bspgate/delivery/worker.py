@@ -170,11 +170,8 @@ class Dispatcher:
     async def run(self) -> None:
         """Deliver until `stop()`. A failing claim or record is logged and retried, never fatal."""
         self._results = asyncio.Queue()
-        now = self.clock().timestamp()
-        with contextlib.suppress(Exception):
-            taken = await self.store.transaction(lambda tx: tx.reclaim_own(self.owner, now))
-            if taken:
-                _log.info("delivery.reclaimed", owner=self.owner, deliveries=taken)
+        with contextlib.suppress(Exception):  # the store may be down: leases expire instead
+            await self.reclaim()
         recorder = asyncio.create_task(self._recorder())
         renewer = asyncio.create_task(self._renewer())
         try:
@@ -187,6 +184,29 @@ class Dispatcher:
             for task in (renewer, recorder):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def reclaim(self) -> int:
+        """Take back this owner's claims from before a restart: they are dead, due at once."""
+        now = self.clock().timestamp()
+        taken: int = await self.store.transaction(lambda tx: tx.reclaim_own(self.owner, now))
+        if taken:
+            _log.info("delivery.reclaimed", owner=self.owner, deliveries=taken)
+        return taken
+
+    async def renew(self) -> int:
+        """Extend the leases of attempts running longer than a third of their lease."""
+        now_mono, now = time.monotonic(), self.clock().timestamp()
+        renewed = 0
+        for lane in self.lanes.values():
+            claims = [
+                (job.id, job.token)
+                for job, started in lane.inflight.values()
+                if now_mono - started > lane.lease / 3
+            ]
+            if claims:
+                renew = partial(_renew, claims=claims, until=now + lane.lease)
+                renewed += await self.store.transaction(renew)
+        return renewed
 
     # -- lanes ------------------------------------------------------------------------------------
     async def _lane_loop(self, lane: Lane) -> None:
@@ -291,20 +311,12 @@ class Dispatcher:
                     await asyncio.sleep(1.0)
 
     async def _renewer(self) -> None:
-        """Extend the leases of attempts running longer than a third of their lease."""
         while True:
             await asyncio.sleep(5.0)
-            now_mono, now = time.monotonic(), self.clock().timestamp()
-            for lane in self.lanes.values():
-                claims = [
-                    (job.id, job.token)
-                    for job, started in lane.inflight.values()
-                    if now_mono - started > lane.lease / 3
-                ]
-                if claims:
-                    renew = partial(_renew, claims=claims, until=now + lane.lease)
-                    with contextlib.suppress(Exception):
-                        await self.store.transaction(renew)
+            try:
+                await self.renew()
+            except Exception as exc:  # the next renewal may succeed; leases are generous
+                _log.error("delivery.renew_failed", error=repr(exc))
 
     # -- one round, for tests ---------------------------------------------------------------------
     async def run_once(self) -> int:
