@@ -50,16 +50,22 @@ class OutboxQueries(SqlBase):
             due = f"d.state = 'pending' AND d.attempts >= {PROBE_AFTER} AND ? > 0" if probe else (
                 "d.state = 'pending' AND d.next_attempt_at <= ?")  # fmt: skip
             rows += self._claim_candidates(due, now, limit - len(rows), *lane)
+        if not rows:
+            return []
+        # one statement claims them all; the guard makes a claim race between replicas a no-op
+        # for the loser, and RETURNING says which rows this claim won
+        won = {
+            row[0]
+            for row in self.all(
+                "UPDATE deliveries SET state = 'inflight', lease_until = ?, claim_owner = ?, "
+                f"claim_token = ? WHERE id IN ({', '.join('?' * len(rows))}) "
+                "AND (state = 'pending' OR (state = 'inflight' AND lease_until <= ?)) RETURNING id",
+                (now + lease, owner, token, *(row[0] for row in rows), now),
+            )
+        }
         jobs: list[DeliveryJob] = []
         for row in rows:
-            # the guard makes a claim race between replicas a no-op for the loser
-            claimed = self.execute(
-                "UPDATE deliveries SET state = 'inflight', lease_until = ?, claim_owner = ?, "
-                "claim_token = ? WHERE id = ? "
-                "AND (state = 'pending' OR (state = 'inflight' AND lease_until <= ?))",
-                (now + lease, owner, token, row[0], now),
-            )
-            if claimed.rowcount == 1:
+            if row[0] in won:
                 job = DeliveryJob(row[0], row[1], row[2], row[3], int(row[4]), str(row[5]))
                 jobs.append(replace(job, token=token or "", due=float(row[6])))
         return jobs
