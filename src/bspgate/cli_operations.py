@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -130,6 +131,36 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
     return _with_gateway(settings, work)
 
 
+def cmd_test_filter(args: argparse.Namespace, settings: Settings) -> int:
+    """Would this canonical event go to this subscriber? Exit 0 yes, 1 no, 2 unreadable."""
+    from bspgate.pipeline import Fanout
+
+    subscriber = next((s for s in settings.subscribers if s.id == args.subscriber), None)
+    if subscriber is None:
+        sys.stderr.write(f"bspgate: no subscriber {args.subscriber!r} in the config\n")
+        return 2
+    try:
+        text = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        event = orjson.loads(text)
+    except (OSError, orjson.JSONDecodeError) as exc:
+        sys.stderr.write(f"bspgate: cannot read the event {args.file}: {exc}\n")
+        return 2
+    if not isinstance(event, dict):
+        sys.stderr.write("bspgate: the event must be a JSON object (a canonical CloudEvent)\n")
+        return 2
+    event_type = str(event.get("type", ""))
+    channel = str(((event.get("data") or {}).get("channel") or {}).get("id", ""))
+    fanout = Fanout((subscriber,))
+    reason = "events, channels and filter all match"
+    if not fanout.matching(event_type, channel):
+        reason = f"type {event_type!r} or channel {channel!r} is not among its events/channels"
+    elif not fanout.matching(event_type, channel, event):
+        reason = "its filter does not hold for this event"
+    delivers = bool(fanout.matching(event_type, channel, event))
+    _print({"subscriber": subscriber.id, "delivers": delivers, "reason": reason})
+    return 0 if delivers else 1
+
+
 def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader) -> None:
     """Register the operator commands on the main parser's subcommands."""
 
@@ -181,3 +212,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
         switch = subscribers_sub.add_parser(action, parents=[common], help=text)
         switch.add_argument("subscriber")
         switch.set_defaults(func=bind(cmd_subscribers))
+    tester = subscribers_sub.add_parser(
+        "test-filter",
+        parents=[common],
+        help="say whether a canonical event (JSON file, or -) would go to the subscriber "
+        "(exit 0 yes, 1 no)",
+    )
+    tester.add_argument("subscriber")
+    tester.add_argument("file")
+    tester.set_defaults(func=bind(cmd_test_filter))

@@ -23,6 +23,8 @@ import jsonschema
 import yaml
 from standardwebhooks import Webhook
 
+from bspgate.delivery.filter import Filter, compile_filter
+from bspgate.delivery.rate import parse_rate
 from bspgate.errors import ConfigError
 
 DEFAULT_RETRY_SCHEDULE = ("5s", "5m", "30m", "2h", "5h", "10h", "10h")
@@ -112,6 +114,12 @@ class Subscriber:
     disable_after: float = 86400.0  # every delivery failing this long disables the subscriber
     max_in_flight: int = 32  # concurrent deliveries to this subscriber (its lane's slots)
     secrets: tuple[Secret, ...] = ()  # every signing key during a rotation (secret: the first)
+    rate: float | None = None  # deliveries per second (token bucket), None: unlimited
+    rate_text: str | None = None  # the rate as configured (`50/s`)
+    filter: Filter | None = None  # conditions on canonical paths (delivery/filter.py)
+    batch_max: int = 0  # > 0: batch delivery, at most this many events per POST
+    batch_wait: float = 0.2  # how long a batch waits to fill
+    allow_link_local: bool = False  # link-local / cloud metadata addresses stay refused
 
     def secret_values(self) -> tuple[str, ...]:
         """Every signing key, revealed, in config order (one signature each)."""
@@ -179,6 +187,10 @@ class Settings:
                     "retry_schedule": list(s.retry_schedule),
                     "timeout": s.timeout,
                     "max_in_flight": s.max_in_flight,
+                    "rate": s.rate_text,
+                    "filter": dict(s.filter.source) if s.filter else None,
+                    "batch": {"max": s.batch_max, "wait": s.batch_wait} if s.batch_max else None,
+                    "allow_link_local": s.allow_link_local,
                     "hold_for": s.hold_for,
                     "disable_after": s.disable_after,
                 }
@@ -310,6 +322,11 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
             f"[{position}]" if isinstance(raw["secret"], list) else ""
         )
         _check_webhook_secret(key, where)
+    if raw.get("rate"):
+        try:
+            parse_rate(raw["rate"])
+        except ValueError as exc:
+            raise ConfigError(f"subscribers[{index}].rate", str(exc)) from None
     schedule = raw.get("retry_schedule", list(DEFAULT_RETRY_SCHEDULE))
     return Subscriber(
         id=raw["id"],
@@ -325,6 +342,14 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
         hold_for=parse_duration(raw.get("hold_for", "30d")),
         disable_after=parse_duration(raw.get("disable_after", "24h")),
         max_in_flight=int(raw.get("max_in_flight", 32)),
+        rate=parse_rate(raw["rate"]) if raw.get("rate") else None,
+        rate_text=raw.get("rate"),
+        filter=compile_filter(raw["filter"], f"subscribers[{index}].filter")
+        if "filter" in raw
+        else None,
+        batch_max=int((raw.get("batch") or {}).get("max", 0)),
+        batch_wait=parse_duration((raw.get("batch") or {}).get("wait", "200ms")),
+        allow_link_local=bool(raw.get("allow_link_local", False)),
     )
 
 

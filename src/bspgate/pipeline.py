@@ -53,12 +53,16 @@ class Fanout:
         self.subscribers = subscribers
         self.holds = any(s.require_phone for s in subscribers)
 
-    def matching(self, event_type: str, channel_id: str) -> list[Subscriber]:
+    def matching(
+        self, event_type: str, channel_id: str, event: dict[str, Any] | None = None
+    ) -> list[Subscriber]:
+        """Subscribers for an event; with `event`, each one's `filter:` must hold too."""
         return [
             s
             for s in self.subscribers
             if any(fnmatchcase(event_type, pattern) for pattern in s.events)
             and ("*" in s.channels or channel_id in s.channels)
+            and (s.filter is None or event is None or s.filter.matches(event))
         ]
 
 
@@ -245,7 +249,7 @@ class _EventWriter:
             self.outcome.superseded += 1
             return
         seq = self.tx.insert_event(event, body, self.now)
-        for subscriber in self.fanout.matching(event["type"], self.channel.id):
+        for subscriber in self.fanout.matching(event["type"], self.channel.id, event):
             held = subscriber.require_phone and not contact.phone
             self.tx.insert_delivery(
                 seq,

@@ -22,6 +22,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from bspgate.config import Subscriber
+from bspgate.delivery.rate import TokenBucket
 from bspgate.store.base import DeliveryJob
 
 OPEN_AFTER = 5
@@ -53,6 +54,27 @@ class Lane:
     paused_until: float = 0.0  # a 429's Retry-After
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     fixed_lease: float | None = None  # tests: a lease of their own instead of the derived one
+    bucket: TokenBucket | None = None  # the subscriber's `rate:`
+
+    def __post_init__(self) -> None:
+        if self.subscriber.rate is not None:
+            self.bucket = TokenBucket(self.subscriber.rate)
+
+    def allowed(self, now: float) -> int:
+        """Attempts the lane may start now: free slots, the rate, a 429's pause."""
+        if now < self.paused_until:
+            return 0
+        free = self.free
+        if self.bucket is not None:
+            free = min(free, self.bucket.available(now))
+        return free
+
+    def seconds_to_send(self, now: float) -> float:
+        """How long until `allowed` may be more than 0 again (slots aside)."""
+        wait = max(self.paused_until - now, 0.0)
+        if self.bucket is not None:
+            wait = max(wait, self.bucket.wait(now))
+        return wait
 
     @property
     def id(self) -> str:
@@ -89,6 +111,8 @@ class Lane:
             recovered = self.failing_since is not None
             self.failures, self.failing_since = 0, None
             return recovered
+        if failed == 0:  # only 429s: a busy subscriber, already paused
+            return False
         self.failures += failed
         if self.failing_since is None:
             self.failing_since = now

@@ -37,7 +37,7 @@ import structlog
 
 from bspgate.config import Settings, Subscriber
 from bspgate.delivery.lane import Lane
-from bspgate.delivery.retry import decide, retry_after_seconds
+from bspgate.delivery.retry import MAX_RETRY_AFTER, decide, retry_after_seconds
 from bspgate.delivery.signing import Signer
 from bspgate.delivery.transport import HttpxPoster, Poster, PostFailed
 from bspgate.metrics import Metrics
@@ -221,9 +221,12 @@ class Dispatcher:
             if self._stopping:
                 break
             wait = self.idle_poll
-            to_probe = lane.seconds_to_probe(self.clock().timestamp())
+            now = self.clock().timestamp()
+            to_probe = lane.seconds_to_probe(now)
             if to_probe is not None:
                 wait = min(wait, max(to_probe, 0.05))
+            if lane.free and lane.allowed(now) == 0:  # rate-limited or paused by a 429
+                wait = min(wait, max(lane.seconds_to_send(now), 0.005))
             if len(jobs) == self.batch and lane.free:
                 continue  # a full claim: there may be more due, claim again at once
             with contextlib.suppress(TimeoutError):
@@ -242,8 +245,8 @@ class Dispatcher:
         """What a claim for `lane` may take now, or None."""
         moment = self.clock()
         now = moment.timestamp()
-        free = min(lane.free, most)
-        if free == 0 or now < lane.paused_until or self._stopping:
+        free = min(lane.allowed(now), most)
+        if free == 0 or self._stopping:
             return None
         probe_ok = lane.probe_due(now)
         if lane.is_open and not probe_ok:
@@ -268,6 +271,8 @@ class Dispatcher:
     ) -> list[tuple[DeliveryJob, bool]]:
         """After the claim committed: note what it found (disabled, swept, probed)."""
         lane = plan.lane
+        if lane.bucket is not None and jobs:
+            lane.bucket.take(len(jobs), plan.now)
         if plan.expire:
             self._last_expiry[lane.id] = plan.now
         if disabled is not None:
@@ -388,8 +393,9 @@ class Dispatcher:
             lane = self.lanes[result.job.subscriber_id]
             lane.inflight.pop(result.job.id, None)
             lane.changed.set()
-            if result.status == 429 and result.retry_after:
-                lane.paused_until = max(lane.paused_until, now + result.retry_after)
+            if result.status == 429:  # slow down this subscriber alone, as long as it asks
+                pause = min(result.retry_after or 1.0, MAX_RETRY_AFTER)
+                lane.paused_until = max(lane.paused_until, now + pause)
             self.metrics.deliveries.labels(lane.id, outcome.state).inc()
             _log.info(
                 "delivery.attempt",
@@ -404,7 +410,12 @@ class Dispatcher:
                 probe=result.probe or None,
             )
         for sub_id, ok in healthy.items():
-            failed = sum(1 for o in outcomes if o.result.job.subscriber_id == sub_id)
+            # a 429 is a busy subscriber, not a broken one: it pauses the lane, not the breaker
+            failed = sum(
+                1
+                for o in outcomes
+                if o.result.job.subscriber_id == sub_id and o.result.status != 429
+            )
             if self.lanes[sub_id].result(ok, now, failed):
                 _log.info("delivery.subscriber_recovered", subscriber=sub_id)
         for sub_id, reason in disabled.items():
