@@ -350,7 +350,11 @@ class Dispatcher:
         started = time.perf_counter()
         try:
             answer = await self.poster.post(
-                subscriber.url, job.body.encode(), headers, subscriber.timeout
+                subscriber.url,
+                job.body.encode(),
+                headers,
+                subscriber.timeout,
+                allow_link_local=subscriber.allow_link_local,
             )
         except PostFailed as exc:
             latency = (time.perf_counter() - started) * 1000
