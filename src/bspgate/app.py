@@ -28,6 +28,7 @@ from bspgate.api import messages as messages_api
 from bspgate.api import operations as operations_api
 from bspgate.api.events import list_events
 from bspgate.config import Channel, Settings
+from bspgate.delivery.operational import DriftReporter
 from bspgate.delivery.transport import AiohttpPoster, HttpxPoster, Poster
 from bspgate.delivery.worker import Dispatcher, dispatcher_owner
 from bspgate.errors import ConfigError, StoreError
@@ -113,6 +114,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self.fanout = Fanout(self.settings.subscribers)
+        self.drift = DriftReporter(self.settings.subscribers)
 
     async def ingest(
         self, channel: Channel, payload: Any, body: bytes, content_type: str
@@ -129,6 +131,7 @@ class Gateway:
             for name in mapped.unmapped:
                 self.metrics.unmapped.labels(channel.provider, name[:64]).inc()
             _log.info("mapping.unmapped_fields", provider=channel.provider, fields=mapped.unmapped)
+            await self.drift.report(self.store, channel, mapped.unmapped, moment)
         raw = RawRecord(
             id=new_id("raw"),
             channel_id=channel.id,
@@ -150,7 +153,16 @@ class Gateway:
         try:
             outcome: IngestOutcome = await self.store.transaction(work)
         except InvalidEvents as exc:
-            await self.store.transaction(partial(quarantine, raw=raw, reason=exc.reason))
+            await self.store.transaction(
+                partial(
+                    quarantine,
+                    raw=raw,
+                    reason=exc.reason,
+                    fanout=self.fanout,
+                    now=iso(moment),
+                    now_epoch=moment.timestamp(),
+                )
+            )
             outcome = IngestOutcome(raw.id, "quarantined", issues=[exc.reason])
         for event in outcome.events:
             self.metrics.events.labels(event["type"]).inc()

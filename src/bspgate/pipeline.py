@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from bspgate.config import Channel, Subscriber
+from bspgate.delivery import operational
 from bspgate.errors import CanonicalValidationError
 from bspgate.identity.resolver import IdentityResolver, Observation, UnresolvableContact
 from bspgate.ids import event_id
@@ -192,6 +193,8 @@ def ingest(
     if store_raw and outcome.state != "duplicate":
         reason = "; ".join(outcome.issues) if outcome.issues else None
         tx.insert_raw(_with_state(raw, outcome.state, reason, len(outcome.events)))
+        if outcome.state == "quarantined":  # operators asking for bspgate.* hear of it
+            operational.quarantined(tx, fanout.subscribers, raw, reason, now=now_epoch, stamp=now)
     return outcome
 
 
@@ -264,9 +267,18 @@ class _EventWriter:
         self.outcome.events.append(event)
 
 
-def quarantine(tx: StoreTx, raw: RawRecord, reason: str) -> None:
+def quarantine(
+    tx: StoreTx,
+    raw: RawRecord,
+    reason: str,
+    fanout: Fanout | None = None,
+    now: str = "",
+    now_epoch: float = 0.0,
+) -> None:
     """Store a payload that produced no acceptable event, with the reason."""
     tx.insert_raw(_with_state(raw, "quarantined", reason, 0))
+    if fanout is not None:
+        operational.quarantined(tx, fanout.subscribers, raw, reason, now=now_epoch, stamp=now)
 
 
 def _with_state(raw: RawRecord, state: str, reason: str | None, count: int) -> RawRecord:

@@ -37,6 +37,7 @@ import structlog
 
 from bspgate.config import Settings, Subscriber
 from bspgate.delivery.lane import Lane
+from bspgate.delivery.operational import OPS_PREFIX, emit
 from bspgate.delivery.retry import MAX_RETRY_AFTER, decide, retry_after_seconds
 from bspgate.delivery.signing import Signer
 from bspgate.delivery.transport import HttpxPoster, Poster, PostFailed
@@ -380,7 +381,9 @@ class Dispatcher:
             healthy[sub_id] = healthy.get(sub_id, False) or outcome.state == "delivered"
         was_failing = {s for s in healthy if self.lanes[s].failing_since is not None}
 
-        def record(tx: Any) -> dict[str, str]:
+        failing_since = {s: self.lanes[s].failing_since for s in was_failing}
+
+        def record(tx: Any) -> tuple[dict[str, str], set[str]]:
             tx.record_attempts(
                 [
                     (o.result.job.id, stamp, o.result.status, o.result.latency_ms, o.result.error)
@@ -388,9 +391,10 @@ class Dispatcher:
                 ]
             )
             tx.finish_deliveries([self._finish_row(o, now, stamp) for o in outcomes])
-            return self._health(tx, healthy, was_failing, outcomes, now, stamp)
+            disabled, recovered = self._health(tx, healthy, was_failing, outcomes, now, stamp)
+            return disabled, self._report(tx, outcomes, disabled, recovered, failing_since, stamp)
 
-        disabled = await self.store.transaction(record)
+        disabled, told = await self.store.transaction(record)
         # the transaction committed: now the lanes, the metrics and the log
         for outcome in outcomes:
             result = outcome.result
@@ -425,6 +429,52 @@ class Dispatcher:
         for sub_id, reason in disabled.items():
             self.disabled[sub_id] = reason
             _log.warning("delivery.subscriber_disabled", subscriber=sub_id, reason=reason)
+        for sub_id in told:  # operational events were queued for these lanes
+            if sub_id in self.lanes:
+                self.lanes[sub_id].changed.set()
+
+    def _report(
+        self,
+        tx: Any,
+        outcomes: list[_Outcome],
+        disabled: dict[str, str],
+        recovered: set[str],
+        failing_since: dict[str, float | None],
+        stamp: str,
+    ) -> set[str]:
+        """Operational events for what this record did; answers the subscribers told."""
+        now = self.clock().timestamp()
+        subs = tuple(self.subscribers.values())
+        told: set[str] = set()
+        data: dict[str, Any]
+        for sub_id, reason in disabled.items():
+            data = {"subscriber": sub_id, "reason": reason, "disabled_at": stamp}
+            told.update(emit(tx, subs, "bspgate.subscriber.disabled", sub_id, data,
+                             now=now, stamp=stamp))  # fmt: skip
+        for sub_id in recovered:
+            since = failing_since.get(sub_id)
+            data = {
+                "subscriber": sub_id,
+                "failing_since": datetime.fromtimestamp(since, UTC).isoformat() if since else None,
+                "recovered_at": stamp,
+            }
+            told.update(emit(tx, subs, "bspgate.subscriber.recovered", sub_id, data,
+                             now=now, stamp=stamp))  # fmt: skip
+        for outcome in outcomes:
+            job = outcome.result.job
+            if outcome.state != "dead" or job.event_id.startswith(OPS_PREFIX):
+                continue
+            data = {
+                "subscriber": job.subscriber_id,
+                "delivery_id": job.id,
+                "event_id": job.event_id,
+                "attempts": outcome.attempts,
+                "last_status": outcome.result.status,
+                "last_error": outcome.result.error,
+            }
+            told.update(emit(tx, subs, "bspgate.delivery.dead_lettered", job.id, data,
+                             now=now, stamp=stamp))  # fmt: skip
+        return told
 
     def _outcome(self, result: AttemptResult) -> _Outcome:
         job = result.job
@@ -453,14 +503,17 @@ class Dispatcher:
         outcomes: list[_Outcome],
         now: float,
         stamp: str,
-    ) -> dict[str, str]:
-        """Per subscriber: recovery (pull retries forward) or the failure streak (disable)."""
+    ) -> tuple[dict[str, str], set[str]]:
+        """Per subscriber: recovery (pull retries forward) or the failure streak (disable).
+        Answers the subscribers disabled (with why) and those that recovered."""
         gone = {o.result.job.subscriber_id for o in outcomes if o.state == "gone"}
         disabled: dict[str, str] = {}
+        recovered: set[str] = set()
         for sub_id, ok in healthy.items():
             if ok:
                 if tx.clear_failing(sub_id, stamp) or sub_id in was_failing:
                     tx.pull_forward(sub_id, now, stamp)
+                    recovered.add(sub_id)
                 continue
             failing_since = tx.subscriber_result(sub_id, False, now, stamp)
             reason = None
@@ -474,7 +527,7 @@ class Dispatcher:
             if reason is not None and sub_id not in self.disabled:
                 tx.disable_subscriber(sub_id, reason, stamp)
                 disabled[sub_id] = reason
-        return disabled
+        return disabled, recovered
 
 
 def _renew(tx: Any, *, claims: list[tuple[str, str]], until: float) -> int:

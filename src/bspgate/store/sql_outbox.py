@@ -112,6 +112,15 @@ class OutboxQueries(SqlBase):
             params,
         )
 
+    def insert_operational_event(self, event: dict[str, Any], body: str, now: str) -> int:
+        """A `bspgate.*` event (no channel, raw payload or real contact)."""
+        row = self.one(
+            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
+            "VALUES (?, ?, '', ?, ?, ?, '', ?) RETURNING seq",
+            (event["id"], event["type"], "bspgate", event["time"], now, body),
+        )
+        return int(row[0])
+
     def renew_leases(self, claims: Sequence[tuple[str, str]], until: float) -> int:
         """Extend the lease of (delivery_id, token) claims still held (long attempts)."""
         count = 0
