@@ -211,8 +211,14 @@ class Dispatcher:
 
     # -- lanes ------------------------------------------------------------------------------------
     async def _lane_loop(self, lane: Lane) -> None:
+        refill = max(1, lane.subscriber.max_in_flight // 4)
         while not self._stopping:
             lane.changed.clear()
+            if lane.posting and lane.free < refill:
+                # claim in batches: wait until a quarter of the slots are free (or all answer)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lane.changed.wait(), timeout=self.idle_poll)
+                continue
             try:
                 jobs = await self._claim(lane, self.batch)
             except Exception as exc:  # the store may be briefly unavailable: try again
