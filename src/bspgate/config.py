@@ -117,8 +117,6 @@ class Subscriber:
     rate: float | None = None  # deliveries per second (token bucket), None: unlimited
     rate_text: str | None = None  # the rate as configured (`50/s`)
     filter: Filter | None = None  # conditions on canonical paths (delivery/filter.py)
-    batch_max: int = 0  # > 0: batch delivery, at most this many events per POST
-    batch_wait: float = 0.2  # how long a batch waits to fill
     allow_link_local: bool = False  # link-local / cloud metadata addresses stay refused
 
     def secret_values(self) -> tuple[str, ...]:
@@ -189,7 +187,6 @@ class Settings:
                     "max_in_flight": s.max_in_flight,
                     "rate": s.rate_text,
                     "filter": dict(s.filter.source) if s.filter else None,
-                    "batch": {"max": s.batch_max, "wait": s.batch_wait} if s.batch_max else None,
                     "allow_link_local": s.allow_link_local,
                     "hold_for": s.hold_for,
                     "disable_after": s.disable_after,
@@ -347,8 +344,6 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
         filter=compile_filter(raw["filter"], f"subscribers[{index}].filter")
         if "filter" in raw
         else None,
-        batch_max=int((raw.get("batch") or {}).get("max", 0)),
-        batch_wait=parse_duration((raw.get("batch") or {}).get("wait", "200ms")),
         allow_link_local=bool(raw.get("allow_link_local", False)),
     )
 
