@@ -83,8 +83,8 @@ async def test_a_stale_attempt_never_overwrites_a_newer_result(tmp_path: Path) -
 
 async def test_a_restarted_replica_takes_back_its_own_claims_at_once(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        await h.ingest(text_webhook("wamid.1", bsuid=ALICE))
-        await h.ingest(text_webhook("wamid.2", bsuid=BOB))
+        await h.ingest(text_webhook("wamid.1", bsuid=ALICE, phone=None))
+        await h.ingest(text_webhook("wamid.2", bsuid=BOB, phone=None))
         mine, theirs = twin(h, "replica-a"), twin(h, "replica-b")
         assert len(await mine._claim(mine.lanes["crm"], 1)) == 1  # then replica A dies
         assert len(await theirs._claim(theirs.lanes["crm"], 1)) == 1  # B is alive, mid-POST
@@ -101,7 +101,7 @@ async def test_first_success_after_an_outage_pulls_every_retry_forward(tmp_path:
     async with harness(tmp_path, subscriber("crm", CRM)) as h:  # default schedule: 5 s, 5 m, …
         h.receiver.script[CRM] = [503] * 6  # down for the first two rounds (3 contacts each)
         for n, bsuid in enumerate((ALICE, BOB, "US.30000000000000000003")):
-            await h.ingest(text_webhook(f"wamid.{n}", bsuid=bsuid))
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=bsuid, phone=None))
         assert await h.dispatcher.run_once() == 3
         h.clock.advance(7)
         assert await h.dispatcher.run_once() == 3  # the 5 s retry fails too: next in ~5 min
@@ -135,7 +135,7 @@ async def test_an_open_breaker_sends_one_at_a_time_until_a_success(tmp_path: Pat
         contacts = [f"US.{n:020d}" for n in range(8)]
         h.receiver.script[CRM] = [503] * (8 + 3)
         for n, bsuid in enumerate(contacts):
-            await h.ingest(text_webhook(f"wamid.{n}", bsuid=bsuid))
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=bsuid, phone=None))
         assert await h.dispatcher.run_once() == 8  # 8 failures in a row: the breaker opens
         assert h.dispatcher.lanes["crm"].failures >= OPEN_AFTER
         for _ in range(3):

@@ -96,7 +96,7 @@ async def test_filtered_out_events_neither_block_nor_leapfrog(tmp_path: Path) ->
     async with harness(tmp_path, subscriber("crm", CRM, filter=only_keep)) as h:
         h.receiver.script[CRM] = [503]
         for n, text in enumerate(("keep 1", "drop", "keep 2")):
-            await h.ingest(text_webhook(f"wamid.{n}", bsuid=ALICE, text=text))
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=ALICE, text=text, phone=None))
         assert len(await h.deliveries()) == 2  # the filtered-out event has no outbox row
         assert await h.dispatcher.run_once() == 1  # "keep 1" fails; "keep 2" waits behind it
         assert await h.dispatcher.run_once() == 0
@@ -139,7 +139,7 @@ async def test_rate_is_a_token_bucket_per_subscriber(tmp_path: Path) -> None:
     subs = (subscriber("crm", CRM, rate="2/s"), subscriber("bi", BI))
     async with harness(tmp_path, *subs) as h:
         for n in range(5):
-            await h.ingest(text_webhook(f"wamid.{n}", bsuid=f"US.{n:020d}"))
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=f"US.{n:020d}", phone=None))
         assert await h.dispatcher.run_once() == 2 + 5  # crm: its 2 tokens; bi: unlimited
         assert await h.dispatcher.run_once() == 0  # no token yet
         h.clock.advance(0.5)
@@ -155,9 +155,9 @@ async def test_a_429_with_retry_after_slows_that_subscriber_alone(tmp_path: Path
     subs = (subscriber("crm", CRM), subscriber("bi", BI))
     async with harness(tmp_path, *subs) as h:
         h.receiver.script[CRM] = [httpx.Response(429, headers={"retry-after": "30"})]
-        await h.ingest(text_webhook("wamid.1", bsuid=ALICE))
+        await h.ingest(text_webhook("wamid.1", bsuid=ALICE, phone=None))
         assert await h.dispatcher.run_once() == 2
-        await h.ingest(text_webhook("wamid.2", bsuid=BOB))
+        await h.ingest(text_webhook("wamid.2", bsuid=BOB, phone=None))
         assert await h.dispatcher.run_once() == 1  # bi only: crm is paused
         assert h.receiver.message_ids(BI) == ["wamid.1", "wamid.2"]
         h.clock.advance(31)
