@@ -39,6 +39,7 @@ from bspgate.mapping.engine import MappingResult, apply_mapping
 from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
 from bspgate.pipeline import Fanout, IngestOutcome, InvalidEvents, ingest, quarantine
+from bspgate.schema import catalog as schema_catalog
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import RawRecord
 
@@ -113,11 +114,17 @@ class Gateway:
     dispatcher: Dispatcher | None = None
 
     def __post_init__(self) -> None:
-        self.fanout = Fanout(self.settings.subscribers)
+        base = self.settings.server.public_url.rstrip("/") + "/v1/schemas"
+        self.fanout = Fanout(self.settings.subscribers, schema_base=base)
         self.drift = DriftReporter(self.settings.subscribers)
 
     async def ingest(
-        self, channel: Channel, payload: Any, body: bytes, content_type: str
+        self,
+        channel: Channel,
+        payload: Any,
+        body: bytes,
+        content_type: str,
+        traceparent: str | None = None,
     ) -> IngestOutcome:
         """Map, resolve and store one parsed webhook in one transaction."""
         spec = self.mappings[channel.provider]
@@ -139,6 +146,7 @@ class Gateway:
             received_at=iso(moment),
             content_type=content_type or "application/octet-stream",
             body=body,
+            traceparent=traceparent,
         )
         work = partial(
             ingest,
@@ -254,6 +262,7 @@ def create_app(
         Route("/webhooks/{channel_id}", receive_webhook, methods=["POST"]),
         Route("/webhooks/{channel_id}", webhook_handshake, methods=["GET", "OPTIONS"]),
         Route("/v1/events", list_events, methods=["GET"]),
+        *schema_catalog.routes(),
         *contacts_api.routes(),
         *operations_api.routes(),
         *messages_api.routes(),

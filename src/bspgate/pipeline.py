@@ -27,6 +27,7 @@ from bspgate.identity.resolver import (
 )
 from bspgate.ids import event_id
 from bspgate.mapping.engine import Draft, MappingResult
+from bspgate.schema.catalog import describe
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import ContactRow, RawRecord, StoreTx, follow_merged
 
@@ -58,8 +59,9 @@ class IngestOutcome:
 class Fanout:
     """Which subscribers get which events: `events` globs on the type, `channels` ids or `*`."""
 
-    def __init__(self, subscribers: tuple[Subscriber, ...]) -> None:
+    def __init__(self, subscribers: tuple[Subscriber, ...], schema_base: str = "") -> None:
         self.subscribers = subscribers
+        self.schema_base = schema_base  # events get dataschema = {schema_base}/{type}.json
         self.holds = any(s.require_phone for s in subscribers)
 
     def matching(
@@ -183,7 +185,9 @@ def ingest(
         now_epoch,
         holds=fanout.holds,
     )
-    store = _EventWriter(tx, channel, raw.id, validator, fanout, now, now_epoch, outcome)
+    store = _EventWriter(
+        tx, channel, raw.id, validator, fanout, now, now_epoch, outcome, raw.traceparent
+    )
     for draft in mapped.drafts:
         if tx.event_exists(draft.id):
             outcome.duplicates += 1
@@ -240,10 +244,12 @@ class _EventWriter:
         now: str,
         now_epoch: float,
         outcome: IngestOutcome,
+        traceparent: str | None = None,
     ) -> None:
         self.tx, self.channel, self.raw_id = tx, channel, raw_id
         self.validator, self.fanout = validator, fanout
         self.now, self.now_epoch, self.outcome = now, now_epoch, outcome
+        self.traceparent = traceparent
 
     def write(
         self, draft: Draft, contact: ContactRow, resolved: dict[str, Any] | None = None
@@ -251,6 +257,7 @@ class _EventWriter:
         event = complete_event(draft, self.channel, contact, self.raw_id)
         if resolved:
             event["data"].update(resolved)
+        describe(event, self.fanout.schema_base, self.traceparent)
         try:
             self.validator.validate(event)
         except CanonicalValidationError as exc:

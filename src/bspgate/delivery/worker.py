@@ -42,6 +42,7 @@ from bspgate.delivery.retry import MAX_RETRY_AFTER, decide, retry_after_seconds
 from bspgate.delivery.signing import Signer
 from bspgate.delivery.transport import HttpxPoster, Poster, PostFailed
 from bspgate.metrics import Metrics
+from bspgate.schema.catalog import traceparent_of
 from bspgate.store.base import DeliveryJob
 
 _log = structlog.get_logger("bspgate.delivery")
@@ -354,6 +355,9 @@ class Dispatcher:
             "webhook-signature": self._signers[subscriber.id].sign(job.event_id, moment, job.body),
             "user-agent": "bspgate",
         }
+        traceparent = traceparent_of(job.body)
+        if traceparent:
+            headers["traceparent"] = traceparent
         started = time.perf_counter()
         try:
             answer = await self.poster.post(

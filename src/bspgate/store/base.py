@@ -75,6 +75,7 @@ class RawRecord:
     state: str = "processed"
     reason: str | None = None
     event_count: int = 0
+    traceparent: str | None = None  # W3C trace context the webhook came with (or a new one)
 
 
 @dataclass(frozen=True, slots=True)
