@@ -96,3 +96,35 @@ def test_a_slow_subscriber_never_delays_a_healthy_one(tmp_path: Path) -> None:
         for contact in range(12):  # per-contact order holds in both lanes
             mine = [m for m in arrived if int(m.removeprefix("wamid.lane")) % 12 == contact]
             assert mine == sorted(mine, key=lambda m: int(m.removeprefix("wamid.lane")))
+
+
+class BatchReceiver:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self._webhook = Webhook(SUBSCRIBER_SECRET)
+        self.app = Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
+
+    async def hook(self, request: Request) -> Response:
+        body = await request.body()
+        self._webhook.verify(body, dict(request.headers))
+        assert request.headers["content-type"] == "application/cloudevents-batch+json"
+        self.batches.append([e["data"]["message"]["id"] for e in orjson.loads(body)])
+        return Response(status_code=204)
+
+
+def test_batch_delivery_through_a_running_gateway(tmp_path: Path) -> None:
+    receiver = BatchReceiver()
+    with ServerThread(receiver.app) as server:
+        sub = subscriber("crm", f"{server.url}/hook", batch={"max": 10, "wait": "50ms"})
+        storage = f"sqlite:///{tmp_path / 'batch.db'}"
+        settings = make_settings(tmp_path, storage=storage, subscribers=[sub])
+        with RunningGateway(settings) as gateway:
+            sent = [f"wamid.b{n}" for n in range(30)]
+            for n, message_id in enumerate(sent):
+                body = orjson.dumps(text_webhook(message_id, bsuid=f"US.{n:020d}", phone=None))
+                assert gateway.post("cloud-us", body).is_success
+            wait_for(lambda: sum(len(b) for b in receiver.batches) >= len(sent), "every event")
+    arrived = [m for batch in receiver.batches for m in batch]
+    assert sorted(arrived) == sorted(sent)  # each exactly once
+    assert all(len(batch) <= 10 for batch in receiver.batches)
+    assert len(receiver.batches) < len(sent)  # batched, not one request each

@@ -164,3 +164,32 @@ async def test_a_429_with_retry_after_slows_that_subscriber_alone(tmp_path: Path
         assert await h.dispatcher.run_once() == 2  # crm resumes with both
         assert sorted(h.receiver.message_ids(CRM)) == ["wamid.1", "wamid.1", "wamid.2"]
         assert h.dispatcher.lanes["crm"].failures == 0  # busy, not broken: breaker untouched
+
+
+# -- batch delivery -------------------------------------------------------------------------------
+@pytest.mark.anyio
+@pytest.mark.store
+async def test_batches_keep_per_contact_order_inside_and_across(tmp_path: Path) -> None:
+    from standardwebhooks import Webhook
+
+    from tests.conftest import SUBSCRIBER_SECRET
+
+    async with harness(tmp_path, subscriber("crm", CRM, batch={"max": 3, "wait": "10ms"})) as h:
+        contacts = [f"US.{n:020d}" for n in range(4)]
+        for n, bsuid in enumerate(contacts):
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=bsuid, phone=None))
+        for n in (4, 5):  # two more for the first contact
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=contacts[0], phone=None))
+        assert await h.dispatcher.run_once() == 4  # the 4 contacts' heads: batches of 3 and 1
+        assert await h.dispatcher.run_once() == 1  # then the first contact's next, alone
+        assert await h.dispatcher.run_once() == 1
+        batches = []
+        for request in h.receiver.requests:
+            assert request.headers["content-type"] == "application/cloudevents-batch+json"
+            Webhook(SUBSCRIBER_SECRET).verify(request.content, dict(request.headers))
+            batches.append([e["data"]["message"]["id"] for e in orjson.loads(request.content)])
+        assert sorted(len(b) for b in batches[:2]) == [1, 3]
+        assert batches[2:] == [["wamid.4"], ["wamid.5"]]
+        first_contact = [m for b in batches for m in b if m in ("wamid.0", "wamid.4", "wamid.5")]
+        assert first_contact == ["wamid.0", "wamid.4", "wamid.5"]
+        assert {r["state"] for r in await h.deliveries()} == {"delivered"}

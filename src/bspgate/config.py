@@ -118,6 +118,8 @@ class Subscriber:
     rate_text: str | None = None  # the rate as configured (`50/s`)
     filter: Filter | None = None  # conditions on canonical paths (delivery/filter.py)
     allow_link_local: bool = False  # link-local / cloud metadata addresses stay refused
+    batch_max: int = 0  # > 0: batch delivery (application/cloudevents-batch+json), events per POST
+    batch_wait: float = 0.2  # how long a batch waits to fill
 
     def secret_values(self) -> tuple[str, ...]:
         """Every signing key, revealed, in config order (one signature each)."""
@@ -188,6 +190,7 @@ class Settings:
                     "rate": s.rate_text,
                     "filter": dict(s.filter.source) if s.filter else None,
                     "allow_link_local": s.allow_link_local,
+                    "batch": {"max": s.batch_max, "wait": s.batch_wait} if s.batch_max else None,
                     "hold_for": s.hold_for,
                     "disable_after": s.disable_after,
                 }
@@ -345,6 +348,8 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
         if "filter" in raw
         else None,
         allow_link_local=bool(raw.get("allow_link_local", False)),
+        batch_max=int((raw.get("batch") or {}).get("max", 0)),
+        batch_wait=parse_duration((raw.get("batch") or {}).get("wait", "200ms")),
     )
 
 

@@ -61,10 +61,11 @@ class Lane:
             self.bucket = TokenBucket(self.subscriber.rate)
 
     def allowed(self, now: float) -> int:
-        """Attempts the lane may start now: free slots, the rate, a 429's pause."""
+        """Events the lane may send now: free slots (times the batch size), the rate, a 429's
+        pause."""
         if now < self.paused_until:
             return 0
-        free = self.free
+        free = self.free * max(self.subscriber.batch_max, 1)
         if self.bucket is not None:
             free = min(free, self.bucket.available(now))
         return free

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -47,6 +48,7 @@ from bspgate.store.base import DeliveryJob
 
 _log = structlog.get_logger("bspgate.delivery")
 CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 EXPIRE_EVERY = 60.0  # seconds between sweeps of held deliveries that never gained a phone
 
 
@@ -222,6 +224,11 @@ class Dispatcher:
                 continue
             try:
                 jobs = await self._claim(lane, self.batch)
+                size = lane.subscriber.batch_max
+                if size and 0 < len(jobs) < size and not self._stopping:
+                    # a batch waits `batch.wait` to fill (it holds one event per contact)
+                    await asyncio.sleep(lane.subscriber.batch_wait)
+                    jobs += await self._top_up(lane, size - len(jobs))
             except Exception as exc:  # the store may be briefly unavailable: try again
                 _log.error("delivery.claim_failed", subscriber=lane.id, error=repr(exc))
                 jobs = []
@@ -253,7 +260,7 @@ class Dispatcher:
         """What a claim for `lane` may take now, or None."""
         moment = self.clock()
         now = moment.timestamp()
-        free = min(lane.allowed(now), most)
+        free = min(lane.allowed(now), most * max(lane.subscriber.batch_max, 1))
         if free == 0 or self._stopping:
             return None
         probe_ok = lane.probe_due(now)
@@ -291,22 +298,42 @@ class Dispatcher:
             lane.last_probe = plan.now
         return jobs
 
+    async def _top_up(self, lane: Lane, most: int) -> list[tuple[DeliveryJob, bool]]:
+        plan = self._plan(lane, 1)
+        if plan is None:
+            return []
+        plan = replace(plan, free=min(plan.free, most))
+        outcome: tuple[str | None, list[tuple[DeliveryJob, bool]]]
+        outcome = await self.store.transaction(plan.run)
+        return self._claimed(plan, *outcome)
+
+    def _groups(
+        self, lane: Lane, jobs: list[tuple[DeliveryJob, bool]]
+    ) -> list[list[tuple[DeliveryJob, bool]]]:
+        """One request per job, or per batch of up to `batch.max` jobs."""
+        size = lane.subscriber.batch_max
+        if not size:
+            return [[job] for job in jobs]
+        return [jobs[at : at + size] for at in range(0, len(jobs), size)]
+
     def _launch(self, lane: Lane, jobs: list[tuple[DeliveryJob, bool]]) -> None:
-        for job, probe in jobs:
-            lane.inflight[job.id] = (job, time.monotonic())
+        for group in self._groups(lane, jobs):
+            for job, _probe in group:
+                lane.inflight[job.id] = (job, time.monotonic())
             lane.posting += 1
-            task = asyncio.create_task(self._send(lane, job, probe))
+            task = asyncio.create_task(self._send(lane, group))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, lane: Lane, job: DeliveryJob, probe: bool) -> None:
+    async def _send(self, lane: Lane, group: list[tuple[DeliveryJob, bool]]) -> None:
         try:
-            result = await self._attempt(job, probe)
+            results = await self._attempt_group(lane, group)
         finally:
             lane.posting -= 1  # the subscriber answered: its slot is free while we record
             lane.changed.set()
         assert self._results is not None
-        self._results.put_nowait(result)
+        for result in results:
+            self._results.put_nowait(result)
 
     async def _recorder(self) -> None:
         """Write finished attempts as they come, many per transaction, then free their slots."""
@@ -339,44 +366,81 @@ class Dispatcher:
             claimed += await self._claim(lane, self.batch)
         if not claimed:
             return 0
-        results = await asyncio.gather(*(self._attempt(job, probe) for job, probe in claimed))
-        await self._record(list(results))
+        groups = [
+            group
+            for lane in self.lanes.values()
+            for group in self._groups(
+                lane, [(job, probe) for job, probe in claimed if job.subscriber_id == lane.id]
+            )
+        ]
+        answers = await asyncio.gather(
+            *(self._attempt_group(self.lanes[g[0][0].subscriber_id], g) for g in groups)
+        )
+        await self._record([result for results in answers for result in results])
         return len(claimed)
 
     # -- one attempt ------------------------------------------------------------------------------
+    async def _attempt_group(
+        self, lane: Lane, group: list[tuple[DeliveryJob, bool]]
+    ) -> list[AttemptResult]:
+        """POST one event, or a batch (`application/cloudevents-batch+json`), once."""
+        if not lane.subscriber.batch_max:
+            ((job, probe),) = group
+            return [await self._attempt(job, probe)]
+        jobs = [job for job, _ in group]
+        body = "[" + ",".join(job.body for job in jobs) + "]"
+        digest = hashlib.sha256(" ".join(job.event_id for job in jobs).encode()).hexdigest()
+        status, latency, error, retry_after = await self._post(
+            lane.subscriber, f"bat_{digest[:26]}", body, BATCH_CONTENT_TYPE, traceparent_of(body)
+        )
+        return [
+            AttemptResult(job, status, latency, error, retry_after, probe) for job, probe in group
+        ]
+
     async def _attempt(self, job: DeliveryJob, probe: bool = False) -> AttemptResult:
         subscriber = self.subscribers[job.subscriber_id]
+        status, latency, error, retry_after = await self._post(
+            subscriber, job.event_id, job.body, CONTENT_TYPE, traceparent_of(job.body)
+        )
+        return AttemptResult(job, status, latency, error, retry_after, probe)
+
+    async def _post(
+        self,
+        subscriber: Subscriber,
+        msg_id: str,
+        body: str,
+        content_type: str,
+        traceparent: str | None,
+    ) -> tuple[int | None, float, str | None, float | None]:
+        """Sign and POST; answers (status, latency ms, error, Retry-After seconds)."""
         # UTC: standardwebhooks' sign() replaces the tzinfo instead of converting it.
         moment = self.clock().astimezone(UTC)
         headers = {
-            "content-type": CONTENT_TYPE,
-            "webhook-id": job.event_id,
+            "content-type": content_type,
+            "webhook-id": msg_id,
             "webhook-timestamp": str(int(moment.timestamp())),
-            "webhook-signature": self._signers[subscriber.id].sign(job.event_id, moment, job.body),
+            "webhook-signature": self._signers[subscriber.id].sign(msg_id, moment, body),
             "user-agent": "bspgate",
         }
-        traceparent = traceparent_of(job.body)
         if traceparent:
             headers["traceparent"] = traceparent
         started = time.perf_counter()
         try:
             answer = await self.poster.post(
                 subscriber.url,
-                job.body.encode(),
+                body.encode(),
                 headers,
                 subscriber.timeout,
                 allow_link_local=subscriber.allow_link_local,
             )
         except PostFailed as exc:
-            latency = (time.perf_counter() - started) * 1000
-            return AttemptResult(job, None, latency, str(exc)[:500], None, probe)
+            return None, (time.perf_counter() - started) * 1000, str(exc)[:500], None
         except Exception as exc:  # a bug in a poster must not lose the claim's result
             latency = (time.perf_counter() - started) * 1000
-            return AttemptResult(job, None, latency, f"{type(exc).__name__}: {exc}"[:500], None)
+            return None, latency, f"{type(exc).__name__}: {exc}"[:500], None
         latency = (time.perf_counter() - started) * 1000
         error = None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
-        retry_after = retry_after_seconds(answer.retry_after, moment)
-        return AttemptResult(job, answer.status, latency, error, retry_after, probe)
+        return answer.status, latency, error, retry_after_seconds(answer.retry_after, moment)
 
     # -- recording --------------------------------------------------------------------------------
     async def _record(self, results: list[AttemptResult]) -> None:
