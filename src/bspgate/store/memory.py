@@ -335,6 +335,13 @@ class MemoryTx:
         if provider_message_id and contact_id:
             self.sends[(row["channel_id"], provider_message_id)] = contact_id
 
+    def settle_send(self, send_id: str, state: str, status: int, answer: str, now: str) -> bool:
+        row = self._send_rows()[send_id]
+        if row["state"] != "pending":
+            return False
+        row.update(state=state, status=status, answer=answer, updated_at=now)
+        return True
+
     def release_send_key(self, send_id: str) -> None:
         self._send_rows()[send_id]["idempotency_key"] = None
 
