@@ -9,6 +9,7 @@ a non-zero exit: 2 for a refused input (a payload that would be quarantined, an 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,8 +59,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bspgate.logging import configure_logging
 
     configure_logging(args.log_level)
+    os.environ["BSPGATE_LOG_LEVEL"] = args.log_level  # the worker process logs alike
     settings = _settings(args)
-    app = create_app(settings)
+    # processing and delivery in a worker process: the second core (docs/performance.md)
+    app = create_app(settings, processing="worker")
     uvicorn.run(
         app,
         host=args.host or settings.server.host,

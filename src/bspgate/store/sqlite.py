@@ -1,16 +1,25 @@
 """SQLite backend: WAL, one writer thread with group commit, a reader connection.
 
 Every write is a function over `SqlTx` queued to the writer thread. The thread takes whatever is
-queued (up to `_BATCH`), runs each function in its own SAVEPOINT (one failing function rolls back
-only itself), then commits the batch once with `synchronous=FULL`, and only then settles the
-callers' futures: a webhook is answered after its rows are on disk, and concurrent webhooks share
-one fsync. Reads run on a separate connection (WAL readers never block the writer).
+queued (up to `_BATCH`): accepted raw payloads (`accept`) go in with one multi-row insert, then
+each function runs (in its own SAVEPOINT only when the batch holds more than one, so one failing
+function rolls back only itself), then the batch commits once with `synchronous=FULL`, and only
+then are the callers' futures settled: a webhook is answered after its raw payload is on disk,
+and concurrent webhooks share one fsync. Reads run on a separate connection (WAL readers never
+block the writer).
+
+`shared=True`: two processes write this file (`bspgate serve` accepts webhooks, its worker process
+derives events and delivers). SQLite's own busy handler polls with growing sleeps, so a process
+that writes all the time starves the other (measured: locked out). Each write transaction instead
+takes an exclusive `flock` on `<file>-writer.lock` first: a waiter blocks in the kernel and wakes
+the moment the holder's short transaction commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import queue
 import sqlite3
 import threading
@@ -21,6 +30,7 @@ from typing import Any, TypeVar
 import structlog
 
 from bspgate.errors import StoreError
+from bspgate.store.base import RawRecord
 from bspgate.store.migrate import apply_migrations, schema_current
 from bspgate.store.sql import SqlTx
 
@@ -58,16 +68,17 @@ def sqlite_path(dsn: str) -> str:
 class SqliteStore:
     """The embedded store. `open()` migrates; `close()` drains the writer."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, shared: bool = False) -> None:
         self.path = str(path)
+        self.shared = shared and self.path != ":memory:"
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
 
     @classmethod
-    def from_dsn(cls, dsn: str) -> SqliteStore:
-        return cls(sqlite_path(dsn))
+    def from_dsn(cls, dsn: str, *, shared: bool = False) -> SqliteStore:
+        return cls(sqlite_path(dsn), shared=shared)
 
     async def open(self) -> None:
         if self._thread is not None:
@@ -100,6 +111,10 @@ class SqliteStore:
         self._queue.put((work, future, loop))
         return await future
 
+    async def accept(self, raw: RawRecord) -> None:
+        """Store one raw payload as received; resolves once it is durable (group commit)."""
+        await self.transaction(_Accept(raw))
+
     async def read(self, work: Callable[[SqlTx], T]) -> T:
         """Run `work` on the reader connection (consistent snapshot per call)."""
         return await asyncio.to_thread(self.read_sync, work)
@@ -125,6 +140,7 @@ class SqliteStore:
     def _run(self) -> None:
         conn = _connect(self.path)
         tx = SqlTx(conn)
+        self._lock_file = open(self.path + "-writer.lock", "ab") if self.shared else None  # noqa: SIM115
         try:
             while True:
                 item = self._queue.get()
@@ -140,24 +156,48 @@ class SqliteStore:
                         self._queue.put(None)
                         break
                     batch.append(more)
-                self._commit(conn, tx, batch)
+                if self._lock_file is None:
+                    self._commit(conn, tx, batch)
+                    continue
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+                try:
+                    self._commit(conn, tx, batch)
+                finally:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         finally:
             conn.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
 
     def _commit(self, conn: sqlite3.Connection, tx: SqlTx, batch: list[_Item]) -> None:
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(batch)
+        accepted = [i for i, item in enumerate(batch) if isinstance(item[0], _Accept)]
+        others = [i for i, item in enumerate(batch) if not isinstance(item[0], _Accept)]
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for work, _future, _loop in batch:
+            if accepted:
+                tx.insert_raws([batch[i][0].raw for i in accepted])  # type: ignore[attr-defined]
+            alone = len(others) == 1 and not accepted
+            for index in others:
+                work = batch[index][0]
+                if alone:  # nothing else to protect: a failure rolls back the transaction
+                    try:
+                        outcomes[index] = (work(tx), None)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK")
+                        outcomes[index] = (None, exc)
+                        break
+                    continue
                 conn.execute("SAVEPOINT job")
                 try:
-                    outcomes.append((work(tx), None))
+                    outcomes[index] = (work(tx), None)
                     conn.execute("RELEASE job")
                 except Exception as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes.append((None, exc))
-            conn.execute("COMMIT")
+                    outcomes[index] = (None, exc)
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -168,6 +208,18 @@ class SqliteStore:
             # RuntimeError: the caller's loop is gone (shutdown); nothing waits for the answer
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+class _Accept:
+    """A queued raw payload: the writer inserts all of a batch's with one statement."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: RawRecord) -> None:
+        self.raw = raw
+
+    def __call__(self, tx: SqlTx) -> None:
+        tx.insert_raws([self.raw])
 
 
 def _migrate(tx: SqlTx) -> None:

@@ -1,0 +1,302 @@
+"""The processing stage: accepted raw payloads -> identity, events and outbox rows, in batches.
+
+A webhook is answered `200` once its raw payload is durably stored (state `received`). The
+`Processor` then reads received payloads in arrival order (received_at, id) and derives everything
+else for up to `batch` of them in ONE store transaction (`BatchTx`: one statement per table where
+it can), marking each raw payload processed, quarantined or duplicate in the same transaction.
+So a crash anywhere (also mid-batch) leaves the whole batch `received`, to be processed again from
+the start: nothing acknowledged is lost and nothing is applied twice, per-contact order is arrival
+order, and each raw payload ends up exactly once as events or in quarantine.
+
+- An event failing the canonical schema quarantines its whole payload: the batch is rolled back
+  and run again with that payload quarantined up front (the rest of the batch is unaffected).
+- An unexpected error (a bug) runs the batch one payload per transaction, so only the payload
+  that fails is quarantined, with the error as its reason.
+- On PostgreSQL several replicas run a processor; a transaction-scoped advisory lock lets one of
+  them process at a time (arrival order holds across replicas) and `still_received` drops payloads
+  another replica took meanwhile.
+
+Mapping (pure CPU) runs before the transaction, outside any lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import structlog
+
+from bspgate.config import Channel, Settings
+from bspgate.errors import PayloadError, StoreError
+from bspgate.ingress.parse import parse_payload
+from bspgate.mapping.engine import MappingResult, apply_mapping
+from bspgate.mapping.loader import MappingSpec
+from bspgate.metrics import Metrics
+from bspgate.pipeline import Fanout, IngestOutcome, InvalidEvents, ingest
+from bspgate.schema.validate import EventValidator
+from bspgate.store.base import RawRecord, Store
+from bspgate.store.batch import BatchTx
+from bspgate.store.sql import SqlTx
+
+_log = structlog.get_logger("bspgate.processing")
+OUTBOX_CHANNEL = "bspgate_outbox"  # PostgreSQL NOTIFY channel: new outbox rows
+_PROCESS_LOCK = 7_206_102_312  # pg_advisory_xact_lock key: one replica processes at a time
+
+
+def stamp(moment: datetime) -> str:
+    """The one time format of stored times: RFC 3339 UTC with microseconds and `Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What processing needs from the configuration, built once."""
+
+    settings: Settings
+    mappings: dict[str, MappingSpec]
+    validator: EventValidator = field(default_factory=EventValidator)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fanout", Fanout(self.settings.subscribers))
+
+    fanout: Fanout = field(init=False)
+
+
+@dataclass(slots=True)
+class Prepared:
+    raw: RawRecord
+    channel: Channel | None
+    mapped: MappingResult
+
+
+def map_raw(rules: Rules, raw: RawRecord, parsed: Any = None) -> Prepared:
+    """Parse (unless `parsed` is given) and map one stored raw payload; never raises."""
+    channel = rules.settings.channel(raw.channel_id)
+    if channel is None or channel.provider not in rules.mappings:
+        issue = "its channel is no longer configured"
+        return Prepared(raw, None, MappingResult(issues=[issue]))
+    spec = rules.mappings[channel.provider]
+    try:
+        payload = parsed if parsed is not None else parse_payload(raw.body, spec.parse)
+        mapped = apply_mapping(spec, payload, channel.as_scope(), received_at=raw.received_at)
+    except PayloadError as exc:
+        mapped = MappingResult(issues=[f"unparseable: {exc}"])
+    except Exception as exc:  # a mapping bug must quarantine, never lose, the payload
+        mapped = MappingResult(issues=[f"mapping engine error: {type(exc).__name__}: {exc}"])
+    return Prepared(raw, channel, mapped)
+
+
+class Busy(Exception):
+    """Another replica is processing: try again shortly."""
+
+
+class Poisoned(Exception):
+    def __init__(self, raw_id: str, reason: str) -> None:
+        self.raw_id, self.reason = raw_id, reason
+        super().__init__(reason)
+
+
+def process_batch(
+    tx: SqlTx,
+    rules: Rules,
+    batch: list[Prepared],
+    poisoned: dict[str, str],
+    moment: datetime,
+) -> list[IngestOutcome]:
+    """Derive everything for `batch` inside one transaction. Raises `Poisoned`."""
+    if tx.dialect == "postgres":
+        # one replica at a time (arrival order); FOR UPDATE turns a payload another replica
+        # processed after this snapshot into a serialization failure (the store retries)
+        if not tx.one("SELECT pg_try_advisory_xact_lock(?)", (_PROCESS_LOCK,))[0]:
+            raise Busy
+        taken = tx.still_received([p.raw.id for p in batch], lock=True)
+        batch = [p for p in batch if p.raw.id in taken]
+    now, now_epoch = stamp(moment), moment.timestamp()
+    btx = BatchTx(tx)
+    btx.prefetch_events([d.id for p in batch for d in p.mapped.drafts])
+    outcomes: list[IngestOutcome] = []
+    for item in batch:
+        raw = item.raw
+        if raw.id in poisoned or item.channel is None:
+            issues = [poisoned.get(raw.id) or "; ".join(item.mapped.issues)]
+            outcomes.append(IngestOutcome(raw.id, "quarantined", issues=issues))
+            continue
+        try:
+            outcome = ingest(
+                btx,
+                channel=item.channel,
+                raw=raw,
+                mapped=item.mapped,
+                validator=rules.validator,
+                fanout=rules.fanout,
+                now=now,
+                now_epoch=now_epoch,
+                store_raw=False,
+            )
+        except InvalidEvents as exc:
+            raise Poisoned(raw.id, exc.reason) from exc
+        outcomes.append(outcome)
+    btx.flush()
+    if tx.dialect == "postgres" and any(o.deliveries for o in outcomes):
+        tx.execute(f"NOTIFY {OUTBOX_CHANNEL}")  # every replica's dispatcher (at commit)
+    tx.finish_raws(
+        [
+            (o.raw_id, o.state, "; ".join(o.issues) or None, len(o.events) + o.duplicates)
+            for o in outcomes
+        ]
+    )
+    return outcomes
+
+
+class Processor:
+    """Runs the processing stage over a store until `stop()`; `settle(raw_id)` awaits one."""
+
+    def __init__(
+        self,
+        store: Store,
+        rules: Rules,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        batch: int = 256,
+        idle_poll: float = 0.005,
+        on_deliveries: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store, self.rules, self.clock = store, rules, clock
+        self.metrics = metrics
+        self.batch, self.idle_poll = batch, idle_poll
+        self.on_deliveries = on_deliveries
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._waiters: dict[str, asyncio.Future[IngestOutcome]] = {}
+        self._parsed: dict[str, Any] = {}
+        self.processed = 0
+        self.running = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def expect(self, raw_id: str, parsed: Any = None) -> asyncio.Future[IngestOutcome]:
+        """A future settled when `raw_id` has been processed (register before storing it).
+
+        `parsed` is the payload the server already parsed from the body: mapped as is, not
+        parsed a second time.
+        """
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        self._waiters[raw_id] = future
+        if parsed is not None:
+            self._parsed[raw_id] = parsed
+        return future
+
+    def forget(self, raw_id: str) -> None:
+        self._waiters.pop(raw_id, None)
+        self._parsed.pop(raw_id, None)
+
+    async def run(self) -> None:
+        """Process until `stop()`; a failing round is logged and retried, never fatal."""
+        self.running = True
+        try:
+            await self._loop()
+        finally:
+            self.running = False
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                done = await self.run_once()
+            except StoreError as exc:
+                _log.warning("processing.store_unavailable", error=str(exc))
+                done = 0
+                await asyncio.sleep(0.5)
+            except Exception:  # keep processing whatever one round hit
+                _log.exception("processing.round_failed")
+                done = 0
+                await asyncio.sleep(0.5)
+            if done == 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll)
+                self._wake.clear()
+
+    async def drain(self) -> int:
+        """Process until nothing is received but unprocessed (tests, shutdown). Answers how many."""
+        total = 0
+        while done := await self.run_once():
+            total += done
+        return total
+
+    async def run_once(self) -> int:
+        raws: list[RawRecord] = await self.store.read(lambda tx: tx.received_raws(self.batch))
+        if not raws:
+            return 0
+        prepared = [map_raw(self.rules, raw, self._parsed.pop(raw.id, None)) for raw in raws]
+        for item in prepared:
+            if item.mapped.unmapped:
+                # the provider sent fields no rule reads: its format may have changed (names only)
+                provider = item.raw.provider
+                if self.metrics is not None:
+                    for name in item.mapped.unmapped:
+                        self.metrics.unmapped.labels(provider, name[:64]).inc()
+                _log.info("mapping.unmapped_fields", provider=provider, fields=item.mapped.unmapped)
+        try:
+            outcomes = await self._transact(prepared)
+        except StoreError:
+            raise
+        except Exception:
+            _log.exception("processing.batch_failed", batch=len(prepared))
+            outcomes = []
+            for item in prepared:  # isolate the payload that fails
+                try:
+                    outcomes += await self._transact([item])
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    reason = f"processing error: {type(exc).__name__}: {exc}"
+                    outcomes += await self._transact([item], {item.raw.id: reason})
+        self._settle(outcomes)
+        return len(outcomes)
+
+    async def _transact(
+        self, prepared: list[Prepared], poisoned: dict[str, str] | None = None
+    ) -> list[IngestOutcome]:
+        poisoned = dict(poisoned or {})
+        while True:
+            work = partial(process_batch, rules=self.rules, batch=prepared,
+                           poisoned=poisoned, moment=self.clock())  # fmt: skip
+            try:
+                result: list[IngestOutcome] = await self.store.transaction(work)
+                return result
+            except Poisoned as exc:
+                poisoned[exc.raw_id] = exc.reason  # run again with that payload quarantined
+            except Busy:
+                return []
+
+    def _settle(self, outcomes: list[IngestOutcome]) -> None:
+        deliveries = 0
+        for outcome in outcomes:
+            deliveries += outcome.deliveries
+            waiter = self._waiters.pop(outcome.raw_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(outcome)
+        self.processed += len(outcomes)
+        if self.metrics is not None:
+            for outcome in outcomes:
+                for event in outcome.events:
+                    self.metrics.events.labels(event["type"]).inc()
+        if deliveries and self.on_deliveries is not None:
+            self.on_deliveries()
+
+
+def process_now(
+    tx: Any, rules: Rules, raws: list[RawRecord], moment: datetime
+) -> list[IngestOutcome]:
+    """Process `raws` (already stored as received) in the caller's transaction (replay, tests)."""
+    return process_batch(tx, rules, [map_raw(rules, r) for r in raws], {}, moment)
