@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -107,8 +107,14 @@ def process_batch(
     batch: list[Prepared],
     poisoned: dict[str, str],
     moment: datetime,
+    inboxed: bool = False,
 ) -> list[IngestOutcome]:
-    """Derive everything for `batch` inside one transaction. Raises `Poisoned`."""
+    """Derive everything for `batch` inside one transaction. Raises `Poisoned`.
+
+    `inboxed`: the payloads come from the SQLite inbox database and are inserted into
+    `raw_payloads` here (with their final state), except those a run before a crash already
+    committed, which are left out.
+    """
     if tx.dialect == "postgres":
         # one replica at a time (arrival order); FOR UPDATE turns a payload another replica
         # processed after this snapshot into a serialization failure (the store retries)
@@ -116,6 +122,9 @@ def process_batch(
             raise Busy
         taken = tx.still_received([p.raw.id for p in batch], lock=True)
         batch = [p for p in batch if p.raw.id in taken]
+    if inboxed:
+        done = tx.existing_raws([p.raw.id for p in batch])
+        batch = [p for p in batch if p.raw.id not in done]
     now, now_epoch = stamp(moment), moment.timestamp()
     btx = BatchTx(tx)
     btx.prefetch_events([d.id for p in batch for d in p.mapped.drafts])
@@ -144,12 +153,20 @@ def process_batch(
     btx.flush()
     if tx.dialect == "postgres" and any(o.deliveries for o in outcomes):
         tx.execute(f"NOTIFY {OUTBOX_CHANNEL}")  # every replica's dispatcher (at commit)
-    tx.finish_raws(
-        [
-            (o.raw_id, o.state, "; ".join(o.issues) or None, len(o.events) + o.duplicates)
-            for o in outcomes
-        ]
-    )
+    finished = [
+        (o.raw_id, o.state, "; ".join(o.issues) or None, len(o.events) + o.duplicates)
+        for o in outcomes
+    ]
+    if inboxed:
+        raws = {p.raw.id: p.raw for p in batch}
+        tx.insert_raws(
+            [
+                replace(raws[raw_id], state=state, reason=reason, event_count=count)
+                for raw_id, state, reason, count in finished
+            ]
+        )
+    else:
+        tx.finish_raws(finished)
     return outcomes
 
 
@@ -234,7 +251,7 @@ class Processor:
         return total
 
     async def run_once(self) -> int:
-        raws: list[RawRecord] = await self.store.read(lambda tx: tx.received_raws(self.batch))
+        raws: list[RawRecord] = await self.store.received(self.batch)
         if not raws:
             return 0
         prepared = [map_raw(self.rules, raw, self._parsed.pop(raw.id, None)) for raw in raws]
@@ -261,6 +278,7 @@ class Processor:
                 except Exception as exc:
                     reason = f"processing error: {type(exc).__name__}: {exc}"
                     outcomes += await self._transact([item], {item.raw.id: reason})
+        await self.store.settle_received([raw.id for raw in raws])
         self._settle(outcomes)
         return len(outcomes)
 
@@ -269,8 +287,8 @@ class Processor:
     ) -> list[IngestOutcome]:
         poisoned = dict(poisoned or {})
         while True:
-            work = partial(process_batch, rules=self.rules, batch=prepared,
-                           poisoned=poisoned, moment=self.clock())  # fmt: skip
+            work = partial(process_batch, rules=self.rules, batch=prepared, poisoned=poisoned,
+                           moment=self.clock(), inboxed=self.store.inboxed)  # fmt: skip
             try:
                 result: list[IngestOutcome] = await self.store.transaction(work)
                 return result

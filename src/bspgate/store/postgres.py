@@ -170,6 +170,15 @@ class PostgresStore:
 
         threading.Thread(target=loop, daemon=True, name="bspgate-pg-listen").start()
 
+    inboxed = False  # received payloads wait in raw_payloads itself
+
+    async def received(self, limit: int) -> list[RawRecord]:
+        """Accepted payloads not yet processed, in arrival order."""
+        return await self.read(lambda tx: tx.received_raws(limit))
+
+    async def settle_received(self, raw_ids: list[str]) -> None:
+        """Nothing to do: processing updated the rows in place."""
+
     async def accept(self, raw: RawRecord) -> None:
         """Store one raw payload as received; resolves once committed.
 

@@ -47,9 +47,9 @@ class BatchQueries(SqlBase):
                 out.extend(cursor.fetchall())
         return out
 
-    def insert_raws(self, raws: Sequence[RawRecord]) -> None:
+    def insert_raws(self, raws: Sequence[RawRecord], table: str = "raw_payloads") -> None:
         self.insert_rows(
-            "raw_payloads",
+            table,
             _RAW_COLUMNS,
             [
                 (r.id, r.channel_id, r.provider, r.received_at, r.content_type, r.body,
@@ -70,6 +70,26 @@ class BatchQueries(SqlBase):
             [*params, limit],
         )
         return [RawRecord(*[*r[:5], bytes(r[5]), *r[6:]]) for r in rows]
+
+    def inbox_raws(self, limit: int) -> list[RawRecord]:
+        """The SQLite inbox database's payloads, in arrival (commit) order."""
+        rows = self.all(f"SELECT {_RAW_COLUMNS} FROM inbox ORDER BY seq LIMIT ?", (limit,))
+        return [RawRecord(*[*r[:5], bytes(r[5]), *r[6:]]) for r in rows]
+
+    def drop_inbox(self, raw_ids: Sequence[str]) -> None:
+        for part in chunks(raw_ids):
+            self.execute(f"DELETE FROM inbox WHERE id IN ({', '.join('?' * len(part))})", part)
+
+    def existing_raws(self, raw_ids: Sequence[str]) -> set[str]:
+        """Which of `raw_ids` are already in `raw_payloads` (processed before a crash)."""
+        found: set[str] = set()
+        for part in chunks(raw_ids):
+            rows = self.all(
+                f"SELECT id FROM raw_payloads WHERE id IN ({', '.join('?' * len(part))})",
+                list(part),
+            )
+            found.update(r[0] for r in rows)
+        return found
 
     def still_received(self, raw_ids: Sequence[str], lock: bool = False) -> set[str]:
         """Which of `raw_ids` no other processor has taken (PostgreSQL replicas)."""

@@ -8,7 +8,12 @@ then are the callers' futures settled: a webhook is answered after its raw paylo
 and concurrent webhooks share one fsync. Reads run on a separate connection (WAL readers never
 block the writer).
 
-`shared=True`: two processes write this file (`bspgate serve` accepts webhooks, its worker process
+`shared=True` (`bspgate serve` and its worker process): webhooks are accepted into a separate
+inbox database (`<file>-inbox`, a queue table only the two processes use) so that accepting never
+waits for the worker's transactions on the main file; the worker moves each payload into
+`raw_payloads` in the same transaction that stores what it produced, then deletes it from the
+inbox (a payload found in both after a crash in between is already processed: it is only
+deleted). Two processes write each file (`bspgate serve` accepts webhooks, its worker process
 derives events and delivers). SQLite's own busy handler polls with growing sleeps, so a process
 that writes all the time starves the other (measured: locked out). Each write transaction instead
 takes an exclusive `flock` on `<file>-writer.lock` first: a waiter blocks in the kernel and wakes
@@ -68,9 +73,20 @@ def sqlite_path(dsn: str) -> str:
 class SqliteStore:
     """The embedded store. `open()` migrates; `close()` drains the writer."""
 
-    def __init__(self, path: str | Path, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        shared: bool = False,
+        _schema: Callable[[SqlTx], None] | None = None,
+    ) -> None:
         self.path = str(path)
         self.shared = shared and self.path != ":memory:"
+        self._schema = _schema or _migrate
+        self._raw_table = "inbox" if _schema is not None else "raw_payloads"
+        self.inbox: SqliteStore | None = None
+        if self.shared and _schema is None:
+            self.inbox = SqliteStore(self.path + "-inbox", shared=True, _schema=_inbox_schema)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -88,13 +104,17 @@ class SqliteStore:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._thread = threading.Thread(target=self._run, name="bspgate-sqlite-writer", daemon=True)
         self._thread.start()
-        self._queue.put((lambda tx: _migrate(tx), ready, asyncio.get_running_loop()))
+        self._queue.put((self._schema, ready, asyncio.get_running_loop()))
         await ready
         self._reader = _connect(self.path)
+        if self.inbox is not None:
+            await self.inbox.open()
 
     async def close(self) -> None:
         if self._thread is None:
             return
+        if self.inbox is not None:
+            await self.inbox.close()
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
@@ -113,7 +133,26 @@ class SqliteStore:
 
     async def accept(self, raw: RawRecord) -> None:
         """Store one raw payload as received; resolves once it is durable (group commit)."""
+        if self.inbox is not None:
+            await self.inbox.accept(raw)
+            return
         await self.transaction(_Accept(raw))
+
+    @property
+    def inboxed(self) -> bool:
+        """Received payloads wait in the inbox database, not yet in `raw_payloads`."""
+        return self.inbox is not None
+
+    async def received(self, limit: int) -> list[RawRecord]:
+        """Accepted payloads not yet processed, in arrival order."""
+        if self.inbox is not None:
+            return await self.inbox.read(lambda tx: tx.inbox_raws(limit))
+        return await self.read(lambda tx: tx.received_raws(limit))
+
+    async def settle_received(self, raw_ids: list[str]) -> None:
+        """Processed (committed in the main file): drop them from the inbox."""
+        if self.inbox is not None and raw_ids:
+            await self.inbox.transaction(lambda tx: tx.drop_inbox(raw_ids))
 
     async def read(self, work: Callable[[SqlTx], T]) -> T:
         """Run `work` on the reader connection (consistent snapshot per call)."""
@@ -176,7 +215,8 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             if accepted:
-                tx.insert_raws([batch[i][0].raw for i in accepted])  # type: ignore[attr-defined]
+                raws = [batch[i][0].raw for i in accepted]  # type: ignore[attr-defined]
+                tx.insert_raws(raws, table=self._raw_table)
             alone = len(others) == 1 and not accepted
             for index in others:
                 work = batch[index][0]
@@ -224,6 +264,15 @@ class _Accept:
 
 def _migrate(tx: SqlTx) -> None:
     apply_migrations(tx, "sqlite")
+
+
+def _inbox_schema(tx: SqlTx) -> None:
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "id TEXT NOT NULL UNIQUE, channel_id TEXT NOT NULL, provider TEXT NOT NULL, "
+        "received_at TEXT NOT NULL, content_type TEXT NOT NULL, body BLOB NOT NULL, "
+        "state TEXT NOT NULL, reason TEXT, event_count INTEGER NOT NULL DEFAULT 0)"
+    )
 
 
 def _schema_current(tx: SqlTx) -> bool:
