@@ -128,6 +128,21 @@ def process_batch(
     now, now_epoch = stamp(moment), moment.timestamp()
     btx = BatchTx(tx)
     btx.prefetch_events([d.id for p in batch for d in p.mapped.drafts])
+    bsuids: set[tuple[str, str]] = set()
+    phones: set[tuple[str, str]] = set()
+    for item in batch:
+        if item.channel is None:
+            continue
+        portfolio = item.channel.portfolio
+        for draft in item.mapped.drafts:
+            for section in ("contact", "previous"):
+                named = draft.data.get(section) or {}
+                for key in ("bsuid", "parent_bsuid"):
+                    if named.get(key):
+                        bsuids.add((portfolio, named[key]))
+                if named.get("phone"):
+                    phones.add((portfolio, named["phone"]))
+    btx.prefetch_identities(bsuids, phones)
     outcomes: list[IngestOutcome] = []
     for item in batch:
         raw = item.raw

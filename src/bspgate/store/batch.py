@@ -9,8 +9,10 @@ The ingest pipeline and the identity resolver run over it unchanged (it is a `St
   `RETURNING seq`, so the deliveries find their event);
 - defers a new contact's INSERT to the first moment it is needed (usually its `save_contact`,
   so a new contact costs one statement instead of two);
-- caches identity lookups within the batch (a 50-message webhook looks its contact up once);
-  every identity write clears the cache, so a lookup never answers from a state that changed.
+- answers identity lookups from a write-through cache: `prefetch_identities` loads the owners
+  of every BSUID and phone the batch names with two queries, and every identity write updates
+  the cache as it updates the database (a lookup the cache cannot answer asks the database);
+- skips retiring other BSUIDs of a contact created in this batch (it has none yet).
 
 Identity writes (contacts, BSUIDs, phones, held deliveries) go straight to the database in call
 order: the rules read what they wrote. The caller runs everything in one database transaction,
@@ -49,7 +51,12 @@ class BatchTx:
         self._touch_phones: set[tuple[str, str]] = set()
         self._touch_at = ""
         self._new: dict[str, tuple[ContactRow, str]] = {}  # contacts created, not yet inserted
-        self._cache: dict[tuple[str, str, str], ContactRow | None] = {}
+        self._created: set[str] = set()  # contacts created in this batch
+        self._current: set[str] = set()  # ... of which a current BSUID was linked
+        # the cache: (portfolio, bsuid|phone) -> owning contact id (None: known to be absent)
+        self._bsuid_owner: dict[tuple[str, str], str | None] = {}
+        self._phone_owner: dict[tuple[str, str], str | None] = {}
+        self._rows: dict[str, ContactRow] = {}
 
     # -- events ---------------------------------------------------------------------------------
     def prefetch_events(self, event_ids: list[str]) -> None:
@@ -93,33 +100,60 @@ class BatchTx:
     def insert_raw(self, raw: RawRecord) -> None:
         self.tx.insert_raws([raw])
 
-    # -- identity reads (cached) ----------------------------------------------------------------
-    def _lookup(self, key: tuple[str, str, str], read: Any) -> ContactRow | None:
-        self._insert_new()
-        if key not in self._cache:
-            self._cache[key] = read()
-        found = self._cache[key]
-        return None if found is None else replace(found)
+    # -- identity reads (write-through cache) ---------------------------------------------------
+    def prefetch_identities(
+        self, bsuids: set[tuple[str, str]], phones: set[tuple[str, str]]
+    ) -> None:
+        """Load the owners of these (portfolio, BSUID) and (portfolio, phone) pairs at once."""
+        for key, row in self.tx.owners_by_bsuid(sorted(bsuids - self._bsuid_owner.keys())):
+            self._bsuid_owner[key] = row.id
+            self._rows.setdefault(row.id, row)
+        for key in bsuids:
+            self._bsuid_owner.setdefault(key, None)
+        for key, row in self.tx.owners_by_phone(sorted(phones - self._phone_owner.keys())):
+            self._phone_owner[key] = row.id
+            self._rows.setdefault(row.id, row)
+        for key in phones:
+            self._phone_owner.setdefault(key, None)
+
+    def _row(self, contact_id: str | None) -> ContactRow | None:
+        seen = 0
+        while contact_id is not None:
+            row = self._rows.get(contact_id)
+            if row is None:
+                self._insert_new()
+                row = self.tx.contact(contact_id)
+                if row is None:
+                    return None
+                self._rows[contact_id] = row
+            if not row.merged_into or seen >= 8:  # a merged contact answers as the survivor
+                return replace(row)
+            contact_id, seen = row.merged_into, seen + 1
+        return None
 
     def contact_by_bsuid(self, portfolio: str, bsuid: str) -> ContactRow | None:
-        return self._lookup(
-            ("b", portfolio, bsuid), lambda: self.tx.contact_by_bsuid(portfolio, bsuid)
-        )
+        key = (portfolio, bsuid)
+        if key not in self._bsuid_owner:
+            self._insert_new()
+            found = self.tx.contact_by_bsuid(portfolio, bsuid)
+            self._bsuid_owner[key] = None if found is None else found.id
+        return self._row(self._bsuid_owner[key])
 
     def contact_by_phone(self, portfolio: str, phone: str) -> ContactRow | None:
-        return self._lookup(
-            ("p", portfolio, phone), lambda: self.tx.contact_by_phone(portfolio, phone)
-        )
+        key = (portfolio, phone)
+        if key not in self._phone_owner:
+            self._insert_new()
+            found = self.tx.contact_by_phone(portfolio, phone)
+            self._phone_owner[key] = None if found is None else found.id
+        return self._row(self._phone_owner[key])
 
     def contact(self, contact_id: str) -> ContactRow | None:
-        return self._lookup(("c", "", contact_id), lambda: self.tx.contact(contact_id))
+        return self._row(contact_id)
 
     def contact_for_send(self, channel_id: str, provider_message_id: str) -> str | None:
         return self.tx.contact_for_send(channel_id, provider_message_id)
 
-    # -- identity writes (direct, in order) -----------------------------------------------------
-    def _changed(self) -> None:
-        self._cache.clear()
+    # -- identity writes (direct, in order; the cache follows) ----------------------------------
 
     def _insert_new(self, saving: ContactRow | None = None, now: str = "") -> None:
         for contact_id, (row, created) in list(self._new.items()):
@@ -133,13 +167,14 @@ class BatchTx:
         self._new.clear()
 
     def create_contact(self, portfolio: str, now: str) -> ContactRow:
-        self._changed()
         contact = ContactRow(id=new_id("ct"), portfolio=portfolio)
         self._new[contact.id] = (contact, now)
+        self._created.add(contact.id)
+        self._rows[contact.id] = replace(contact)
         return contact
 
     def save_contact(self, contact: ContactRow, now: str) -> None:
-        self._changed()
+        self._rows[contact.id] = replace(contact)
         if contact.id in self._new:
             self._insert_new(saving=contact, now=now)
             return
@@ -149,19 +184,27 @@ class BatchTx:
     def link_bsuid(
         self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
     ) -> None:
-        self._changed()
+        self._bsuid_owner[(contact.portfolio, bsuid)] = contact.id
+        if current and contact.id in self._created and contact.id not in self._current:
+            # a contact made in this batch has no other BSUID to retire
+            self._current.add(contact.id)
+            self.tx.insert_bsuid_link(contact, bsuid, now, channel_id)
+            return
+        if current:
+            self._current.add(contact.id)
         self.tx.link_bsuid(contact, bsuid, now, channel_id, current=current)
 
     def link_phone(self, contact: ContactRow, phone: str, now: str, channel_id: str) -> None:
-        self._changed()
+        self._phone_owner[(contact.portfolio, phone)] = contact.id
         self.tx.link_phone(contact, phone, now, channel_id)
 
     def end_phone(self, contact_id: str, phone: str, now: str, state: str, reason: str) -> None:
-        self._changed()
+        for key, owner in self._phone_owner.items():
+            if key[1] == phone and owner == contact_id:
+                self._phone_owner[key] = None
         self.tx.end_phone(contact_id, phone, now, state, reason)
 
     def release_held(self, contact_id: str, phone: str, now: float, stamp: str) -> int:
-        self._changed()
         self._insert_new()
         self._flush_outbox()  # held rows of this batch must exist to be released
         return self.tx.release_held(contact_id, phone, now, stamp)

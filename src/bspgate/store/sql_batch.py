@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from bspgate.store.base import RawRecord
+from bspgate.store.base import ContactRow, RawRecord
 from bspgate.store.sql_base import SqlBase
 
 _ROWS = 400  # rows per multi-row statement (9 columns: well under SQLite's and psycopg's limits)
+_CONTACT = "c.id, c.portfolio, c.bsuid, c.parent_bsuid, c.phone, c.username, c.name, c.merged_into"
 _RAW_COLUMNS = (
     "id, channel_id, provider, received_at, content_type, body, state, reason, event_count"
 )
@@ -70,6 +71,46 @@ class BatchQueries(SqlBase):
             [*params, limit],
         )
         return [RawRecord(*[*r[:5], bytes(r[5]), *r[6:]]) for r in rows]
+
+    def insert_bsuid_link(self, contact: Any, bsuid: str, now: str, channel_id: str) -> None:
+        """`link_bsuid(current=True)` for a contact that has no other BSUID (made just now)."""
+        self.execute(
+            "INSERT INTO contact_bsuids (portfolio, bsuid, contact_id, state, first_seen, "
+            "last_seen, channel_id) VALUES (?, ?, ?, 'current', ?, ?, ?) "
+            "ON CONFLICT (portfolio, bsuid) DO UPDATE SET contact_id = excluded.contact_id, "
+            "state = excluded.state, last_seen = excluded.last_seen",
+            (contact.portfolio, bsuid, contact.id, now, now, channel_id),
+        )
+
+    def owners_by_bsuid(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[tuple[str, str], ContactRow]]:
+        """The contacts holding these (portfolio, BSUID) pairs (current or retired)."""
+        out = []
+        for part in chunks(keys, 200):
+            rows = self.all(
+                f"SELECT b.portfolio, b.bsuid, {_CONTACT} FROM contact_bsuids b "
+                "JOIN contacts c ON c.id = b.contact_id WHERE (b.portfolio, b.bsuid) IN "
+                f"(VALUES {_values(2, len(part))})",
+                [v for key in part for v in key],
+            )
+            out += [((r[0], r[1]), ContactRow(*r[2:])) for r in rows]
+        return out
+
+    def owners_by_phone(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[tuple[str, str], ContactRow]]:
+        """The contacts holding these (portfolio, phone) pairs as their active alias."""
+        out = []
+        for part in chunks(keys, 200):
+            rows = self.all(
+                f"SELECT p.portfolio, p.phone, {_CONTACT} FROM contact_phones p "
+                "JOIN contacts c ON c.id = p.contact_id WHERE p.state = 'active' AND "
+                f"(p.portfolio, p.phone) IN (VALUES {_values(2, len(part))})",
+                [v for key in part for v in key],
+            )
+            out += [((r[0], r[1]), ContactRow(*r[2:])) for r in rows]
+        return out
 
     def inbox_raws(self, limit: int) -> list[RawRecord]:
         """The SQLite inbox database's payloads, in arrival (commit) order."""
