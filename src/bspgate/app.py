@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -43,41 +43,19 @@ from bspgate.errors import ConfigError, StoreError
 from bspgate.ids import new_id
 from bspgate.ingress.routes import receive_webhook, webhook_handshake
 from bspgate.ingress.verify import ChannelVerifier
-from bspgate.mapping.loader import MappingSpec, load_mapping
+from bspgate.mapping.loader import MappingSpec
 from bspgate.metrics import Metrics
 from bspgate.pipeline import Fanout, IngestOutcome
-from bspgate.processing import OUTBOX_CHANNEL, Processor, Rules, stamp
+from bspgate.processing import Processor, Rules, stamp
 from bspgate.schema.validate import EventValidator
+from bspgate.stage import Stage, load_channel_mappings, open_store, utc_now
 from bspgate.store.base import RawRecord
 
 Clock = Callable[[], datetime]
 _log = structlog.get_logger("bspgate.app")
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 iso = stamp  # the one time format (processing.stamp)
-
-
-def open_store(settings: Settings, *, shared: bool = False) -> Any:
-    """The store the settings name (not yet opened); `shared`: two processes write it."""
-    if settings.storage.startswith("sqlite:"):
-        from bspgate.store.sqlite import SqliteStore
-
-        return SqliteStore.from_dsn(settings.storage, shared=shared)
-    from bspgate.store.postgres import PostgresStore
-
-    return PostgresStore(settings.storage)
-
-
-def load_channel_mappings(settings: Settings) -> dict[str, MappingSpec]:
-    """The mappings the configured channels use, compiled (a broken file fails start)."""
-    return {
-        name: load_mapping(settings.mappings_dir, name)
-        for name in sorted({c.provider for c in settings.channels})
-    }
 
 
 def build_verifiers(
@@ -162,60 +140,6 @@ class Gateway:
         if outcome.deliveries and self.dispatcher is not None:
             self.dispatcher.wake()
         return outcome
-
-
-class Stage:
-    """Processing and delivery over one open store: what runs beside (or instead of) ingress.
-
-    The start/stop boundary between this composition root and the dispatcher (which owns how it
-    dispatches): `bspgate.worker` runs one in its own process, `create_app` one in-process.
-    """
-
-    def __init__(
-        self,
-        store: Any,
-        rules: Rules,
-        settings: Settings,
-        clock: Clock,
-        dispatch: bool,
-        poster: Poster,
-        metrics: Metrics,
-    ) -> None:
-        self.store, self.settings, self.clock, self.poster = store, settings, clock, poster
-        self.dispatcher = (
-            Dispatcher(store, settings.subscribers, poster, metrics, clock=clock)
-            if dispatch
-            else None
-        )
-        wake = self.dispatcher.wake if self.dispatcher is not None else None
-        if hasattr(store, "listen"):
-            wake = None  # every replica's dispatcher hears the NOTIFY alike (see start)
-        self.processor = Processor(store, rules, clock=clock, on_deliveries=wake, metrics=metrics)
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        if self.dispatcher is not None and self.settings.storage.startswith("sqlite:"):
-            # One process delivers from an SQLite store: deliveries in flight when it last
-            # stopped (even by SIGKILL) are retried at once, with the same webhook-id. PostgreSQL
-            # replicas cannot know whose claim is dead, so there claims expire with their lease.
-            now = self.clock().timestamp()
-            await self.store.transaction(lambda tx: tx.recover_inflight(now))
-        self._tasks.append(asyncio.create_task(self.processor.run(), name="bspgate-processor"))
-        if self.dispatcher is not None and hasattr(self.store, "listen"):
-            loop, wake = asyncio.get_running_loop(), self.dispatcher.wake
-            self.store.listen(OUTBOX_CHANNEL, lambda: loop.call_soon_threadsafe(wake))
-        if self.dispatcher is not None:
-            task = asyncio.create_task(self.dispatcher.run(), name="bspgate-dispatcher")
-            self._tasks.append(task)
-
-    async def stop(self) -> None:
-        self.processor.stop()
-        if self.dispatcher is not None:
-            self.dispatcher.stop()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, timeout=15)
-        await self.poster.aclose()
 
 
 async def healthz(request: Request) -> Response:

@@ -201,8 +201,8 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 def cmd_contacts_show(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bspgate.app import open_store
     from bspgate.mapping.functions import e164, is_bsuid
+    from bspgate.stage import open_store
 
     settings = _settings(args)
     key = args.identifier.strip()
@@ -234,7 +234,8 @@ def cmd_contacts_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from bspgate.app import build_verifiers, load_channel_mappings
+    from bspgate.app import build_verifiers
+    from bspgate.stage import load_channel_mappings
 
     settings = _settings(args)
     build_verifiers(settings, load_channel_mappings(settings))
@@ -349,8 +350,8 @@ def _send_problem(exc: Any) -> int:
 
 
 async def _dry_run(settings: Settings, payload: Any, channel: str, use_store: bool) -> Any:
-    from bspgate.app import open_store, utc_now
     from bspgate.outbound.service import SendService
+    from bspgate.stage import open_store, utc_now
 
     store = open_store(settings) if use_store else None
     if store is not None:

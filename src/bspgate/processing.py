@@ -80,15 +80,24 @@ def map_raw(rules: Rules, raw: RawRecord, parsed: Any = None) -> Prepared:
     if channel is None or channel.provider not in rules.mappings:
         issue = "its channel is no longer configured"
         return Prepared(raw, None, MappingResult(issues=[issue]))
-    spec = rules.mappings[channel.provider]
+    return Prepared(
+        raw, channel, map_payload(rules.mappings[channel.provider], channel, raw, parsed)
+    )
+
+
+def map_payload(spec: MappingSpec, channel: Channel, raw: RawRecord, parsed: Any) -> MappingResult:
+    """The mapping step every ingest shares (server, replay, `normalize`); never raises.
+
+    `parsed` is the payload when the caller parsed the body already (None: parse `raw.body`).
+    The mapping sees `raw.received_at` (the one time format, `stamp`) as `received_at`.
+    """
     try:
         payload = parsed if parsed is not None else parse_payload(raw.body, spec.parse)
-        mapped = apply_mapping(spec, payload, channel.as_scope(), received_at=raw.received_at)
+        return apply_mapping(spec, payload, channel.as_scope(), received_at=raw.received_at)
     except PayloadError as exc:
-        mapped = MappingResult(issues=[f"unparseable: {exc}"])
+        return MappingResult(issues=[f"unparseable: {exc}"])
     except Exception as exc:  # a mapping bug must quarantine, never lose, the payload
-        mapped = MappingResult(issues=[f"mapping engine error: {type(exc).__name__}: {exc}"])
-    return Prepared(raw, channel, mapped)
+        return MappingResult(issues=[f"mapping engine error: {type(exc).__name__}: {exc}"])
 
 
 class Busy(Exception):
@@ -108,14 +117,16 @@ def process_batch(
     poisoned: dict[str, str],
     moment: datetime,
     inboxed: bool = False,
+    replay: bool = False,
 ) -> list[IngestOutcome]:
     """Derive everything for `batch` inside one transaction. Raises `Poisoned`.
 
     `inboxed`: the payloads come from the SQLite inbox database and are inserted into
     `raw_payloads` here (with their final state), except those a run before a crash already
-    committed, which are left out.
+    committed, which are left out. `replay`: stored payloads run again after a mapping fix (any
+    state; one whose events all exist already counts as processed).
     """
-    if tx.dialect == "postgres":
+    if tx.dialect == "postgres" and not replay:
         # one replica at a time (arrival order); FOR UPDATE turns a payload another replica
         # processed after this snapshot into a serialization failure (the store retries)
         if not tx.one("SELECT pg_try_advisory_xact_lock(?)", (_PROCESS_LOCK,))[0]:
@@ -135,6 +146,8 @@ def process_batch(
             continue
         portfolio = item.channel.portfolio
         for draft in item.mapped.drafts:
+            if btx.event_exists(draft.id):
+                continue  # a duplicate teaches nothing: no lookups for it
             for section in ("contact", "previous"):
                 named = draft.data.get(section) or {}
                 for key in ("bsuid", "parent_bsuid"):
@@ -168,6 +181,10 @@ def process_batch(
     btx.flush()
     if tx.dialect == "postgres" and any(o.deliveries for o in outcomes):
         tx.execute(f"NOTIFY {OUTBOX_CHANNEL}")  # every replica's dispatcher (at commit)
+    if replay:
+        for outcome in outcomes:
+            if outcome.state == "duplicate":
+                outcome.state = "processed"
     finished = [
         (o.raw_id, o.state, "; ".join(o.issues) or None, len(o.events) + o.duplicates)
         for o in outcomes

@@ -39,10 +39,10 @@ def _die_with_parent() -> None:
 
 
 async def _serve(settings: Settings, dispatch: bool, parent: int, metrics_file: str) -> None:
-    from bspgate.app import Stage, load_channel_mappings, open_store, utc_now
     from bspgate.delivery.transport import AiohttpPoster
     from bspgate.metrics import Metrics
     from bspgate.processing import Rules
+    from bspgate.stage import Stage, load_channel_mappings, open_store, utc_now
 
     store = open_store(settings, shared=True)
     await store.open()

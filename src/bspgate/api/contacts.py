@@ -21,7 +21,7 @@ from bspgate.api.auth import authenticated
 from bspgate.problems import problem_response
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 _log = structlog.get_logger("bspgate.contacts")
 
@@ -32,7 +32,7 @@ def _not_found(contact_id: str) -> Response:
 
 @authenticated
 async def get_contact(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     contact_id = request.path_params["contact_id"]
     view = await gateway.store.read(lambda tx: tx.contact_view(contact_id))
     return _not_found(contact_id) if view is None else JSONResponse(view)
@@ -40,7 +40,7 @@ async def get_contact(request: Request) -> Response:
 
 @authenticated
 async def find_contacts(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     query = request.query_params
     keys = [k for k in ("bsuid", "phone", "username") if query.get(k)]
     if len(keys) != 1:
@@ -57,7 +57,7 @@ async def find_contacts(request: Request) -> Response:
 
 @authenticated
 async def erase_contact(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     contact_id = request.path_params["contact_id"]
     moment = gateway.clock()
     summary = await gateway.store.transaction(

@@ -21,7 +21,7 @@ from bspgate.api.auth import authenticated
 from bspgate.problems import problem_response
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 
 def encode_cursor(seq: int) -> str:
@@ -41,7 +41,7 @@ def decode_cursor(text: str) -> int:
 
 @authenticated
 async def list_events(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     query = request.query_params
     try:
         limit = int(query.get("limit", "50"))

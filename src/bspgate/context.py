@@ -1,0 +1,58 @@
+"""What request handlers may use of the running gateway, as a typed interface.
+
+The composition root (`bspgate.app`) builds a `Gateway` and puts it on `app.state.gateway`
+(Starlette's state pattern); handlers (`ingress.routes`, `api.*`, `operations`) read it through
+`gateway_of(request)` typed as `GatewayContext`, so they never import the composition root and
+the import graph has no cycle (`tests/test_imports.py` checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+import httpx
+from starlette.requests import Request
+
+from bspgate.config import Channel, Settings
+from bspgate.ingress.verify import ChannelVerifier
+from bspgate.mapping.loader import MappingSpec
+from bspgate.metrics import Metrics
+from bspgate.pipeline import Fanout, IngestOutcome
+from bspgate.processing import Rules
+from bspgate.schema.validate import EventValidator
+
+
+class Waker(Protocol):
+    """A background part that can be told there is work now (the dispatcher, the processor)."""
+
+    def wake(self) -> None: ...
+
+
+class GatewayContext(Protocol):
+    settings: Settings
+    mappings: dict[str, MappingSpec]
+    verifiers: dict[str, ChannelVerifier]
+    store: Any  # a `store.base.Store`; its functions get the backend's full `SqlTx`
+    client: httpx.AsyncClient
+    metrics: Metrics
+    validator: EventValidator
+    fanout: Fanout
+    rules: Rules
+
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
+
+    @property
+    def dispatcher(self) -> Waker | None: ...
+
+    async def ingest(
+        self, channel: Channel, payload: Any, body: bytes, content_type: str
+    ) -> IngestOutcome: ...
+
+
+def gateway_of(request: Request) -> GatewayContext:
+    """The gateway the app serving `request` was built with."""
+    gateway: GatewayContext = request.app.state.gateway
+    return gateway
