@@ -8,6 +8,7 @@ are minted fresh per run (no store keeps them); the raw id is derived from the b
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from bspgate.config import Channel
@@ -64,16 +65,19 @@ class Normalizer:
         # the one ingest pipeline's mapping step (the payload is parsed already)
         mapped = map_payload(self.spec, self.channel, raw, payload)
         try:
-            return ingest(
-                self.tx,
-                channel=self.channel,
-                raw=raw,
-                mapped=mapped,
-                validator=self.validator,
-                fanout=self._fanout,
-                now=stamp(now),
-                now_epoch=now.timestamp(),
-                store_raw=False,
+            # one transaction, as on the SQL stores: a payload that fails leaves nothing behind
+            return self.tx.run(
+                partial(
+                    ingest,
+                    channel=self.channel,
+                    raw=raw,
+                    mapped=mapped,
+                    validator=self.validator,
+                    fanout=self._fanout,
+                    now=stamp(now),
+                    now_epoch=now.timestamp(),
+                    store_raw=False,
+                )
             )
         except InvalidEvents as exc:
             return IngestOutcome(raw.id, "quarantined", issues=[exc.reason])
