@@ -49,7 +49,7 @@ from bspgate.pipeline import Fanout, IngestOutcome
 from bspgate.processing import Processor, Rules, stamp
 from bspgate.schema.validate import EventValidator
 from bspgate.stage import Stage, load_channel_mappings, open_store, utc_now
-from bspgate.store.base import RawRecord
+from bspgate.store.base import RawRecord, Store
 
 Clock = Callable[[], datetime]
 _log = structlog.get_logger("bspgate.app")
@@ -90,7 +90,7 @@ class Gateway:
     settings: Settings
     mappings: dict[str, MappingSpec]
     verifiers: dict[str, ChannelVerifier]
-    store: Any
+    store: Store
     client: httpx.AsyncClient
     clock: Clock = utc_now
     validator: EventValidator = field(default_factory=EventValidator)
@@ -168,7 +168,7 @@ async def metrics(request: Request) -> Response:
 def create_app(
     settings: Settings,
     *,
-    store: Any = None,
+    store: Store | None = None,
     http_client: httpx.AsyncClient | None = None,
     clock: Clock = utc_now,
     dispatch: bool = True,

@@ -22,6 +22,7 @@ from bspgate.metrics import Metrics
 from bspgate.pipeline import Fanout, IngestOutcome
 from bspgate.processing import Rules
 from bspgate.schema.validate import EventValidator
+from bspgate.store.base import Store
 
 
 class Waker(Protocol):
@@ -34,7 +35,7 @@ class GatewayContext(Protocol):
     settings: Settings
     mappings: dict[str, MappingSpec]
     verifiers: dict[str, ChannelVerifier]
-    store: Any  # a `store.base.Store`; its functions get the backend's full `SqlTx`
+    store: Store  # its functions get the backend's full statement set (`SqlTx`)
     client: httpx.AsyncClient
     metrics: Metrics
     validator: EventValidator

@@ -17,7 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bspgate.processing import Poisoned, map_raw, process_batch
-from bspgate.store.base import RawRecord
+from bspgate.store.base import RawRecord, Store
 
 if TYPE_CHECKING:
     from bspgate.context import GatewayContext
@@ -57,7 +57,9 @@ class ReplayRequest:
         )
 
 
-async def replay_deliveries(store: Any, request: ReplayRequest, moment: datetime) -> dict[str, Any]:
+async def replay_deliveries(
+    store: Store, request: ReplayRequest, moment: datetime
+) -> dict[str, Any]:
     """Requeue matching deliveries (and fan out to a later subscriber); answers what it did."""
     now, stamp = moment.timestamp(), moment.isoformat()
 
@@ -161,7 +163,7 @@ async def _replay_one(gateway: GatewayContext, raw: RawRecord, dry_run: bool) ->
 
 
 async def set_subscriber(
-    store: Any,
+    store: Store,
     subscriber_id: str,
     enabled: bool,
     moment: datetime,

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from bspgate.config import Settings
 from bspgate.delivery.transport import Poster
@@ -21,6 +20,7 @@ from bspgate.delivery.worker import Dispatcher
 from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
 from bspgate.processing import OUTBOX_CHANNEL, Processor, Rules
+from bspgate.store.base import Store
 
 Clock = Callable[[], datetime]
 
@@ -29,7 +29,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def open_store(settings: Settings, *, shared: bool = False) -> Any:
+def open_store(settings: Settings, *, shared: bool = False) -> Store:
     """The store the settings name (not yet opened); `shared`: two processes write it."""
     if settings.storage.startswith("sqlite:"):
         from bspgate.store.sqlite import SqliteStore
@@ -57,7 +57,7 @@ class Stage:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         rules: Rules,
         settings: Settings,
         clock: Clock,

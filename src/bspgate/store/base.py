@@ -101,7 +101,8 @@ class Store(Protocol):
     `settle_received` (after processing committed).
     """
 
-    inboxed: bool
+    @property
+    def inboxed(self) -> bool: ...
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
