@@ -107,14 +107,13 @@ class Step:
     backlog: int
     latencies_ms: list[float]
 
-    def held(self, seconds: float) -> bool:
-        sent = self.answered_ok + self.failed
-        return (
-            self.failed == 0
-            and self.offered >= 0.95 * self.rate
-            and self.backlog <= max(10, self.rate * 0.25)
-            and sent >= 0.95 * self.rate * seconds
-        )
+    def held(self) -> bool:
+        """Every webhook answered 200 and (almost) every event arrived within the grace."""
+        return self.failed == 0 and self.backlog <= max(10, self.rate * 0.25)
+
+    def generator_limited(self) -> bool:
+        """This process could not offer the rate (a busy machine): the search stops there."""
+        return self.offered < 0.95 * self.rate
 
 
 async def offer(gateway: str, sink: str, rate: float, seconds: float, first: int) -> Step:
@@ -169,13 +168,14 @@ def bare_max(folder: Path, database: str | None, seconds: float) -> float:
 
 def search(storage: str, folder: Path, sink: str, top: float, seconds: float) -> dict[str, Any]:
     best: Step | None = None
+    limited = False
     first = 1_000_000
     with gateway_server(folder, storage, f"{sink}/hook") as (url, _pid):
         httpx.get(f"{sink}/drain", timeout=30)
         for fraction in FRACTIONS:
             step = uvloop.run(offer(url, sink, top * fraction, seconds, first))
             first += 1_000_000
-            ok = step.held(seconds)
+            ok = step.held()
             print(
                 f"    {fraction:.1f}x = {step.rate:7,.0f}/s offered {step.offered:7,.0f}/s: "
                 f"{step.answered_ok:,} answered, {step.failed} failed, backlog {step.backlog:,} "
@@ -185,9 +185,12 @@ def search(storage: str, folder: Path, sink: str, top: float, seconds: float) ->
             if not ok:
                 break
             best = step
-        held = best.rate if best else 0.0
+            if step.generator_limited():
+                limited = True  # the rate that held is what was offered, a lower bound
+                break
+        held = min(best.rate, best.offered) if best else 0.0
         half = uvloop.run(offer(url, sink, max(held / 2, 10), seconds, first))
-    return {"held": held, "half": half}
+    return {"held": held, "half": half, "limited": limited}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{verdict(ratio, TARGETS[backend])}); at {half.rate:,.0f}/s p50 {p50:.1f} ms "
                 f"({verdict(p50, 25, False)} <= 25), p99 {p99:.1f} ms ({verdict(p99, 250, False)}"
                 f" <= 250), {half.backlog} not arrived"
+                + (
+                    "; the load generator could not offer more: a lower bound"
+                    if found["limited"]
+                    else ""
+                )
             )
     print("\n" + "\n".join(summary))
     return 0
