@@ -8,23 +8,37 @@ at all. The same function serves the server, `bspgate replay` and (over the in-m
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from functools import partial
 from typing import Any
 
 import orjson
+import structlog
 
 from bspgate.config import Channel, Subscriber
-from bspgate.errors import CanonicalValidationError
-from bspgate.identity.resolver import IdentityResolver, Observation, UnresolvableContact
+from bspgate.errors import CanonicalValidationError, StoreError
+from bspgate.identity.evidence import shared_phones
+from bspgate.identity.resolver import (
+    MERGED,
+    IdentityResolver,
+    Notice,
+    Observation,
+    UnresolvableContact,
+)
 from bspgate.ids import event_id
 from bspgate.mapping.engine import Draft, MappingResult
 from bspgate.schema.validate import EventValidator
-from bspgate.store.base import ContactRow, RawRecord, StoreTx
+from bspgate.store.base import ContactRow, RawRecord, StoreTx, follow_merged
+
+_log = structlog.get_logger("bspgate.pipeline")
 
 RECEIVED = "whatsapp.message.received"
 STATUS = "whatsapp.message.status"
 IDENTITY_CHANGED = "whatsapp.contact.identity_changed"
+CONTACT_MERGED = "whatsapp.contact.merged"
 
 
 class InvalidEvents(Exception):
@@ -62,7 +76,7 @@ class Fanout:
         ]
 
 
-def _contact_data(contact: ContactRow) -> dict[str, Any]:
+def contact_data(contact: ContactRow) -> dict[str, Any]:
     return {
         "id": contact.id,
         "bsuid": contact.bsuid,
@@ -80,21 +94,25 @@ def _resolve(
     seen = Observation.from_contact_data(data["contact"])
     if draft.type == IDENTITY_CHANGED:
         previous = data["previous"]
-        contact, old_bsuid, old_phone = resolver.relink(seen, previous["bsuid"], previous["phone"])
+        contact, old_bsuid, old_phone = resolver.relink(
+            seen, previous["bsuid"], previous["phone"], draft.time
+        )
         # what the contact had before fills what the announcement left out; the draft itself
         # stays untouched, so a retried transaction (PostgreSQL conflicts) starts from the same
         filled = {"bsuid": previous["bsuid"] or old_bsuid, "phone": previous["phone"] or old_phone}
-        return contact, {"previous": filled}
+        change = "bsuid_changed" if seen.bsuid or previous["bsuid"] else "phone_changed"
+        return contact, {"change": change, "previous": filled}
     if draft.type == STATUS and not seen.bsuid and not seen.phone:
         # identity rule 8: a status without identifiers resolves through our send record
         contact_id = tx.contact_for_send(channel.id, data["message"]["id"])
-        found = tx.contact(contact_id) if contact_id else None
-        while found is not None and found.merged_into:
-            found = tx.contact(found.merged_into)
+        found = follow_merged(tx.contact(contact_id) if contact_id else None, tx.contact)
         if found is None:
             raise UnresolvableContact("status for a message this gateway did not send")
         return found, {}
-    contact = resolver.observe(seen)
+    contact = resolver.observe(seen, draft.time)
+    for shared in shared_phones(draft.type == RECEIVED, draft.data):
+        # rule 10: the person answered a request to share their number
+        contact = resolver.observe(replace(seen, phone=shared), draft.time)
     if draft.type == RECEIVED:
         tx.mark_inbound(contact.id, channel.id, data["message"]["timestamp"] or draft.time)
     return contact, {}
@@ -124,13 +142,14 @@ def complete_event(
 ) -> dict[str, Any]:
     """The CloudEvent for a resolved draft (field order fixed for stable bodies)."""
     data = dict(draft.data)
+    data.setdefault("handled_by", None)  # v1.1: on every event; "standby" only where mapped
     data["channel"] = {
         "id": channel.id,
         "provider": channel.provider,
         "portfolio": channel.portfolio,
         "business_phone": draft.data["channel"]["business_phone"] or channel.business_phone,
     }
-    data["contact"] = _contact_data(contact)
+    data["contact"] = contact_data(contact)
     data["raw_id"] = raw_id
     return {
         "specversion": "1.0",
@@ -164,7 +183,6 @@ def ingest(
         channel.id,
         now,
         now_epoch,
-        announces=mapped.announces,
         holds=fanout.holds,
     )
     store = _EventWriter(tx, channel, raw.id, validator, fanout, now, now_epoch, outcome)
@@ -177,9 +195,9 @@ def ingest(
         except UnresolvableContact as exc:
             outcome.issues.append(f"rule {draft.rule} event {draft.id}: {exc}")
             continue
-        for previous_bsuid in resolver.take_silent_relinks():
-            # the provider announces nothing: tell downstream about the relink we inferred
-            store.write(_relink_draft(channel.id, draft, contact, previous_bsuid), contact)
+        for notice in resolver.take_notices():
+            # a phone reassigned to another contact (rule 6), two contacts merged (rule 8)
+            store.write(notice_draft(channel.id, draft, notice), notice.contact, notice.data)
         store.write(draft, contact, resolved)
     if outcome.issues:
         outcome.state = "quarantined"
@@ -191,19 +209,21 @@ def ingest(
     return outcome
 
 
-def _relink_draft(channel_id: str, cause: Draft, contact: ContactRow, previous: str) -> Draft:
-    key = f"relink:{previous}:{contact.bsuid}"
+def notice_draft(channel_id: str, cause: Draft, notice: Notice) -> Draft:
+    """The event draft for an identity notice, caused by (and timed as) the payload `cause`."""
+    event_type = CONTACT_MERGED if notice.kind == MERGED else IDENTITY_CHANGED
     return Draft(
-        id=event_id(channel_id, IDENTITY_CHANGED, key),
-        type=IDENTITY_CHANGED,
-        key=key,
+        id=event_id(channel_id, event_type, notice.key),
+        type=event_type,
+        key=notice.key,
         time=cause.time,
-        rule="unannounced_relink",
+        rule=f"identity_{notice.kind}",
         position=cause.position,
         data={
             "channel": {"business_phone": cause.data["channel"]["business_phone"]},
             "contact": {},
-            "previous": {"bsuid": previous, "phone": None},
+            # a notice is the gateway's inference, not a delivery on the standby field
+            "handled_by": None,
         },
     )
 
@@ -263,6 +283,49 @@ class _EventWriter:
 def quarantine(tx: StoreTx, raw: RawRecord, reason: str) -> None:
     """Store a payload that produced no acceptable event, with the reason."""
     tx.insert_raw(_with_state(raw, "quarantined", reason, 0))
+
+
+_DIGIT_RUN = re.compile(r"\d{5,}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """An unexpected ingest error as a quarantine reason: type and message, PII-free.
+
+    Database messages may quote values (a key, a phone): digit runs are masked, NUL bytes (which
+    PostgreSQL text refuses) dropped, and the text is cut to 300 characters.
+    """
+    text = _DIGIT_RUN.sub("<digits>", str(exc).replace("\x00", "")).splitlines()
+    first = text[0] if text else ""
+    return f"ingest failed ({type(exc).__name__}): {first}"[:300]
+
+
+async def ingest_or_quarantine(
+    store: Any, work: Callable[[StoreTx], IngestOutcome], raw: RawRecord
+) -> IngestOutcome:
+    """Run one webhook's ingest; whatever goes wrong, the raw payload ends stored.
+
+    The last-resort path of the contract's "never a 5xx for a payload's content": events that
+    fail the schema (`InvalidEvents`) and any unexpected error while ingesting (a database
+    refusing a value, such as PostgreSQL and U+0000 in a name; a bug) store the raw payload as
+    quarantined, with the reason, in a fresh transaction. Only when that transaction cannot
+    commit either does `StoreError` reach the caller (503: nothing was acknowledged). It is a
+    function of the ingest layer, not of the HTTP route, so it holds wherever ingest runs.
+    """
+    try:
+        outcome: IngestOutcome = await store.transaction(work)
+        return outcome
+    except InvalidEvents as exc:
+        reason = exc.reason
+    except Exception as exc:  # the last resort: the payload is kept, the error named
+        reason = failure_reason(exc)
+        _log.error("ingest.failed_quarantined", raw_id=raw.id, error=reason)
+    try:
+        await store.transaction(partial(quarantine, raw=raw, reason=reason))
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"the quarantine of {raw.id} failed too: {failure_reason(exc)}") from exc
+    return IngestOutcome(raw.id, "quarantined", issues=[reason])
 
 
 def _with_state(raw: RawRecord, state: str, reason: str | None, count: int) -> RawRecord:

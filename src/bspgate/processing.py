@@ -37,7 +37,7 @@ from bspgate.ingress.parse import parse_payload
 from bspgate.mapping.engine import MappingResult, apply_mapping
 from bspgate.mapping.loader import MappingSpec
 from bspgate.metrics import Metrics
-from bspgate.pipeline import Fanout, IngestOutcome, InvalidEvents, ingest
+from bspgate.pipeline import Fanout, IngestOutcome, InvalidEvents, failure_reason, ingest
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import RawRecord, Store
 from bspgate.store.batch import BatchTx
@@ -224,6 +224,8 @@ class Processor:
         self._stopping = False
         self._waiters: dict[str, asyncio.Future[IngestOutcome]] = {}
         self._parsed: dict[str, Any] = {}
+        # payloads that could not even be quarantined (the store refused): skipped until restart
+        self._stuck: set[str] = set()
         self.processed = 0
         self.running = False
 
@@ -283,7 +285,8 @@ class Processor:
         return total
 
     async def run_once(self) -> int:
-        raws: list[RawRecord] = await self.store.received(self.batch)
+        raws: list[RawRecord] = await self.store.received(self.batch + len(self._stuck))
+        raws = [raw for raw in raws if raw.id not in self._stuck][: self.batch]
         if not raws:
             return 0
         prepared = [map_raw(self.rules, raw, self._parsed.pop(raw.id, None)) for raw in raws]
@@ -307,9 +310,15 @@ class Processor:
                     outcomes += await self._transact([item])
                 except StoreError:
                     raise
-                except Exception as exc:
-                    reason = f"processing error: {type(exc).__name__}: {exc}"
-                    outcomes += await self._transact([item], {item.raw.id: reason})
+                except Exception as exc:  # the last resort: the payload is kept, the error named
+                    reason = failure_reason(exc)
+                    _log.error("ingest.failed_quarantined", raw_id=item.raw.id, error=reason)
+                    try:
+                        outcomes += await self._transact([item], {item.raw.id: reason})
+                    except Exception as again:  # it stays received; the others go on
+                        self._stuck.add(item.raw.id)
+                        _log.error("processing.stuck", raw_id=item.raw.id,
+                                   error=failure_reason(again))  # fmt: skip
         await self.store.settle_received([raw.id for raw in raws])
         self._settle(outcomes)
         return len(outcomes)

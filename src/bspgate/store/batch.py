@@ -160,14 +160,16 @@ class BatchTx:
             final = saving if saving is not None and saving.id == contact_id else row
             self.tx.execute(
                 "INSERT INTO contacts (id, portfolio, bsuid, parent_bsuid, phone, username, name, "
-                "merged_into, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "merged_into, bsuid_at, phone_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (final.id, final.portfolio, final.bsuid, final.parent_bsuid, final.phone,
-                 final.username, final.name, final.merged_into, created, now or created),
+                 final.username, final.name, final.merged_into, final.bsuid_at, final.phone_at,
+                 created, now or created),
             )  # fmt: skip
         self._new.clear()
 
     def create_contact(self, portfolio: str, now: str) -> ContactRow:
-        contact = ContactRow(id=new_id("ct"), portfolio=portfolio)
+        contact = ContactRow(id=new_id("ct"), portfolio=portfolio, created_at=now)
         self._new[contact.id] = (contact, now)
         self._created.add(contact.id)
         self._rows[contact.id] = replace(contact)
@@ -194,15 +196,50 @@ class BatchTx:
             self._current.add(contact.id)
         self.tx.link_bsuid(contact, bsuid, now, channel_id, current=current)
 
-    def link_phone(self, contact: ContactRow, phone: str, now: str, channel_id: str) -> None:
+    def link_phone(
+        self,
+        contact: ContactRow,
+        phone: str,
+        now: str,
+        channel_id: str,
+        evidence: str | None = None,
+    ) -> None:
         self._phone_owner[(contact.portfolio, phone)] = contact.id
-        self.tx.link_phone(contact, phone, now, channel_id)
+        self.tx.link_phone(contact, phone, now, channel_id, evidence)
 
-    def end_phone(self, contact_id: str, phone: str, now: str, state: str, reason: str) -> None:
+    def end_phone(
+        self,
+        contact_id: str,
+        phone: str,
+        now: str,
+        state: str,
+        reason: str,
+        evidence: str | None = None,
+    ) -> None:
         for key, owner in self._phone_owner.items():
             if key[1] == phone and owner == contact_id:
                 self._phone_owner[key] = None
-        self.tx.end_phone(contact_id, phone, now, state, reason)
+        self.tx.end_phone(contact_id, phone, now, state, reason, evidence)
+
+    def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None:
+        self._insert_new()
+        return self.tx.phone_owner_at(portfolio, phone, at)
+
+    def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
+        return self.tx.phone_taught_after(portfolio, phone, at, contact_id)
+
+    def record_past_phone(
+        self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
+    ) -> None:
+        self.tx.record_past_phone(contact, phone, now, channel_id, since, until)
+
+    def merge_rows(self, absorbed_id: str, survivor_id: str, now: str) -> None:
+        """Rule 8 moves rows of many tables: everything buffered goes first, the cache after."""
+        self.flush()
+        self.tx.merge_rows(absorbed_id, survivor_id, now)
+        self._bsuid_owner.clear()
+        self._phone_owner.clear()
+        self._rows.clear()
 
     def release_held(self, contact_id: str, phone: str, now: float, stamp: str) -> int:
         self._insert_new()
@@ -211,11 +248,15 @@ class BatchTx:
 
     # -- identity appends (buffered) ------------------------------------------------------------
     def touch_identifiers(self, contact: ContactRow, now: str) -> None:
-        self._touch_at = max(self._touch_at, now)
         if contact.bsuid:
-            self._touch_bsuids.add((contact.portfolio, contact.bsuid))
+            self.touch_bsuid(contact.portfolio, contact.bsuid, now)
         if contact.phone:
+            self._touch_at = max(self._touch_at, now)
             self._touch_phones.add((contact.id, contact.phone))
+
+    def touch_bsuid(self, portfolio: str, bsuid: str, now: str) -> None:
+        self._touch_at = max(self._touch_at, now)
+        self._touch_bsuids.add((portfolio, bsuid))
 
     def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None:
         self._history.append((contact_id, now, kind, json.dumps(detail, sort_keys=True)))

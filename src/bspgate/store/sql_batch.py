@@ -12,10 +12,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from bspgate.store.base import ContactRow, RawRecord
+from bspgate.store.sql_base import _C_COLUMNS as _CONTACT
 from bspgate.store.sql_base import SqlBase
 
 _ROWS = 400  # rows per multi-row statement (9 columns: well under SQLite's and psycopg's limits)
-_CONTACT = "c.id, c.portfolio, c.bsuid, c.parent_bsuid, c.phone, c.username, c.name, c.merged_into"
 _RAW_COLUMNS = (
     "id, channel_id, provider, received_at, content_type, body, state, reason, event_count"
 )
