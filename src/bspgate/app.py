@@ -47,6 +47,7 @@ from bspgate.mapping.loader import MappingSpec
 from bspgate.metrics import Metrics
 from bspgate.pipeline import Fanout, IngestOutcome
 from bspgate.processing import Processor, Rules, stamp
+from bspgate.schema import catalog as schema_catalog
 from bspgate.schema.validate import EventValidator
 from bspgate.stage import Stage, load_channel_mappings, open_store, utc_now
 from bspgate.store.base import RawRecord, Store
@@ -104,7 +105,12 @@ class Gateway:
         self.fanout: Fanout = self.rules.fanout
 
     async def ingest(
-        self, channel: Channel, payload: Any, body: bytes, content_type: str
+        self,
+        channel: Channel,
+        payload: Any,
+        body: bytes,
+        content_type: str,
+        traceparent: str | None = None,
     ) -> IngestOutcome:
         """Store one parsed webhook's raw payload durably; processing follows (or is awaited)."""
         raw = RawRecord(
@@ -115,6 +121,7 @@ class Gateway:
             content_type=content_type or "application/octet-stream",
             body=body,
             state="received",
+            traceparent=traceparent,
         )
         if self.inline and self.processor is None:
             # built without create_app's lifespan (tests): process on demand, no loop running
@@ -226,6 +233,7 @@ def create_app(
         Route("/webhooks/{channel_id}", receive_webhook, methods=["POST"]),
         Route("/webhooks/{channel_id}", webhook_handshake, methods=["GET", "OPTIONS"]),
         Route("/v1/events", list_events, methods=["GET"]),
+        *schema_catalog.routes(),
         *contacts_api.routes(),
         *operations_api.routes(),
         *messages_api.routes(),

@@ -16,6 +16,7 @@ import httpx
 from starlette.requests import Request
 
 from bspgate.config import Channel, Settings
+from bspgate.delivery.worker import Dispatcher
 from bspgate.ingress.verify import ChannelVerifier
 from bspgate.mapping.loader import MappingSpec
 from bspgate.metrics import Metrics
@@ -23,12 +24,6 @@ from bspgate.pipeline import Fanout, IngestOutcome
 from bspgate.processing import Rules
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import Store
-
-
-class Waker(Protocol):
-    """A background part that can be told there is work now (the dispatcher, the processor)."""
-
-    def wake(self) -> None: ...
 
 
 class GatewayContext(Protocol):
@@ -46,10 +41,15 @@ class GatewayContext(Protocol):
     def clock(self) -> Callable[[], datetime]: ...
 
     @property
-    def dispatcher(self) -> Waker | None: ...
+    def dispatcher(self) -> Dispatcher | None: ...
 
     async def ingest(
-        self, channel: Channel, payload: Any, body: bytes, content_type: str
+        self,
+        channel: Channel,
+        payload: Any,
+        body: bytes,
+        content_type: str,
+        traceparent: str | None = None,
     ) -> IngestOutcome: ...
 
 

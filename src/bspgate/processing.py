@@ -32,6 +32,8 @@ from typing import Any
 import structlog
 
 from bspgate.config import Channel, Settings
+from bspgate.delivery import operational
+from bspgate.delivery.operational import DriftReporter
 from bspgate.errors import PayloadError, StoreError
 from bspgate.ingress.parse import parse_payload
 from bspgate.mapping.engine import MappingResult, apply_mapping
@@ -62,7 +64,8 @@ class Rules:
     validator: EventValidator = field(default_factory=EventValidator)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "fanout", Fanout(self.settings.subscribers))
+        base = self.settings.server.public_url.rstrip("/") + "/v1/schemas"
+        object.__setattr__(self, "fanout", Fanout(self.settings.subscribers, schema_base=base))
 
     fanout: Fanout = field(init=False)
 
@@ -160,8 +163,12 @@ def process_batch(
     for item in batch:
         raw = item.raw
         if raw.id in poisoned or item.channel is None:
-            issues = [poisoned.get(raw.id) or "; ".join(item.mapped.issues)]
-            outcomes.append(IngestOutcome(raw.id, "quarantined", issues=issues))
+            reason = poisoned.get(raw.id) or "; ".join(item.mapped.issues)
+            outcomes.append(IngestOutcome(raw.id, "quarantined", issues=[reason]))
+            # operators asking for bspgate.* hear of it, as `pipeline.quarantine` tells them
+            operational.quarantined(
+                btx, rules.fanout.subscribers, raw, reason, now=now_epoch, stamp=now
+            )
             continue
         try:
             outcome = ingest(
@@ -177,6 +184,11 @@ def process_batch(
             )
         except InvalidEvents as exc:
             raise Poisoned(raw.id, exc.reason) from exc
+        if outcome.state == "quarantined":  # operators asking for bspgate.* hear of it
+            why = "; ".join(outcome.issues) or None
+            operational.quarantined(
+                btx, rules.fanout.subscribers, raw, why, now=now_epoch, stamp=now
+            )
         outcomes.append(outcome)
     btx.flush()
     if tx.dialect == "postgres" and any(o.deliveries for o in outcomes):
@@ -218,6 +230,7 @@ class Processor:
     ) -> None:
         self.store, self.rules, self.clock = store, rules, clock
         self.metrics = metrics
+        self.drift = DriftReporter(rules.settings.subscribers)
         self.batch, self.idle_poll = batch, idle_poll
         self.on_deliveries = on_deliveries
         self._wake = asyncio.Event()
@@ -298,6 +311,10 @@ class Processor:
                     for name in item.mapped.unmapped:
                         self.metrics.unmapped.labels(provider, name[:64]).inc()
                 _log.info("mapping.unmapped_fields", provider=provider, fields=item.mapped.unmapped)
+                if item.channel is not None:  # subscribers asking for bspgate.* hear of it
+                    await self.drift.report(
+                        self.store, item.channel, item.mapped.unmapped, self.clock()
+                    )
         try:
             outcomes = await self._transact(prepared)
         except StoreError:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from bspgate.config import Settings
 from bspgate.delivery.transport import Poster
-from bspgate.delivery.worker import Dispatcher
+from bspgate.delivery.worker import Dispatcher, dispatcher_owner
 from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
 from bspgate.processing import OUTBOX_CHANNEL, Processor, Rules
@@ -67,7 +67,14 @@ class Stage:
     ) -> None:
         self.store, self.settings, self.clock, self.poster = store, settings, clock, poster
         self.dispatcher = (
-            Dispatcher(store, settings.subscribers, poster, metrics, clock=clock)
+            Dispatcher(
+                store,
+                settings.subscribers,
+                poster,
+                metrics,
+                clock=clock,
+                owner=dispatcher_owner(settings),
+            )
             if dispatch
             else None
         )
@@ -89,7 +96,7 @@ class Stage:
             loop, wake = asyncio.get_running_loop(), self.dispatcher.wake
             self.store.listen(OUTBOX_CHANNEL, lambda: loop.call_soon_threadsafe(wake))
         if self.dispatcher is not None:
-            task = asyncio.create_task(self.dispatcher.run(), name="bspgate-dispatcher")
+            task = self.dispatcher.start()  # the delivery side's start/stop interface
             self._tasks.append(task)
 
     async def stop(self) -> None:

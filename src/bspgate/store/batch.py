@@ -45,6 +45,7 @@ class BatchTx:
         self._existing: set[str] = set()
         self._events: list[tuple[Any, ...]] = []
         self._deliveries: list[tuple[int, tuple[Any, ...]]] = []  # (event index, row)
+        self._ready: list[tuple[Any, ...]] = []  # delivery rows whose event seq is known
         self._history: list[tuple[Any, ...]] = []
         self._inbound: dict[tuple[str, str], str] = {}
         self._touch_bsuids: set[tuple[str, str]] = set()
@@ -90,7 +91,14 @@ class BatchTx:
         now: str,
     ) -> None:
         row = (new_id("dlv"), event_seq, event_id, subscriber_id, contact_id, state, due, now, now)
+        if event_seq > 0:  # an event stored directly (operational): its seq is real
+            self._ready.append(row)
+            return
         self._deliveries.append((-event_seq - 1, row))
+
+    def insert_operational_event(self, event: dict[str, Any], body: str, now: str) -> int:
+        """A `bspgate.*` event (rare: a quarantine, drift): stored at once, seq real."""
+        return self.tx.insert_operational_event(event, body, now)
 
     def advance_status(
         self, channel_id: str, message_id: str, status: str, rank: int, stamp: str
@@ -267,6 +275,12 @@ class BatchTx:
 
     # -- flush ----------------------------------------------------------------------------------
     def _flush_outbox(self) -> None:
+        if self._ready:
+            self.tx.insert_rows(
+                "deliveries", _DELIVERY_COLUMNS, self._ready,
+                " ON CONFLICT (event_id, subscriber_id) DO NOTHING",
+            )  # fmt: skip
+            self._ready = []
         if not self._events:
             return
         rows = self.tx.insert_rows(

@@ -15,9 +15,12 @@ from bspgate.store.base import ContactRow, RawRecord
 from bspgate.store.sql_base import _C_COLUMNS as _CONTACT
 from bspgate.store.sql_base import SqlBase
 
-_ROWS = 400  # rows per multi-row statement (9 columns: well under SQLite's and psycopg's limits)
+_ROWS = (
+    400  # rows per multi-row statement (<= 10 columns: well under SQLite's and psycopg's limits)
+)
 _RAW_COLUMNS = (
-    "id, channel_id, provider, received_at, content_type, body, state, reason, event_count"
+    "id, channel_id, provider, received_at, content_type, body, state, reason, event_count, "
+    "traceparent"
 )
 
 
@@ -54,7 +57,7 @@ class BatchQueries(SqlBase):
             _RAW_COLUMNS,
             [
                 (r.id, r.channel_id, r.provider, r.received_at, r.content_type, r.body,
-                 r.state, r.reason, r.event_count)
+                 r.state, r.reason, r.event_count, r.traceparent)
                 for r in raws
             ],
         )  # fmt: skip

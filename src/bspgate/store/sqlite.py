@@ -271,7 +271,8 @@ def _inbox_schema(tx: SqlTx) -> None:
         "CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
         "id TEXT NOT NULL UNIQUE, channel_id TEXT NOT NULL, provider TEXT NOT NULL, "
         "received_at TEXT NOT NULL, content_type TEXT NOT NULL, body BLOB NOT NULL, "
-        "state TEXT NOT NULL, reason TEXT, event_count INTEGER NOT NULL DEFAULT 0)"
+        "state TEXT NOT NULL, reason TEXT, event_count INTEGER NOT NULL DEFAULT 0, "
+        "traceparent TEXT)"
     )
 
 
