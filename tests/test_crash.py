@@ -149,7 +149,12 @@ class Gateway:
 def _post(port: int, index: int) -> str | None:
     """Post message `index`; answers its message id when the gateway acknowledged it."""
     message_id = f"wamid.crash{index}"
-    payload = text_webhook(message_id, bsuid=f"US.{9000 + index % 7}", timestamp=1767225600 + index)
+    # each contact its own phone: a shared one moves between them (identity rule 6) and adds
+    # identity notices, which this receiver does not count
+    contact = 9000 + index % 7
+    payload = text_webhook(
+        message_id, bsuid=f"US.{contact}", phone=f"1555{contact:07d}", timestamp=1767225600 + index
+    )
     body = orjson.dumps(payload)
     headers = {"content-type": "application/json", "x-hub-signature-256": meta_signature(body)}
     try:

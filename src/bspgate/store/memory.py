@@ -214,7 +214,9 @@ class MemoryTx:
             if state == "held" and self.events[event_id]["subject"] == contact_id:
                 self.deliveries[index] = (event_id, subscriber_id, "pending")
                 body = copy.deepcopy(self.events[event_id])
-                body["data"]["contact"]["phone"] = phone
+                named = body.get("data", {}).get("contact")
+                if isinstance(named, dict):
+                    named["phone"] = phone
                 self.delivery_bodies[(event_id, subscriber_id)] = body
                 released += 1
         return released
