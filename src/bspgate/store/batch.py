@@ -192,7 +192,14 @@ class BatchTx:
         self.tx.save_contact(contact, now)
 
     def link_bsuid(
-        self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
+        self,
+        contact: ContactRow,
+        bsuid: str,
+        now: str,
+        channel_id: str,
+        *,
+        current: bool,
+        evidence: str | None = None,
     ) -> None:
         self._bsuid_owner[(contact.portfolio, bsuid)] = contact.id
         if current and contact.id in self._created and contact.id not in self._current:
@@ -202,7 +209,10 @@ class BatchTx:
             return
         if current:
             self._current.add(contact.id)
-        self.tx.link_bsuid(contact, bsuid, now, channel_id, current=current)
+        self.tx.link_bsuid(contact, bsuid, now, channel_id, current=current, evidence=evidence)
+
+    def bsuid_retired_at(self, portfolio: str, bsuid: str) -> str | None:
+        return self.tx.bsuid_retired_at(portfolio, bsuid)
 
     def link_phone(
         self,
