@@ -20,7 +20,6 @@ from bspgate.console import queries
 from bspgate.console.pages import event_summary
 from bspgate.console.render import mask_payload, mask_phone, render
 from bspgate.console.session import action, audit, gateway_of, page, revealed
-from bspgate.mapping.functions import bsuid as as_bsuid
 from bspgate.mapping.functions import e164, is_bsuid
 
 
@@ -28,8 +27,8 @@ def search_ids(tx: Any, text: str) -> tuple[str, list[str]]:
     """(what the text was read as, matching contact ids)."""
     if text.startswith("ct_"):
         return "contact id", [text] if tx.contact(text) is not None else []
-    candidate = as_bsuid(text)
-    if candidate and is_bsuid(candidate):
+    candidate = text.removeprefix("whatsapp:").removeprefix("bsuid:")
+    if is_bsuid(candidate):
         return "BSUID", tx.find_contacts(bsuid=candidate)
     phone = e164(text)
     if phone is not None:
