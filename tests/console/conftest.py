@@ -222,8 +222,10 @@ def browser_missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def browser_context(gateway: Gateway) -> Iterator[Any]:
-    """A Chromium with a fresh profile (closed before the gateway stops: no open tail)."""
+def browser_context() -> Iterator[Any]:
+    """A Chromium with a fresh profile, checked for before any server starts.
+
+    Every tab is closed at the end of its test, so no live tail holds a server's shutdown."""
     missing = browser_missing()
     if missing:
         if REQUIRE:
