@@ -139,6 +139,8 @@ async def switch(request: Request, form: FormData) -> Response:
     subscriber_id = request.path_params["subscriber_id"]
     if subscriber_id not in {s.id for s in gateway.settings.subscribers}:
         return _back(f"no subscriber {subscriber_id}")
+    if request.path_params["switch"] not in ("enable", "disable"):
+        return _back("enable or disable only")
     enabled = request.path_params["switch"] == "enable"
     await set_subscriber(gateway.store, subscriber_id, enabled, gateway.clock())
     if enabled:

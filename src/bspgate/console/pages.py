@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 from urllib.parse import urlencode
@@ -93,7 +93,7 @@ async def overview(request: Request) -> Response:
         {
             "section": "overview",
             "minutes": minutes,
-            "since": datetime.fromtimestamp(recent["since"], now.tzinfo).isoformat(),
+            "since": datetime.fromtimestamp(recent["since"], UTC).strftime("%H:%M:%S UTC"),
             "channels": channels,
             "by_type": recent["by_type"],
             "summary": summary,

@@ -146,8 +146,8 @@ def channel_ids(tx: Any) -> list[str]:
 def contacts_by_name(tx: Any, text: str, limit: int = 50) -> list[str]:
     pattern = "%" + text.lower().replace("%", "").replace("_", "") + "%"
     rows = tx.all(
-        "SELECT id FROM contacts WHERE LOWER(name) LIKE ? OR LOWER(username) LIKE ? "
-        "ORDER BY updated_at DESC LIMIT ?",
+        # the first matches, unsorted: a sort would read every matching contact
+        "SELECT id FROM contacts WHERE LOWER(name) LIKE ? OR LOWER(username) LIKE ? LIMIT ?",
         (pattern, pattern, limit),
     )
     return [r[0] for r in rows]
