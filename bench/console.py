@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                 "events by channel": "/console/events?channel=cloud-us",
                 "events by contact": "/console/events?contact=ct_bench_00000042",
                 "events since (recent)": "/console/events?since=2025-12-31T00:00:00Z",
+                "events in a past window": "/console/events?since=2025-06-01T00:00:00Z"
+                "&until=2025-06-02T00:00:00Z",
+                "events since (none yet)": "/console/events?since=2027-01-01T00:00:00Z",
                 "event page": f"/console/events/{middle}",
                 "contact search (BSUID)": "/console/contacts?q=US.90000000000000000042",
                 "contact search (name)": "/console/contacts?q=Sheena",

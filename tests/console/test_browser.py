@@ -201,6 +201,20 @@ def test_a_dead_letter_replayed_from_the_console_reaches_the_receiver(
     assert any(e["action"] == "replay" for e in _audit_rows(page, gateway))
 
 
+def test_a_test_event_reaches_the_subscriber_signed(
+    page: Any, gateway: Gateway, receiver: tuple[Receiver, str]
+) -> None:
+    sink, _url = receiver
+    sign_in(page, gateway, "/console/deliveries")
+    page.click("button:has-text('Send a test event')")
+    notice = page.locator("#notice").inner_text()
+    assert "answered HTTP 200" in notice
+    event_id = re.search(r"evt_[0-9A-Z]+", notice).group(0)
+    tests = [e for e in sink.accepted if e["id"] == event_id]  # the receiver verified it
+    assert [e["type"] for e in tests] == ["bspgate.console.test"]
+    assert event_id not in {e["id"] for e in gateway.events()}  # nothing was stored
+
+
 def test_quarantine_fixed_mapping_run_then_ingest_is_delivered(
     page: Any, gateway: Gateway, receiver: tuple[Receiver, str], tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ from tests.conftest import API_KEY, SUBSCRIBER_SECRET, make_settings
 from tests.harness import RunningGateway
 from tests.identity.payloads import cloud_message
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.store]  # store: SQLite and PostgreSQL
 
 
 def csrf_of(html: str) -> str:

@@ -23,21 +23,27 @@ from bspgate.console.session import action, audit, gateway_of, page, revealed
 from bspgate.mapping.functions import e164, is_bsuid
 
 
-def search_ids(tx: Any, text: str) -> tuple[str, list[str]]:
-    """(what the text was read as, matching contact ids)."""
+def search_ids(tx: Any, text: str, portfolios: list[str]) -> tuple[str, list[str]]:
+    """(what the text was read as, matching contact ids) over the configured portfolios."""
     if text.startswith("ct_"):
         return "contact id", [text] if tx.contact(text) is not None else []
+    found: list[str] = []
+
+    def each_portfolio(**criteria: str) -> list[str]:
+        for portfolio in portfolios:  # scoped lookups walk the (portfolio, identifier) keys
+            for contact_id in tx.find_contacts(**criteria, portfolio=portfolio):
+                if contact_id not in found:
+                    found.append(contact_id)
+        return found
+
     candidate = text.removeprefix("whatsapp:").removeprefix("bsuid:")
     if is_bsuid(candidate):
-        return "BSUID", tx.find_contacts(bsuid=candidate)
+        return "BSUID", each_portfolio(bsuid=candidate)
     phone = e164(text)
     if phone is not None:
-        return f"phone {mask_phone(phone)}", tx.find_contacts(phone=phone)
-    found: list[str] = []
+        return f"phone {mask_phone(phone)}", each_portfolio(phone=phone)
     for name in (text, "@" + text.lstrip("@")):
-        for contact_id in tx.find_contacts(username=name):
-            if contact_id not in found:
-                found.append(contact_id)
+        each_portfolio(username=name)
     for contact_id in queries.contacts_by_name(tx, text):
         if contact_id not in found:
             found.append(contact_id)
@@ -61,9 +67,10 @@ async def contacts_page(request: Request) -> Response:
     results: list[dict[str, Any]] = []
     read_as = ""
     if text:
+        portfolios = sorted({c.portfolio for c in gateway.settings.channels})
 
         def lookup(tx: Any) -> tuple[str, list[dict[str, Any]]]:
-            kind, ids = search_ids(tx, text)
+            kind, ids = search_ids(tx, text, portfolios)
             return kind, [v for v in (tx.contact_view(i) for i in ids[:50]) if v is not None]
 
         read_as, views = await gateway.store.read(lookup)

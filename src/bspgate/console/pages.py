@@ -138,19 +138,16 @@ async def events(request: Request) -> Response:
         before = decode_cursor(cursor) if cursor else None
     except ValueError:
         before = None
-    rows, channels = await gateway.store.read(
-        lambda tx: (
-            queries.events_page(
-                tx,
-                type_=filters["type"] or None,
-                channel_id=filters["channel"] or None,
-                contact_id=filters["contact"] or None,
-                since=filters["since"] or None,
-                until=filters["until"] or None,
-                before_seq=before,
-                limit=PAGE_SIZE,
-            ),
-            queries.channel_ids(tx),
+    rows = await gateway.store.read(
+        lambda tx: queries.events_page(
+            tx,
+            type_=filters["type"] or None,
+            channel_id=filters["channel"] or None,
+            contact_id=filters["contact"] or None,
+            since=filters["since"] or None,
+            until=filters["until"] or None,
+            before_seq=before,
+            limit=PAGE_SIZE,
         )
     )
     reveal = revealed(request)
@@ -166,7 +163,7 @@ async def events(request: Request) -> Response:
             "filters": filters,
             "next_cursor": next_cursor,
             "query": query,
-            "channels": sorted({*channels, *(c.id for c in gateway.settings.channels)}),
+            "channels": [c.id for c in gateway.settings.channels],
             "newest": encode_cursor(max((r["seq"] for r in rows), default=0)),
             "live": before is None,
         },

@@ -1,5 +1,5 @@
 -- Operator console: an audit trail of what operators did and saw (sign-ins, reveals of masked
--- phones and texts, replays, erasures, sends), and the index behind its channel filter.
+-- phones and texts, replays, erasures, sends), and the indexes behind its channel and time filters.
 CREATE TABLE console_audit (
     id BIGSERIAL_PK,
     at TEXT NOT NULL,
@@ -9,3 +9,4 @@ CREATE TABLE console_audit (
     detail TEXT NOT NULL            -- JSON, never phone numbers or message texts
 );
 CREATE INDEX events_channel ON events (channel_id, seq);
+CREATE INDEX events_time ON events (time, seq);
