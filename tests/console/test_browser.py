@@ -173,6 +173,35 @@ def test_relinked_contact_timeline_shows_both_bsuids_and_the_retired_phone(
     )
 
 
+def test_merge_and_erase_from_the_contact_page_after_confirmation(
+    page: Any, gateway: Gateway
+) -> None:
+    b_one, b_two = "US.6666666666666666666", "US.7777777777777777777"
+    assert gateway.post(cloud_message("wamid.mg1", bsuid=b_one, step=30)).status_code == 200
+    assert gateway.post(cloud_message("wamid.mg2", bsuid=b_two, step=31)).status_code == 200
+    into = gateway.api.get("/v1/contacts", params={"bsuid": b_one}).json()["data"][0]["id"]
+    other = gateway.api.get("/v1/contacts", params={"bsuid": b_two}).json()["data"][0]["id"]
+    sign_in(page, gateway, f"/console/contacts/{into}")
+    page.fill("#merge-from", other)
+    page.click("#merge")  # not confirmed: the browser keeps the form (the box is required)
+    assert gateway.api.get(f"/v1/contacts/{other}").json().get("merged_into") is None
+    page.check("#merge-confirm")
+    page.click("#merge")
+    page.wait_for_selector(f"text=Merged {other} into this contact.")
+    assert gateway.api.get(f"/v1/contacts/{other}").json()["merged_into"] == into
+    assert f"from: {other}" in page.locator("#timeline").inner_text()  # ids are never masked
+    page.fill("#erase-confirm", "ct_wrong")
+    page.click("button:has-text('Erase contact')")
+    assert page.locator("h1").inner_text() == "Not erased"
+    assert gateway.api.get(f"/v1/contacts/{into}").json()["erased_at"] is None
+    page.goto(f"{gateway.url}/console/contacts/{into}")
+    page.fill("#erase-confirm", into)
+    page.click("button:has-text('Erase contact')")
+    page.wait_for_selector("text=Erased: phone, names")
+    assert gateway.api.get(f"/v1/contacts/{into}").json()["erased_at"] is not None
+    assert {"merge", "erase"} <= {e["action"] for e in _audit_rows(page, gateway)}
+
+
 def test_a_dead_letter_replayed_from_the_console_reaches_the_receiver(
     page: Any, gateway: Gateway, receiver: tuple[Receiver, str]
 ) -> None:

@@ -137,12 +137,17 @@ def test_masking() -> None:
     assert masked["data"]["previous"]["phone"] == "+•••••••••11"
     assert event["data"]["message"]["text"] == "secret words"  # a copy was masked
     raw = {"from": "15551234567", "from_user_id": "US.13491208655302741918",
-           "text": {"body": "hello"}, "From": "whatsapp:US.13491208655302741918"}  # fmt: skip
+           "text": {"body": "hello"}, "From": "whatsapp:US.13491208655302741918",
+           "timestamp": "1767225600", "contact": "ct_01M8SR87CZK27B3Y27CC50J4PV",
+           "note": "+15550001111"}  # fmt: skip
     assert mask_payload(raw) == {
         "from": "•••••••••67",
         "from_user_id": "US.13491208655302741918",
         "text": {"body": "[hidden]"},
         "From": "whatsapp:US.13491208655302741918",
+        "timestamp": "1767225600",
+        "contact": "ct_01M8SR87CZK27B3Y27CC50J4PV",
+        "note": "+•••••••••11",
     }
 
 

@@ -1,10 +1,11 @@
-"""Contacts: search by any identifier, a contact's identity timeline, events and sends; erase.
+"""Contacts: search by any identifier; a contact's identity timeline, events, sends; merge, erase.
 
 One search box: a contact id (`ct_…`), a BSUID (current or retired), a phone in any spelling
 (normalized as the mappings normalize it), a username, or part of a name. The timeline joins
 what the store keeps (BSUIDs with their periods, phone aliases with theirs, the history entries
 of captures, merges, relinks and changes), each linked to the event stored in the same
-transaction, i.e. the webhook that taught it.
+transaction, i.e. the webhook that taught it. Merge and erase call the identity operations
+(`bspgate.identity.operator`) that `/v1/contacts` uses, after a confirmation.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from starlette.routing import Route
 from bspgate.console import queries
 from bspgate.console.pages import event_summary
 from bspgate.console.render import mask_payload, mask_phone, render
-from bspgate.console.session import action, audit, gateway_of, page, revealed
+from bspgate.console.session import action, audit, gateway_of, operator, page, revealed
+from bspgate.identity.operator import OperatorContext, OperatorRefused, operator_merge
+from bspgate.identity.operator import erase as erase_contact
 from bspgate.mapping.functions import e164, is_bsuid
 
 
@@ -171,31 +174,75 @@ async def contact_page(request: Request) -> Response:
             "events": [event_summary(r, reveal) for r in found["events"]],
             "sends": found["sends"],
             "erased": request.query_params.get("erased"),
+            "merged": request.query_params.get("merged"),
         },
+    )
+
+
+def _context(request: Request) -> OperatorContext:
+    """The identity operations' context: now, and the signed-in operator as the key name."""
+    from bspgate.app import iso
+
+    gateway = gateway_of(request)
+    moment = gateway.clock()
+    return OperatorContext(
+        gateway.settings,
+        gateway.fanout,
+        gateway.validator,
+        iso(moment),
+        moment.timestamp(),
+        f"console:{operator(request) or '-'}",
+    )
+
+
+def _refused(request: Request, contact_id: str, title: str, detail: str, status: int) -> Response:
+    back = f"/console/contacts/{contact_id}"
+    return render(
+        request, "message.html", {"title": title, "message": detail, "back": back}, status
     )
 
 
 @action
 async def erase(request: Request, form: FormData) -> Response:
+    """Erasure (the operation `DELETE /v1/contacts/{id}` runs), after a typed confirmation."""
     gateway = gateway_of(request)
     contact_id = request.path_params["contact_id"]
     if str(form.get("confirm") or "").strip() != contact_id:
-        return render(
-            request,
-            "message.html",
-            {
-                "title": "Not erased",
-                "message": "To erase, type the contact id exactly in the confirmation box.",
-                "back": f"/console/contacts/{contact_id}",
-            },
-            400,
-        )
-    moment = gateway.clock()
-    summary = await gateway.store.transaction(
-        lambda tx: tx.erase_contact(contact_id, moment.timestamp(), moment.isoformat())
-    )
-    await audit(request, "erase", contact_id, **(summary or {}))
+        detail = "To erase, type the contact id exactly in the confirmation box."
+        return _refused(request, contact_id, "Not erased", detail, 400)
+    ctx = _context(request)
+    try:
+        summary = await gateway.store.transaction(lambda tx: erase_contact(tx, ctx, contact_id))
+    except OperatorRefused as exc:
+        return _refused(request, contact_id, "Not erased", exc.detail, exc.status)
+    if summary is None:
+        return _refused(request, contact_id, "Unknown contact", f"No contact {contact_id!r}.", 404)
+    if gateway.dispatcher is not None:
+        gateway.dispatcher.wake()
+    await audit(request, "erase", contact_id, summary=summary)
     return RedirectResponse(f"/console/contacts/{contact_id}?erased=1", 303)
+
+
+@action
+async def merge(request: Request, form: FormData) -> Response:
+    """Merge another contact into this one (identity rule 11, as `POST /v1/contacts/{id}/merge`)."""
+    gateway = gateway_of(request)
+    contact_id = request.path_params["contact_id"]
+    source = str(form.get("from") or "").strip()
+    if not source.startswith("ct_") or str(form.get("confirm") or "") != "yes":
+        detail = "Give the other contact's id (ct_…) and tick the confirmation box."
+        return _refused(request, contact_id, "Not merged", detail, 400)
+    ctx = _context(request)
+    try:
+        view = await gateway.store.transaction(
+            lambda tx: operator_merge(tx, ctx, contact_id, source)
+        )
+    except OperatorRefused as exc:
+        return _refused(request, contact_id, "Not merged", exc.detail, exc.status)
+    if gateway.dispatcher is not None:
+        gateway.dispatcher.wake()
+    await audit(request, "merge", view["id"], absorbed=source)
+    return RedirectResponse(f"/console/contacts/{view['id']}?merged={source}", 303)
 
 
 def routes() -> list[Route]:
@@ -203,4 +250,5 @@ def routes() -> list[Route]:
         Route("/contacts", contacts_page, methods=["GET"]),
         Route("/contacts/{contact_id}", contact_page, methods=["GET"]),
         Route("/contacts/{contact_id}/erase", erase, methods=["POST"]),
+        Route("/contacts/{contact_id}/merge", merge, methods=["POST"]),
     ]

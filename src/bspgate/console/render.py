@@ -2,8 +2,9 @@
 
 Masking happens before a value reaches a template: `mask_phone` keeps the last two digits,
 `mask_event` hides message texts and masks every phone field of a canonical event, and
-`mask_payload` does the same, by shape, for a raw provider payload (strings that look like phone
-numbers, and the values of text-like keys). A revealed page (see `session.revealed`) skips it.
+`mask_payload` does the same, by shape, for a raw provider payload (phone-shaped values of
+phone-like keys, any `+<digits>` value, and the values of text-like keys). A revealed page (see
+`session.revealed`) skips it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ STATIC = HERE / "static"
 HIDDEN = "[hidden]"
 _PHONE_LIKE = re.compile(r"^(whatsapp:|tel:)?\+?[0-9][0-9 ()-]{6,18}[0-9]$")
 _TEXT_KEYS = frozenset({"text", "body", "caption", "Body", "content", "title", "description"})
-_PHONE_KEYS = frozenset({"phone", "wa_id", "from", "to", "From", "To", "WaId", "msisdn"})
+_PLUS_PHONE = re.compile(r"^(whatsapp:|tel:)?\+[0-9][0-9 ()-]{6,18}[0-9]$")
+_PHONE_KEYS = frozenset(
+    {"wa_id", "from", "to", "From", "To", "WaId", "msisdn", "recipient_id", "recipient", "sender",
+     "destination", "user_number"}
+)  # fmt: skip
 
 NAV = (
     ("overview", "/console/", "Overview"),
@@ -79,7 +84,9 @@ def mask_payload(node: Any, key: str = "") -> Any:
     if isinstance(node, str):
         if key in _TEXT_KEYS and node:
             return HIDDEN
-        looks_phone = key in _PHONE_KEYS or _PHONE_LIKE.match(node)
+        # a phone-shaped value under a phone-like key, or anything written +<digits>
+        phone_key = key in _PHONE_KEYS or "phone" in key.lower()
+        looks_phone = _PHONE_LIKE.match(node) if phone_key else _PLUS_PHONE.match(node)
         if looks_phone and not is_bsuid(node.removeprefix("whatsapp:")):
             return mask_phone(node)
     return node
