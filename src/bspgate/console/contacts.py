@@ -95,7 +95,7 @@ def timeline(view: dict[str, Any], taught: dict[str, str]) -> list[dict[str, Any
                 "at": entry["first_seen"],
                 "kind": "bsuid",
                 "what": what,
-                "until": entry["last_seen"],
+                "until": f"last seen {entry['last_seen']}",
                 "channel": entry["channel_id"],
             }
         )
@@ -105,7 +105,9 @@ def timeline(view: dict[str, Any], taught: dict[str, str]) -> list[dict[str, Any
                 "at": entry["first_seen"],
                 "kind": "phone",
                 "what": f"phone {entry['phone']} ({entry['state']})",
-                "until": entry["ended_at"] or entry["last_seen"],
+                "until": f"until {entry['ended_at']}"
+                if entry["ended_at"]
+                else f"last seen {entry['last_seen']}",
                 "channel": entry["channel_id"],
             }
         )
