@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from bspgate.console.activity import Activity
-from bspgate.console.render import mask_event, mask_payload, mask_phone
+from bspgate.console.render import mask_event, mask_payload, mask_phone, payload_view
 from bspgate.console.session import safe_next
 from tests.conftest import API_KEY, SUBSCRIBER_SECRET, make_settings
 from tests.harness import RunningGateway
@@ -149,6 +149,19 @@ def test_masking() -> None:
         "contact": "ct_01M8SR87CZK27B3Y27CC50J4PV",
         "note": "+•••••••••11",
     }
+
+
+def test_a_form_body_is_shown_as_masked_fields() -> None:
+    body = b"From=whatsapp%3A%2B15551234567&Body=hi+there&WaId=15551234567&NumMedia=0"
+    form = "application/x-www-form-urlencoded"
+    assert payload_view(body, form, reveal=False) == {
+        "From": "whatsapp:+•••••••••67",
+        "Body": "[hidden]",
+        "WaId": "•••••••••67",
+        "NumMedia": "0",
+    }
+    assert payload_view(body, form, reveal=True)["Body"] == "hi there"
+    assert payload_view(b"\x00binary", "application/octet-stream", reveal=False).startswith("[")
 
 
 def test_next_never_leaves_the_console() -> None:

@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from bspgate.console import queries
-from bspgate.console.render import mask_event, mask_payload, render
+from bspgate.console.render import mask_event, payload_view, render
 from bspgate.console.session import action, audit, gateway_of, page, revealed
 from bspgate.errors import PayloadError
 from bspgate.ids import new_id
@@ -194,11 +194,7 @@ async def test_event(request: Request, form: FormData) -> Response:
 
 # -- quarantine --------------------------------------------------------------------------------
 def _payload_view(raw: Any, reveal: bool) -> Any:
-    try:
-        parsed = orjson.loads(raw.body)
-    except orjson.JSONDecodeError:
-        return raw.body.decode("utf-8", "replace") if reveal else f"[{len(raw.body)} bytes]"
-    return parsed if reveal else mask_payload(parsed)
+    return payload_view(raw.body, raw.content_type, reveal)
 
 
 @page

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from bspgate.api.events import decode_cursor, encode_cursor
 from bspgate.console import queries
 from bspgate.console.activity import Activity
-from bspgate.console.render import mask_event, mask_payload, render
+from bspgate.console.render import mask_event, payload_view, render
 from bspgate.console.session import action, audit, gateway_of, operator, page, revealed
 from bspgate.operations import ReplayRequest, replay_deliveries
 
@@ -195,7 +195,7 @@ async def stream(request: Request) -> Response:
     if after is None:
         after = int(await gateway.store.read(queries.newest_seq))
     position: int = after
-    reveal = revealed(request)
+    reveal = revealed(request, "/console/events")  # the tail shows what its page reveals
     tracker = activity(request)
 
     async def feed() -> AsyncIterator[bytes]:
@@ -243,14 +243,7 @@ async def event_page(request: Request) -> Response:
     reveal = revealed(request)
     event = orjson.loads(found["row"]["body"])
     raw = found["raw"]
-    raw_view: Any = None
-    if raw is not None:
-        try:
-            parsed = orjson.loads(raw.body)
-            raw_view = parsed if reveal else mask_payload(parsed)
-        except orjson.JSONDecodeError:
-            text = raw.body.decode("utf-8", "replace")
-            raw_view = text if reveal else f"[{len(raw.body)} bytes of {raw.content_type}: reveal]"
+    raw_view = None if raw is None else payload_view(raw.body, raw.content_type, reveal)
     return render(
         request,
         "event.html",

@@ -14,6 +14,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -90,6 +91,18 @@ def mask_payload(node: Any, key: str = "") -> Any:
         if looks_phone and not is_bsuid(node.removeprefix("whatsapp:")):
             return mask_phone(node)
     return node
+
+
+def payload_view(body: bytes, content_type: str, reveal: bool) -> Any:
+    """A stored provider body to show: parsed JSON or form fields, masked unless revealed."""
+    try:
+        parsed: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace")
+        if "form" not in content_type:
+            return text if reveal else f"[{len(body)} bytes of {content_type}: reveal to read]"
+        parsed = dict(parse_qsl(text, keep_blank_values=True))
+    return parsed if reveal else mask_payload(parsed)
 
 
 def pretty(value: Any) -> str:

@@ -79,9 +79,11 @@ def csrf_token(request: Request) -> str:
     return str(token)
 
 
-def revealed(request: Request) -> bool:
+def revealed(request: Request, path: str | None = None) -> bool:
+    """Is this page (or `path`) revealed for the signed-in operator right now?"""
     grant = request.session.get("reveal") or {}
-    return grant.get("path") == request.url.path and float(grant.get("until", 0)) > time.time()
+    wanted = path or request.url.path
+    return grant.get("path") == wanted and float(grant.get("until", 0)) > time.time()
 
 
 async def audit(request: Request, action: str, target: str, **detail: Any) -> int:
