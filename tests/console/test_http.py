@@ -115,6 +115,11 @@ def test_events_pages_by_cursor_without_overlap(gateway: RunningGateway) -> None
     assert len(ids_first) == 50
     assert len(ids_second) == 10
     assert not ids_first & ids_second
+    # the contact filter takes a BSUID too (it shows the contact it resolves to)
+    by_bsuid = client.get("/console/events", params={"contact": "US.5555555555555555555"}).text
+    assert len(set(re.findall(r"/console/events/(evt_[0-9A-Z]+)", by_bsuid))) == 50
+    nobody = client.get("/console/events", params={"contact": "US.9999999999999999999"}).text
+    assert "No events match." in nobody
     client.close()
 
 

@@ -138,6 +138,14 @@ async def events(request: Request) -> Response:
         before = decode_cursor(cursor) if cursor else None
     except ValueError:
         before = None
+    if filters["contact"] and not filters["contact"].startswith("ct_"):
+        # a BSUID, phone or username in the contact box: the contact it names now
+        from bspgate.console.contacts import search_ids
+
+        portfolios = sorted({c.portfolio for c in gateway.settings.channels})
+        text = filters["contact"]
+        _kind, ids = await gateway.store.read(lambda tx: search_ids(tx, text, portfolios))
+        filters["contact"] = ids[0] if ids else "ct_none"
     rows = await gateway.store.read(
         lambda tx: queries.events_page(
             tx,
