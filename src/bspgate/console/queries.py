@@ -121,11 +121,20 @@ def events_page(
         if value is not None and value != "":
             clauses.append(clause)
             params.append(value)
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
     order = "ASC" if after_seq is not None else "DESC"
+    if (since or until) and not (type_ or channel_id or contact_id):
+        window = _window_seqs(tx, since, until)
+        if window is not None:  # a small window: its seqs from the time index, then the page
+            keep = [q for q in window if (before_seq is None or q < before_seq)
+                    and (after_seq is None or q > after_seq)]  # fmt: skip
+            keep = sorted(keep, reverse=order == "DESC")[:limit]
+            if not keep:
+                return []
+            clauses, params = [f"seq IN ({', '.join('?' * len(keep))})"], list(keep)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
     source = "events"
-    if tx.dialect == "sqlite" and not (type_ or channel_id or contact_id) and (since or until):
-        source = _time_source(tx, since, until)
+    if tx.dialect == "sqlite" and (since or until) and not clauses[0].startswith("seq IN"):
+        source = "events NOT INDEXED"  # a broad window: newest first by seq, stop at a page
     rows = tx.all(
         f"SELECT {', '.join(EVENT_COLUMNS)} FROM {source} {where} ORDER BY seq {order} LIMIT ?",
         [*params, limit],
@@ -133,22 +142,21 @@ def events_page(
     return [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows]
 
 
-def _time_source(tx: Any, since: str | None, until: str | None) -> str:
-    """How SQLite (no statistics) should read a time-filtered page.
+def _window_seqs(tx: Any, since: str | None, until: str | None) -> list[int] | None:
+    """The seqs of the events in a time window when it holds at most `_FEW`, else None.
 
-    Few events in the window: from the time index, then sorted (at most `_FEW` rows). Many:
-    newest first by `seq`, stopping at a page, since the events of a broad window are found at
-    once. The count itself reads at most `_FEW` entries of the covering (time, seq) index.
+    Read in time order from the covering (time, seq) index, which both SQLite and PostgreSQL
+    choose for `ORDER BY time LIMIT` whatever their statistics say; at most `_FEW + 1` entries.
+    A broad window is better read newest first by `seq`: a page of it is found at once.
     """
     clauses = ["time >= ?"] if since else []
     clauses += ["time < ?"] if until else []
     values = [v for v in (since, until) if v]
-    row = tx.one(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM events INDEXED BY events_time "
-        f"WHERE {' AND '.join(clauses)} LIMIT {_FEW})",
+    rows = tx.all(
+        f"SELECT seq FROM events WHERE {' AND '.join(clauses)} ORDER BY time LIMIT {_FEW + 1}",
         values,
     )
-    return "events INDEXED BY events_time" if int(row[0]) < _FEW else "events NOT INDEXED"
+    return None if len(rows) > _FEW else [int(r[0]) for r in rows]
 
 
 def newest_seq(tx: Any) -> int:
