@@ -86,7 +86,7 @@ def mask_payload(node: Any, key: str = "") -> Any:
         if key in _TEXT_KEYS and node:
             return HIDDEN
         # a phone-shaped value under a phone-like key, or anything written +<digits>
-        phone_key = key in _PHONE_KEYS or "phone" in key.lower()
+        phone_key = key in _PHONE_KEYS or ("phone" in key.lower() and not key.endswith("_id"))
         looks_phone = _PHONE_LIKE.match(node) if phone_key else _PLUS_PHONE.match(node)
         if looks_phone and not is_bsuid(node.removeprefix("whatsapp:")):
             return mask_phone(node)
