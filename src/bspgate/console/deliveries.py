@@ -13,7 +13,6 @@ from datetime import UTC
 from typing import Any
 
 import orjson
-from standardwebhooks import Webhook
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -22,6 +21,7 @@ from starlette.routing import Route
 from bspgate.console import queries
 from bspgate.console.render import mask_event, payload_view, render
 from bspgate.console.session import action, audit, gateway_of, page, revealed
+from bspgate.delivery.signing import Signer
 from bspgate.errors import PayloadError
 from bspgate.ids import new_id
 from bspgate.normalize import Normalizer
@@ -176,7 +176,8 @@ async def test_event(request: Request, form: FormData) -> Response:
         "content-type": "application/cloudevents+json",
         "webhook-id": event_id,
         "webhook-timestamp": str(int(moment.timestamp())),
-        "webhook-signature": Webhook(subscriber.secret.reveal()).sign(event_id, moment, body),
+        # signed as the dispatcher signs (every key of the subscriber, v1 or v1a)
+        "webhook-signature": Signer(subscriber.secret_values()).sign(event_id, moment, body),
         "user-agent": "bspgate",
     }
     started = time.perf_counter()
