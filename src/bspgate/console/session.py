@@ -10,6 +10,7 @@ nothing. A reveal unmasks one page for five minutes and is written to `console_a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 SESSION_SECONDS = 8 * 3600
 ABSOLUTE_SECONDS = 24 * 3600
 REVEAL_SECONDS = 300
+FAILED_SIGN_IN_PAUSE = 0.5
 _log = structlog.get_logger("bspgate.console")
 Page = Callable[[Request], Awaitable[Response]]
 Action = Callable[[Request, FormData], Awaitable[Response]]
@@ -203,6 +205,7 @@ async def login(request: Request) -> Response:
     target = safe_next(form.get("next"))
     if match is None:
         _log.warning("console.sign_in_refused")
+        await asyncio.sleep(FAILED_SIGN_IN_PAUSE)  # slows guessing; a real key never waits
         context = {"next": target, "configured": bool(settings.api_keys), "error": True}
         return render(request, "login.html", context, 401)
     request.session.clear()  # a fresh session (and CSRF token) for the signed-in operator
