@@ -55,6 +55,8 @@ class Receiver:
             with self._lock:
                 self.rejected += 1
             return Response(status_code=400)
+        if "message" not in event["data"]:  # identity events (rule 6 moves a shared phone)
+            return Response(status_code=204)
         with self._lock:
             self.events[request.headers["webhook-id"]] = event["data"]["message"]["id"]
             self.arrivals.append(
