@@ -186,11 +186,20 @@ class Gateway:
             self.process.wait()
         self.process = None
 
+    def _stored(self) -> tuple[int, int]:
+        quarantined = self.api.get("/v1/quarantined").json()["data"]
+        return len(self.events()), len(quarantined)
+
     def post(self, body: bytes) -> httpx.Response:
+        """Post a signed webhook and wait until it is processed (events or quarantine grew)."""
         channel = self.settings.channel("cloud-us")
         assert channel is not None
         url, headers, payload = signed_request(self.settings, channel, body)
-        return httpx.post(url, content=payload, headers=headers, timeout=DEADLINE)
+        before = self._stored()
+        answer = httpx.post(url, content=payload, headers=headers, timeout=DEADLINE)
+        if answer.status_code == 200:
+            wait_until(lambda: self._stored() != before, "the webhook to be processed")
+        return answer
 
     def events(self, **params: Any) -> list[dict[str, Any]]:
         answer = self.api.get("/v1/events", params={"limit": 500, **params})

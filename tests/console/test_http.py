@@ -14,6 +14,7 @@ from bspgate.console.activity import Activity
 from bspgate.console.render import mask_event, mask_payload, mask_phone, payload_view
 from bspgate.console.session import safe_next
 from tests.conftest import API_KEY, SUBSCRIBER_SECRET, make_settings
+from tests.console.conftest import wait_until
 from tests.harness import RunningGateway
 from tests.identity.payloads import cloud_message
 
@@ -84,6 +85,7 @@ def test_actions_without_the_token_change_nothing(gateway: RunningGateway) -> No
 def test_reveal_is_audited_and_scoped_to_one_page(gateway: RunningGateway) -> None:
     body = cloud_message("wamid.h1", phone="15551230099")
     assert gateway.post("cloud-us", body).status_code == 200
+    wait_until(lambda: len(gateway.events()) == 1, "the webhook to be processed")
     event_id = gateway.events()[0]["id"]
     client = signed_in(gateway)
     page = f"/console/events/{event_id}"
@@ -105,6 +107,7 @@ def test_events_pages_by_cursor_without_overlap(gateway: RunningGateway) -> None
     for index in range(60):
         body = cloud_message(f"wamid.p{index}", bsuid="US.5555555555555555555", step=index)
         assert gateway.post("cloud-us", body).status_code == 200
+    wait_until(lambda: len(gateway.events()) == 60, "the webhooks to be processed")
     client = signed_in(gateway)
     first = client.get("/console/events").text
     older = re.search(r'href="(/console/events\?cursor=[^"]+)"', first)
