@@ -30,7 +30,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from bspgate.api import contacts as contacts_api
 from bspgate.api import messages as messages_api
@@ -229,7 +229,7 @@ def create_app(
                 await gateway.client.aclose()
             await gateway.store.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/webhooks/{channel_id}", receive_webhook, methods=["POST"]),
         Route("/webhooks/{channel_id}", webhook_handshake, methods=["GET", "OPTIONS"]),
         Route("/v1/events", list_events, methods=["GET"]),
@@ -241,6 +241,10 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    if settings.console:  # the operator console (bspgate.console), on unless `console: false`
+        from bspgate.console import mount as console_mount
+
+        routes.append(console_mount(gateway))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gateway
     return app

@@ -136,6 +136,7 @@ class Settings:
     channels: tuple[Channel, ...]
     subscribers: tuple[Subscriber, ...]
     source: Path | None = None
+    console: bool = True  # the operator console at /console (`console: false` turns it off)
 
     def channel(self, channel_id: str) -> Channel | None:
         """The channel with this id, or None."""
@@ -160,6 +161,7 @@ class Settings:
                 "max_body_bytes": self.server.max_body_bytes,
             },
             "api_keys": [{"name": k.name, "key": mask(k.key)} for k in self.api_keys],
+            "console": self.console,
             "channels": [
                 {
                     "id": c.id,
@@ -402,6 +404,7 @@ def settings_from_dict(
             _subscriber(raw, i, channel_ids) for i, raw in enumerate(subscribers_raw)
         ),
         source=source,
+        console=bool(data.get("console", True)),
     )
 
 

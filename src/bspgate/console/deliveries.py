@@ -1,0 +1,278 @@
+"""Deliveries and quarantine: dead letters grouped by subscriber and error, replays, retries,
+subscriber switches, a signed test event; quarantined payloads re-run through the mapping.
+
+Replays reuse `bspgate.operations` (the same calls as `POST /v1/replays`); "run the current
+mapping" normalizes the stored body in memory (nothing stored) and "ingest now" is
+`replay_quarantined` for that one payload. Every action is audited.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC
+from typing import Any
+
+import orjson
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from bspgate.console import queries
+from bspgate.console.render import mask_event, payload_view, render
+from bspgate.console.session import action, audit, gateway_of, page, revealed
+from bspgate.delivery.signing import Signer
+from bspgate.errors import PayloadError
+from bspgate.ids import new_id
+from bspgate.normalize import Normalizer
+from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined, set_subscriber
+
+
+def _wake(request: Request) -> None:
+    dispatcher = gateway_of(request).dispatcher
+    if dispatcher is not None:
+        dispatcher.wake()
+
+
+@page
+async def deliveries_page(request: Request) -> Response:
+    gateway = gateway_of(request)
+    subscriber = request.query_params.get("subscriber") or None
+    error = request.query_params.get("error")
+    groups, dead, states = await gateway.store.read(
+        lambda tx: (
+            queries.dead_groups(tx),
+            queries.dead_letters(tx, subscriber_id=subscriber, error=error),
+            tx.subscriber_states(),
+        )
+    )
+    subscribers = [
+        {
+            "id": s.id,
+            "url": s.url,
+            "enabled": not (states.get(s.id) or {}).get("disabled_at"),
+            "reason": (states.get(s.id) or {}).get("reason"),
+        }
+        for s in gateway.settings.subscribers
+    ]
+    return render(
+        request,
+        "deliveries.html",
+        {
+            "section": "deliveries",
+            "groups": groups,
+            "dead": dead,
+            "subscribers": subscribers,
+            "subscriber": subscriber or "",
+            "error": error,
+            "notice": request.query_params.get("notice"),
+        },
+    )
+
+
+def _back(notice: str) -> Response:
+    from urllib.parse import quote
+
+    return RedirectResponse(f"/console/deliveries?notice={quote(notice)}", 303)
+
+
+@action
+async def replay_selected(request: Request, form: FormData) -> Response:
+    gateway = gateway_of(request)
+    ids = [str(v) for v in form.getlist("delivery")]
+    moment = gateway.clock()
+    count = await gateway.store.transaction(
+        lambda tx: tx.requeue(ids, moment.timestamp(), moment.isoformat())
+    )
+    _wake(request)
+    await audit(request, "replay", "selection", deliveries=len(ids), requeued=count)
+    return _back(f"{count} dead letter(s) requeued")
+
+
+@action
+async def replay_filter(request: Request, form: FormData) -> Response:
+    """Replay every dead letter of a group (subscriber + error) or a filter (type, time)."""
+    gateway = gateway_of(request)
+    subscriber = str(form.get("subscriber_id") or "") or None
+    if "error" in form:
+        error = str(form.get("error") or "")
+        rows = await gateway.store.read(
+            lambda tx: queries.dead_letters(
+                tx, subscriber_id=subscriber, error=error, limit=100_000
+            )
+        )
+        ids = [r["id"] for r in rows]
+        moment = gateway.clock()
+        count = await gateway.store.transaction(
+            lambda tx: tx.requeue(ids, moment.timestamp(), moment.isoformat())
+        )
+        result: dict[str, Any] = {"requeued": count}
+    else:
+        replay = ReplayRequest(
+            subscriber_id=subscriber,
+            type=str(form.get("type") or "") or None,
+            since=str(form.get("since") or "") or None,
+            until=str(form.get("until") or "") or None,
+        )
+        result = await replay_deliveries(gateway.store, replay, gateway.clock())
+    _wake(request)
+    await audit(request, "replay", subscriber or "all", requeued=result.get("requeued", 0))
+    return _back(f"{result.get('requeued', 0)} dead letter(s) requeued")
+
+
+@action
+async def retry_now(request: Request, form: FormData) -> Response:
+    gateway = gateway_of(request)
+    subscriber = str(form.get("subscriber_id") or "") or None
+    moment = gateway.clock()
+    count = await gateway.store.transaction(
+        lambda tx: queries.retry_pending_now(tx, moment.timestamp(), moment.isoformat(), subscriber)
+    )
+    _wake(request)
+    await audit(request, "retry_now", subscriber or "all", deliveries=count)
+    return _back(f"{count} pending deliver(ies) due now")
+
+
+@action
+async def switch(request: Request, form: FormData) -> Response:
+    gateway = gateway_of(request)
+    subscriber_id = request.path_params["subscriber_id"]
+    if subscriber_id not in {s.id for s in gateway.settings.subscribers}:
+        return _back(f"no subscriber {subscriber_id}")
+    if request.path_params["switch"] not in ("enable", "disable"):
+        return _back("enable or disable only")
+    enabled = request.path_params["switch"] == "enable"
+    await set_subscriber(gateway.store, subscriber_id, enabled, gateway.clock())
+    if enabled:
+        _wake(request)
+    await audit(request, "enable" if enabled else "disable", subscriber_id)
+    return _back(f"{subscriber_id} {'enabled' if enabled else 'disabled'}")
+
+
+@action
+async def test_event(request: Request, form: FormData) -> Response:
+    """POST a signed `bspgate.console.test` CloudEvent to the subscriber (nothing stored)."""
+    gateway = gateway_of(request)
+    found = [
+        s for s in gateway.settings.subscribers if s.id == request.path_params["subscriber_id"]
+    ]
+    if not found:
+        return _back("no such subscriber")
+    subscriber = found[0]
+    moment = gateway.clock().astimezone(UTC)
+    event_id = new_id("evt")
+    body = orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "type": "bspgate.console.test",
+            "source": "/console",
+            "time": moment.isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "data": {"test": True, "sent_by": "bspgate console"},
+        }
+    ).decode()
+    headers = {
+        "content-type": "application/cloudevents+json",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(moment.timestamp())),
+        # signed as the dispatcher signs (every key of the subscriber, v1 or v1a)
+        "webhook-signature": Signer(subscriber.secret_values()).sign(event_id, moment, body),
+        "user-agent": "bspgate",
+    }
+    started = time.perf_counter()
+    try:
+        answer = await gateway.client.post(
+            subscriber.url, content=body, headers=headers, timeout=subscriber.timeout
+        )
+        outcome = f"answered HTTP {answer.status_code}"
+    except Exception as exc:  # any transport failure is the answer shown, not a console error
+        outcome = f"failed: {type(exc).__name__}"
+    latency = (time.perf_counter() - started) * 1000
+    await audit(request, "test_event", subscriber.id, outcome=outcome)
+    return _back(f"test event {event_id} to {subscriber.id}: {outcome} in {latency:.0f} ms")
+
+
+# -- quarantine --------------------------------------------------------------------------------
+def _payload_view(raw: Any, reveal: bool) -> Any:
+    return payload_view(raw.body, raw.content_type, reveal)
+
+
+@page
+async def quarantine_page(request: Request) -> Response:
+    gateway = gateway_of(request)
+    raws = await gateway.store.read(lambda tx: tx.raws("quarantined", 100))
+    reveal = revealed(request)
+    items = [{"raw": r, "payload": _payload_view(r, reveal)} for r in raws]
+    return render(request, "quarantine.html", {"section": "quarantine", "items": items})
+
+
+@page
+async def quarantined_one(request: Request) -> Response:
+    """One payload with what the current mapping makes of it now (dry run, nothing stored)."""
+    gateway = gateway_of(request)
+    raw_id = request.path_params["raw_id"]
+    raw = await gateway.store.read(lambda tx: tx.raw(raw_id))
+    if raw is None:
+        return render(
+            request,
+            "message.html",
+            {"title": "Unknown payload", "message": f"No payload {raw_id!r}."},
+            404,
+        )
+    reveal = revealed(request)
+    trial: dict[str, Any] | None = None
+    if request.query_params.get("dry_run"):
+        trial = {"events": [], "issues": []}
+        channel = gateway.settings.channel(raw.channel_id)
+        spec = gateway.mappings.get(channel.provider) if channel is not None else None
+        if channel is None or spec is None:
+            trial["issues"] = ["its channel is no longer configured"]
+        else:
+            try:
+                outcome = Normalizer(spec, channel, gateway.validator).normalize_body(
+                    raw.body, raw.content_type
+                )
+                trial["events"] = [e if reveal else mask_event(e) for e in outcome.events]
+                trial["issues"] = list(outcome.issues)
+                trial["state"] = outcome.state
+            except PayloadError as exc:
+                trial["issues"] = [str(exc)]
+    return render(
+        request,
+        "quarantined.html",
+        {
+            "section": "quarantine",
+            "raw": raw,
+            "payload": _payload_view(raw, reveal),
+            "trial": trial,
+            "result": request.query_params.get("result"),
+        },
+    )
+
+
+@action
+async def ingest_now(request: Request, form: FormData) -> Response:
+    gateway = gateway_of(request)
+    raw_id = request.path_params["raw_id"]
+    result = await replay_quarantined(gateway, raw_id=raw_id)
+    entry = (result.get("payloads") or [{}])[0]
+    await audit(request, "ingest_now", raw_id, state=entry.get("state"), events=entry.get("events"))
+    state = entry.get("state", "unknown")
+    return RedirectResponse(
+        f"/console/quarantine/{raw_id}?result={state}:{entry.get('events', 0)}", 303
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/deliveries", deliveries_page, methods=["GET"]),
+        Route("/deliveries/replay", replay_selected, methods=["POST"]),
+        Route("/deliveries/replay-filter", replay_filter, methods=["POST"]),
+        Route("/deliveries/retry-now", retry_now, methods=["POST"]),
+        Route("/subscribers/{subscriber_id}/test", test_event, methods=["POST"]),
+        Route("/subscribers/{subscriber_id}/{switch:str}", switch, methods=["POST"]),
+        Route("/quarantine", quarantine_page, methods=["GET"]),
+        Route("/quarantine/{raw_id}", quarantined_one, methods=["GET"]),
+        Route("/quarantine/{raw_id}/ingest", ingest_now, methods=["POST"]),
+    ]

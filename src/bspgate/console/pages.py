@@ -1,0 +1,305 @@
+"""Overview, events (filters, cursor pages, the live tail), one event with its deliveries, audit.
+
+The live tail is server-sent events: `GET /console/events/stream` polls the store for events
+after the last one sent (`Last-Event-ID` on reconnect) every half second, so a webhook stored
+now shows within a second. One stream lives at most 25 s and the browser reconnects where it
+left off: a stopping server never waits on an open tail for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from bspgate.api.events import decode_cursor, encode_cursor
+from bspgate.console import queries
+from bspgate.console.activity import Activity
+from bspgate.console.render import mask_event, payload_view, render
+from bspgate.console.session import action, audit, gateway_of, operator, page, revealed
+from bspgate.operations import ReplayRequest, replay_deliveries
+
+PAGE_SIZE = 50
+STREAM_SECONDS = 25.0
+POLL_SECONDS = 0.5
+REJECTED = ("unauthorized", "unparseable", "too_large", "store_unavailable")
+
+
+def activity(request: Request) -> Activity:
+    found: Activity = request.app.state.activity
+    return found
+
+
+@page
+async def overview(request: Request) -> Response:
+    gateway = gateway_of(request)
+    try:
+        minutes = max(1, min(60, int(request.query_params.get("minutes", "15"))))
+    except ValueError:
+        minutes = 15
+    recent = activity(request).recent(minutes)
+    summary, stats, states = await gateway.store.read(
+        lambda tx: (queries.outbox_summary(tx), queries.attempt_stats(tx), tx.subscriber_states())
+    )
+    now = gateway.clock()
+    channels = []
+    for channel in gateway.settings.channels:
+        counts = recent["by_channel"].get(channel.id, {})
+        channels.append(
+            {
+                "id": channel.id,
+                "provider": channel.provider,
+                "processed": counts.get("processed", 0),
+                "duplicate": counts.get("duplicate", 0),
+                "quarantined": counts.get("quarantined", 0),
+                "rejected": sum(counts.get(k, 0) for k in REJECTED),
+            }
+        )
+    subscribers = []
+    for subscriber in gateway.settings.subscribers:
+        state = states.get(subscriber.id) or {}
+        outbox = summary["per_subscriber"].get(subscriber.id, {})
+        subscribers.append(
+            {
+                "id": subscriber.id,
+                "url": subscriber.url,
+                "enabled": not state.get("disabled_at"),
+                "reason": state.get("reason"),
+                "failing_since": state.get("failing_since"),
+                "pending": outbox.get("pending", 0) + outbox.get("inflight", 0),
+                "held": outbox.get("held", 0),
+                "dead": outbox.get("dead", 0),
+                "next_attempt_at": outbox.get("next_attempt_at"),
+                **stats.get(subscriber.id, {}),
+            }
+        )
+    oldest = summary["oldest_undelivered"]
+    age = None
+    if oldest:
+        age = max(0.0, (now - datetime.fromisoformat(oldest)).total_seconds())
+    return render(
+        request,
+        "overview.html",
+        {
+            "section": "overview",
+            "minutes": minutes,
+            "since": datetime.fromtimestamp(recent["since"], UTC).strftime("%H:%M:%S UTC"),
+            "channels": channels,
+            "by_type": recent["by_type"],
+            "summary": summary,
+            "oldest_age": age,
+            "subscribers": subscribers,
+        },
+    )
+
+
+def event_summary(row: dict[str, Any], reveal: bool) -> dict[str, Any]:
+    """What a list row shows of an event (masked unless the page is revealed)."""
+    event = orjson.loads(row["body"])
+    shown = event if reveal else mask_event(event)
+    data = shown.get("data") or {}
+    contact = data.get("contact") or {}
+    message = data.get("message") or {}
+    return {
+        "seq": row["seq"],
+        "id": row["id"],
+        "type": row["type"],
+        "channel": row["channel_id"],
+        "contact_id": row["contact_id"],
+        "time": row["time"],
+        "bsuid": contact.get("bsuid"),
+        "phone": contact.get("phone"),
+        "detail": message.get("status") or message.get("type") or "",
+        "text": message.get("text"),
+    }
+
+
+def _filters(request: Request) -> dict[str, str]:
+    keys = ("type", "channel", "contact", "since", "until")
+    return {k: request.query_params.get(k, "").strip() for k in keys}
+
+
+@page
+async def events(request: Request) -> Response:
+    gateway = gateway_of(request)
+    filters = _filters(request)
+    try:
+        cursor = request.query_params.get("cursor")
+        before = decode_cursor(cursor) if cursor else None
+    except ValueError:
+        before = None
+    if filters["contact"] and not filters["contact"].startswith("ct_"):
+        # a BSUID, phone or username in the contact box: the contact it names now
+        from bspgate.console.contacts import search_ids
+
+        portfolios = sorted({c.portfolio for c in gateway.settings.channels})
+        text = filters["contact"]
+        _kind, ids = await gateway.store.read(lambda tx: search_ids(tx, text, portfolios))
+        filters["contact"] = ids[0] if ids else "ct_none"
+    rows = await gateway.store.read(
+        lambda tx: queries.events_page(
+            tx,
+            type_=filters["type"] or None,
+            channel_id=filters["channel"] or None,
+            contact_id=filters["contact"] or None,
+            since=filters["since"] or None,
+            until=filters["until"] or None,
+            before_seq=before,
+            limit=PAGE_SIZE,
+        )
+    )
+    reveal = revealed(request)
+    items = [event_summary(r, reveal) for r in rows]
+    next_cursor = encode_cursor(rows[-1]["seq"]) if len(rows) == PAGE_SIZE else None
+    query = urlencode({k: v for k, v in filters.items() if v})
+    return render(
+        request,
+        "events.html",
+        {
+            "section": "events",
+            "items": items,
+            "filters": filters,
+            "next_cursor": next_cursor,
+            "query": query,
+            "channels": [c.id for c in gateway.settings.channels],
+            "newest": encode_cursor(max((r["seq"] for r in rows), default=0)),
+            "live": before is None,
+        },
+    )
+
+
+def _tail_rows(tx: Any, *, filters: dict[str, str], after: int) -> list[dict[str, Any]]:
+    return queries.events_page(
+        tx,
+        type_=filters["type"] or None,
+        channel_id=filters["channel"] or None,
+        contact_id=filters["contact"] or None,
+        after_seq=after,
+        limit=100,
+    )
+
+
+async def stream(request: Request) -> Response:
+    """Server-sent events: each new event as `data: {summary}` with `id: <cursor>`."""
+    if operator(request) is None:
+        return Response("sign in first", 401)
+    gateway = gateway_of(request)
+    filters = _filters(request)
+    start = request.headers.get("last-event-id") or request.query_params.get("after")
+    try:
+        after = decode_cursor(start) if start else None
+    except ValueError:
+        after = None
+    if after is None:
+        after = int(await gateway.store.read(queries.newest_seq))
+    position: int = after
+    reveal = revealed(request, "/console/events")  # the tail shows what its page reveals
+    tracker = activity(request)
+
+    async def feed() -> AsyncIterator[bytes]:
+        nonlocal position
+        yield b"retry: 500\n\n"
+        deadline = time.monotonic() + STREAM_SECONDS
+        while time.monotonic() < deadline:
+            rows = await gateway.store.read(partial(_tail_rows, filters=filters, after=position))
+            for row in rows:
+                position = row["seq"]
+                summary = orjson.dumps(event_summary(row, reveal))
+                yield b"id: " + encode_cursor(row["seq"]).encode() + b"\ndata: " + summary + b"\n\n"
+            if not rows:
+                yield b": idle\n\n"
+            tracker.sample()
+            await asyncio.sleep(POLL_SECONDS)
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(feed(), media_type="text/event-stream", headers=headers)
+
+
+@page
+async def event_page(request: Request) -> Response:
+    gateway = gateway_of(request)
+    event_id = request.path_params["event_id"]
+
+    def read(tx: Any) -> dict[str, Any] | None:
+        row = queries.event_row(tx, event_id)
+        if row is None:
+            return None
+        raw = tx.raw(orjson.loads(row["body"])["data"].get("raw_id") or "")
+        found = tx.deliveries(state=None, subscriber_id=None, event_id=event_id, limit=100)
+        for delivery in found:
+            delivery["attempt_log"] = tx.attempts(delivery["id"])
+        return {"row": row, "raw": raw, "deliveries": found}
+
+    found = await gateway.store.read(read)
+    if found is None:
+        return render(
+            request,
+            "message.html",
+            {"title": "Unknown event", "message": f"No event {event_id!r} is stored."},
+            404,
+        )
+    reveal = revealed(request)
+    event = orjson.loads(found["row"]["body"])
+    raw = found["raw"]
+    raw_view = None if raw is None else payload_view(raw.body, raw.content_type, reveal)
+    return render(
+        request,
+        "event.html",
+        {
+            "section": "events",
+            "event": event if reveal else mask_event(event),
+            "raw": raw,
+            "raw_view": raw_view,
+            "deliveries": found["deliveries"],
+        },
+    )
+
+
+@action
+async def deliver_again(request: Request, form: FormData) -> Response:
+    gateway = gateway_of(request)
+    event_id = request.path_params["event_id"]
+    subscriber = str(form.get("subscriber_id") or "") or None
+    replay = ReplayRequest(
+        event_id=event_id, subscriber_id=subscriber, states=("dead", "delivered", "expired")
+    )
+    result = await replay_deliveries(gateway.store, replay, gateway.clock())
+    if gateway.dispatcher is not None:
+        gateway.dispatcher.wake()
+    await audit(
+        request,
+        "deliver_again",
+        event_id,
+        subscriber=subscriber,
+        requeued=result.get("requeued", 0),
+        added=result.get("added", 0),
+    )
+    return RedirectResponse(f"/console/events/{event_id}?requeued={result.get('requeued', 0)}", 303)
+
+
+@page
+async def audit_page(request: Request) -> Response:
+    gateway = gateway_of(request)
+    entries = await gateway.store.read(lambda tx: queries.audit_entries(tx))
+    return render(request, "audit.html", {"section": "audit", "entries": entries})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/", overview, methods=["GET"]),
+        Route("/events", events, methods=["GET"]),
+        Route("/events/stream", stream, methods=["GET"]),
+        Route("/events/{event_id}", event_page, methods=["GET"]),
+        Route("/events/{event_id}/deliver", deliver_again, methods=["POST"]),
+        Route("/audit", audit_page, methods=["GET"]),
+    ]

@@ -1,0 +1,256 @@
+"""Console sign-in: API key -> signed session cookie; CSRF tokens; the audit trail; reveals.
+
+The cookie is Starlette's `SessionMiddleware` (itsdangerous-signed, HttpOnly, SameSite=Strict,
+`Secure` behind an https public URL, path `/console`, 8 h sliding expiry, 24 h absolute). Its key
+is derived from the configured API keys, so replicas share sessions and removing or changing a
+key ends the sessions opened with it. Every POST must carry the session's CSRF token (and, when
+the browser sends one, a same-origin `Origin`); a missing or wrong token is a 403 and changes
+nothing. A reveal unmasks one page for five minutes and is written to `console_audit` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import orjson
+import structlog
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from bspgate.config import Settings
+from bspgate.console.queries import insert_audit
+
+if TYPE_CHECKING:
+    from bspgate.app import Gateway
+
+SESSION_SECONDS = 8 * 3600
+ABSOLUTE_SECONDS = 24 * 3600
+REVEAL_SECONDS = 300
+FAILED_SIGN_IN_PAUSE = 0.5
+_log = structlog.get_logger("bspgate.console")
+Page = Callable[[Request], Awaitable[Response]]
+Action = Callable[[Request, FormData], Awaitable[Response]]
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def session_secret(settings: Settings) -> str:
+    """HMAC of every API key: stable across restarts and replicas, new when a key changes."""
+    keys = sorted(k.key.reveal() for k in settings.api_keys)
+    if not keys:
+        return secrets.token_hex(32)  # nobody can sign in; the cookie key is irrelevant
+    return hmac.new(b"bspgate console session v1", "\0".join(keys).encode(), "sha256").hexdigest()
+
+
+def _fingerprint(settings: Settings, key: str) -> str:
+    return hmac.new(session_secret(settings).encode(), key.encode(), hashlib.sha256).hexdigest()[
+        :32
+    ]
+
+
+def operator(request: Request) -> str | None:
+    """The signed-in operator (the API key's name), or None."""
+    session = request.session
+    name, mark, since = session.get("op"), str(session.get("kf") or ""), session.get("at", 0)
+    if not name or time.time() - float(since) > ABSOLUTE_SECONDS:
+        return None
+    settings = gateway_of(request).settings
+    for key in settings.api_keys:
+        if key.name == name and hmac.compare_digest(_fingerprint(settings, key.key.reveal()), mark):
+            return str(name)
+    return None  # the key was removed or changed since sign-in
+
+
+def csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not token:
+        token = request.session["csrf"] = secrets.token_urlsafe(32)
+    return str(token)
+
+
+def revealed(request: Request, path: str | None = None) -> bool:
+    """Is this page (or `path`) revealed for the signed-in operator right now?"""
+    grant = request.session.get("reveal") or {}
+    wanted = path or request.url.path
+    return grant.get("path") == wanted and float(grant.get("until", 0)) > time.time()
+
+
+async def audit(request: Request, action: str, target: str, **detail: Any) -> int:
+    """Record what an operator did (never phones or texts in `detail`); answers the entry id."""
+    gateway = gateway_of(request)
+    actor = operator(request) or "-"
+    stamp = gateway.clock().isoformat()
+    text = orjson.dumps(detail).decode()
+
+    entry: int = await gateway.store.transaction(
+        lambda tx: insert_audit(tx, stamp, actor, action, target, text)
+    )
+    _log.info("console.audit", actor=actor, action=action, target=target, entry=entry)
+    return entry
+
+
+def _login_redirect(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/console/login?next={quote(target)}", 303)
+
+
+def page(endpoint: Page) -> Page:
+    """A GET page: signed-in operators only (others are sent to the sign-in form)."""
+
+    @wraps(endpoint)
+    async def wrapper(request: Request) -> Response:
+        if operator(request) is None:
+            return _login_redirect(request)
+        return await endpoint(request)
+
+    return wrapper
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin is None
+    host = request.headers.get("host", "")
+    return urlsplit(origin).netloc == host
+
+
+async def checked_form(request: Request) -> FormData | None:
+    """The form when its CSRF token matches the session's (and the origin is ours), else None."""
+    form = await request.form()
+    sent = form.get("csrf")
+    expected = request.session.get("csrf")
+    if not (isinstance(sent, str) and expected and _same_origin(request)):
+        return None
+    return form if hmac.compare_digest(sent, str(expected)) else None
+
+
+def forbidden(request: Request) -> Response:
+    from bspgate.console.render import render
+
+    _log.warning("console.csrf_refused", path=request.url.path)
+    return render(
+        request,
+        "message.html",
+        {
+            "title": "Refused",
+            "message": "This action was refused: its form token is missing or out of date "
+            "(CSRF protection). Nothing was changed. Reload the page and try again.",
+        },
+        403,
+    )
+
+
+def action(endpoint: Action) -> Page:
+    """A POST action: signed in, CSRF token checked; the endpoint gets the parsed form."""
+
+    @wraps(endpoint)
+    async def wrapper(request: Request) -> Response:
+        if operator(request) is None:
+            return _login_redirect(request)
+        form = await checked_form(request)
+        if form is None:
+            return forbidden(request)
+        return await endpoint(request, form)
+
+    return wrapper
+
+
+def safe_next(value: Any) -> str:
+    """A console path to go back to (never another site)."""
+    text = str(value or "")
+    if not text.startswith("/console") or text.startswith("//") or "\\" in text:
+        return "/console/"
+    return text
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+async def login_form(request: Request) -> Response:
+    from bspgate.console.render import render
+
+    if operator(request) is not None:
+        return RedirectResponse(safe_next(request.query_params.get("next")), 303)
+    configured = bool(gateway_of(request).settings.api_keys)
+    return render(
+        request,
+        "login.html",
+        {"next": safe_next(request.query_params.get("next")), "configured": configured},
+    )
+
+
+async def login(request: Request) -> Response:
+    from bspgate.console.render import render
+
+    form = await checked_form(request)
+    if form is None:
+        return forbidden(request)
+    settings = gateway_of(request).settings
+    given = str(form.get("key") or "").strip().encode()
+    match = None
+    for key in settings.api_keys:
+        if hmac.compare_digest(given, key.key.reveal().encode()) and given:
+            match = key
+    target = safe_next(form.get("next"))
+    if match is None:
+        _log.warning("console.sign_in_refused")
+        await asyncio.sleep(FAILED_SIGN_IN_PAUSE)  # slows guessing; a real key never waits
+        context = {"next": target, "configured": bool(settings.api_keys), "error": True}
+        return render(request, "login.html", context, 401)
+    request.session.clear()  # a fresh session (and CSRF token) for the signed-in operator
+    request.session.update(
+        op=match.name,
+        kf=_fingerprint(settings, match.key.reveal()),
+        at=time.time(),
+        csrf=secrets.token_urlsafe(32),
+    )
+    await audit(request, "sign_in", "/console/login")
+    return RedirectResponse(target, 303)
+
+
+@action
+async def logout(request: Request, form: FormData) -> Response:
+    await audit(request, "sign_out", "/console/logout")
+    request.session.clear()
+    return RedirectResponse("/console/login", 303)
+
+
+@action
+async def reveal(request: Request, form: FormData) -> Response:
+    """Unmask one page for five minutes; the audit entry is written before anything shows."""
+    target = safe_next(form.get("path"))
+    path = urlsplit(target).path
+    entry = await audit(request, "reveal", path, reason=str(form.get("reason") or "")[:200])
+    request.session["reveal"] = {
+        "path": path,
+        "until": time.time() + REVEAL_SECONDS,
+        "entry": entry,
+    }
+    return RedirectResponse(target, 303)
+
+
+@action
+async def hide(request: Request, form: FormData) -> Response:
+    request.session.pop("reveal", None)
+    return RedirectResponse(safe_next(form.get("path")), 303)
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/reveal", reveal, methods=["POST"]),
+        Route("/hide", hide, methods=["POST"]),
+    ]
