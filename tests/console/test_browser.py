@@ -127,12 +127,6 @@ def test_a_webhook_appears_in_the_live_tail(page: Any, gateway: Gateway) -> None
     assert "whatsapp.message.received" in row.inner_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after main's staged processing (datapath merge) a Cloud API user_changed_user_id "
-    "leaves the old contact without the new BSUID: an identity/datapath regression, not the "
-    "console's (the same test passed before that merge)",
-)
 def test_relinked_contact_timeline_shows_both_bsuids_and_the_retired_phone(
     page: Any, gateway: Gateway
 ) -> None:
