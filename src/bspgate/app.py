@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -26,11 +27,13 @@ from starlette.routing import Route
 from bspgate.api import contacts as contacts_api
 from bspgate.api import messages as messages_api
 from bspgate.api import operations as operations_api
+from bspgate.api import raws as raws_api
 from bspgate.api.events import list_events
 from bspgate.config import Channel, Settings
 from bspgate.delivery.transport import AiohttpPoster, HttpxPoster, Poster
 from bspgate.delivery.worker import Dispatcher
 from bspgate.errors import ConfigError, StoreError
+from bspgate.http import RequestLog, exception_handlers
 from bspgate.ids import new_id
 from bspgate.ingress.routes import receive_webhook, webhook_handshake
 from bspgate.ingress.verify import ChannelVerifier
@@ -67,7 +70,7 @@ def open_store(settings: Settings) -> Any:
 def load_channel_mappings(settings: Settings) -> dict[str, MappingSpec]:
     """The mappings the configured channels use, compiled (a broken file fails start)."""
     return {
-        name: load_mapping(settings.mappings_dir, name)
+        name: load_mapping(settings.mapping_dirs, name)
         for name in sorted({c.provider for c in settings.channels})
     }
 
@@ -127,8 +130,13 @@ class Gateway:
         if mapped.unmapped:
             # the provider sent fields no rule reads: its format may have changed (names only)
             for name in mapped.unmapped:
-                self.metrics.unmapped.labels(channel.provider, name[:64]).inc()
-            _log.info("mapping.unmapped_fields", provider=channel.provider, fields=mapped.unmapped)
+                self.metrics.count_unmapped(channel.provider, name)
+            _log.info(
+                "mapping.unmapped_fields",
+                provider=channel.provider,
+                fields=[name[:64] for name in mapped.unmapped[:20]],
+                count=len(mapped.unmapped),
+            )
         raw = RawRecord(
             id=new_id("raw"),
             channel_id=channel.id,
@@ -240,10 +248,16 @@ def create_app(
         *contacts_api.routes(),
         *operations_api.routes(),
         *messages_api.routes(),
+        *raws_api.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=exception_handlers(),
+        middleware=[Middleware(RequestLog)],
+    )
     app.state.gateway = gateway
     return app

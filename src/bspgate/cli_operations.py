@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from bspgate.masking import mask_url
+
 if TYPE_CHECKING:
     from bspgate.app import Gateway
     from bspgate.config import Settings
 
 T = TypeVar("T")
-SettingsLoader = Callable[[argparse.Namespace], "Settings"]
+SettingsLoader = Callable[..., "Settings"]
 
 
 def _print(value: Any) -> None:
@@ -42,9 +44,27 @@ def _with_gateway(settings: Settings, work: Callable[[Gateway], Awaitable[T]]) -
     return asyncio.run(run())
 
 
+def _with_store(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(store)` on an existing store (read-only commands never create one)."""
+    from bspgate.app import open_store
+    from bspgate.cli import _require_database
+
+    _require_database(settings)
+
+    async def run() -> T:
+        store = open_store(settings)
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
-    async def work(gateway: Gateway) -> int:
-        dead = await gateway.store.read(
+    async def work(store: Any) -> int:
+        dead = await store.read(
             lambda tx: tx.deliveries(
                 state="dead", subscriber_id=args.subscriber, event_id=None, limit=args.limit
             )
@@ -52,7 +72,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
         for row in dead:
             _print({"kind": "dead_letter", **row})
         if not args.subscriber:
-            raws = await gateway.store.read(lambda tx: tx.raws("quarantined", args.limit))
+            raws = await store.read(lambda tx: tx.raws("quarantined", args.limit))
             for raw in raws:
                 _print(
                     {
@@ -66,7 +86,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
                 )
         return 0
 
-    return _with_gateway(settings, work)
+    return _with_store(settings, work)
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,7 +135,7 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
             _print(
                 {
                     "id": subscriber.id,
-                    "url": subscriber.url,
+                    "url": mask_url(subscriber.url),
                     "enabled": not state.get("disabled_at"),
                     "reason": state.get("reason"),
                 }
@@ -128,15 +148,20 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
 def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader) -> None:
     """Register the operator commands on the main parser's subcommands."""
 
-    def bind(command: Callable[[argparse.Namespace, Settings], int]) -> Callable[..., int]:
-        return lambda args: command(args, load(args))
+    def bind(
+        command: Callable[[argparse.Namespace, Settings], int], lenient: bool = False
+    ) -> Callable[..., int]:
+        # lenient: a read-only command loads the config without secrets it never uses
+        return lambda args: command(args, load(args, lenient=lenient))
 
     dlq = sub.add_parser("dlq", help="dead letters and quarantined payloads")
     dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     dlq_list = dlq_sub.add_parser("list", parents=[common], help="list them as JSON lines")
     dlq_list.add_argument("--subscriber", help="only this subscriber's dead letters")
-    dlq_list.add_argument("--limit", type=int, default=100)
-    dlq_list.set_defaults(func=bind(cmd_dlq_list))
+    dlq_list.add_argument(
+        "--limit", type=int, default=100, help="at most this many of each (default: %(default)s)"
+    )
+    dlq_list.set_defaults(func=bind(cmd_dlq_list, lenient=True))
 
     replay = sub.add_parser(
         "replay",
@@ -173,5 +198,5 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
         ("disable", "pause deliveries (they wait in the outbox)"),
     ):
         switch = subscribers_sub.add_parser(action, parents=[common], help=text)
-        switch.add_argument("subscriber")
+        switch.add_argument("subscriber", help="a configured subscriber id")
         switch.set_defaults(func=bind(cmd_subscribers))

@@ -34,6 +34,7 @@ from bspgate.config import Channel, Settings
 from bspgate.errors import MappingLoadError, SendError
 from bspgate.identity.resolver import IdentityResolver, Observation
 from bspgate.ids import new_id
+from bspgate.mapping.loader import mapping_root
 from bspgate.outbound.addressing import (
     Address,
     IdentityView,
@@ -171,14 +172,15 @@ class SendService:
         self.client = client
         self.clock = clock
         self.sleep = sleep
-        self.mappings_dir = mappings_dir or settings.mappings_dir
+        self.mapping_dirs = (mappings_dir,) if mappings_dir else settings.mapping_dirs
         self._specs: dict[str, OutboundSpec] = {}
 
     def spec(self, provider: str) -> OutboundSpec:
         """The provider's compiled `outbound.yaml` (a broken file is a 500 naming it)."""
         if provider not in self._specs:
             try:
-                self._specs[provider] = load_outbound(self.mappings_dir, provider)
+                root = mapping_root(self.mapping_dirs, provider) or self.mapping_dirs[-1]
+                self._specs[provider] = load_outbound(root, provider)
             except MappingLoadError as exc:
                 raise SendError("channel_not_configured", str(exc), status=500) from exc
         return self._specs[provider]
