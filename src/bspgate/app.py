@@ -126,7 +126,8 @@ class Gateway:
         try:
             mapped = apply_mapping(spec, payload, channel.as_scope(), received_at=iso(moment))
         except Exception as exc:  # a mapping bug must quarantine, never lose, the payload
-            mapped = MappingResult(issues=[f"mapping engine error: {type(exc).__name__}: {exc}"])
+            # the type only: an exception's text can carry payload values
+            mapped = MappingResult(issues=[f"mapping engine error: {type(exc).__name__}"])
         if mapped.unmapped:
             # the provider sent fields no rule reads: its format may have changed (names only)
             for name in mapped.unmapped:

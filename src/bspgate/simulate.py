@@ -25,7 +25,7 @@ from bspgate.mapping.loader import MappingSpec, load_mapping
 @lru_cache(maxsize=32)
 def _mapping(roots: tuple[str, ...], provider: str) -> MappingSpec:
     # compiling a mapping takes ~0.1 s: sign a burst of bodies without recompiling each time
-    return load_mapping([Path(root) for root in roots], provider)
+    return load_mapping(tuple(Path(root) for root in roots), provider)
 
 
 def signed_request(

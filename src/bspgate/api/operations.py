@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bspgate.api.auth import authenticated
+from bspgate.masking import mask_url
 from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined, set_subscriber
 from bspgate.problems import problem_response
 
@@ -132,7 +133,7 @@ async def list_subscribers(request: Request) -> Response:
             "data": [
                 {
                     "id": s.id,
-                    "url": s.url,
+                    "url": mask_url(s.url),
                     "events": list(s.events),
                     "channels": list(s.channels),
                     "enabled": not (states.get(s.id) or {}).get("disabled_at"),

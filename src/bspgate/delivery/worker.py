@@ -181,7 +181,8 @@ class Dispatcher:
                 (state, attempts, now + verdict.delay, result.status, result.error, stamp, job.id)
             )
             self.metrics.deliveries.labels(subscriber.id, verdict.state).inc()
-            _log.info(
+            # a failed attempt is a warning (retried or dead), a delivered one info
+            (_log.info if verdict.state == "delivered" else _log.warning)(
                 "delivery.attempt",
                 delivery_id=job.id,
                 event_id=job.event_id,

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from bspgate.describe import kind
 from bspgate.errors import MappingError
 
 BSUID_RE = re.compile(r"^[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}$")
@@ -73,10 +74,10 @@ def bsuid(value: Any) -> str | None:
     if value is None or value is False:
         return None
     if not isinstance(value, str):
-        raise MappingError(f"invalid BSUID {value!r}: not a string")
+        raise MappingError(f"invalid BSUID: {kind(value)}, not a string")
     found = _bsuid_text(value)
     if found is _INVALID:
-        raise MappingError(f"invalid BSUID {_strip_channel(value.strip())!r}")
+        raise MappingError(f"invalid BSUID: {kind(value)} of the wrong form")
     return found
 
 
@@ -139,13 +140,13 @@ def _epoch(value: Any) -> str:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise MappingError(f"not a unix timestamp: {value!r}") from None
+        raise MappingError(f"not a unix timestamp: {kind(value)}") from None
     if number > _MS_THRESHOLD:
         number /= 1000
     try:
         return _format(datetime.fromtimestamp(number, UTC))
     except (OverflowError, OSError, ValueError):
-        raise MappingError(f"timestamp out of range: {value!r}") from None
+        raise MappingError(f"timestamp out of range: {kind(value)}") from None
 
 
 _OFFSET_NO_COLON = re.compile(r"([+-]\d{2})(\d{2})$")
@@ -163,7 +164,7 @@ def to_rfc3339(value: Any) -> str | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise MappingError(f"not an ISO 8601 time: {value!r}") from None
+        raise MappingError(f"not an ISO 8601 time: {kind(value)}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return _format(moment)

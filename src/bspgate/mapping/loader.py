@@ -21,6 +21,7 @@ import jmespath
 import jsonschema
 from jmespath.exceptions import JMESPathError
 
+from bspgate.describe import token
 from bspgate.errors import MappingError, MappingLoadError
 from bspgate.mapping.codegen import Builder, compile_condition, compile_rule
 from bspgate.mapping.expression import Getter, compile_expression
@@ -87,7 +88,7 @@ def _map_value(spec: FieldSpec, value: Any) -> Any:
         mapped = spec.value_map.get("*", _MISSING)
     if mapped is _MISSING:
         if spec.default is None:
-            raise MappingError(f"value {text!r} is not in the value map")
+            raise MappingError(f"value {token(text)} is not in the value map")
         return spec.default
     return mapped
 

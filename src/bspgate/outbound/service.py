@@ -31,6 +31,7 @@ import orjson
 import structlog
 
 from bspgate.config import Channel, Settings
+from bspgate.describe import pointer
 from bspgate.errors import MappingLoadError, SendError
 from bspgate.identity.resolver import IdentityResolver, Observation
 from bspgate.ids import new_id
@@ -95,8 +96,8 @@ def validate_send(payload: Any) -> dict[str, Any]:
     if errors:
         error = jsonschema.exceptions.best_match(errors)
         assert error is not None
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise SendError("invalid_request", f"{where}: {error.message}", pointer=f"/{where}")
+        where = pointer(error.absolute_path)
+        raise SendError("invalid_request", f"{where or 'the body'}: {error.message}", pointer=where)
     return payload
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import jsonschema_rs
 
+from bspgate.describe import pointer, schema_error
 from bspgate.errors import CanonicalValidationError
 
 
@@ -48,5 +49,4 @@ class EventValidator:
         error = jsonschema.exceptions.best_match(self._explain.iter_errors(event))
         if error is None:  # pragma: no cover - both validators implement the same draft
             raise CanonicalValidationError("event fails the canonical schema")
-        path = "/".join(str(part) for part in error.absolute_path)
-        raise CanonicalValidationError(error.message, "/" + path)
+        raise CanonicalValidationError(schema_error(error), pointer(error.absolute_path))
