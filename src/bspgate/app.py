@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from bspgate.api import contacts as contacts_api
 from bspgate.api import messages as messages_api
+from bspgate.api import openapi as openapi_api
 from bspgate.api import operations as operations_api
 from bspgate.api import raws as raws_api
 from bspgate.api.events import list_events
@@ -250,6 +251,7 @@ def create_app(
         *operations_api.routes(),
         *messages_api.routes(),
         *raws_api.routes(),
+        *openapi_api.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -70,6 +70,14 @@ def _require_database(settings: Settings) -> None:
         )
 
 
+def _database_exists(settings: Settings) -> bool:
+    try:
+        _require_database(settings)
+    except GatewayError:
+        return False
+    return True
+
+
 def _gateway_url(args: argparse.Namespace, settings: Settings) -> str:
     """--url, else the address of the gateway serving this store, else server.public_url."""
     from bspgate.serving import running_gateway
@@ -534,18 +542,28 @@ def cmd_send(args: argparse.Namespace) -> int:
         payload = orjson.loads(_read_input(args.file))
     except orjson.JSONDecodeError:
         return _send_problem(SendError("invalid_request", f"{args.file} is not JSON"))
+    if isinstance(payload, dict):
+        named = payload.get("channel")
+        if named is not None and named != args.channel:
+            return _send_problem(
+                SendError(
+                    "invalid_request",
+                    f"channel: the file names {named!r}, --channel {args.channel!r}",
+                )
+            )
+        payload = {**payload, "channel": args.channel}
     if args.dry_run:
-        to = payload.get("to") if isinstance(payload, dict) else None
-        use_store = isinstance(to, dict) and "contact_id" in to
+        # the same SendService.dry_run as `POST /v1/messages?dry_run=true`, over the same store
+        # (retired BSUIDs replaced, retired phones refused, the service window checked); only
+        # without a database yet (nothing stored, so nothing retired) does it run without one
+        use_store = _database_exists(settings)
         try:
             outcome = asyncio.run(_dry_run(settings, payload, args.channel, use_store))
         except SendError as exc:
             return _send_problem(exc)
         _print_json(outcome.body)
         return 0
-    if isinstance(payload, dict):
-        payload = {**payload, "channel": args.channel}
-    base = (args.url or settings.server.public_url).rstrip("/")
+    base = _gateway_url(args, settings)
     key = args.api_key or (settings.api_keys[0].key.reveal() if settings.api_keys else "")
     headers = {"authorization": f"Bearer {key}"}
     if args.idempotency_key:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from bspgate.api.answers import TimedJSON
 from bspgate.api.auth import authenticated
 from bspgate.problems import problem_response
 
@@ -35,7 +36,7 @@ async def get_contact(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     contact_id = request.path_params["contact_id"]
     view = await gateway.store.read(lambda tx: tx.contact_view(contact_id))
-    return _not_found(contact_id) if view is None else JSONResponse(view)
+    return _not_found(contact_id) if view is None else TimedJSON(view)
 
 
 @authenticated
@@ -52,7 +53,7 @@ async def find_contacts(request: Request) -> Response:
     def lookup(tx: Any) -> list[dict[str, Any]]:
         return [tx.contact_view(cid) for cid in tx.find_contacts(**criteria)]
 
-    return JSONResponse({"data": await gateway.store.read(lookup)})
+    return TimedJSON({"data": await gateway.store.read(lookup)})
 
 
 @authenticated
@@ -66,7 +67,7 @@ async def erase_contact(request: Request) -> Response:
     if summary is None:
         return _not_found(contact_id)
     _log.info("contact.erased", contact_id=contact_id, **summary)
-    return JSONResponse({"id": contact_id, "erased": summary})
+    return TimedJSON({"id": contact_id, "erased": summary})
 
 
 def routes() -> list[Route]:

@@ -15,12 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from bspgate.api.answers import TimedJSON
 from bspgate.api.auth import authenticated
 from bspgate.masking import mask_url
-from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined, set_subscriber
+from bspgate.operations import (
+    ReplayRequest,
+    UnknownReference,
+    replay_deliveries,
+    replay_quarantined,
+    set_subscriber,
+)
 from bspgate.problems import problem_response
 
 if TYPE_CHECKING:
@@ -54,7 +61,7 @@ async def list_deliveries(request: Request) -> Response:
             limit=limit,
         )
     )
-    return JSONResponse({"data": rows})
+    return TimedJSON({"data": rows})
 
 
 @authenticated
@@ -72,7 +79,7 @@ async def get_delivery(request: Request) -> Response:
         return problem_response(
             404, "unknown_delivery", "Unknown delivery", f"no delivery {delivery_id!r}"
         )
-    return JSONResponse(row)
+    return TimedJSON(row)
 
 
 @authenticated
@@ -89,14 +96,16 @@ async def create_replay(request: Request) -> Response:
                 dry_run=bool(data.get("dry_run", False)),
             )
         else:
-            replay = ReplayRequest.from_dict(data)
+            replay = ReplayRequest.from_dict(data, [s.id for s in gateway.settings.subscribers])
             result = await replay_deliveries(gateway.store, replay, gateway.clock())
             changed = result.get("requeued") or result.get("added")
             if changed and gateway.dispatcher is not None:
                 gateway.dispatcher.wake()
-    except (ValueError, orjson.JSONDecodeError) as exc:
+    except UnknownReference as exc:
+        return problem_response(422, "invalid_replay", "Invalid replay request", str(exc))
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
         return problem_response(400, "invalid_replay", "Invalid replay request", str(exc))
-    return JSONResponse(result, status_code=200 if result.get("dry_run") else 202)
+    return TimedJSON(result, status_code=200 if result.get("dry_run") else 202)
 
 
 @authenticated
@@ -106,7 +115,7 @@ async def list_quarantined(request: Request) -> Response:
     except ValueError as exc:
         return problem_response(400, "invalid_query", "Invalid limit", str(exc))
     raws = await _gateway(request).store.read(lambda tx: tx.raws("quarantined", limit))
-    return JSONResponse(
+    return TimedJSON(
         {
             "data": [
                 {
@@ -128,7 +137,7 @@ async def list_quarantined(request: Request) -> Response:
 async def list_subscribers(request: Request) -> Response:
     gateway = _gateway(request)
     states = await gateway.store.read(lambda tx: tx.subscriber_states())
-    return JSONResponse(
+    return TimedJSON(
         {
             "data": [
                 {
@@ -158,7 +167,7 @@ async def _switch(request: Request, enabled: bool) -> Response:
     await set_subscriber(gateway.store, subscriber_id, enabled, gateway.clock())
     if enabled and gateway.dispatcher is not None:
         gateway.dispatcher.wake()
-    return JSONResponse({"id": subscriber_id, "enabled": enabled})
+    return TimedJSON({"id": subscriber_id, "enabled": enabled})
 
 
 @authenticated

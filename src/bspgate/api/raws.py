@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from bspgate.api.answers import TimedJSON
 from bspgate.api.auth import authenticated
 from bspgate.problems import problem_response
 
@@ -45,7 +46,7 @@ async def get_raw(request: Request) -> Response:
     found = await gateway.store.read(read)
     if found is None:
         return problem_response(404, "unknown_raw", "Unknown payload", f"no raw payload {raw_id!r}")
-    return JSONResponse(found)
+    return TimedJSON(found)
 
 
 def routes() -> list[Route]:

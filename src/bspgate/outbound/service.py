@@ -88,6 +88,13 @@ def _send_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+def _with_channel(payload: Any, channel_id: str | None) -> Any:
+    # `channel_id` given by the caller (the CLI's --channel) fills a send's missing `channel`
+    if channel_id and isinstance(payload, dict) and "channel" not in payload:
+        return {**payload, "channel": channel_id}
+    return payload
+
+
 def validate_send(payload: Any) -> dict[str, Any]:
     """The canonical send, or `SendError(invalid_request)` naming the offending path."""
     if not isinstance(payload, dict):
@@ -214,7 +221,7 @@ class SendService:
         self, payload: Any, *, channel_id: str | None = None, use_store: bool = True
     ) -> SendOutcome:
         """The exact provider request, credentials masked; nothing is sent or stored."""
-        send = validate_send(payload)
+        send = validate_send(_with_channel(payload, channel_id))
         channel = self.channel(send, channel_id)
         spec = self.spec(channel.provider)
         now = self.clock()
@@ -229,7 +236,7 @@ class SendService:
         self, payload: Any, *, channel_id: str | None = None, idempotency_key: str | None = None
     ) -> SendOutcome:
         """Send one canonical message; answers 202 or a replayed answer, raises `SendError`."""
-        send = validate_send(payload)
+        send = validate_send(_with_channel(payload, channel_id))
         channel = self.channel(send, channel_id)
         send = {**send, "channel": channel.id}
         spec = self.spec(channel.provider)
