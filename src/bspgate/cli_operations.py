@@ -89,16 +89,35 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     return _with_store(settings, work)
 
 
+def _progress(done: int, total: int) -> None:
+    if total >= 20 and (done % max(total // 10, 1) == 0 or done == total):
+        sys.stderr.write(f"bspgate: replay {done}/{total}\n")
+        sys.stderr.flush()
+
+
+def _summary(result: dict[str, Any], limit: int) -> str:
+    parts = [f"matched {result.get('matched', 0)}"]
+    for key in ("requeued", "added"):
+        if key in result:
+            value = result[key]
+            parts.append(f"{key} {len(value) if isinstance(value, list) else value}")
+    for state, count in sorted((result.get("outcomes") or {}).items()):
+        parts.append(f"{state} {count}")
+    if result.get("dry_run"):
+        parts.append("dry run: nothing changed")
+    line = "bspgate: replay " + ", ".join(parts)
+    if result.get("truncated"):
+        line += f"; truncated at --limit {limit}: run again, or raise --limit, for the rest"
+    return line
+
+
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined
 
-    async def work(gateway: Gateway) -> int:
-        if args.quarantined:
-            result = await replay_quarantined(
-                gateway, raw_id=args.raw, dry_run=args.dry_run, limit=args.limit
-            )
-        else:
-            states = ["dead", *(["delivered"] if args.include_delivered else [])]
+    request = None
+    if not args.quarantined:
+        states = ["dead", *(["delivered"] if args.include_delivered else [])]
+        try:
             request = ReplayRequest.from_dict(
                 {
                     "event_id": args.event,
@@ -109,12 +128,32 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                     "states": states,
                     "dry_run": args.dry_run,
                     "limit": args.limit,
-                }
+                },
+                [s.id for s in settings.subscribers],
             )
+        except ValueError as exc:
+            sys.stderr.write(f"bspgate: replay: {exc}\n")
+            return 2
+
+    async def work(gateway: Gateway) -> int:
+        if request is None:
+            result = await replay_quarantined(
+                gateway,
+                raw_id=args.raw,
+                dry_run=args.dry_run,
+                limit=args.limit,
+                progress=_progress,
+            )
+        else:
             result = await replay_deliveries(gateway.store, request, gateway.clock())
+            result["truncated"] = result.get("matched", 0) >= request.limit
         _print(result)
+        sys.stderr.write(_summary(result, args.limit) + "\n")
         return 0
 
+    from bspgate.cli import _require_database
+
+    _require_database(settings)
     return _with_gateway(settings, work)
 
 
@@ -172,8 +211,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
     replay.add_argument("--event", help="one event id")
     replay.add_argument("--subscriber", help="one subscriber (also gives it events it never had)")
     replay.add_argument("--type", help="event type, e.g. whatsapp.message.status")
-    replay.add_argument("--since", help="event time from (RFC 3339)")
-    replay.add_argument("--until", help="event time before (RFC 3339)")
+    replay.add_argument(
+        "--since", help="event time from (RFC 3339, any offset: 2026-01-01T09:00:00+01:00)"
+    )
+    replay.add_argument("--until", help="event time before (RFC 3339, any offset)")
     replay.add_argument(
         "--include-delivered",
         action="store_true",
@@ -186,7 +227,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
     )
     replay.add_argument("--raw", help="with --quarantined: one raw payload id")
     replay.add_argument("--dry-run", action="store_true", help="say what would happen, do nothing")
-    replay.add_argument("--limit", type=int, default=1000)
+    replay.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        help="at most this many deliveries or payloads (default: %(default)s); a truncated "
+        "match says so",
+    )
     replay.set_defaults(func=bind(cmd_replay))
 
     subscribers = sub.add_parser("subscribers", help="subscriber state")

@@ -11,7 +11,7 @@ Nothing here talks HTTP or SQL directly: the store runs the statements, the pipe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache, partial
@@ -166,15 +166,31 @@ async def replay_quarantined(
     raw_id: str | None = None,
     dry_run: bool = False,
     limit: int = DEFAULT_LIMIT,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Re-run quarantined raw payloads through the current mappings."""
+    """Re-run quarantined raw payloads through the current mappings (`progress(done, total)`
+    is called after each payload)."""
     if raw_id:
         found = await gateway.store.read(lambda tx: tx.raw(raw_id))
         raws = [found] if found is not None else []
     else:
         raws = await gateway.store.read(lambda tx: tx.raws("quarantined", limit))
-    report = [await _replay_one(gateway, raw, dry_run) for raw in raws]
-    return {"matched": len(raws), "dry_run": dry_run, "payloads": report}
+    report = []
+    for raw in raws:
+        report.append(await _replay_one(gateway, raw, dry_run))
+        if progress is not None:
+            progress(len(report), len(raws))
+    outcomes: dict[str, int] = {}
+    for entry in report:
+        key = str(entry.get("state") or ("would_process" if dry_run else "unchanged"))
+        outcomes[key] = outcomes.get(key, 0) + 1
+    return {
+        "matched": len(raws),
+        "dry_run": dry_run,
+        "truncated": raw_id is None and len(raws) >= limit,
+        "outcomes": outcomes,
+        "payloads": report,
+    }
 
 
 async def _replay_one(gateway: Gateway, raw: RawRecord, dry_run: bool) -> dict[str, Any]:
