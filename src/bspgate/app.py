@@ -42,6 +42,7 @@ from bspgate.mapping.engine import MappingResult, apply_mapping
 from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
 from bspgate.pipeline import Fanout, IngestOutcome, InvalidEvents, ingest, quarantine
+from bspgate.retention import Purger
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import RawRecord
 
@@ -231,9 +232,18 @@ def create_app(
                 gateway.store, settings.subscribers, poster, gateway.metrics, clock=clock
             )
             task = asyncio.create_task(gateway.dispatcher.run(), name="bspgate-dispatcher")
+        purger = None
+        purging = None
+        if dispatch and settings.retention.enabled:
+            purger = Purger(gateway.store, settings.retention, gateway.metrics, clock)
+            purging = asyncio.create_task(purger.run(), name="bspgate-retention")
         try:
             yield
         finally:
+            if purger is not None and purging is not None:
+                purger.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(purging, timeout=15)
             if gateway.dispatcher is not None and task is not None:
                 gateway.dispatcher.stop()
                 with contextlib.suppress(asyncio.CancelledError):
