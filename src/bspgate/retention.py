@@ -6,10 +6,12 @@
       attempts: 30d         # delivery attempt log lines
       quarantine: 90d       # quarantined raw payloads
       interval: 1m          # how often the purger runs (default 1m)
-      batch: 500            # rows per delete statement (default 500)
+      batch: 100            # rows per delete transaction (default 100)
 
 `Purger` deletes expired rows in small batches in the background, one short transaction per
-batch, so ingest is never blocked for long; every row deleted is counted in
+batch, and after each batch waits `yield_factor` times as long as the batch took: the store's
+writer spends at most a quarter of its time purging, and a webhook waits at most one small batch
+(measured: bench/retention.py). Every row deleted is counted in
 `bspgate_retention_purged_total{kind}`.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,7 +43,7 @@ class Retention:
     attempts: float | None = None
     quarantine: float | None = None
     interval: float = 60.0
-    batch: int = 500
+    batch: int = 100
 
     @property
     def enabled(self) -> bool:
@@ -77,12 +80,14 @@ class Purger:
         metrics: Metrics,
         clock: Callable[[], datetime],
         pause: float = 0.005,
+        yield_factor: float = 3.0,
     ) -> None:
         self.store = store
         self.retention = retention
         self.metrics = metrics
         self.clock = clock
-        self.pause = pause  # between batches: ingest transactions get the writer in between
+        self.pause = pause  # at least this between batches
+        self.yield_factor = yield_factor  # and this many times the last batch's duration
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -97,15 +102,18 @@ class Purger:
             total = 0
             while not self._stop.is_set():
                 batch = self.retention.batch
+                started = time.perf_counter()
                 deleted: int = await self.store.transaction(
                     lambda tx, k=kind, c=cutoff, b=batch: tx.purge(k, c, b)
                 )
+                took = time.perf_counter() - started
                 if deleted:
                     total += deleted
                     self.metrics.purged.labels(kind).inc(deleted)
                 if deleted < batch:
                     break
-                await asyncio.sleep(self.pause)
+                # ingest gets the writer back: wait a multiple of what this batch took
+                await asyncio.sleep(max(self.pause, took * self.yield_factor))
             totals[kind] = total
         if any(totals.values()):
             _log.info("retention.purged", **totals)
