@@ -137,8 +137,7 @@ class Gateway:
             _log.info(
                 "mapping.unmapped_fields",
                 provider=channel.provider,
-                fields=[name[:64] for name in mapped.unmapped[:20]],
-                count=len(mapped.unmapped),
+                fields=[name[:64] for name in mapped.unmapped[:20]],  # bounded (names only)
             )
         raw = RawRecord(
             id=new_id("raw"),

@@ -181,6 +181,9 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
             )
         return 0
 
+    from bspgate.cli import _require_database
+
+    _require_database(settings)  # never create a database to list or switch subscribers
     return _with_gateway(settings, work)
 
 
