@@ -52,6 +52,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
         401: "no valid Bearer key",
         404: "not found",
         413: "body too large",
+        409: "conflict (the problem's code says why)",
         422: "refused (the problem's code says why)",
         502: "the provider rejected the send",
     }
@@ -304,6 +305,16 @@ def _operations() -> dict[str, Any]:
                 [404],
                 params=[_path_id("contact_id", "ct_…")],
             ),
+        },
+        "/v1/contacts/{contact_id}/merge": {
+            "post": op(
+                "mergeContacts",
+                "Merge another contact (`from`) into this one: the same person",
+                _json(_ref("Contact"), "the surviving contact"),
+                [400, 404, 409],
+                params=[_path_id("contact_id", "the contact that survives (ct_…)")],
+                body=_obj(["from"], {"from": {"type": "string", "pattern": "^ct_"}}),
+            )
         },
         "/v1/deliveries": {
             "get": op(
