@@ -46,10 +46,12 @@ class RequestLog:
         request_id = incoming if _REQUEST_ID.match(incoming) else new_id("req")
         status = 500
         started = time.perf_counter()
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -59,6 +61,13 @@ class RequestLog:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                # an unexpected error: an RFC 9457 500 carrying this request's id (logged
+                # with the exception's type only; its text may hold payload values)
+                if response_started:
+                    raise
+                response = await server_error(Request(scope), exc)
+                await response(scope, receive, send_with_id)
             finally:
                 level = "error" if status >= 500 else "info"
                 getattr(_log, level)(

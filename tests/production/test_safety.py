@@ -135,3 +135,24 @@ def test_quarantine_reasons_carry_no_values(tmp_path: Path) -> None:
 def test_json_pointers() -> None:
     assert pointer([]) == ""
     assert pointer(["to", 0, "a/b~c"]) == "/to/0/a~1b~0c"
+
+
+def test_unexpected_errors_are_problems_with_the_request_id(tmp_path: Path) -> None:
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("a bug with secret text")
+
+    app = create_app(make_settings(tmp_path), dispatch=False)
+    app.router.routes.append(Route("/v1/boom", boom))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/v1/boom", headers={"x-request-id": "abc-123"})
+        fresh = client.get("/healthz")
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == "internal_error"
+    assert "secret" not in answer.text
+    assert answer.headers["x-request-id"] == "abc-123"  # a caller's id is kept
+    assert fresh.headers["x-request-id"].startswith("req_")

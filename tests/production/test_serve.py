@@ -91,6 +91,16 @@ def test_dev_credentials_refuse_a_public_host(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_dev_credentials_on_loopback_start_with_a_warning(tmp_path: Path) -> None:
+    config = write_config(tmp_path, api_keys=[{"name": "crm", "key": "${KEY:-dev-key}"}])
+    with serving(config, cwd=tmp_path) as served:
+        pass
+    lines = [orjson.loads(line) for line in served.stderr.splitlines()]
+    (warning,) = [line for line in lines if line["event"] == "bspgate.dev_credentials"]
+    assert warning["level"] == "warning"
+    assert warning["keys"] == ["api_keys[0].key"]
+
+
 def test_read_only_commands_need_no_secrets(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,
