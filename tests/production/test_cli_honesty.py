@@ -190,3 +190,22 @@ def test_cli_dry_run_answers_what_the_api_answers(
         )
     assert (code, cli_answer["code"]) == (2, "outside_service_window")
     assert (api.status_code, api.json()["code"]) == (422, cli_answer["code"])
+
+
+def test_answers_carry_one_time_format() -> None:
+    from bspgate.times import rfc3339_fields
+
+    row = {
+        "next_attempt_at": 1767225600.5,
+        "created_at": "2026-01-01T01:00:00+01:00",
+        "attempt_log": [{"at": "2026-01-01T00:00:00Z", "status": 200}],
+        "failing_since": None,
+        "reason": "2026-01-01T00:00:00+01:00 stays text outside time fields",
+    }
+    assert rfc3339_fields(row) == {
+        "next_attempt_at": "2026-01-01T00:00:00.500000Z",
+        "created_at": "2026-01-01T00:00:00.000000Z",
+        "attempt_log": [{"at": "2026-01-01T00:00:00.000000Z", "status": 200}],
+        "failing_since": None,
+        "reason": "2026-01-01T00:00:00+01:00 stays text outside time fields",
+    }
