@@ -232,7 +232,9 @@ def _simulate_report(
                 report["detail"] = f"GET /v1/raws/{raw_id} answered {found.status_code}"
                 return report
             raw = found.json()
-            if raw["state"] not in ("received", "pending") or time.monotonic() > deadline:
+            # settled states; anything else (a gateway that processes after answering) is waited for
+            settled = raw["state"] in ("processed", "quarantined", "duplicate", "erased")
+            if settled or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
     report["outcome"] = raw["state"]
