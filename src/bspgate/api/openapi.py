@@ -268,6 +268,12 @@ def _operations() -> dict[str, Any]:
                     _param("cursor", "query", TEXT, "`next_cursor` of the previous page"),
                     _param("after", "query", TEXT, "a `tail_cursor`: events newer than it"),
                     _param(
+                        "wait",
+                        "query",
+                        {"type": "string", "pattern": "^[0-9]+(ms|s|m)$"},
+                        "with `after`: wait up to this long (at most 60s) for a new event",
+                    ),
+                    _param(
                         "include_superseded",
                         "query",
                         {"type": "boolean", "default": False},
@@ -392,6 +398,36 @@ def _operations() -> dict[str, Any]:
                 [404],
                 params=[_path_id("subscriber_id", "a subscriber id")],
             ),
+        },
+        "/v1/subscribers/{subscriber_id}/retry": {
+            "post": op(
+                "retrySubscriber",
+                "Retry everything pending for a subscriber now",
+                _json(
+                    _obj(["id", "retrying"], {"id": TEXT, "retrying": {"type": "integer"}}),
+                    "how many deliveries were made due now",
+                ),
+                [404],
+                params=[_path_id("subscriber_id", "a subscriber id")],
+            ),
+        },
+        "/v1/schemas/{name}": {
+            "get": {
+                "operationId": "getEventSchema",
+                "summary": "The JSON Schema of one event type (`dataschema` of its events)",
+                "security": [],
+                "parameters": [_path_id("name", "an event type with .json")],
+                "responses": {
+                    "200": {
+                        "description": "the JSON Schema (2020-12)",
+                        "content": {"application/schema+json": {"schema": {"type": "object"}}},
+                    },
+                    "404": {
+                        "description": "no such event type",
+                        "content": {PROBLEM: {"schema": _ref("Problem")}},
+                    },
+                },
+            }
         },
         "/v1/messages": {
             "post": op(
