@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -44,6 +45,7 @@ def forbidden(address: str) -> bool:
     return any(ip in network for network in _LINK_LOCAL)
 
 
+@lru_cache(maxsize=1024)  # a subscriber's URL is fixed: parse it once, not per POST
 def refused_literal(url: str) -> bool:
     """The URL's host is an IP literal that is link-local (no resolver sees literals)."""
     host = urlsplit(url).hostname or ""
