@@ -230,6 +230,9 @@ def _simulate_report(
     with httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}) as client:
         while True:
             found = client.get(f"/v1/raws/{raw_id}", timeout=10)
+            if found.status_code == 404 and time.monotonic() < deadline:
+                time.sleep(0.1)  # still in the inbox: processing follows the 200
+                continue
             if found.status_code != 200:
                 report["outcome"] = "stored"
                 report["detail"] = f"GET /v1/raws/{raw_id} answered {found.status_code}"
