@@ -47,8 +47,8 @@ def _with_gateway(settings: Settings, work: Callable[[Gateway], Awaitable[T]]) -
 
 def _with_store(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(store)` on an existing store (read-only commands never create one)."""
-    from bspgate.stage import open_store
     from bspgate.cli import _require_database
+    from bspgate.stage import open_store
 
     _require_database(settings)
 
