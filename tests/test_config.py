@@ -291,7 +291,8 @@ def test_public_dict_keeps_sqlite_paths(tmp_path: Path) -> None:
 # -- files -------------------------------------------------------------------------------------
 def test_shipped_config_loads_as_it_is() -> None:
     settings = load_settings(ROOT / "config.yaml", env={})
-    assert settings.storage == "sqlite:///bspgate.db"
+    # relative paths resolve against the config file's folder, not the working directory
+    assert settings.storage == f"sqlite:///{ROOT / 'bspgate.db'}"
     assert settings.mappings_dir == ROOT / "mappings"
     assert settings.channels[0].id == "cloud-us"
     assert settings.api_keys[0].key.reveal() == "dev-key"

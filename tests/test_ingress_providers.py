@@ -75,6 +75,9 @@ CHANNELS: list[dict[str, Any]] = [
 ]
 
 WAMID = "wamid.HBgLMTU1NTEyMzQ1NjcVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA="
+# the README's quick-start fixtures carry distinct message ids (one stream, no duplicates)
+D360_WAMID = "wamid.HBgLMTU1NTEyMzQ1NjcVAgASGBQzNjBESUFMT0cwMDAwMDAwMDAwMQA="
+INFOBIP_WAMID = "wamid.HBgLMTU1NTEyMzQ1NjcVAgASGBRJTkZPQklQMDAwMDAwMDAwMDAxAA=="
 
 # (channel, fixture, message ids its events carry)
 WEBHOOKS: list[tuple[str, str, str, list[str]]] = [
@@ -85,7 +88,7 @@ WEBHOOKS: list[tuple[str, str, str, list[str]]] = [
     ("twilio-us", "twilio", "inbound_button", ["SM3123456789abcdef0123456789abcdef"]),
     ("twilio-us", "twilio", "status_read", ["SM9999456789abcdef0123456789abcdef"]),
     ("twilio-us", "twilio", "status_failed", ["SM9999456789abcdef0123456789abcdef"]),
-    ("infobip-us", "infobip", "inbound_text", [WAMID]),
+    ("infobip-us", "infobip", "inbound_text", [INFOBIP_WAMID]),
     ("infobip-us", "infobip", "inbound_location", [WAMID]),
     ("infobip-hmac", "infobip", "inbound_button_reply", [WAMID]),
     ("infobip-us", "infobip", "delivery_report", ["2b6a2d4f-8c27-4a0c-9c2a-0d3a1f7a1e11"]),
@@ -103,7 +106,7 @@ WEBHOOKS: list[tuple[str, str, str, list[str]]] = [
     ("connectly-us", "connectly", "inbound_button", []),
     ("connectly-us", "connectly", "status_delivered", ["01FRRWW2ZAHD9GJ1SWY4VF2GBD"]),
     ("connectly-us", "connectly", "status_failed", ["01FRRWMSAMKNFZAMBPQ65CA7DD"]),
-    ("d360-us", "dialog360", "inbound_text", [WAMID]),
+    ("d360-us", "dialog360", "inbound_text", [D360_WAMID]),
 ]  # fmt: skip
 
 # One fixture per channel for the negative tests.

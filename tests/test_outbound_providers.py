@@ -596,8 +596,14 @@ async def test_infobip_template_body_matches_the_shared_fixture(tmp_path: Path) 
 
 # -- the same matrix as `bspgate send --dry-run` output ------------------------------------------
 def write_config(tmp_path: Path) -> Path:
+    # The CLI's dry run checks the service window against the store as the API does; this
+    # matrix is about addressing forms, so the window is off (the window itself:
+    # tests/production/test_cli_honesty.py)
+    config = config_dict(tmp_path)
+    for channel in config["channels"]:
+        channel["service_window"] = "off"
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config_dict(tmp_path)))
+    path.write_text(yaml.safe_dump(config))
     return path
 
 

@@ -28,18 +28,22 @@ from typing import Any
 import httpx
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bspgate.api import contacts as contacts_api
 from bspgate.api import messages as messages_api
+from bspgate.api import openapi as openapi_api
 from bspgate.api import operations as operations_api
+from bspgate.api import raws as raws_api
 from bspgate.api.events import list_events
 from bspgate.config import Channel, Settings
 from bspgate.delivery.transport import AiohttpPoster, HttpxPoster, Poster
 from bspgate.delivery.worker import Dispatcher
 from bspgate.errors import ConfigError, StoreError
+from bspgate.http import RequestLog, exception_handlers
 from bspgate.ids import new_id
 from bspgate.ingress.routes import receive_webhook, webhook_handshake
 from bspgate.ingress.verify import ChannelVerifier
@@ -47,6 +51,7 @@ from bspgate.mapping.loader import MappingSpec
 from bspgate.metrics import Metrics
 from bspgate.pipeline import Fanout, IngestOutcome
 from bspgate.processing import Processor, Rules, stamp
+from bspgate.retention import Purger
 from bspgate.schema import catalog as schema_catalog
 from bspgate.schema.validate import EventValidator
 from bspgate.stage import Stage, load_channel_mappings, open_store, utc_now
@@ -221,9 +226,18 @@ def create_app(
         )
         await stage.start()
         gateway.processor, gateway.dispatcher = stage.processor, stage.dispatcher
+        purger = None
+        purging = None
+        if dispatch and settings.retention.enabled:
+            purger = Purger(gateway.store, settings.retention, gateway.metrics, clock)
+            purging = asyncio.create_task(purger.run(), name="bspgate-retention")
         try:
             yield
         finally:
+            if purger is not None and purging is not None:
+                purger.stop()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(purging, timeout=15)
             await stage.stop()
             if owns_client:
                 await gateway.client.aclose()
@@ -237,6 +251,8 @@ def create_app(
         *contacts_api.routes(),
         *operations_api.routes(),
         *messages_api.routes(),
+        *raws_api.routes(),
+        *openapi_api.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -245,6 +261,11 @@ def create_app(
         from bspgate.console import mount as console_mount
 
         routes.append(console_mount(gateway))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=exception_handlers(),
+        middleware=[Middleware(RequestLog)],
+    )
     app.state.gateway = gateway
     return app

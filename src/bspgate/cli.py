@@ -32,17 +32,63 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(Path(args.config) if args.config else default_config_path())
+def _config_path(args: argparse.Namespace) -> Path:
+    config = getattr(args, "config", None)
+    return Path(config) if config else default_config_path()
 
 
-def _mappings_dir(args: argparse.Namespace) -> Path:
+def _settings(args: argparse.Namespace, *, lenient: bool = False) -> Settings:
+    return load_settings(_config_path(args), lenient=lenient)
+
+
+def _read_settings(args: argparse.Namespace) -> Settings:
+    """Settings for a read-only command: secrets it never uses may be unset."""
+    return _settings(args, lenient=True)
+
+
+def _mapping_roots(args: argparse.Namespace) -> list[Path]:
+    from bspgate.mapping.loader import shipped_mappings_dir
+
     if getattr(args, "mappings", None):
-        return Path(args.mappings)
-    path = Path(args.config) if args.config else default_config_path()
-    if path.is_file():
-        return _settings(args).mappings_dir
-    return Path("mappings")
+        return [shipped_mappings_dir(), Path(args.mappings)]
+    if _config_path(args).is_file():
+        return list(_read_settings(args).mapping_dirs)
+    return [shipped_mappings_dir()]
+
+
+def _require_database(settings: Settings) -> None:
+    """A read-only command never creates a database: a missing SQLite file is an error."""
+    from bspgate.store.sqlite import sqlite_path
+
+    if not settings.storage.startswith("sqlite:"):
+        return
+    path = Path(sqlite_path(settings.storage))
+    if str(path) != ":memory:" and not path.is_file():
+        where = f" (config {settings.source})" if settings.source else ""
+        raise GatewayError(
+            f"no database at {path}{where}: nothing is stored yet; start `bspgate serve` with "
+            "this config first, or check `storage:`"
+        )
+
+
+def _database_exists(settings: Settings) -> bool:
+    try:
+        _require_database(settings)
+    except GatewayError:
+        return False
+    return True
+
+
+def _gateway_url(args: argparse.Namespace, settings: Settings) -> str:
+    """--url, else the address of the gateway serving this store, else server.public_url."""
+    from bspgate.serving import running_gateway
+
+    if getattr(args, "url", None):
+        return str(args.url).rstrip("/")
+    running = running_gateway(settings)
+    if running and running.get("address"):
+        return str(running["address"]).rstrip("/")
+    return settings.server.public_url.rstrip("/")
 
 
 def _read_input(name: str) -> bytes:
@@ -53,24 +99,57 @@ def _read_input(name: str) -> bytes:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import structlog
     import uvicorn
 
     from bspgate.app import create_app
-    from bspgate.logging import configure_logging
+    from bspgate.config import local_url
+    from bspgate.logging import configure_logging, uvicorn_log_config
+    from bspgate.serving import ServeLock, dev_credentials, is_loopback, lock_path, startup_line
 
     configure_logging(args.log_level)
+    log = structlog.get_logger("bspgate.serve")
     os.environ["BSPGATE_LOG_LEVEL"] = args.log_level  # the worker process logs alike
     settings = _settings(args)
-    # processing and delivery in a worker process: the second core (docs/performance.md)
-    app = create_app(settings, processing="worker")
-    uvicorn.run(
-        app,
-        host=args.host or settings.server.host,
-        port=args.port or settings.server.port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
+    server = settings.server.serving(args.host, args.port)
+    dev = dev_credentials(settings)
+    if dev and not is_loopback(server.host) and not args.insecure_dev:
+        raise ConfigError(
+            "server.host",
+            f"{server.host!r} is not a loopback address and development credentials are in "
+            f"effect ({', '.join(dev)}): set them in the environment, or pass --insecure-dev",
+        )
+    settings = dataclasses.replace(settings, server=server)
+    address = local_url(server.host, server.port)
+    path = lock_path(settings)
+    lock = ServeLock(path) if path is not None else None
+    if lock is not None:
+        lock.acquire({"address": address, "public_url": server.public_url})
+    try:
+        # processing and delivery in a worker process: the second core (docs/performance.md)
+        app = create_app(settings, processing="worker")
+        log.info("bspgate.started", **startup_line(settings, address))
+        if dev:
+            log.warning(
+                "bspgate.dev_credentials",
+                keys=dev,
+                detail="development defaults are in effect: set the real values in the "
+                "environment before exposing this gateway",
+            )
+        uvicorn.run(
+            app,
+            host=server.host,
+            port=server.port,
+            log_config=uvicorn_log_config(args.log_level),
+            access_log=False,  # bspgate logs one access line per request itself
+            lifespan="on",
+            server_header=False,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 
@@ -78,10 +157,10 @@ def cmd_normalize(args: argparse.Namespace) -> int:
     from bspgate.mapping.loader import load_mapping
     from bspgate.normalize import Normalizer, demo_channel
 
-    spec = load_mapping(_mappings_dir(args), args.provider)
+    spec = load_mapping(_mapping_roots(args), args.provider)
     channel = demo_channel(args.provider)
     if args.channel:
-        configured = _settings(args).channel(args.channel)
+        configured = _read_settings(args).channel(args.channel)
         if configured is None:
             return _fail(f"no channel {args.channel!r} in the config")
         channel = configured
@@ -100,38 +179,94 @@ def cmd_normalize(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import httpx
 
+    from bspgate.serving import running_gateway
     from bspgate.simulate import signed_request
 
-    settings = _settings(args)
+    settings = _read_settings(args)
     channel = settings.channel(args.channel)
     if channel is None:
         return _fail(f"no channel {args.channel!r} in the config")
+    running = running_gateway(settings) or {}
+    if running.get("public_url") and not settings.server.public_url_set:
+        # sign over the URL the running gateway verifies against (it follows `serve --port`)
+        import dataclasses
+
+        server = dataclasses.replace(settings.server, public_url=running["public_url"])
+        settings = dataclasses.replace(settings, server=server)
     url, headers, body = signed_request(settings, channel, _read_input(args.file))
-    target = (
-        args.url.rstrip("/") + url.split("/webhooks/", 1)[1].join(["/webhooks/", ""])
-        if args.url
-        else url
-    )
-    response = httpx.post(target, content=body, headers=headers, timeout=30)
-    _print_json(
-        {
-            "status": response.status_code,
-            "raw_id": response.headers.get("bspgate-raw-id"),
-            "body": response.text or None,
-        }
-    )
+    base = _gateway_url(args, settings)
+    target = base + "/webhooks/" + url.split("/webhooks/", 1)[1]
+    try:
+        response = httpx.post(target, content=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        return _fail(f"cannot reach the gateway at {base}: {exc}")
+    report = _simulate_report(args, settings, base, response)
+    _print_json(report)
     return 0 if response.status_code == 200 else 1
+
+
+def _simulate_report(
+    args: argparse.Namespace, settings: Settings, base: str, response: Any
+) -> dict[str, Any]:
+    """What became of the payload: processed, duplicate or quarantined (and why).
+
+    The webhook's 200 only says the payload is stored; its outcome is looked up
+    (`GET /v1/raws/{id}`), waiting a moment for a gateway that processes after answering.
+    """
+    import httpx
+
+    raw_id = response.headers.get("bspgate-raw-id")
+    report: dict[str, Any] = {"status": response.status_code, "raw_id": raw_id}
+    if response.status_code != 200:
+        report["outcome"] = "rejected"
+        report["problem"] = _json_or_text(response)
+        return report
+    if raw_id is None:
+        report["outcome"] = "duplicate"
+        report["detail"] = "every event of this payload was already stored"
+        return report
+    key = args.api_key or (settings.api_keys[0].key.reveal() if settings.api_keys else "")
+    deadline = time.monotonic() + 5
+    with httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}) as client:
+        while True:
+            found = client.get(f"/v1/raws/{raw_id}", timeout=10)
+            if found.status_code == 404 and time.monotonic() < deadline:
+                time.sleep(0.1)  # still in the inbox: processing follows the 200
+                continue
+            if found.status_code != 200:
+                report["outcome"] = "stored"
+                report["detail"] = f"GET /v1/raws/{raw_id} answered {found.status_code}"
+                return report
+            raw = found.json()
+            # settled states; anything else (a gateway that processes after answering) is waited for
+            settled = raw["state"] in ("processed", "quarantined", "duplicate", "erased")
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    report["outcome"] = raw["state"]
+    report["events"] = raw.get("events", [])
+    if raw.get("reason"):
+        report["reason"] = raw["reason"]
+    return report
+
+
+def _json_or_text(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:200] or None
 
 
 def cmd_mappings(args: argparse.Namespace) -> int:
     from bspgate.mapping.cases import run_case
-    from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names
+    from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names, mapping_root
     from bspgate.outbound.spec import OUTBOUND_FILE, load_outbound
 
-    root = _mappings_dir(args)
-    names = [args.provider] if getattr(args, "provider", None) else mapping_names(root)
+    root = _mapping_roots(args)
+    listed = root[-1:] if getattr(args, "mappings", None) else root
+    names = [args.provider] if getattr(args, "provider", None) else mapping_names(listed)
     if not names:
-        return _fail(f"no mappings under {root}")
+        return _fail(f"no mappings under {', '.join(str(p) for p in listed)}")
     failures = 0
     passed = 0
     for name in names:
@@ -144,9 +279,10 @@ def cmd_mappings(args: argparse.Namespace) -> int:
         if args.action == "check":
             sys.stdout.write(f"ok   {spec.file} ({len(spec.rules)} rules)\n")
             passed += 1
-            if (root / name / OUTBOUND_FILE).is_file():
+            folder = mapping_root(root, name) or root[-1]
+            if (folder / name / OUTBOUND_FILE).is_file():
                 try:
-                    load_outbound(root, name)
+                    load_outbound(folder, name)
                 except MappingLoadError as exc:
                     sys.stdout.write(f"FAIL {exc}\n")
                     failures += 1
@@ -169,14 +305,17 @@ def cmd_mappings(args: argparse.Namespace) -> int:
 def cmd_events_tail(args: argparse.Namespace) -> int:
     import httpx
 
-    settings = _settings(args)
-    base = args.url or settings.server.public_url
+    settings = _read_settings(args)
+    base = _gateway_url(args, settings)
     key = args.api_key or (settings.api_keys[0].key.reveal() if settings.api_keys else "")
     headers = {"authorization": f"Bearer {key}"}
     with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
-        first = client.get("/v1/events", params={"limit": args.last or 1})
+        try:
+            first = client.get("/v1/events", params={"limit": args.last or 1})
+        except httpx.HTTPError as exc:
+            return _fail(f"cannot reach the gateway at {base}: {exc}")
         if first.status_code != 200:
-            return _fail(f"GET /v1/events answered {first.status_code}: {first.text}")
+            return _fail(f"GET /v1/events answered {first.status_code}: {first.text[:200]}")
         page = first.json()
         for event in reversed(page["data"] if args.last else []):
             _print_json(event)
@@ -204,7 +343,8 @@ def cmd_contacts_show(args: argparse.Namespace) -> int:
     from bspgate.mapping.functions import e164, is_bsuid
     from bspgate.stage import open_store
 
-    settings = _settings(args)
+    settings = _read_settings(args)
+    _require_database(settings)
     key = args.identifier.strip()
 
     def lookup(tx: Any) -> list[dict[str, Any]]:
@@ -244,6 +384,7 @@ def cmd_contacts_merge(args: argparse.Namespace) -> int:
     from bspgate.stage import open_store
 
     settings = _settings(args)
+    _require_database(settings)
     moment = datetime.now(UTC)
     ctx = OperatorContext(
         settings,
@@ -284,19 +425,32 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------
+CONFIG_HELP = "config file (default: $BSPGATE_CONFIG or ./config.yaml)"
+URL_HELP = "gateway base URL (default: the running gateway's address, else server.public_url)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bspgate", description="One WhatsApp event stream from every BSP, BSUID-first."
     )
     parser.add_argument("--version", action="version", version=f"bspgate {__version__}")
+    parser.add_argument("--config", help=CONFIG_HELP)
+    # --config also after the subcommand; SUPPRESS keeps one given before it
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="config file (default: $BSPGATE_CONFIG or ./config.yaml)")
+    common.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", parents=[common], help="run the gateway (migrations first)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--host", help="address to bind (default: server.host)")
+    serve.add_argument("--port", type=int, help="port to bind (default: server.port)")
+    serve.add_argument(
+        "--log-level", default="info", help="debug, info, warning or error (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="allow a non-loopback --host while development credentials (dev-…) are in effect",
+    )
     serve.set_defaults(func=cmd_serve)
 
     normalize = sub.add_parser(
@@ -304,39 +458,43 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="print the canonical events of one payload as JSON lines (no server, no store)",
     )
-    normalize.add_argument("provider")
+    normalize.add_argument("provider", help="a mapping name (cloudapi, twilio, …)")
     normalize.add_argument("file", help="the body as the provider sends it, or - for stdin")
     normalize.add_argument("--channel", help="use this configured channel (default: a demo one)")
-    normalize.add_argument("--mappings", help="mappings folder (default: the config's)")
+    normalize.add_argument("--mappings", help="an extra mappings folder (default: the config's)")
     normalize.set_defaults(func=cmd_normalize)
 
     simulate = sub.add_parser(
         "simulate",
         parents=[common],
-        help="post a payload to the running gateway, signed as the channel's provider would",
+        help="post a payload to the running gateway, signed as the channel's provider would, and "
+        "print whether it was processed, a duplicate or quarantined",
     )
-    simulate.add_argument("channel")
-    simulate.add_argument("file")
-    simulate.add_argument("--url", help="gateway base URL (default: server.public_url)")
+    simulate.add_argument("channel", help="a configured channel id")
+    simulate.add_argument("file", help="the body as the provider sends it, or - for stdin")
+    simulate.add_argument("--url", help=URL_HELP)
+    simulate.add_argument("--api-key", help="Bearer key to look the outcome up (default: first)")
     simulate.set_defaults(func=cmd_simulate)
 
     mappings = sub.add_parser("mappings", help="validate mapping files or run their cases")
     mappings_sub = mappings.add_subparsers(dest="action", required=True, metavar="ACTION")
     check = mappings_sub.add_parser("check", parents=[common], help="validate every mapping file")
-    check.add_argument("--mappings")
+    check.add_argument("--mappings", help="check this folder only (default: every configured)")
     check.set_defaults(func=cmd_mappings)
     test = mappings_sub.add_parser("test", parents=[common], help="run the golden cases")
-    test.add_argument("provider", nargs="?")
-    test.add_argument("--mappings")
+    test.add_argument("provider", nargs="?", help="one mapping name (default: every mapping)")
+    test.add_argument("--mappings", help="test this folder only (default: every configured)")
     test.set_defaults(func=cmd_mappings)
 
     events = sub.add_parser("events", help="read the canonical event stream")
     events_sub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
     tail = events_sub.add_parser("tail", parents=[common], help="follow events as they are stored")
-    tail.add_argument("--url", help="gateway base URL (default: server.public_url)")
+    tail.add_argument("--url", help=URL_HELP)
     tail.add_argument("--api-key", help="Bearer key (default: the config's first)")
     tail.add_argument("--last", type=int, default=0, help="print the last N events first")
-    tail.add_argument("--interval", type=float, default=1.0)
+    tail.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between polls (default: %(default)s)"
+    )
     tail.add_argument("--once", action="store_true", help="print what is new and exit")
     tail.set_defaults(func=cmd_events_tail)
 
@@ -372,21 +530,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= 500 else line[:497] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
         return result
     except ConfigError as exc:
-        return _fail(f"config: {exc}", 2)
+        return _fail(_one_line(f"config: {exc}"), 2)
     except MappingLoadError as exc:
-        return _fail(str(exc), 2)
+        return _fail(_one_line(str(exc)), 2)
     except FileNotFoundError as exc:
         return _fail(f"{exc.filename}: no such file")
+    except OSError as exc:
+        return _fail(_one_line(f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}"))
     except GatewayError as exc:
-        return _fail(str(exc))
+        return _fail(_one_line(str(exc)))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # every CLI error is one line, never a traceback
+        return _fail(_one_line(f"{type(exc).__name__}: {exc}"))
 
 
 # -- send (bspgate.outbound) ------------------------------------------------------------------
@@ -434,18 +601,28 @@ def cmd_send(args: argparse.Namespace) -> int:
         payload = orjson.loads(_read_input(args.file))
     except orjson.JSONDecodeError:
         return _send_problem(SendError("invalid_request", f"{args.file} is not JSON"))
+    if isinstance(payload, dict):
+        named = payload.get("channel")
+        if named is not None and named != args.channel:
+            return _send_problem(
+                SendError(
+                    "invalid_request",
+                    f"channel: the file names {named!r}, --channel {args.channel!r}",
+                )
+            )
+        payload = {**payload, "channel": args.channel}
     if args.dry_run:
-        to = payload.get("to") if isinstance(payload, dict) else None
-        use_store = isinstance(to, dict) and "contact_id" in to
+        # the same SendService.dry_run as `POST /v1/messages?dry_run=true`, over the same store
+        # (retired BSUIDs replaced, retired phones refused, the service window checked); only
+        # without a database yet (nothing stored, so nothing retired) does it run without one
+        use_store = _database_exists(settings)
         try:
             outcome = asyncio.run(_dry_run(settings, payload, args.channel, use_store))
         except SendError as exc:
             return _send_problem(exc)
         _print_json(outcome.body)
         return 0
-    if isinstance(payload, dict):
-        payload = {**payload, "channel": args.channel}
-    base = (args.url or settings.server.public_url).rstrip("/")
+    base = _gateway_url(args, settings)
     key = args.api_key or (settings.api_keys[0].key.reveal() if settings.api_keys else "")
     headers = {"authorization": f"Bearer {key}"}
     if args.idempotency_key:

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from bspgate.masking import mask_url
+
 if TYPE_CHECKING:
     from bspgate.app import Gateway
     from bspgate.config import Settings
 
 T = TypeVar("T")
-SettingsLoader = Callable[[argparse.Namespace], "Settings"]
+SettingsLoader = Callable[..., "Settings"]
 
 
 def _print(value: Any) -> None:
@@ -43,9 +45,27 @@ def _with_gateway(settings: Settings, work: Callable[[Gateway], Awaitable[T]]) -
     return asyncio.run(run())
 
 
+def _with_store(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(store)` on an existing store (read-only commands never create one)."""
+    from bspgate.cli import _require_database
+    from bspgate.stage import open_store
+
+    _require_database(settings)
+
+    async def run() -> T:
+        store = open_store(settings)
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
-    async def work(gateway: Gateway) -> int:
-        dead = await gateway.store.read(
+    async def work(store: Any) -> int:
+        dead = await store.read(
             lambda tx: tx.deliveries(
                 state="dead", subscriber_id=args.subscriber, event_id=None, limit=args.limit
             )
@@ -53,7 +73,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
         for row in dead:
             _print({"kind": "dead_letter", **row})
         if not args.subscriber:
-            raws = await gateway.store.read(lambda tx: tx.raws("quarantined", args.limit))
+            raws = await store.read(lambda tx: tx.raws("quarantined", args.limit))
             for raw in raws:
                 _print(
                     {
@@ -67,19 +87,38 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
                 )
         return 0
 
-    return _with_gateway(settings, work)
+    return _with_store(settings, work)
+
+
+def _progress(done: int, total: int) -> None:
+    if total >= 20 and (done % max(total // 10, 1) == 0 or done == total):
+        sys.stderr.write(f"bspgate: replay {done}/{total}\n")
+        sys.stderr.flush()
+
+
+def _summary(result: dict[str, Any], limit: int) -> str:
+    parts = [f"matched {result.get('matched', 0)}"]
+    for key in ("requeued", "added"):
+        if key in result:
+            value = result[key]
+            parts.append(f"{key} {len(value) if isinstance(value, list) else value}")
+    for state, count in sorted((result.get("outcomes") or {}).items()):
+        parts.append(f"{state} {count}")
+    if result.get("dry_run"):
+        parts.append("dry run: nothing changed")
+    line = "bspgate: replay " + ", ".join(parts)
+    if result.get("truncated"):
+        line += f"; truncated at --limit {limit}: run again, or raise --limit, for the rest"
+    return line
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined
 
-    async def work(gateway: Gateway) -> int:
-        if args.quarantined:
-            result = await replay_quarantined(
-                gateway, raw_id=args.raw, dry_run=args.dry_run, limit=args.limit
-            )
-        else:
-            states = ["dead", *(["delivered"] if args.include_delivered else [])]
+    request = None
+    if not args.quarantined:
+        states = ["dead", *(["delivered"] if args.include_delivered else [])]
+        try:
             request = ReplayRequest.from_dict(
                 {
                     "event_id": args.event,
@@ -90,12 +129,32 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                     "states": states,
                     "dry_run": args.dry_run,
                     "limit": args.limit,
-                }
+                },
+                [s.id for s in settings.subscribers],
             )
+        except ValueError as exc:
+            sys.stderr.write(f"bspgate: replay: {exc}\n")
+            return 2
+
+    async def work(gateway: Gateway) -> int:
+        if request is None:
+            result = await replay_quarantined(
+                gateway,
+                raw_id=args.raw,
+                dry_run=args.dry_run,
+                limit=args.limit,
+                progress=_progress,
+            )
+        else:
             result = await replay_deliveries(gateway.store, request, gateway.clock())
+            result["truncated"] = result.get("matched", 0) >= request.limit
         _print(result)
+        sys.stderr.write(_summary(result, args.limit) + "\n")
         return 0
 
+    from bspgate.cli import _require_database
+
+    _require_database(settings)
     return _with_gateway(settings, work)
 
 
@@ -121,13 +180,16 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
             _print(
                 {
                     "id": subscriber.id,
-                    "url": subscriber.url,
+                    "url": mask_url(subscriber.url),
                     "enabled": not state.get("disabled_at"),
                     "reason": state.get("reason"),
                 }
             )
         return 0
 
+    from bspgate.cli import _require_database
+
+    _require_database(settings)  # never create a database to list or switch subscribers
     return _with_gateway(settings, work)
 
 
@@ -164,15 +226,20 @@ def cmd_test_filter(args: argparse.Namespace, settings: Settings) -> int:
 def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader) -> None:
     """Register the operator commands on the main parser's subcommands."""
 
-    def bind(command: Callable[[argparse.Namespace, Settings], int]) -> Callable[..., int]:
-        return lambda args: command(args, load(args))
+    def bind(
+        command: Callable[[argparse.Namespace, Settings], int], lenient: bool = False
+    ) -> Callable[..., int]:
+        # lenient: a read-only command loads the config without secrets it never uses
+        return lambda args: command(args, load(args, lenient=lenient))
 
     dlq = sub.add_parser("dlq", help="dead letters and quarantined payloads")
     dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     dlq_list = dlq_sub.add_parser("list", parents=[common], help="list them as JSON lines")
     dlq_list.add_argument("--subscriber", help="only this subscriber's dead letters")
-    dlq_list.add_argument("--limit", type=int, default=100)
-    dlq_list.set_defaults(func=bind(cmd_dlq_list))
+    dlq_list.add_argument(
+        "--limit", type=int, default=100, help="at most this many of each (default: %(default)s)"
+    )
+    dlq_list.set_defaults(func=bind(cmd_dlq_list, lenient=True))
 
     replay = sub.add_parser(
         "replay",
@@ -183,8 +250,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
     replay.add_argument("--event", help="one event id")
     replay.add_argument("--subscriber", help="one subscriber (also gives it events it never had)")
     replay.add_argument("--type", help="event type, e.g. whatsapp.message.status")
-    replay.add_argument("--since", help="event time from (RFC 3339)")
-    replay.add_argument("--until", help="event time before (RFC 3339)")
+    replay.add_argument(
+        "--since", help="event time from (RFC 3339, any offset: 2026-01-01T09:00:00+01:00)"
+    )
+    replay.add_argument("--until", help="event time before (RFC 3339, any offset)")
     replay.add_argument(
         "--include-delivered",
         action="store_true",
@@ -197,7 +266,13 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
     )
     replay.add_argument("--raw", help="with --quarantined: one raw payload id")
     replay.add_argument("--dry-run", action="store_true", help="say what would happen, do nothing")
-    replay.add_argument("--limit", type=int, default=1000)
+    replay.add_argument(
+        "--limit",
+        type=int,
+        default=1000,
+        help="at most this many deliveries or payloads (default: %(default)s); a truncated "
+        "match says so",
+    )
     replay.set_defaults(func=bind(cmd_replay))
 
     subscribers = sub.add_parser("subscribers", help="subscriber state")
@@ -210,7 +285,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
         ("retry", "retry everything pending for it now (a running gateway picks it up)"),
     ):
         switch = subscribers_sub.add_parser(action, parents=[common], help=text)
-        switch.add_argument("subscriber")
+        switch.add_argument("subscriber", help="a configured subscriber id")
         switch.set_defaults(func=bind(cmd_subscribers))
     tester = subscribers_sub.add_parser(
         "test-filter",
@@ -218,6 +293,6 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
         help="say whether a canonical event (JSON file, or -) would go to the subscriber "
         "(exit 0 yes, 1 no)",
     )
-    tester.add_argument("subscriber")
-    tester.add_argument("file")
-    tester.set_defaults(func=bind(cmd_test_filter))
+    tester.add_argument("subscriber", help="a configured subscriber id")
+    tester.add_argument("file", help="a canonical event as JSON, or - for stdin")
+    tester.set_defaults(func=bind(cmd_test_filter, lenient=True))

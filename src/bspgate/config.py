@@ -9,6 +9,7 @@ Secrets are `Secret` objects whose repr is masked; `reveal()` is the only way to
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -26,6 +27,8 @@ from standardwebhooks import Webhook
 from bspgate.delivery.filter import Filter, compile_filter
 from bspgate.delivery.rate import parse_rate
 from bspgate.errors import ConfigError
+from bspgate.masking import mask_url
+from bspgate.retention import Retention
 
 DEFAULT_RETRY_SCHEDULE = ("5s", "5m", "30m", "2h", "5h", "10h", "10h")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -64,6 +67,23 @@ class ServerSettings:
     port: int = 8080
     public_url: str = "http://127.0.0.1:8080"
     max_body_bytes: int = 1_048_576
+    public_url_set: bool = True  # False: public_url follows the address actually served
+
+    def serving(self, host: str | None, port: int | None) -> ServerSettings:
+        """These settings for the address `serve` binds (`--host`, `--port` override)."""
+        host = host or self.host
+        port = self.port if port is None else port
+        public_url = self.public_url if self.public_url_set else local_url(host, port)
+        return ServerSettings(host, port, public_url, self.max_body_bytes, self.public_url_set)
+
+
+def local_url(host: str, port: int) -> str:
+    """`http://host:port` as a client on this machine reaches it (a wildcard host is loopback)."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104  # naming the wildcard, not binding it
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,13 +150,19 @@ class Subscriber:
 @dataclass(frozen=True, slots=True)
 class Settings:
     storage: str
-    mappings_dir: Path
+    mapping_dirs: tuple[Path, ...]  # shipped mappings first; later folders add or override
     server: ServerSettings
     api_keys: tuple[ApiKey, ...]
     channels: tuple[Channel, ...]
     subscribers: tuple[Subscriber, ...]
     source: Path | None = None
     console: bool = True  # the operator console at /console (`console: false` turns it off)
+    retention: Retention = field(default_factory=lambda: Retention())
+
+    @property
+    def mappings_dir(self) -> Path:
+        """The last mappings folder (the config's own, else the shipped one)."""
+        return self.mapping_dirs[-1]
 
     def channel(self, channel_id: str) -> Channel | None:
         """The channel with this id, or None."""
@@ -152,8 +178,8 @@ class Settings:
             return "**********" if value else ""
 
         return {
-            "storage": _mask_dsn(self.storage),
-            "mappings": str(self.mappings_dir),
+            "storage": mask_url(self.storage),
+            "mappings": [str(path) for path in self.mapping_dirs],
             "server": {
                 "host": self.server.host,
                 "port": self.server.port,
@@ -178,7 +204,7 @@ class Settings:
             "subscribers": [
                 {
                     "id": s.id,
-                    "url": _mask_dsn(s.url),
+                    "url": mask_url(s.url),
                     "secret": [mask(key) for key in s.secrets]
                     if len(s.secrets) > 1
                     else mask(s.secret),
@@ -199,12 +225,6 @@ class Settings:
                 for s in self.subscribers
             ],
         }
-
-
-def _mask_dsn(dsn: str) -> str:
-    """A DSN or URL without its password (`user:****@`, and `password=****` in the query)."""
-    masked = re.sub(r"://([^:/@]+):([^@]*)@", r"://\1:****@", dsn)
-    return re.sub(r"([?&]password=)[^&]*", r"\1****", masked)
 
 
 def _is_secret_key(key: str) -> bool:
@@ -231,11 +251,18 @@ def _dotted(path: Iterable[Any]) -> str:
     return text
 
 
-def _interpolate(value: Any, path: tuple[Any, ...], env: Mapping[str, str]) -> Any:
+# A Standard Webhooks key that signs nothing: stands in for an unset subscriber secret when a
+# read-only command loads the config without every secret (`lenient=True`).
+_PLACEHOLDER_WEBHOOK_SECRET = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"  # noqa: S105
+
+
+def _interpolate(
+    value: Any, path: tuple[Any, ...], env: Mapping[str, str], lenient: bool = False
+) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, (*path, k), env) for k, v in value.items()}
+        return {k: _interpolate(v, (*path, k), env, lenient) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, (*path, i), env) for i, v in enumerate(value)]
+        return [_interpolate(v, (*path, i), env, lenient) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -245,7 +272,11 @@ def _interpolate(value: Any, path: tuple[Any, ...], env: Mapping[str, str]) -> A
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(_dotted(path), f"environment variable {name} is not set")
+        key = _dotted(path)
+        if lenient and _is_secret_key(key):
+            subscriber_key = re.search(r"\.secret(\[\d+\])?$", key) is not None
+            return _PLACEHOLDER_WEBHOOK_SECRET if subscriber_key else ""
+        raise ConfigError(key, f"environment variable {name} is not set")
 
     return _ENV_REF.sub(replace, value)
 
@@ -258,10 +289,39 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+def _known_keys(schema: dict[str, Any], path: Iterable[Any]) -> list[str]:
+    """The property names the schema allows at `path` (for "did you mean" suggestions)."""
+    node = schema
+    for part in path:
+        if isinstance(part, int):
+            node = node.get("items", {})
+        else:
+            node = node.get("properties", {}).get(part, {})
+    return list(node.get("properties", {}))
+
+
+def _unknown_key(error: jsonschema.ValidationError) -> ConfigError | None:
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+        return None
+    schema: dict[str, Any] = dict(_validator().schema)  # type: ignore[arg-type]
+    known = _known_keys(schema, error.absolute_path)
+    for name in error.instance:
+        if name not in known:
+            key = _dotted((*error.absolute_path, name))
+            near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(known)})"
+            return ConfigError(key, f"unknown key {name!r}{hint}")
+    return None
+
+
 def _check_schema(data: Any) -> None:
     errors = list(_validator().iter_errors(data))
     if not errors:
         return
+    for candidate in errors:
+        unknown = _unknown_key(candidate)
+        if unknown is not None:
+            raise unknown
     error = jsonschema.exceptions.best_match(errors)
     assert error is not None
     key = _dotted(error.absolute_path)
@@ -355,6 +415,37 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
     )
 
 
+def _resolve_storage(dsn: str, base: Path) -> str:
+    """A relative SQLite path, and relative PostgreSQL certificate files, against `base`."""
+    if dsn.startswith("sqlite:///"):
+        path = dsn[len("sqlite:///") :]
+        if not path or path == ":memory:" or Path(path).is_absolute():
+            return dsn
+        return "sqlite:///" + str((base / path).resolve())
+
+    def absolute(match: re.Match[str]) -> str:
+        value = match.group(2)
+        return match.group(1) + (value if Path(value).is_absolute() else str(base / value))
+
+    return re.sub(r"((?:^|[?&])(?:sslrootcert|sslcert|sslkey|sslcrl)=)([^&]+)", absolute, dsn)
+
+
+def _mapping_dirs(data: dict[str, Any], base: Path) -> tuple[Path, ...]:
+    from bspgate.mapping.loader import shipped_mappings_dir
+
+    extra = data.get("mappings") or []
+    extra = [extra] if isinstance(extra, str) else list(extra)
+    dirs = [shipped_mappings_dir().resolve()]
+    for index, name in enumerate(extra):
+        folder = (base / name).resolve()
+        if not folder.is_dir():
+            key = "mappings" if isinstance(data.get("mappings"), str) else f"mappings[{index}]"
+            raise ConfigError(key, f"{name!r} is not a folder (resolved to {folder})")
+        if folder not in dirs:
+            dirs.append(folder)
+    return tuple(dirs)
+
+
 def settings_from_dict(
     data: Any,
     *,
@@ -362,18 +453,24 @@ def settings_from_dict(
     base_dir: Path | None = None,
     known_mappings: Iterable[str] | None = None,
     source: Path | None = None,
+    lenient: bool = False,
 ) -> Settings:
-    """Validate a parsed config document (`known_mappings`: default, the mappings folder)."""
+    """Validate a parsed config document (`known_mappings`: default, the mappings folders).
+
+    Relative paths (`storage` SQLite file, `mappings` folders) resolve against `base_dir` (the
+    config file's folder). `lenient`: an unset `${NAME}` in a secret is empty instead of an
+    error (read-only commands need no secrets; they never verify or sign).
+    """
     if not isinstance(data, dict):
         raise ConfigError("", "the config must be a YAML mapping (key: value) at the top level")
-    data = _interpolate(data, (), os.environ if env is None else env)
+    data = _interpolate(data, (), os.environ if env is None else env, lenient)
     _check_schema(data)
     base = base_dir or Path.cwd()
-    mappings_dir = (base / data.get("mappings", "mappings")).resolve()
+    mapping_dirs = _mapping_dirs(data, base)
     if known_mappings is None:
         from bspgate.mapping.loader import mapping_names
 
-        known_mappings = mapping_names(mappings_dir)
+        known_mappings = mapping_names(mapping_dirs)
     known = sorted(known_mappings)
     channels_raw: list[dict[str, Any]] = data.get("channels") or []
     subscribers_raw: list[dict[str, Any]] = data.get("subscribers") or []
@@ -381,9 +478,12 @@ def settings_from_dict(
     _unique(subscribers_raw, "subscribers")
     for index, raw in enumerate(channels_raw):
         if raw["provider"] not in known:
+            near = difflib.get_close_matches(raw["provider"], known, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
             raise ConfigError(
                 f"channels[{index}].provider",
-                f"{raw['provider']!r} is not a known mapping (known: {', '.join(known) or 'none'})",
+                f"{raw['provider']!r} is not a known mapping "
+                f"({hint}known: {', '.join(known) or 'none'})",
             )
     channel_ids = {raw["id"] for raw in channels_raw}
     server_raw = dict(data.get("server") or {})
@@ -393,10 +493,15 @@ def settings_from_dict(
             server_raw[key] = int(server_raw[key])
             if not low <= server_raw[key] <= high:
                 raise ConfigError(f"server.{key}", f"{server_raw[key]} is not in {low}..{high}")
-    server = ServerSettings(**server_raw)
+    public_url_set = "public_url" in server_raw
+    server = ServerSettings(**server_raw, public_url_set=public_url_set)
+    if not public_url_set:
+        server = server.serving(None, None)
+    from bspgate.retention import retention_from_dict
+
     return Settings(
-        storage=data.get("storage", "sqlite:///bspgate.db"),
-        mappings_dir=mappings_dir,
+        storage=_resolve_storage(data.get("storage", "sqlite:///bspgate.db"), base),
+        mapping_dirs=mapping_dirs,
         server=server,
         api_keys=tuple(ApiKey(k["name"], Secret(k["key"])) for k in data.get("api_keys") or []),
         channels=tuple(_channel(raw) for raw in channels_raw),
@@ -405,6 +510,7 @@ def settings_from_dict(
         ),
         source=source,
         console=bool(data.get("console", True)),
+        retention=retention_from_dict(data.get("retention") or {}),
     )
 
 
@@ -413,8 +519,10 @@ def default_config_path() -> Path:
     return Path(os.environ.get("BSPGATE_CONFIG", "config.yaml"))
 
 
-def load_settings(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
-    """Read, interpolate and validate a config file."""
+def load_settings(
+    path: Path | None = None, *, env: Mapping[str, str] | None = None, lenient: bool = False
+) -> Settings:
+    """Read, interpolate and validate a config file (`lenient`: see `settings_from_dict`)."""
     path = path or default_config_path()
     try:
         text = path.read_text(encoding="utf-8")
@@ -423,5 +531,13 @@ def load_settings(path: Path | None = None, *, env: Mapping[str, str] | None = N
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path} is not valid YAML: {exc}") from exc
-    return settings_from_dict(data, env=env, base_dir=path.resolve().parent, source=path)
+        raise ConfigError("", f"{path} is not valid YAML: {_first_line(exc)}") from exc
+    return settings_from_dict(
+        data, env=env, base_dir=path.resolve().parent, source=path, lenient=lenient
+    )
+
+
+def _first_line(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark is not None else str(problem)

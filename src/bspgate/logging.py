@@ -1,5 +1,9 @@
 """structlog configuration: JSON lines, and a processor that keeps PII out of logs above DEBUG.
 
+JSON when stderr is not a terminal (a readable console rendering on one), uvicorn's own lines
+included (`uvicorn_log_config`). Every line is bounded: long strings and long lists are cut
+(`bound_sizes`), and a rendered line never exceeds `MAX_LINE` characters.
+
 Phone numbers and message text must not reach INFO logs. `redact_pii` masks the values of keys
 that hold them (`phone`, `text`, `body`, …) and any phone-like digit run left in other strings,
 keeping the last two digits so an operator can still tell two numbers apart. BSUIDs are not
@@ -22,6 +26,9 @@ _PII_KEYS = frozenset(
 # 8-15 digits standing alone (not inside a BSUID, an id or an ISO time): a phone number.
 _PHONE_RUN = re.compile(r"(?<![\w.:/-])\+?\d{8,15}(?![\w-])")
 _KEEP = frozenset({"event", "timestamp", "level", "logger"})
+MAX_STRING = 1000  # characters of one value
+MAX_ITEMS = 20  # items of one list or dict value
+MAX_LINE = 8192  # characters of one rendered line
 
 
 def _mask_phone(match: re.Match[str]) -> str:
@@ -53,20 +60,121 @@ def redact_pii(
     return event_dict
 
 
-def configure_logging(level: str = "info", *, json: bool = True) -> None:
-    """Configure structlog once per process (the CLI calls it; tests may call it again)."""
+def _bound(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return (
+            value
+            if len(value) <= MAX_STRING
+            else value[:MAX_STRING] + f"…(+{len(value) - MAX_STRING})"
+        )
+    if depth > 3:
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {str(k): _bound(v, depth + 1) for k, v in items[:MAX_ITEMS]}
+        if len(items) > MAX_ITEMS:
+            out["…"] = f"{len(items) - MAX_ITEMS} more"
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+        out_list = [_bound(v, depth + 1) for v in items[:MAX_ITEMS]]
+        if len(items) > MAX_ITEMS:
+            out_list.append(f"…{len(items) - MAX_ITEMS} more")
+        return out_list
+    return value
+
+
+def bound_sizes(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: cut long strings and long lists so one line stays small."""
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _bound(value)
+    return event_dict
+
+
+class _BoundedRenderer:
+    """The final renderer, cutting a line that is still longer than `MAX_LINE`."""
+
+    def __init__(self, json: bool) -> None:
+        self.json = json
+        self.inner: Any = (
+            structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        )
+
+    def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> str:
+        line: str = self.inner(logger, name, event_dict)
+        if len(line) <= MAX_LINE:
+            return line
+        keep = {
+            k: event_dict[k] for k in ("timestamp", "level", "logger", "event") if k in event_dict
+        }
+        keep["truncated"] = len(line)
+        cut: str = self.inner(logger, name, keep)
+        return cut
+
+
+def _processors(json: bool) -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_pii,  # after format_exc_info: exception messages can carry payload values
+        bound_sizes,
+        _BoundedRenderer(json),
+    ]
+
+
+def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
+    """Configure structlog once per process (the CLI calls it; tests may call it again).
+
+    `json`: default, JSON unless stderr is a terminal.
+    """
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    if json is None:
+        json = not sys.stderr.isatty()
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redact_pii,  # after format_exc_info: exception messages can carry payload values
-            renderer,
-        ],
+        processors=_processors(json),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class StdlibFormatter(logging.Formatter):
+    """Formats standard-library records (uvicorn's) as bspgate's structlog lines."""
+
+    def __init__(self, json: bool | None = None) -> None:
+        super().__init__()
+        self.processors = _processors(not sys.stderr.isatty() if json is None else json)
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: Any = {"event": record.getMessage(), "logger": record.name}
+        if record.exc_info:
+            event["exc_info"] = record.exc_info
+        method = record.levelname.lower()
+        for processor in self.processors:
+            event = processor(None, method, event)
+        return str(event)
+
+
+def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
+    """A `logging.config.dictConfig` for uvicorn: its lines in bspgate's format, on stderr."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"bspgate": {"()": "bspgate.logging.StdlibFormatter"}},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "bspgate",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.access": {"handlers": ["default"], "level": "WARNING", "propagate": False},
+        },
+    }

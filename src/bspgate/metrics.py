@@ -22,6 +22,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+MAX_UNMAPPED_SERIES = 200  # distinct (provider, field) label pairs; the rest count as "other"
+
 
 class Metrics:
     """Counters the ingress, the pipeline and the dispatcher update; rendered at /metrics."""
@@ -59,6 +61,13 @@ class Metrics:
             ["provider", "field"],
             registry=self.registry,
         )
+        self.purged = Counter(
+            "bspgate_retention_purged_total",
+            "Rows deleted by retention, by kind (raw_payloads, events, attempts, quarantine)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self._unmapped_seen: set[tuple[str, str]] = set()
         self.oldest_undelivered = Gauge(
             "bspgate_oldest_undelivered_seconds",
             "Age of the oldest delivery still waiting (pending, in flight or held)",
@@ -72,6 +81,20 @@ class Metrics:
         )
 
         self.peer: Path | None = None  # another process's rendered metrics, merged in
+
+    def count_unmapped(self, provider: str, field: str) -> None:
+        """Count a field no rule reads; past `MAX_UNMAPPED_SERIES` names, as field="other".
+
+        Field names come from signed but provider-controlled payloads: without a cap a few
+        payloads could create unbounded series (memory that is never released).
+        """
+        key = (provider, field[:64])
+        if key not in self._unmapped_seen:
+            if len(self._unmapped_seen) >= MAX_UNMAPPED_SERIES:
+                key = (provider, "other")
+            else:
+                self._unmapped_seen.add(key)
+        self.unmapped.labels(*key).inc()
 
     def render(self) -> bytes:
         if self.peer is None:

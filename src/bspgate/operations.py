@@ -11,18 +11,49 @@ Nothing here talks HTTP or SQL directly: the store runs the statements, the pipe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 
 from bspgate.processing import Poisoned, map_raw, process_batch
 from bspgate.store.base import RawRecord, Store
+from bspgate.times import comparable
 
 if TYPE_CHECKING:
     from bspgate.context import GatewayContext
 
 DEFAULT_LIMIT = 1000
+
+
+class UnknownReference(ValueError):
+    """A replay names a time, subscriber or event type that does not parse or exist (422)."""
+
+
+@cache
+def event_types() -> frozenset[str]:
+    """The event types of the canonical schema (plus the operational `bspgate.*` ones)."""
+    from bspgate.schema.validate import canonical_schema
+
+    schema = canonical_schema()
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            kind = node.get("properties", {}).get("type") if "properties" in node else None
+            if isinstance(kind, dict):
+                found.update(v for v in kind.get("enum", []) if isinstance(v, str))
+                if isinstance(kind.get("const"), str):
+                    found.add(kind["const"])
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(schema)
+    return frozenset(t for t in found if "." in t)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +70,11 @@ class ReplayRequest:
     limit: int = DEFAULT_LIMIT
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReplayRequest:
+    def from_dict(
+        cls, data: dict[str, Any], subscribers: Iterable[str] | None = None
+    ) -> ReplayRequest:
+        """Check a replay request: `ValueError` when malformed, `UnknownReference` (422) for
+        an unparseable time, an unknown subscriber (of `subscribers`) or event type."""
         states = data.get("states") or ["dead"]
         if not isinstance(states, list) or not all(
             s in ("dead", "delivered", "expired") for s in states
@@ -52,6 +87,24 @@ class ReplayRequest:
         for key, value in text.items():
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{key} must be a string")
+        for key in ("since", "until"):
+            value = text[key]
+            if isinstance(value, str):
+                try:
+                    text[key] = comparable(value)
+                except ValueError as exc:
+                    raise UnknownReference(f"{key}: {exc}") from None
+        known = set(subscribers) if subscribers is not None else None
+        if known is not None and text["subscriber_id"] and text["subscriber_id"] not in known:
+            raise UnknownReference(
+                f"subscriber_id: no subscriber {text['subscriber_id']!r} "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+        if text["type"] and text["type"] not in event_types():
+            raise UnknownReference(
+                f"type: {text['type']!r} is not an event type "
+                f"(known: {', '.join(sorted(event_types()))})"
+            )
         return cls(
             states=tuple(states), dry_run=bool(data.get("dry_run", False)), limit=limit, **text
         )
@@ -112,15 +165,31 @@ async def replay_quarantined(
     raw_id: str | None = None,
     dry_run: bool = False,
     limit: int = DEFAULT_LIMIT,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Re-run quarantined raw payloads through the current mappings."""
+    """Re-run quarantined raw payloads through the current mappings (`progress(done, total)`
+    is called after each payload)."""
     if raw_id:
         found = await gateway.store.read(lambda tx: tx.raw(raw_id))
         raws = [found] if found is not None else []
     else:
         raws = await gateway.store.read(lambda tx: tx.raws("quarantined", limit))
-    report = [await _replay_one(gateway, raw, dry_run) for raw in raws]
-    return {"matched": len(raws), "dry_run": dry_run, "payloads": report}
+    report = []
+    for raw in raws:
+        report.append(await _replay_one(gateway, raw, dry_run))
+        if progress is not None:
+            progress(len(report), len(raws))
+    outcomes: dict[str, int] = {}
+    for entry in report:
+        key = str(entry.get("state") or ("would_process" if dry_run else "unchanged"))
+        outcomes[key] = outcomes.get(key, 0) + 1
+    return {
+        "matched": len(raws),
+        "dry_run": dry_run,
+        "truncated": raw_id is None and len(raws) >= limit,
+        "outcomes": outcomes,
+        "payloads": report,
+    }
 
 
 async def _replay_one(gateway: GatewayContext, raw: RawRecord, dry_run: bool) -> dict[str, Any]:

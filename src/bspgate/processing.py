@@ -309,7 +309,7 @@ class Processor:
                 provider = item.raw.provider
                 if self.metrics is not None:
                     for name in item.mapped.unmapped:
-                        self.metrics.unmapped.labels(provider, name[:64]).inc()
+                        self.metrics.count_unmapped(provider, name)
                 _log.info("mapping.unmapped_fields", provider=provider, fields=item.mapped.unmapped)
                 if item.channel is not None:  # subscribers asking for bspgate.* hear of it
                     await self.drift.report(

@@ -23,16 +23,16 @@ from bspgate.mapping.loader import MappingSpec, load_mapping
 
 
 @lru_cache(maxsize=32)
-def _mapping(root: str, provider: str) -> MappingSpec:
+def _mapping(roots: tuple[str, ...], provider: str) -> MappingSpec:
     # compiling a mapping takes ~0.1 s: sign a burst of bodies without recompiling each time
-    return load_mapping(Path(root), provider)
+    return load_mapping(tuple(Path(root) for root in roots), provider)
 
 
 def signed_request(
     settings: Settings, channel: Channel, body: bytes
 ) -> tuple[str, dict[str, str], bytes]:
     """(url, headers, body) of the webhook `channel`'s provider would POST for `body`."""
-    spec = _mapping(str(settings.mappings_dir), channel.provider)
+    spec = _mapping(tuple(str(p) for p in settings.mapping_dirs), channel.provider)
     content_type = "application/json"
     if spec.parse == "form":
         stripped = body.lstrip()

@@ -43,7 +43,7 @@ def open_store(settings: Settings, *, shared: bool = False) -> Store:
 def load_channel_mappings(settings: Settings) -> dict[str, MappingSpec]:
     """The mappings the configured channels use, compiled (a broken file fails start)."""
     return {
-        name: load_mapping(settings.mappings_dir, name)
+        name: load_mapping(settings.mapping_dirs, name)
         for name in sorted({c.provider for c in settings.channels})
     }
 

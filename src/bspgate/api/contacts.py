@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from bspgate.api.answers import TimedJSON
 from bspgate.api.auth import authenticated
 from bspgate.identity.identifiers import normal_phone, normal_username
 from bspgate.identity.operator import OperatorContext, OperatorRefused, erase, operator_merge
@@ -80,7 +81,7 @@ async def get_contact(request: Request) -> Response:
     gateway: GatewayContext = request.app.state.gateway
     contact_id = request.path_params["contact_id"]
     view = await gateway.store.read(lambda tx: contact_answer(tx, contact_id))
-    return _not_found(contact_id) if view is None else JSONResponse(view)
+    return _not_found(contact_id) if view is None else TimedJSON(view)
 
 
 def criteria(key: str, value: str) -> list[dict[str, Any]]:
@@ -112,7 +113,7 @@ async def find_contacts(request: Request) -> Response:
             ids.extend(i for i in tx.find_contacts(**one, portfolio=portfolio) if i not in ids)
         return [tx.contact_view(cid) for cid in ids]
 
-    return JSONResponse({"data": await gateway.store.read(lookup)})
+    return TimedJSON({"data": await gateway.store.read(lookup)})
 
 
 @authenticated
@@ -138,7 +139,7 @@ async def merge_contacts(request: Request) -> Response:
     _log.info("contact.merged", contact_id=view["id"], merged=source, by=ctx.key_name)
     if gateway.dispatcher is not None:
         gateway.dispatcher.wake()
-    return JSONResponse(view)
+    return TimedJSON(view)
 
 
 @authenticated
@@ -155,7 +156,7 @@ async def erase_contact(request: Request) -> Response:
     _log.info("contact.erased", contact_id=contact_id, by=ctx.key_name, **summary)
     if gateway.dispatcher is not None:
         gateway.dispatcher.wake()
-    return JSONResponse({"id": contact_id, "erased": summary})
+    return TimedJSON({"id": contact_id, "erased": summary})
 
 
 def routes() -> list[Route]:

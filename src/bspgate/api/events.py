@@ -27,6 +27,7 @@ from starlette.responses import Response
 from bspgate.api.auth import authenticated
 from bspgate.config import parse_duration
 from bspgate.problems import problem_response
+from bspgate.times import comparable
 
 MAX_WAIT = 60.0
 POLL = 0.25
@@ -45,9 +46,12 @@ def decode_cursor(text: str) -> int:
         raw = base64.urlsafe_b64decode(padded).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("invalid cursor") from None
-    if not raw.startswith("s") or not raw[1:].isdigit():
+    if not raw.startswith("s") or not raw[1:].isdigit() or len(raw) > 20:
         raise ValueError("invalid cursor")
-    return int(raw[1:])
+    seq = int(raw[1:])
+    if seq >= 2**63:  # beyond any stored sequence (a BIGINT): not a cursor we gave out
+        raise ValueError("invalid cursor")
+    return seq
 
 
 @authenticated
@@ -65,6 +69,12 @@ async def list_events(request: Request) -> Response:
         after = decode_cursor(query["after"]) if "after" in query else None
     except ValueError:
         return problem_response(400, "invalid_query", "Invalid cursor", "use next_cursor as given")
+    since = query.get("since")
+    if since is not None:
+        try:
+            since = comparable(since)  # any offset; stored times are UTC `Z`
+        except ValueError as exc:
+            return problem_response(400, "invalid_query", "Invalid since", str(exc))
     try:
         wait = parse_duration(query.get("wait", "0s")) if after is not None else 0.0
         if wait > MAX_WAIT:
@@ -77,7 +87,7 @@ async def list_events(request: Request) -> Response:
         rows: list[Any] = tx.list_events(
             type_=query.get("type"),
             contact_id=query.get("contact_id"),
-            since=query.get("since"),
+            since=since,
             before_seq=before,
             after_seq=after,
             limit=limit,

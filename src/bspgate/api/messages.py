@@ -20,6 +20,7 @@ from bspgate.api.auth import authenticated
 from bspgate.errors import SendError
 from bspgate.outbound.service import SendService, title_for
 from bspgate.problems import problem_response
+from bspgate.times import rfc3339_fields
 
 if TYPE_CHECKING:
     from bspgate.context import GatewayContext
@@ -86,7 +87,7 @@ async def get_message(request: Request) -> Response:
     found = await send_service(request).lookup(request.path_params["send_id"])
     if found is None:
         return problem_response(404, "unknown_send", "Unknown send", "no send with this id")
-    return _json(found, 200)
+    return _json(rfc3339_fields(found), 200)
 
 
 def routes() -> list[Route]:

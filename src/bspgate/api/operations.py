@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from bspgate.api.answers import TimedJSON
 from bspgate.api.auth import authenticated
+from bspgate.masking import mask_url
 from bspgate.operations import (
     ReplayRequest,
+    UnknownReference,
     replay_deliveries,
     replay_quarantined,
     retry_subscriber,
@@ -60,7 +63,7 @@ async def list_deliveries(request: Request) -> Response:
             limit=limit,
         )
     )
-    return JSONResponse({"data": rows})
+    return TimedJSON({"data": rows})
 
 
 @authenticated
@@ -78,7 +81,7 @@ async def get_delivery(request: Request) -> Response:
         return problem_response(
             404, "unknown_delivery", "Unknown delivery", f"no delivery {delivery_id!r}"
         )
-    return JSONResponse(row)
+    return TimedJSON(row)
 
 
 @authenticated
@@ -95,14 +98,17 @@ async def create_replay(request: Request) -> Response:
                 dry_run=bool(data.get("dry_run", False)),
             )
         else:
-            replay = ReplayRequest.from_dict(data)
+            replay = ReplayRequest.from_dict(data, [s.id for s in gateway.settings.subscribers])
             result = await replay_deliveries(gateway.store, replay, gateway.clock())
+            result["truncated"] = result.get("matched", 0) >= replay.limit
             changed = result.get("requeued") or result.get("added")
             if changed and gateway.dispatcher is not None:
                 gateway.dispatcher.wake()
-    except (ValueError, orjson.JSONDecodeError) as exc:
+    except UnknownReference as exc:
+        return problem_response(422, "invalid_replay", "Invalid replay request", str(exc))
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
         return problem_response(400, "invalid_replay", "Invalid replay request", str(exc))
-    return JSONResponse(result, status_code=200 if result.get("dry_run") else 202)
+    return TimedJSON(result, status_code=200 if result.get("dry_run") else 202)
 
 
 @authenticated
@@ -112,7 +118,7 @@ async def list_quarantined(request: Request) -> Response:
     except ValueError as exc:
         return problem_response(400, "invalid_query", "Invalid limit", str(exc))
     raws = await _gateway(request).store.read(lambda tx: tx.raws("quarantined", limit))
-    return JSONResponse(
+    return TimedJSON(
         {
             "data": [
                 {
@@ -134,12 +140,12 @@ async def list_quarantined(request: Request) -> Response:
 async def list_subscribers(request: Request) -> Response:
     gateway = _gateway(request)
     states = await gateway.store.read(lambda tx: tx.subscriber_states())
-    return JSONResponse(
+    return TimedJSON(
         {
             "data": [
                 {
                     "id": s.id,
-                    "url": s.url,
+                    "url": mask_url(s.url),
                     "events": list(s.events),
                     "channels": list(s.channels),
                     "enabled": not (states.get(s.id) or {}).get("disabled_at"),
@@ -164,7 +170,7 @@ async def _switch(request: Request, enabled: bool) -> Response:
     await set_subscriber(gateway.store, subscriber_id, enabled, gateway.clock())
     if enabled and gateway.dispatcher is not None:
         gateway.dispatcher.wake()
-    return JSONResponse({"id": subscriber_id, "enabled": enabled})
+    return TimedJSON({"id": subscriber_id, "enabled": enabled})
 
 
 @authenticated
@@ -189,7 +195,7 @@ async def retry_now(request: Request) -> Response:
     moved = await retry_subscriber(gateway.store, subscriber_id, gateway.clock())
     if gateway.dispatcher is not None:
         gateway.dispatcher.retry_now(subscriber_id)
-    return JSONResponse({"id": subscriber_id, "retrying": moved})
+    return TimedJSON({"id": subscriber_id, "retrying": moved})
 
 
 def routes() -> list[Route]:

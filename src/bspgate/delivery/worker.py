@@ -479,7 +479,8 @@ class Dispatcher:
                 pause = min(result.retry_after or 1.0, MAX_RETRY_AFTER)
                 lane.paused_until = max(lane.paused_until, now + pause)
             self.metrics.deliveries.labels(lane.id, outcome.state).inc()
-            _log.info(
+            # a failed attempt is a warning (retried or dead), a delivered one info
+            (_log.info if outcome.state == "delivered" else _log.warning)(
                 "delivery.attempt",
                 delivery_id=result.job.id,
                 event_id=result.job.event_id,

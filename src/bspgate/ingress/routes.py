@@ -176,7 +176,8 @@ async def receive_webhook(request: Request) -> Response:
     elapsed = time.perf_counter() - started
     gateway.metrics.webhooks.labels(channel.id, outcome.state).inc()
     gateway.metrics.ingest_seconds.observe(elapsed)
-    log.info(
+    # a quarantine is a warning: an operator has a payload to look at
+    (log.warning if outcome.state == "quarantined" else log.info)(
         "webhook.received",
         outcome=outcome.state,
         raw_id=outcome.raw_id,

@@ -10,7 +10,7 @@ mapping's file and replaces what this one gives, key by key (lists are replaced 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
@@ -21,6 +21,7 @@ import jmespath
 import jsonschema
 from jmespath.exceptions import JMESPathError
 
+from bspgate.describe import token
 from bspgate.errors import MappingError, MappingLoadError
 from bspgate.mapping.codegen import Builder, compile_condition, compile_rule
 from bspgate.mapping.expression import Getter, compile_expression
@@ -28,6 +29,30 @@ from bspgate.mapping.functions import REGISTRY
 from bspgate.mapping.yamlfile import YamlFile, dotted
 
 MAPPING_FILE = "mapping.yaml"
+# One folder, or several: a later folder adds providers or overrides earlier ones by name (the
+# shipped mappings first, then the config's `mappings:` folders).
+Roots = Path | Sequence[Path]
+
+
+def _roots(root: Roots) -> tuple[Path, ...]:
+    return (root,) if isinstance(root, Path) else tuple(root)
+
+
+def shipped_mappings_dir() -> Path:
+    """The mappings that ship with bspgate: package data when installed, else the checkout's."""
+    here = Path(__file__).resolve()
+    packaged = here.parent.parent / "mappings"  # <site-packages>/bspgate/mappings (a wheel)
+    if packaged.is_dir():
+        return packaged
+    return here.parents[3] / "mappings"  # src/bspgate/mapping/ -> the repository's mappings/
+
+
+def mapping_root(root: Roots, name: str) -> Path | None:
+    """The folder among `root` that provides `name` (the last one that has it), or None."""
+    for folder in reversed(_roots(root)):
+        if (folder / name / MAPPING_FILE).is_file():
+            return folder
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +88,7 @@ def _map_value(spec: FieldSpec, value: Any) -> Any:
         mapped = spec.value_map.get("*", _MISSING)
     if mapped is _MISSING:
         if spec.default is None:
-            raise MappingError(f"value {text!r} is not in the value map")
+            raise MappingError(f"value {token(text)} is not in the value map")
         return spec.default
     return mapped
 
@@ -289,8 +314,9 @@ def _schema_errors(ctx: YamlFile, data: Any) -> None:
 
 
 def _read_merged(
-    root: Path, name: str, seen: tuple[str, ...]
+    roots: tuple[Path, ...], name: str, seen: tuple[str, ...]
 ) -> tuple[list[YamlFile], dict[str, Any]]:
+    root = mapping_root(roots, name) or roots[-1]
     path = root / name / MAPPING_FILE
     ctx = YamlFile(path, f"mappings/{name}/{MAPPING_FILE}")
     data = ctx.data
@@ -302,19 +328,19 @@ def _read_merged(
         return [ctx], data
     if parent in (*seen, name):
         raise ctx.error(("extends",), f"circular extends: {' -> '.join((*seen, name, parent))}")
-    if not (root / parent / MAPPING_FILE).is_file():
+    if mapping_root(roots, parent) is None:
         raise ctx.error(("extends",), f"no mapping {parent!r} to extend")
-    ancestors, base = _read_merged(root, parent, (*seen, name))
+    ancestors, base = _read_merged(roots, parent, (*seen, name))
     merged = _deep_merge(base, {k: v for k, v in data.items() if k != "extends"})
     merged["name"] = name
     return [ctx, *ancestors], merged
 
 
-def load_mapping(root: Path, name: str) -> MappingSpec:
+def load_mapping(root: Roots, name: str) -> MappingSpec:
     """Load and compile `root/name/mapping.yaml` (with whatever it extends)."""
-    if not (root / name / MAPPING_FILE).is_file():
+    if mapping_root(root, name) is None:
         raise MappingLoadError(f"mappings/{name}", None, "", f"no {MAPPING_FILE}")
-    contexts, data = _read_merged(root, name, ())
+    contexts, data = _read_merged(_roots(root), name, ())
     ctx = _Chain(contexts)
     inbound = data.get("inbound") or {}
     compiler = _Compiler(ctx, inbound.get("maps") or {})
@@ -393,20 +419,22 @@ def _ranked(rules: list[RuleSpec], steps: list[list[dict[str, str]]]) -> list[Ru
     return out
 
 
-def mapping_names(root: Path) -> list[str]:
+def mapping_names(root: Roots) -> list[str]:
     """The providers under `root`: folders holding a mapping file, sorted."""
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / MAPPING_FILE).is_file())
+    names: set[str] = set()
+    for folder in _roots(root):
+        if folder.is_dir():
+            names.update(p.name for p in folder.iterdir() if (p / MAPPING_FILE).is_file())
+    return sorted(names)
 
 
-def load_mappings(root: Path) -> dict[str, MappingSpec]:
+def load_mappings(root: Roots) -> dict[str, MappingSpec]:
     """Every mapping under `root`, compiled; the first broken file raises."""
     return {name: load_mapping(root, name) for name in mapping_names(root)}
 
 
-def iter_case_files(root: Path, name: str) -> Iterator[Path]:
+def iter_case_files(root: Roots, name: str) -> Iterator[Path]:
     """The golden case files of one provider, sorted by name."""
-    cases = root / name / "cases"
+    cases = (mapping_root(root, name) or _roots(root)[-1]) / name / "cases"
     if cases.is_dir():
         yield from sorted(cases.glob("*.yaml"))

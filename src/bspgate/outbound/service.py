@@ -35,10 +35,12 @@ import orjson
 import structlog
 
 from bspgate.config import Channel, Settings
+from bspgate.describe import pointer
 from bspgate.errors import MappingLoadError, SendError
 from bspgate.identity.evidence import answer_pairs
 from bspgate.identity.resolver import IdentityResolver, Observation
 from bspgate.ids import new_id
+from bspgate.mapping.loader import mapping_root
 from bspgate.outbound.addressing import (
     Address,
     IdentityView,
@@ -97,6 +99,13 @@ def _send_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+def _with_channel(payload: Any, channel_id: str | None) -> Any:
+    # `channel_id` given by the caller (the CLI's --channel) fills a send's missing `channel`
+    if channel_id and isinstance(payload, dict) and "channel" not in payload:
+        return {**payload, "channel": channel_id}
+    return payload
+
+
 def validate_send(payload: Any) -> dict[str, Any]:
     """The canonical send, or `SendError(invalid_request)` naming the offending path."""
     if not isinstance(payload, dict):
@@ -105,8 +114,8 @@ def validate_send(payload: Any) -> dict[str, Any]:
     if errors:
         error = jsonschema.exceptions.best_match(errors)
         assert error is not None
-        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise SendError("invalid_request", f"{where}: {error.message}", pointer=f"/{where}")
+        where = pointer(error.absolute_path)
+        raise SendError("invalid_request", f"{where or 'the body'}: {error.message}", pointer=where)
     return payload
 
 
@@ -183,7 +192,7 @@ class SendService:
         self.client = client
         self.clock = clock
         self.sleep = sleep
-        self.mappings_dir = mappings_dir or settings.mappings_dir
+        self.mapping_dirs = (mappings_dir,) if mappings_dir else settings.mapping_dirs
         self.provider_timeout = provider_timeout
         self._specs: dict[str, OutboundSpec] = {}
 
@@ -191,7 +200,8 @@ class SendService:
         """The provider's compiled `outbound.yaml` (a broken file is a 500 naming it)."""
         if provider not in self._specs:
             try:
-                self._specs[provider] = load_outbound(self.mappings_dir, provider)
+                root = mapping_root(self.mapping_dirs, provider) or self.mapping_dirs[-1]
+                self._specs[provider] = load_outbound(root, provider)
             except MappingLoadError as exc:
                 raise SendError("channel_not_configured", str(exc), status=500) from exc
         return self._specs[provider]
@@ -224,7 +234,7 @@ class SendService:
         self, payload: Any, *, channel_id: str | None = None, use_store: bool = True
     ) -> SendOutcome:
         """The exact provider request, credentials masked; nothing is sent or stored."""
-        send = validate_send(payload)
+        send = validate_send(_with_channel(payload, channel_id))
         channel = self.channel(send, channel_id)
         spec = self.spec(channel.provider)
         now = self.clock()
@@ -239,7 +249,7 @@ class SendService:
         self, payload: Any, *, channel_id: str | None = None, idempotency_key: str | None = None
     ) -> SendOutcome:
         """Send one canonical message; answers 202 or a replayed answer, raises `SendError`."""
-        send = validate_send(payload)
+        send = validate_send(_with_channel(payload, channel_id))
         channel = self.channel(send, channel_id)
         send = {**send, "channel": channel.id}
         spec = self.spec(channel.provider)

@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import jsonschema_rs
 
+from bspgate.describe import pointer
 from bspgate.errors import CanonicalValidationError
 
 
@@ -58,8 +59,8 @@ class EventValidator:
             ) from None
         if error is None:  # pragma: no cover - both validators implement the same draft
             raise CanonicalValidationError("event fails the canonical schema")
-        path = "/".join(str(part) for part in error.absolute_path)
-        raise CanonicalValidationError(_explain(error), "/" + path)
+        # an RFC 6901 pointer: "" for the event itself, ~0 / ~1 escapes in names
+        raise CanonicalValidationError(_explain(error), pointer(error.absolute_path))
 
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}

@@ -15,12 +15,13 @@ from bspgate.store.sql_base import OPEN_DELIVERY_STATES, TERMINAL_RANK, SqlBase
 from bspgate.store.sql_batch import BatchQueries
 from bspgate.store.sql_contacts import ContactQueries
 from bspgate.store.sql_outbox import OutboxQueries
+from bspgate.store.sql_retention import RetentionQueries
 from bspgate.store.sql_sends import SendQueries
 
 __all__ = ["OPEN_DELIVERY_STATES", "TERMINAL_RANK", "SqlTx"]
 
 
-class SqlTx(ContactQueries, OutboxQueries, SendQueries, BatchQueries, SqlBase):
+class SqlTx(ContactQueries, OutboxQueries, SendQueries, BatchQueries, RetentionQueries, SqlBase):
     """All of bspgate's statements over one connection."""
 
     # -- raw payloads ---------------------------------------------------------------------------

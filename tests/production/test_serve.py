@@ -1,0 +1,133 @@
+"""`bspgate serve` and the commands around it, run as a user would: the real console script,
+a config in another folder, the working directory somewhere else."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.production.helpers import FIXTURE, bspgate, clean_env, serving, write_config
+
+pytestmark = pytest.mark.e2e
+
+
+def test_paths_resolve_against_the_config_folder_and_reads_never_create_a_database(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path / "acme")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = bspgate("contacts", "show", "US.1", "--config", str(config), cwd=elsewhere)
+    assert result.returncode == 1
+    assert "no database at" in result.stderr
+    assert str(tmp_path / "acme" / "data" / "gw.db") in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "acme" / "data").exists()
+    assert list(elsewhere.iterdir()) == []
+    dlq = bspgate("--config", str(config), "dlq", "list", cwd=elsewhere)
+    assert dlq.returncode == 1
+    assert "no database at" in dlq.stderr
+
+
+def test_one_server_per_sqlite_file_and_the_startup_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "acme")
+    with serving(config, cwd=tmp_path) as served:
+        second = bspgate("serve", "--config", str(config), "--port", "0", cwd=tmp_path)
+        assert second.returncode != 0
+        assert f"process {served.process.pid}" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert (tmp_path / "acme" / "data" / "gw.db").is_file()
+    base = served.base
+    lines = [orjson.loads(line) for line in served.stderr.splitlines()]
+    started = [line for line in lines if line["event"] == "bspgate.started"]
+    assert len(started) == 1
+    assert started[0]["address"] == base
+    assert started[0]["channels"] == [
+        {"id": "cloud-us", "provider": "cloudapi", "webhook_url": f"{base}/webhooks/cloud-us"}
+    ]
+    # uvicorn's own lines are JSON too (stderr is not a terminal)
+    assert any(line.get("logger", "").startswith("uvicorn") for line in lines)
+
+
+def test_simulate_and_tail_find_a_gateway_served_on_another_port(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "acme")
+    with serving(config, cwd=tmp_path):
+        first = bspgate("simulate", "cloud-us", str(FIXTURE), "--config", str(config), cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        report = orjson.loads(first.stdout)
+        assert report["outcome"] == "processed"
+        assert report["events"][0]["type"] == "whatsapp.message.received"
+        again = bspgate("simulate", "cloud-us", str(FIXTURE), "--config", str(config), cwd=tmp_path)
+        assert orjson.loads(again.stdout)["outcome"] == "duplicate"
+        tail = bspgate(
+            "events", "tail", "--last", "5", "--once", "--config", str(config), cwd=tmp_path
+        )
+        assert tail.returncode == 0, tail.stderr
+        assert orjson.loads(tail.stdout.splitlines()[0])["type"] == "whatsapp.message.received"
+
+
+def test_simulate_reports_a_quarantine_with_its_reason(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "acme")
+    payload = tmp_path / "group.json"
+    shutil.copy(Path(__file__).parent / "group_message.json", payload)
+    with serving(config, cwd=tmp_path):
+        result = bspgate(
+            "simulate", "cloud-us", str(payload), "--config", str(config), cwd=tmp_path
+        )
+    report = orjson.loads(result.stdout)
+    assert report["outcome"] == "quarantined"
+    assert report["reason"]
+
+
+def test_dev_credentials_refuse_a_public_host(tmp_path: Path) -> None:
+    config = write_config(tmp_path, api_keys=[{"name": "crm", "key": "${KEY:-dev-key}"}])
+    result = bspgate("serve", "--config", str(config), "--host", "0.0.0.0", cwd=tmp_path)  # noqa: S104
+    assert result.returncode == 2
+    assert "api_keys[0].key" in result.stderr
+    assert "--insecure-dev" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_dev_credentials_on_loopback_start_with_a_warning(tmp_path: Path) -> None:
+    config = write_config(tmp_path, api_keys=[{"name": "crm", "key": "${KEY:-dev-key}"}])
+    with serving(config, cwd=tmp_path) as served:
+        pass
+    lines = [orjson.loads(line) for line in served.stderr.splitlines()]
+    (warning,) = [line for line in lines if line["event"] == "bspgate.dev_credentials"]
+    assert warning["level"] == "warning"
+    assert warning["keys"] == ["api_keys[0].key"]
+
+
+def test_read_only_commands_need_no_secrets(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        channels=[
+            {
+                "id": "cloud-us",
+                "provider": "cloudapi",
+                "portfolio": "acme",
+                "secrets": {"app_secret": "${META_APP_SECRET}"},
+            }
+        ],
+    )
+    result = bspgate("normalize", "cloudapi", str(FIXTURE), "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    strict = bspgate("config", "check", "--config", str(config), cwd=tmp_path)
+    assert strict.returncode == 2
+    assert "META_APP_SECRET" in strict.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, server={"port": 1})
+    for args in (
+        ("events", "tail", "--once"),
+        ("simulate", "cloud-us", str(FIXTURE)),
+        ("normalize", "nope", str(FIXTURE)),
+    ):
+        result = bspgate(*args, "--config", str(config), cwd=tmp_path, env=clean_env())
+        assert result.returncode != 0
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
