@@ -87,7 +87,7 @@ async def receive_webhook(request: Request) -> Response:
     try:
         gateway.verifiers[channel.id].verify(signed)
     except SignatureError as exc:
-        gateway.metrics.webhooks.labels(channel.id, "unauthorized").inc()
+        gateway.metrics.webhooks.labels(channel.id, exc.outcome).inc()
         log.warning("webhook.unauthorized", reason=str(exc))
         return problem_response(
             401,

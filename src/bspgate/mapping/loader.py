@@ -318,6 +318,7 @@ def load_mapping(root: Path, name: str) -> MappingSpec:
     contexts, data = _read_merged(root, name, ())
     ctx = _Chain(contexts)
     inbound = data.get("inbound") or {}
+    _check_verify(ctx, inbound.get("verify"))
     compiler = _Compiler(ctx, inbound.get("maps") or {})
     rule_names: set[str] = set()
     rules = []
@@ -349,6 +350,14 @@ def load_mapping(root: Path, name: str) -> MappingSpec:
         quarantine=quarantine,
         source=data,
     )
+
+
+def _check_verify(ctx: _Chain, entries: Any) -> None:
+    """Every verify entry must be a scheme that works as declared (the first error raises)."""
+    from bspgate.ingress.verify import declaration_errors  # ingress depends on mapping, not back
+
+    for path, message in declaration_errors(entries):
+        raise ctx.error(("inbound", "verify", *path), message)
 
 
 def _collect_reads(node: dict[str, Any], out: set[tuple[str, str]]) -> None:
