@@ -25,6 +25,7 @@ from bspgate.config import Channel
 from bspgate.errors import SendError
 from bspgate.mapping.expression import truthy
 from bspgate.outbound.addressing import Address
+from bspgate.outbound.oauth import TokenRequest
 from bspgate.outbound.spec import OutboundSpec, TypeForm
 
 MASK = "****"
@@ -43,6 +44,7 @@ class ProviderRequest:
     secret_values: tuple[str, ...] = field(default=(), repr=False)
     credential_headers: tuple[str, ...] = ()
     missing_secrets: tuple[str, ...] = ()
+    oauth: TokenRequest | None = None  # a bearer token to fetch at send time (client.py)
 
     def masked(self) -> dict[str, Any]:
         """`{method, url, headers, body}` with credentials masked (dry runs, logs at DEBUG)."""
@@ -204,6 +206,7 @@ def render_request(
         content = orjson.dumps(body)
         headers.setdefault("Content-Type", "application/json")
     credential_headers = _sign(spec, channel, headers, url, content, now)
+    oauth = _token_request(spec, channel, context)
     secret_values = tuple(
         value for name in channel.secrets if len(value := channel.secret(name)) >= 4
     )
@@ -218,6 +221,22 @@ def render_request(
         secret_values=secret_values,
         credential_headers=credential_headers,
         missing_secrets=missing,
+        oauth=oauth,
+    )
+
+
+def _token_request(
+    spec: OutboundSpec, channel: Channel, context: dict[str, Any]
+) -> TokenRequest | None:
+    auth = spec.auth
+    if auth.get("scheme") != "oauth2_client_credentials" or spec.token_url is None:
+        return None
+    return TokenRequest(
+        token_url=str(spec.token_url.render(context) or ""),
+        client_id=channel.secret(auth["client_id"]),
+        client_secret=channel.secret(auth["client_secret"]),
+        scope=str(auth.get("scope", "")),
+        auth_method=str(auth.get("auth_method", "client_secret_basic")),
     )
 
 
@@ -260,6 +279,10 @@ def _sign(
         password = _first_secret(channel, auth["password"])
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
+        return ("authorization",)
+    if scheme == "oauth2_client_credentials":
+        # the token is fetched (and cached) when the request is sent: see oauth.py
+        headers["Authorization"] = "Bearer (OAuth2 client-credentials token, fetched at send)"
         return ("authorization",)
     if scheme == "azure_hmac":
         headers.update(

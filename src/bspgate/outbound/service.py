@@ -44,6 +44,7 @@ from bspgate.outbound.addressing import (
     resolve_recipient,
 )
 from bspgate.outbound.client import Sleep, deliver
+from bspgate.outbound.oauth import TokenCache
 from bspgate.outbound.rewrite import (
     ProviderRequest,
     bsuid_supported,
@@ -173,6 +174,7 @@ class SendService:
         self.sleep = sleep
         self.mappings_dir = mappings_dir or settings.mappings_dir
         self._specs: dict[str, OutboundSpec] = {}
+        self.tokens = TokenCache()  # OAuth2 access tokens, shared by this gateway's sends
 
     def spec(self, provider: str) -> OutboundSpec:
         """The provider's compiled `outbound.yaml` (a broken file is a 500 naming it)."""
@@ -257,7 +259,7 @@ class SendService:
             )
         assert self.client is not None
         try:
-            answer = await deliver(self.client, spec, request, sleep=self.sleep)
+            answer = await deliver(self.client, spec, request, sleep=self.sleep, tokens=self.tokens)
         except SendError as exc:
             await self._record_failure(send_id, plan, exc)
             raise

@@ -100,6 +100,7 @@ class OutboundSpec:
     error_map: Mapping[str, str]
     retry: RetryPolicy
     source: dict[str, Any] = field(repr=False)
+    token_url: Node | None = None  # auth.token_url of oauth2_client_credentials, compiled
 
 
 @cache
@@ -210,6 +211,10 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
     request = data["request"]
     base_body = request.get("body", {})
     retry = data.get("retry") or {"safe": False}
+    auth = data.get("auth") or {}
+    token_url = (
+        _compile(file, auth["token_url"], ("auth", "token_url")) if "token_url" in auth else None
+    )
     errors_raw = data.get("errors") or {}
     return OutboundSpec(
         provider=provider,
@@ -219,7 +224,8 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
         encoding=request.get("encoding", "json"),
         headers=_lets(file, request.get("headers"), ("request", "headers")),
         base_body=base_body,
-        auth=data.get("auth") or {},
+        auth=auth,
+        token_url=token_url,
         bsuid_send=bool((data.get("capabilities") or {}).get("bsuid_send", False)),
         defaults=dict(data.get("settings") or {}),
         secrets=tuple(data.get("secrets") or ()),
