@@ -13,8 +13,9 @@ import pytest
 
 from bspgate.errors import SignatureError
 from bspgate.ingress.verify import ChannelVerifier, SignedRequest
-from bspgate.mapping.cases import load_case, run_case
+from bspgate.mapping.cases import load_case
 from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names
+from bspgate.mapping.send_cases import is_send_case, run_file
 from bspgate.simulate import signed_request
 from tests.conftest import MAPPINGS, make_settings
 
@@ -27,18 +28,23 @@ CASES = [
 
 @pytest.mark.parametrize(("provider", "path"), CASES)
 def test_golden_case(provider: str, path: Path) -> None:
-    result = run_case(load_mapping(MAPPINGS, provider), path)
+    result = run_file(MAPPINGS, load_mapping(MAPPINGS, provider), path)
     assert result.ok, result.message
 
 
 def test_every_mapping_has_cases() -> None:
     for name in mapping_names(MAPPINGS):
         assert list(iter_case_files(MAPPINGS, name)), f"{name} has no golden cases"
+        if (MAPPINGS / name / "outbound.yaml").is_file():
+            sends = [p for p in iter_case_files(MAPPINGS, name) if is_send_case(p)]
+            assert sends, f"{name} can send but has no send case (cases/send_*.yaml)"
 
 
 def signed_cases(provider: str) -> list[dict[str, Any]]:
     found = []
     for path in iter_case_files(MAPPINGS, provider):
+        if is_send_case(path):
+            continue
         case = load_case(path)
         if isinstance(case.get("signed"), dict):
             found.append(case["signed"])

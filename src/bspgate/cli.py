@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from bspgate import __version__
+from bspgate.cli_mappings import add_mappings_parsers
 from bspgate.config import Settings, default_config_path, load_settings
 from bspgate.errors import ConfigError, GatewayError, MappingLoadError, PayloadError
 
@@ -118,49 +119,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         }
     )
     return 0 if response.status_code == 200 else 1
-
-
-def cmd_mappings(args: argparse.Namespace) -> int:
-    from bspgate.mapping.cases import run_case
-    from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names
-    from bspgate.outbound.spec import OUTBOUND_FILE, load_outbound
-
-    root = _mappings_dir(args)
-    names = [args.provider] if getattr(args, "provider", None) else mapping_names(root)
-    if not names:
-        return _fail(f"no mappings under {root}")
-    failures = 0
-    passed = 0
-    for name in names:
-        try:
-            spec = load_mapping(root, name)
-        except MappingLoadError as exc:
-            sys.stdout.write(f"FAIL {exc}\n")
-            failures += 1
-            continue
-        if args.action == "check":
-            sys.stdout.write(f"ok   {spec.file} ({len(spec.rules)} rules)\n")
-            passed += 1
-            if (root / name / OUTBOUND_FILE).is_file():
-                try:
-                    load_outbound(root, name)
-                except MappingLoadError as exc:
-                    sys.stdout.write(f"FAIL {exc}\n")
-                    failures += 1
-                else:
-                    sys.stdout.write(f"ok   mappings/{name}/{OUTBOUND_FILE}\n")
-                    passed += 1
-            continue
-        for path in iter_case_files(root, name):
-            result = run_case(spec, path)
-            if result.ok:
-                passed += 1
-                sys.stdout.write(f"ok   {result.name}\n")
-            else:
-                failures += 1
-                sys.stdout.write(f"FAIL {result.name}: {result.message}\n")
-    sys.stdout.write(f"{passed} passed, {failures} failed\n")
-    return 1 if failures else 0
 
 
 def cmd_events_tail(args: argparse.Namespace) -> int:
@@ -278,13 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mappings = sub.add_parser("mappings", help="validate mapping files or run their cases")
     mappings_sub = mappings.add_subparsers(dest="action", required=True, metavar="ACTION")
-    check = mappings_sub.add_parser("check", parents=[common], help="validate every mapping file")
-    check.add_argument("--mappings")
-    check.set_defaults(func=cmd_mappings)
-    test = mappings_sub.add_parser("test", parents=[common], help="run the golden cases")
-    test.add_argument("provider", nargs="?")
-    test.add_argument("--mappings")
-    test.set_defaults(func=cmd_mappings)
+    add_mappings_parsers(mappings_sub, common)  # check, test [--update], new (cli_mappings.py)
 
     events = sub.add_parser("events", help="read the canonical event stream")
     events_sub = events.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -58,14 +58,14 @@ def _fill_variables(expected: dict[str, Any], actual: dict[str, Any]) -> dict[st
     return filled
 
 
-def _diff(expected: Any, actual: Any, path: str = "") -> str | None:
+def diff(expected: Any, actual: Any, path: str = "") -> str | None:
     if isinstance(expected, dict) and isinstance(actual, dict):
         for key in sorted(set(expected) | set(actual)):
             if key not in actual:
                 return f"{path}/{key}: expected {expected[key]!r}, missing"
             if key not in expected:
                 return f"{path}/{key}: unexpected {actual[key]!r}"
-            found = _diff(expected[key], actual[key], f"{path}/{key}")
+            found = diff(expected[key], actual[key], f"{path}/{key}")
             if found:
                 return found
         return None
@@ -73,7 +73,7 @@ def _diff(expected: Any, actual: Any, path: str = "") -> str | None:
         if len(expected) != len(actual):
             return f"{path}: expected {len(expected)} items, got {len(actual)}"
         for index, (e, a) in enumerate(zip(expected, actual, strict=True)):
-            found = _diff(e, a, f"{path}/{index}")
+            found = diff(e, a, f"{path}/{index}")
             if found:
                 return found
         return None
@@ -144,6 +144,24 @@ def verify_signed(spec: MappingSpec, signed: dict[str, Any]) -> str | None:
     return None
 
 
+def normalize_case(spec: MappingSpec, case: dict[str, Any], validator: EventValidator) -> Any:
+    """The case's payload through the mapping: an `IngestOutcome` (events, issues, state)."""
+    channel = demo_channel(spec.name, **(case.get("channel") or {}))
+    signed = case.get("signed")
+    if isinstance(signed, dict):
+        body = str(signed.get("body", "")).encode()
+        payload = parse_payload(body, spec.parse)
+    else:
+        payload = case["input"]
+        body = orjson.dumps(payload)
+    received_at = case.get("received_at")
+    if isinstance(received_at, str):
+        received_at = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+    return Normalizer(spec, channel, validator).normalize(
+        payload, body, "application/json", received_at=received_at
+    )
+
+
 def run_case(spec: MappingSpec, path: Path, validator: EventValidator | None = None) -> CaseResult:
     """Run one case file against a compiled mapping."""
     name = f"{spec.name}/{path.stem}"
@@ -160,22 +178,10 @@ def run_case(spec: MappingSpec, path: Path, validator: EventValidator | None = N
         if "events" not in expect and "quarantine" not in expect:
             return CaseResult(name, True)
     validator = validator or EventValidator()
-    channel = demo_channel(spec.name, **(case.get("channel") or {}))
-    if isinstance(signed, dict):
-        body = str(signed.get("body", "")).encode()
-        try:
-            payload = parse_payload(body, spec.parse)
-        except PayloadError as exc:
-            return CaseResult(name, False, f"the signed body does not parse: {exc}")
-    else:
-        payload = case["input"]
-        body = orjson.dumps(payload)
-    received_at = case.get("received_at")
-    if isinstance(received_at, str):
-        received_at = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-    outcome = Normalizer(spec, channel, validator).normalize(
-        payload, body, "application/json", received_at=received_at
-    )
+    try:
+        outcome = normalize_case(spec, case, validator)
+    except PayloadError as exc:
+        return CaseResult(name, False, f"the signed body does not parse: {exc}")
     if "quarantine" in expect:
         reason = "; ".join(outcome.issues)
         if outcome.state != "quarantined":
@@ -198,7 +204,7 @@ def run_case(spec: MappingSpec, path: Path, validator: EventValidator | None = N
             validator.validate(filled)
         except CanonicalValidationError as exc:
             return CaseResult(name, False, f"expected event {index} fails the schema: {exc}")
-        difference = _diff(filled, actual, f"/events/{index}")
+        difference = diff(filled, actual, f"/events/{index}")
         if difference:
             return CaseResult(name, False, difference)
     return CaseResult(name, True)

@@ -417,7 +417,7 @@ def load_mappings(root: Path) -> dict[str, MappingSpec]:
 
 
 def iter_case_files(root: Path, name: str) -> Iterator[Path]:
-    """The golden case files of one provider, sorted by name."""
+    """The golden case files of one provider, sorted by name (`_*.yaml` hold shared data)."""
     cases = root / name / "cases"
     if cases.is_dir():
-        yield from sorted(cases.glob("*.yaml"))
+        yield from sorted(p for p in cases.glob("*.yaml") if not p.name.startswith("_"))

@@ -136,13 +136,13 @@ def build_context(
     context["secrets"] = {name: channel.secret(name) or None for name in channel.secrets}
     context["send"] = {
         "id": send_id,
-        "uuid": _uuid_from(send_id),
+        "uuid": uuid_from(send_id),
         "first_sent": format_datetime(now.astimezone(UTC), usegmt=True),
     }
     return context
 
 
-def _uuid_from(send_id: str) -> str:
+def uuid_from(send_id: str) -> str:
     # A stable UUID per send (Azure's Repeatability-Request-ID must be one).
     digest = hashlib.sha256(send_id.encode()).hexdigest()
     return f"{digest[:8]}-{digest[8:12]}-4{digest[13:16]}-8{digest[17:20]}-{digest[20:32]}"

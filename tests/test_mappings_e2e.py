@@ -1,0 +1,221 @@
+"""Every provider folder tests itself end to end through a real gateway on loopback.
+
+Nothing here names a provider. For every folder under mappings/: each inbound golden case is
+posted to a real uvicorn gateway exactly as the provider would send it (`bspgate.simulate`, so
+signed by the folder's own `inbound.verify` declaration) and the canonical events it must give
+are read back from `GET /v1/events`; each send case (`cases/send_*.yaml`) goes through
+`POST /v1/messages` to a local stand-in of the provider API (a second uvicorn server), which
+answers with the case's `answer` and must receive the request the case expects.
+
+Each inbound case gets its own channel and portfolio (the folder's test channel,
+`cases/_channel.yaml`), so identity state never leaks between cases; fields that depend on the
+channel or the receive time (`id`, `source`, `data.channel.id/portfolio`, a pinned
+`received_at`) are taken from the answer, as in the offline run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from bspgate.mapping.cases import diff, load_case
+from bspgate.mapping.loader import iter_case_files, mapping_names
+from bspgate.mapping.send_cases import (
+    SentRequest,
+    compare_request,
+    is_send_case,
+    load_channel,
+    load_send_case,
+    tokens,
+)
+from tests.conftest import MAPPINGS, make_settings
+from tests.harness import RunningGateway, ServerThread
+
+pytestmark = [pytest.mark.e2e]
+DEADLINE = 10.0
+VARIABLE = (
+    ("id",),
+    ("source",),
+    ("subject",),
+    ("data", "channel", "id"),
+    ("data", "channel", "portfolio"),
+    ("data", "contact", "id"),
+    ("data", "raw_id"),
+)
+
+
+class StandIn:
+    """The provider API: records every request, answers with the case's `answer`."""
+
+    def __init__(self) -> None:
+        self.received: list[SentRequest] = []
+        self.answer: dict[str, Any] = {"status": 200, "body": {}}
+        self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=["POST", "PUT"])])
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.received.append(SentRequest(request.method, str(request.url), headers, body))
+        answer = self.answer
+        return Response(
+            orjson.dumps(answer.get("body", {})),
+            status_code=int(answer.get("status", 200)),
+            media_type="application/json",
+        )
+
+
+def inbound_cases() -> list[tuple[str, Path]]:
+    found = []
+    for provider in mapping_names(MAPPINGS):
+        for path in iter_case_files(MAPPINGS, provider):
+            if not is_send_case(path) and "input" in load_case(path):
+                found.append((provider, path))
+    return found
+
+
+def send_cases() -> list[tuple[str, Path]]:
+    return [
+        (provider, path)
+        for provider in mapping_names(MAPPINGS)
+        for path in iter_case_files(MAPPINGS, provider)
+        if is_send_case(path)
+    ]
+
+
+INBOUND = inbound_cases()
+SENDS = send_cases()
+
+
+def case_channel(provider: str, path: Path, base: str) -> dict[str, Any]:
+    channel = load_channel(MAPPINGS, provider, base)
+    overrides = load_case(path).get("channel") or {}
+    name = f"{provider}--{path.stem}".replace("_", "-")
+    entry = {**channel, "id": name, "portfolio": name}
+    entry.pop("business_phone", None)  # as the offline run: only the case's own, if any
+    if overrides.get("business_phone"):
+        entry["business_phone"] = overrides["business_phone"]
+    return entry
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> Iterator[tuple[StandIn, str]]:
+    fake = StandIn()
+    with ServerThread(fake.app) as server:
+        yield fake, server.url
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, stand_in: tuple[StandIn, str]
+) -> Iterator[RunningGateway]:
+    _fake, base = stand_in
+    providers = mapping_names(MAPPINGS)
+    channels = [load_channel(MAPPINGS, p, base) for p in providers]
+    channels += [case_channel(p, path, base) for p, path in INBOUND]
+    settings = make_settings(tmp_path_factory.mktemp("mappings-e2e"), channels=channels)
+    with RunningGateway(settings, dispatch=False) as running:
+        yield running
+
+
+def _tail(gateway: RunningGateway) -> str | None:
+    page = gateway.client.get("/v1/events", params={"limit": 1}).json()
+    return page["tail_cursor"]
+
+
+def _events_after(gateway: RunningGateway, cursor: str | None, want: int) -> list[Any]:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        params: dict[str, Any] = {"limit": 500, **({"after": cursor} if cursor else {})}
+        data = gateway.client.get("/v1/events", params=params).json()["data"]
+        if cursor is None:
+            data = list(reversed(data))
+        if len(data) >= want or time.monotonic() > deadline:
+            return list(data)
+        time.sleep(0.05)
+
+
+def _pinned(case: dict[str, Any]) -> str | None:
+    received_at = case.get("received_at")
+    if not isinstance(received_at, str):
+        return None
+    moment = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _take_actual(expected: Any, actual: Any, pinned: str | None, path: tuple[Any, ...] = ()) -> Any:
+    """`expected` with the per-run fields (and values equal to a pinned receive time) filled in."""
+    if path in VARIABLE and actual is not None:
+        return actual
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out = {k: _take_actual(v, actual.get(k), pinned, (*path, k)) for k, v in expected.items()}
+        for variable in VARIABLE:
+            if variable[:-1] == path and variable[-1] in actual and variable[-1] not in out:
+                out[variable[-1]] = actual[variable[-1]]
+        return out
+    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        return [
+            _take_actual(e, a, pinned, (*path, i))
+            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
+        ]
+    if pinned is not None and isinstance(expected, str) and expected.startswith(pinned[:19]):
+        return actual
+    return expected
+
+
+@pytest.mark.parametrize(
+    ("provider", "path"), INBOUND, ids=[f"{p}/{path.stem}" for p, path in INBOUND]
+)
+def test_inbound_case_through_a_real_server(
+    gateway: RunningGateway, provider: str, path: Path
+) -> None:
+    case = load_case(path)
+    channel_id = case_channel(provider, path, "")["id"]
+    cursor = _tail(gateway)
+    response = gateway.post(channel_id, orjson.dumps(case["input"]))
+    assert response.status_code == 200, response.text
+    expected = case["expect"].get("events") or []
+    if "quarantine" in case["expect"]:
+        expected = []
+    actual = _events_after(gateway, cursor, len(expected))
+    assert len(actual) == len(expected), [e["type"] for e in actual]
+    pinned = _pinned(case)
+    for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        filled = _take_actual(want, got, pinned)
+        assert diff(filled, got, f"/events/{index}") is None, diff(filled, got)
+
+
+@pytest.mark.parametrize(("provider", "path"), SENDS, ids=[f"{p}/{path.stem}" for p, path in SENDS])
+def test_send_case_reaches_the_provider_stand_in(
+    gateway: RunningGateway, stand_in: tuple[StandIn, str], provider: str, path: Path
+) -> None:
+    fake, _base = stand_in
+    case = load_send_case(path)
+    fake.answer = case.get("answer") or {"status": 200, "body": {}}
+    fake.received.clear()
+    response = gateway.client.post(
+        "/v1/messages", json={**case["send"], "channel": f"{provider}-test"}
+    )
+    refused = case["expect"].get("refused")
+    if refused:
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == refused
+        assert fake.received == []
+        return
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert len(fake.received) == 1
+    values = tokens(answer["id"], gateway.settings.server.public_url)
+    problem = compare_request(case["expect"].get("request") or {}, fake.received[0], values)
+    assert problem is None, problem
+    if "message_id" in case["expect"]:
+        assert answer["provider_message_id"] == case["expect"]["message_id"]
