@@ -5,7 +5,9 @@ posted to a real uvicorn gateway exactly as the provider would send it (`bspgate
 signed by the folder's own `inbound.verify` declaration) and the canonical events it must give
 are read back from `GET /v1/events`; each send case (`cases/send_*.yaml`) goes through
 `POST /v1/messages` to a local stand-in of the provider API (a second uvicorn server), which
-answers with the case's `answer` and must receive the request the case expects.
+answers with the case's `answer` and must receive the request the case expects. Per folder, a
+request without its credentials, one signed with other secrets and (where the declaration covers
+the body) one with other bytes are refused with 401.
 
 Each inbound case gets its own channel and portfolio (the folder's test channel,
 `cases/_channel.yaml`), so identity state never leaks between cases; fields that depend on the
@@ -15,6 +17,7 @@ channel or the receive time (`id`, `source`, `data.channel.id/portfolio`, a pinn
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -28,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bspgate.config import Secret
 from bspgate.mapping.cases import diff, load_case
-from bspgate.mapping.loader import iter_case_files, mapping_names
+from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names
 from bspgate.mapping.send_cases import (
     SentRequest,
     compare_request,
@@ -38,6 +42,7 @@ from bspgate.mapping.send_cases import (
     load_send_case,
     tokens,
 )
+from bspgate.simulate import signed_request
 from tests.conftest import MAPPINGS, make_settings
 from tests.harness import RunningGateway, ServerThread
 
@@ -219,3 +224,45 @@ def test_send_case_reaches_the_provider_stand_in(
     assert problem is None, problem
     if "message_id" in case["expect"]:
         assert answer["provider_message_id"] == case["expect"]["message_id"]
+
+
+def first_inbound(provider: str) -> Path:
+    return next(path for p, path in INBOUND if p == provider)
+
+
+PROVIDERS = sorted({p for p, _path in INBOUND})
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_unsigned_forged_and_tampered_requests_are_refused(
+    gateway: RunningGateway, provider: str
+) -> None:
+    path = first_inbound(provider)
+    channel_id = case_channel(provider, path, "")["id"]
+    channel = gateway.settings.channel(channel_id)
+    assert channel is not None
+    body_in = orjson.dumps(load_case(path)["input"])
+    url, headers, body = signed_request(gateway.settings, channel, body_in)
+    cursor = _tail(gateway)
+    # without the credentials the declaration adds (headers, or Event Grid's ?code= query)
+    bare = {k: v for k, v in headers.items() if k.lower() in ("content-type", "aeg-event-type")}
+    response = gateway.client.post(url.split("?", 1)[0], content=body, headers=bare)
+    assert response.status_code == 401, response.text
+    assert response.json()["code"] == "invalid_signature"
+    # signed with secrets the gateway does not hold
+    forged = dataclasses.replace(
+        channel, secrets={k: Secret("forged-" + v.reveal()) for k, v in channel.secrets.items()}
+    )
+    url_f, headers_f, body_f = signed_request(gateway.settings, forged, body_in)
+    assert gateway.client.post(url_f, content=body_f, headers=headers_f).status_code == 401
+    # the same credentials over other bytes: refused wherever the declaration covers the body
+    spec = load_mapping(MAPPINGS, provider)
+    binds_body = any(
+        e["scheme"] in ("hmac", "jwt") and channel.secret(e["secret"]) for e in spec.verify
+    )
+    is_form = headers["content-type"].startswith("application/x-www-form-urlencoded")
+    tampered = body + (b"&Tampered=1" if is_form else b" ")
+    status = gateway.client.post(url, content=tampered, headers=headers).status_code
+    assert status == (401 if binds_body else 200)
+    if binds_body:
+        assert _events_after(gateway, cursor, 0) == []
