@@ -22,6 +22,7 @@ import jsonschema
 from jmespath.exceptions import JMESPathError
 
 from bspgate.errors import MappingError, MappingLoadError
+from bspgate.mapping.canonical_paths import canonical_paths
 from bspgate.mapping.codegen import Builder, compile_condition, compile_rule
 from bspgate.mapping.expression import Getter, compile_expression
 from bspgate.mapping.functions import REGISTRY
@@ -231,6 +232,12 @@ class _Compiler:
             spec = REGISTRY.get(apply)
             if spec is None or spec[1] > 1:
                 raise self.ctx.error((*path, "apply"), f"{apply!r} is not a one-argument function")
+        if "default" in raw and raw["default"] is None:
+            raise self.ctx.error(
+                (*path, "default"),
+                "`default: null` is no default (a value missing from the map then quarantines "
+                "the event): remove it, or give the value to use",
+            )
         value_map = raw.get("map")
         if isinstance(value_map, str):
             if value_map not in self.maps:
@@ -264,9 +271,25 @@ class _Compiler:
             time=self.field(raw["time"], (*path, "time")),
             fields=tuple(
                 (tuple(name.split(".")), self.field(spec, (*path, "fields", name)))
-                for name, spec in raw["fields"].items()
+                for name, spec in self.canonical(raw, path).items()
             ),
         )
+
+    def canonical(self, raw: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+        """The rule's fields, each a path the canonical event of its type has."""
+        known = canonical_paths(raw["type"])
+        for name in raw["fields"]:
+            if name not in known:
+                head = name.rsplit(".", 1)[0]
+                depth = head.count(".") + 2
+                near = sorted(
+                    p for p in known if p.startswith(head + ".") and p.count(".") + 1 == depth
+                ) or sorted(p for p in known if "." not in p)
+                raise self.ctx.error(
+                    (*path, "fields", name),
+                    f"{name!r} is not a field of a {raw['type']} event (known: {', '.join(near)})",
+                )
+        return dict(raw["fields"])
 
     def quarantine(self, raw: dict[str, Any], path: tuple[Any, ...]) -> QuarantineSpec:
         when = raw.get("when")

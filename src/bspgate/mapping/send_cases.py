@@ -196,8 +196,11 @@ async def run_send_case(root: Path, provider: str, path: Path) -> CaseResult:
         return CaseResult(name, False, f"refused ({exc.code}: {exc.detail})")
     if "refused" in case["expect"]:
         return CaseResult(name, False, f"expected a refusal ({case['expect']['refused']}), sent")
+    expected = case["expect"].get("request") or {}
+    if "path" not in expected or "body" not in expected:
+        return CaseResult(name, False, "expect.request needs path and body (see --update)")
     values = tokens(send_id, OFFLINE_PUBLIC_URL)
-    problem = compare_request(case["expect"].get("request") or {}, sent, values)
+    problem = compare_request(expected, sent, values)
     return CaseResult(name, problem is None, problem or "")
 
 

@@ -24,6 +24,7 @@ from bspgate.mapping.yamlfile import YamlFile
 from bspgate.outbound.template import Node, TemplateError, compile_expr, compile_template
 
 OUTBOUND_FILE = "outbound.yaml"
+AUTH_SCHEMES = ("bearer", "header", "basic", "oauth2_client_credentials", "azure_hmac")
 SEND_TYPES = ("text", "template", "image", "document", "audio", "video", "interactive")
 
 
@@ -201,6 +202,12 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
         raise MappingLoadError(display, None, "", "no such file: this provider cannot send")
     file = YamlFile(path, display)
     data = _extended(root, file, provider, ())
+    auth_scheme = (data.get("auth") or {}).get("scheme") if isinstance(data, dict) else None
+    if isinstance(data.get("auth"), dict) and auth_scheme not in AUTH_SCHEMES:
+        known = ", ".join(AUTH_SCHEMES)
+        raise file.error(
+            ("auth", "scheme"), f"unknown auth scheme {auth_scheme!r} (known: {known})"
+        )
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         error = jsonschema.exceptions.best_match(errors)

@@ -1,0 +1,60 @@
+"""The canonical field paths a rule may fill, read from the canonical event schema.
+
+`fields:` names like `message.text` or `contact.bsuid` are paths inside an event's `data`; which
+exist depends on the rule's event type. They are read from canonical_event.schema.json (the
+contract), so a path added there is accepted here, and `message.txt` is an error at load.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from bspgate.schema.validate import canonical_schema
+
+DATA_DEFS = {
+    "whatsapp.message.received": "received",
+    "whatsapp.message.status": "status",
+    "whatsapp.contact.identity_changed": "identity_changed",
+}
+MANAGED = {"raw_id"}  # filled by the gateway, never by a rule
+
+
+def _resolve(schema: dict[str, Any], node: Any) -> dict[str, Any]:
+    while isinstance(node, dict) and "$ref" in node:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node if isinstance(node, dict) else {}
+
+
+def _properties(schema: dict[str, Any], node: Any) -> dict[str, Any]:
+    node = _resolve(schema, node)
+    found: dict[str, Any] = {}
+    for part in node.get("allOf", []):
+        found.update(_properties(schema, part))
+    for branch in node.get("oneOf", []) + node.get("anyOf", []):
+        found.update(_properties(schema, branch))
+    for name, value in (node.get("properties") or {}).items():
+        if value is True:
+            continue  # declared in an allOf part
+        found[name] = value
+    return found
+
+
+def _walk(schema: dict[str, Any], node: Any, prefix: str, out: set[str]) -> None:
+    for name, value in _properties(schema, node).items():
+        path = f"{prefix}{name}"
+        if path in MANAGED:
+            continue
+        out.add(path)
+        _walk(schema, value, f"{path}.", out)
+
+
+@cache
+def canonical_paths(event_type: str) -> frozenset[str]:
+    """Every path inside `data` of an event of `event_type` (objects and their leaves)."""
+    schema = canonical_schema()
+    out: set[str] = set()
+    definition = DATA_DEFS.get(event_type)
+    if definition is not None:
+        _walk(schema, schema["$defs"][definition], "", out)
+    return frozenset(out)
