@@ -42,12 +42,14 @@ from bspgate.mapping.send_cases import (
     load_send_case,
     tokens,
 )
+from bspgate.outbound.spec import load_outbound
 from bspgate.simulate import signed_request
 from tests.conftest import MAPPINGS, make_settings
 from tests.harness import RunningGateway, ServerThread
 
 pytestmark = [pytest.mark.e2e]
 DEADLINE = 10.0
+TOKEN = "stand-in-access-token"
 VARIABLE = (
     ("id",),
     ("source",),
@@ -64,12 +66,17 @@ class StandIn:
 
     def __init__(self) -> None:
         self.received: list[SentRequest] = []
+        self.token_requests: list[dict[str, str]] = []
         self.answer: dict[str, Any] = {"status": 200, "body": {}}
         self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=["POST", "PUT"])])
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
         headers = {k.lower(): v for k, v in request.headers.items()}
+        if b"grant_type=client_credentials" in body:  # an OAuth2 token endpoint (RFC 6749 4.4)
+            self.token_requests.append(headers)
+            token = {"access_token": TOKEN, "token_type": "bearer", "expires_in": 3600}
+            return Response(orjson.dumps(token), media_type="application/json")
         self.received.append(SentRequest(request.method, str(request.url), headers, body))
         answer = self.answer
         return Response(
@@ -224,6 +231,11 @@ def test_send_case_reaches_the_provider_stand_in(
     assert problem is None, problem
     if "message_id" in case["expect"]:
         assert answer["provider_message_id"] == case["expect"]["message_id"]
+    auth = load_outbound(MAPPINGS, provider).auth
+    if auth.get("scheme") == "oauth2_client_credentials":
+        # the bearer token is the one the token endpoint issued, fetched with the channel's key
+        assert fake.received[0].headers["authorization"] == f"Bearer {TOKEN}"
+        assert fake.token_requests, "no token was requested"
 
 
 def first_inbound(provider: str) -> Path:
