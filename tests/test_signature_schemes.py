@@ -17,17 +17,25 @@ import base64
 import hashlib
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
+import orjson
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from standardwebhooks import Webhook
 
+from bspgate.app import create_app
 from bspgate.config import Channel, Secret
 from bspgate.errors import SignatureError
 from bspgate.ingress.verify import ChannelVerifier, SignedRequest, declaration_errors
+from bspgate.simulate import signed_request
+from tests.asgi_client import TestClient
+from tests.conftest import MAPPINGS, make_settings
 
 SINCH_BODY = (
     b'{"app_id":"","accepted_time":"2021-10-18T17:49:13.813615Z","project_id":'
@@ -263,3 +271,31 @@ def test_rs256_token_verifies_with_the_public_key_and_simulate_signs_with_the_pr
     check.verify(req(b'{"a":1}', headers))
     hs = jwt.encode({"body_hash": "x"}, "guess" * 8, algorithm="HS256")
     assert refusal(check, req(b'{"a":1}', {"Authorization": f"Bearer {hs}"}))
+
+
+# -- through the app: stale and replayed requests are 401 and counted ---------------------------
+def test_replayed_and_stale_requests_are_401_and_counted(tmp_path: Path) -> None:
+    channel = {
+        "id": "sinch-us",
+        "provider": "sinch",
+        "portfolio": "acme",
+        "secrets": {"webhook_secret": "sinch-secret", "key_id": "k", "key_secret": "s"},
+        "settings": {"project_id": "p", "app_id": "a"},
+    }
+    settings = make_settings(tmp_path, channels=[channel])
+    bound = settings.channel("sinch-us")
+    assert bound is not None
+    body = (MAPPINGS / "sinch" / "cases" / "inbound_text.yaml").read_text()
+    payload = orjson.dumps(yaml.safe_load(body)["input"])
+    with TestClient(create_app(settings, dispatch=False)) as client:
+        url, headers, signed = signed_request(settings, bound, payload)
+        path = urlsplit(url).path
+        assert client.post(path, content=signed, headers=headers).status_code == 200
+        again = client.post(path, content=signed, headers=headers)
+        assert again.status_code == 401
+        assert "already accepted" in again.json()["detail"]
+        stale = {**headers, "x-sinch-webhook-signature-timestamp": "1634579353"}
+        assert client.post(path, content=signed, headers=stale).status_code == 401
+        metrics = client.get("/metrics").text
+    assert 'bspgate_webhooks_total{channel="sinch-us",outcome="replayed"} 1.0' in metrics
+    assert 'bspgate_webhooks_total{channel="sinch-us",outcome="stale"} 1.0' in metrics
