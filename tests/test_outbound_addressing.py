@@ -117,3 +117,16 @@ def test_window_edges() -> None:
     assert check_service_window(None, policy="enforce", now=NOW, checked=False) == (
         "service_window_not_checked",
     )
+
+
+def test_one_bsuid_definition_refuses_a_trailing_newline() -> None:
+    from bspgate.identity.identifiers import BSUID_RE
+    from bspgate.mapping import functions
+    from bspgate.outbound import addressing
+
+    assert addressing.BSUID_PATTERN is BSUID_RE
+    assert functions.BSUID_RE is BSUID_RE
+    for value in ("US.123\n", "US.123\n\n", "\nUS.123", "US.123 "):
+        assert not addressing.is_bsuid(value)
+        assert not functions.is_bsuid(value)
+    assert addressing.is_bsuid("US.ENT.123")

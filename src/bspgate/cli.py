@@ -188,6 +188,45 @@ def cmd_contacts_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_contacts_merge(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from bspgate.app import iso, open_store
+    from bspgate.identity.operator import OperatorContext, OperatorRefused, operator_merge
+    from bspgate.pipeline import Fanout
+    from bspgate.schema.validate import EventValidator
+
+    settings = _settings(args)
+    moment = datetime.now(UTC)
+    ctx = OperatorContext(
+        settings,
+        Fanout(settings.subscribers),
+        EventValidator(),
+        iso(moment),
+        moment.timestamp(),
+        f"cli:{args.by}",
+    )
+
+    async def run() -> dict[str, Any]:
+        store = open_store(settings)
+        await store.open()
+        try:
+            view: dict[str, Any] = await store.transaction(
+                lambda tx: operator_merge(tx, ctx, args.into, args.source)
+            )
+            return view
+        finally:
+            await store.close()
+
+    try:
+        view = asyncio.run(run())
+    except OperatorRefused as exc:
+        return _fail(f"merge refused: {exc.detail}", 1)
+    _print_json(view)
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from bspgate.app import build_verifiers, load_channel_mappings
 
@@ -255,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("identifier", help="a contact id (ct_…), a BSUID or a phone number")
     show.set_defaults(func=cmd_contacts_show)
+    merge = contacts_sub.add_parser(
+        "merge",
+        parents=[common],
+        help="merge one contact into another (the same person; rule 11)",
+    )
+    merge.add_argument("into", help="the contact id that survives (ct_…)")
+    merge.add_argument("--from", dest="source", required=True, help="the contact id merged in")
+    merge.add_argument("--by", default="operator", help="who merges (recorded in the history)")
+    merge.set_defaults(func=cmd_contacts_merge)
 
     from bspgate.cli_operations import add_commands
 

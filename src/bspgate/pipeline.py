@@ -16,15 +16,23 @@ import orjson
 
 from bspgate.config import Channel, Subscriber
 from bspgate.errors import CanonicalValidationError
-from bspgate.identity.resolver import IdentityResolver, Observation, UnresolvableContact
+from bspgate.identity.evidence import shared_phones
+from bspgate.identity.resolver import (
+    MERGED,
+    IdentityResolver,
+    Notice,
+    Observation,
+    UnresolvableContact,
+)
 from bspgate.ids import event_id
 from bspgate.mapping.engine import Draft, MappingResult
 from bspgate.schema.validate import EventValidator
-from bspgate.store.base import ContactRow, RawRecord, StoreTx
+from bspgate.store.base import ContactRow, RawRecord, StoreTx, follow_merged
 
 RECEIVED = "whatsapp.message.received"
 STATUS = "whatsapp.message.status"
 IDENTITY_CHANGED = "whatsapp.contact.identity_changed"
+CONTACT_MERGED = "whatsapp.contact.merged"
 
 
 class InvalidEvents(Exception):
@@ -62,7 +70,7 @@ class Fanout:
         ]
 
 
-def _contact_data(contact: ContactRow) -> dict[str, Any]:
+def contact_data(contact: ContactRow) -> dict[str, Any]:
     return {
         "id": contact.id,
         "bsuid": contact.bsuid,
@@ -80,21 +88,25 @@ def _resolve(
     seen = Observation.from_contact_data(data["contact"])
     if draft.type == IDENTITY_CHANGED:
         previous = data["previous"]
-        contact, old_bsuid, old_phone = resolver.relink(seen, previous["bsuid"], previous["phone"])
+        contact, old_bsuid, old_phone = resolver.relink(
+            seen, previous["bsuid"], previous["phone"], draft.time
+        )
         # what the contact had before fills what the announcement left out; the draft itself
         # stays untouched, so a retried transaction (PostgreSQL conflicts) starts from the same
         filled = {"bsuid": previous["bsuid"] or old_bsuid, "phone": previous["phone"] or old_phone}
-        return contact, {"previous": filled}
+        change = "bsuid_changed" if seen.bsuid or previous["bsuid"] else "phone_changed"
+        return contact, {"change": change, "previous": filled}
     if draft.type == STATUS and not seen.bsuid and not seen.phone:
         # identity rule 8: a status without identifiers resolves through our send record
         contact_id = tx.contact_for_send(channel.id, data["message"]["id"])
-        found = tx.contact(contact_id) if contact_id else None
-        while found is not None and found.merged_into:
-            found = tx.contact(found.merged_into)
+        found = follow_merged(tx.contact(contact_id) if contact_id else None, tx.contact)
         if found is None:
             raise UnresolvableContact("status for a message this gateway did not send")
         return found, {}
-    contact = resolver.observe(seen)
+    contact = resolver.observe(seen, draft.time)
+    for shared in shared_phones(draft.type == RECEIVED, draft.data):
+        # rule 10: the person answered a request to share their number
+        contact = resolver.observe(replace(seen, phone=shared), draft.time)
     if draft.type == RECEIVED:
         tx.mark_inbound(contact.id, channel.id, data["message"]["timestamp"] or draft.time)
     return contact, {}
@@ -130,7 +142,7 @@ def complete_event(
         "portfolio": channel.portfolio,
         "business_phone": draft.data["channel"]["business_phone"] or channel.business_phone,
     }
-    data["contact"] = _contact_data(contact)
+    data["contact"] = contact_data(contact)
     data["raw_id"] = raw_id
     return {
         "specversion": "1.0",
@@ -164,7 +176,6 @@ def ingest(
         channel.id,
         now,
         now_epoch,
-        announces=mapped.announces,
         holds=fanout.holds,
     )
     store = _EventWriter(tx, channel, raw.id, validator, fanout, now, now_epoch, outcome)
@@ -177,9 +188,9 @@ def ingest(
         except UnresolvableContact as exc:
             outcome.issues.append(f"rule {draft.rule} event {draft.id}: {exc}")
             continue
-        for previous_bsuid in resolver.take_silent_relinks():
-            # the provider announces nothing: tell downstream about the relink we inferred
-            store.write(_relink_draft(channel.id, draft, contact, previous_bsuid), contact)
+        for notice in resolver.take_notices():
+            # a phone reassigned to another contact (rule 6), two contacts merged (rule 8)
+            store.write(notice_draft(channel.id, draft, notice), notice.contact, notice.data)
         store.write(draft, contact, resolved)
     if outcome.issues:
         outcome.state = "quarantined"
@@ -191,19 +202,20 @@ def ingest(
     return outcome
 
 
-def _relink_draft(channel_id: str, cause: Draft, contact: ContactRow, previous: str) -> Draft:
-    key = f"relink:{previous}:{contact.bsuid}"
+def notice_draft(channel_id: str, cause: Draft, notice: Notice) -> Draft:
+    """The event draft for an identity notice, caused by (and timed as) the payload `cause`."""
+    event_type = CONTACT_MERGED if notice.kind == MERGED else IDENTITY_CHANGED
     return Draft(
-        id=event_id(channel_id, IDENTITY_CHANGED, key),
-        type=IDENTITY_CHANGED,
-        key=key,
+        id=event_id(channel_id, event_type, notice.key),
+        type=event_type,
+        key=notice.key,
         time=cause.time,
-        rule="unannounced_relink",
+        rule=f"identity_{notice.kind}",
         position=cause.position,
         data={
             "channel": {"business_phone": cause.data["channel"]["business_phone"]},
             "contact": {},
-            "previous": {"bsuid": previous, "phone": None},
+            **({"handled_by": None} if "handled_by" in cause.data else {}),
         },
     )
 

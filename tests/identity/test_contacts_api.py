@@ -148,13 +148,17 @@ def test_erasure_removes_pii_and_keeps_the_contact_id(client: TestClient) -> Non
     contact_id = _contact_id(client)
     erased = client.delete(f"/v1/contacts/{contact_id}", headers=AUTH)
     assert erased.status_code == 200
-    assert erased.json()["erased"]["raw_payloads"] == 1
+    assert erased.json()["erased"]["raw_payloads_blanked"] == 1
     view = client.get(f"/v1/contacts/{contact_id}", headers=AUTH).json()
     assert (view["phone"], view["name"], view["phones"]) == (None, None, [])
     assert view["erased_at"]
     assert view["history"][-1]["kind"] == "erased"
-    event = client.get("/v1/events", headers=AUTH).json()["data"][0]
-    assert event["data"]["contact"]["phone"] is None
+    events = client.get("/v1/events", headers=AUTH).json()["data"]
+    [event] = [e for e in events if e["type"] == "whatsapp.message.received"]
+    assert event["data"]["contact"] == {
+        "id": contact_id,
+        **dict.fromkeys(("bsuid", "parent_bsuid", "phone", "username", "name")),
+    }
     assert event["data"]["message"]["text"] is None
     assert event["data"]["contact"]["id"] == contact_id
     store = client.app.state.gateway.store  # type: ignore[attr-defined]
@@ -178,3 +182,52 @@ def test_metrics_show_queue_depth_and_oldest_undelivered_age(client: TestClient)
     assert 'bspgate_store_rows{state="deliveries_held"} 1.0' in text
     (line,) = [x for x in text.splitlines() if x.startswith("bspgate_oldest_undelivered_seconds")]
     assert float(line.split()[-1]) >= 0.0
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"phone": "+15551234567"},
+        {"phone": "15551234567"},
+        {"phone": " 15551234567"},  # an unencoded + arrives as a space
+        {"phone": "whatsapp:+1 555-123-4567"},
+        {"username": "bo"},
+        {"username": "@bo"},
+        {"bsuid": B1},
+    ],
+)
+def test_lookups_normalize_like_the_cli(client: TestClient, query: dict[str, str]) -> None:
+    body = json.loads(cloud_message("wamid.1", phone=PHONE, bsuid=B1))
+    body["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["username"] = "@bo"
+    _post(client, json.dumps(body).encode())
+    found = client.get("/v1/contacts", params=query, headers=AUTH).json()["data"]
+    assert [c["bsuid"] for c in found] == [B1]
+
+
+def test_a_late_webhook_on_a_retired_bsuid_moves_its_last_seen(client: TestClient) -> None:
+    _post(client, cloud_message("wamid.1", phone=PHONE, bsuid=B1))
+    _post(client, cloud_user_changed_user_id("wamid.2", B1, B2, step=1))
+    contact_id = _contact_id(client)
+
+    def last_seen() -> str:
+        view = client.get(f"/v1/contacts/{contact_id}", headers=AUTH).json()
+        return str(next(b["last_seen"] for b in view["bsuids"] if b["bsuid"] == B1))
+
+    before = last_seen()
+    gateway = client.app.state.gateway  # type: ignore[attr-defined]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    gateway.clock = lambda: later
+    _post(client, cloud_message("wamid.3", bsuid=B1, step=2))
+    assert last_seen() > before
+
+
+def test_the_current_parent_bsuid_is_not_listed_as_retired(client: TestClient) -> None:
+    body = json.loads(cloud_message("wamid.1", bsuid=B1))
+    value = body["entry"][0]["changes"][0]["value"]
+    value["messages"][0]["from_parent_user_id"] = "US.ENT.11815799212886844830"
+    value["contacts"][0]["parent_user_id"] = "US.ENT.11815799212886844830"
+    _post(client, json.dumps(body).encode())
+    view = client.get(f"/v1/contacts/{_contact_id(client)}", headers=AUTH).json()
+    states = {b["bsuid"]: b["state"] for b in view["bsuids"]}
+    assert view["parent_bsuid"] == "US.ENT.11815799212886844830"
+    assert states == {B1: "current", "US.ENT.11815799212886844830": "parent"}

@@ -1,4 +1,8 @@
-"""The identity rules of canonical.md §1, over every `StoreTx` backend."""
+"""The identity rules of canonical.md §1 (v1.1), over every `StoreTx` backend.
+
+Each test name starts with the rule it proves (`test_rule6_…`); `tx` runs it on the in-memory
+store, a real SQLite file and (with BSPGATE_TEST_POSTGRES_URL) PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,32 @@ from typing import Any
 
 import pytest
 
-from bspgate.identity.resolver import IdentityResolver, Observation, UnresolvableContact
+from bspgate.identity.resolver import (
+    MERGED,
+    PHONE_REASSIGNED,
+    IdentityResolver,
+    Observation,
+    UnresolvableContact,
+)
 
 NOW = "2026-04-02T10:11:12Z"
 B1 = "US.13491208655302741918"
 B2 = "US.20000000000000000001"
 P1 = "+15551234567"
 P2 = "+15557654321"
+P3 = "+15559990000"
+B3 = "US.30000000000000000003"
 
 
-def resolver(tx: Any, portfolio: str = "acme") -> IdentityResolver:
-    return IdentityResolver(tx, portfolio, "cloud-us", NOW)
+def resolver(tx: Any, portfolio: str = "acme", now: str = NOW) -> IdentityResolver:
+    return IdentityResolver(tx, portfolio, "cloud-us", now)
 
 
-def test_bsuid_creates_then_resolves_one_contact(tx: Any) -> None:
+def at(minute: int) -> str:
+    return f"2026-04-02T10:{minute:02d}:00Z"
+
+
+def test_rule1_bsuid_creates_then_resolves_one_contact(tx: Any) -> None:
     first = resolver(tx).observe(Observation(bsuid=B1))
     again = resolver(tx).observe(Observation(bsuid=B1))
     assert first.id == again.id
@@ -28,26 +44,26 @@ def test_bsuid_creates_then_resolves_one_contact(tx: Any) -> None:
     assert again.phone is None
 
 
-def test_pair_is_captured_as_phone_alias(tx: Any) -> None:
+def test_rule2_pair_is_captured_as_phone_alias(tx: Any) -> None:
     contact = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
     assert tx.contact_by_phone("acme", P1).id == contact.id
     later = resolver(tx).observe(Observation(bsuid=B1))  # phone hidden later: alias kept
     assert later.phone == P1
 
 
-def test_phone_only_resolves_through_alias(tx: Any) -> None:
+def test_rule3_phone_only_resolves_through_alias(tx: Any) -> None:
     contact = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
     legacy = resolver(tx).observe(Observation(phone=P1))
     assert legacy.id == contact.id
 
 
-def test_phone_only_creates_phone_only_contact(tx: Any) -> None:
+def test_rule3_phone_only_creates_phone_only_contact(tx: Any) -> None:
     contact = resolver(tx).observe(Observation(phone=P1))
     assert contact.bsuid is None
     assert contact.phone == P1
 
 
-def test_dual_identifier_merges_into_phone_only_contact(tx: Any) -> None:
+def test_rule4_dual_identifier_merges_into_phone_only_contact(tx: Any) -> None:
     legacy = resolver(tx).observe(Observation(phone=P1))
     merged = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
     assert merged.id == legacy.id
@@ -55,7 +71,7 @@ def test_dual_identifier_merges_into_phone_only_contact(tx: Any) -> None:
     assert tx.contact_by_bsuid("acme", B1).id == legacy.id
 
 
-def test_relink_keeps_contact_id_and_old_bsuid_resolves(tx: Any) -> None:
+def test_rule5_relink_keeps_contact_id_and_old_bsuid_resolves(tx: Any) -> None:
     contact = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
     relinked, old_bsuid, old_phone = resolver(tx).relink(Observation(bsuid=B2), B1, None)
     assert relinked.id == contact.id
@@ -66,14 +82,14 @@ def test_relink_keeps_contact_id_and_old_bsuid_resolves(tx: Any) -> None:
     assert tx.contact_by_bsuid("acme", B2).id == contact.id
 
 
-def test_user_changed_user_id_retires_the_phone_alias(tx: Any) -> None:
+def test_rule5_user_changed_user_id_retires_the_phone_alias(tx: Any) -> None:
     resolver(tx).observe(Observation(bsuid=B1, phone=P1))
     relinked, _, _ = resolver(tx).relink(Observation(bsuid=B2), B1, None)
     assert relinked.phone is None
     assert tx.contact_by_phone("acme", P1) is None
 
 
-def test_user_changed_number_moves_alias_to_new_phone(tx: Any) -> None:
+def test_rule5_user_changed_number_moves_alias_to_new_phone(tx: Any) -> None:
     contact = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
     relinked, _, old_phone = resolver(tx).relink(Observation(bsuid=B2, phone=P2), B1, P1)
     assert relinked.id == contact.id
@@ -83,7 +99,7 @@ def test_user_changed_number_moves_alias_to_new_phone(tx: Any) -> None:
     assert tx.contact_by_phone("acme", P2).id == contact.id
 
 
-def test_late_webhook_with_old_bsuid_lands_on_same_contact(tx: Any) -> None:
+def test_rule5_late_webhook_with_old_bsuid_lands_on_same_contact(tx: Any) -> None:
     contact = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
     resolver(tx).relink(Observation(bsuid=B2), B1, None)
     late = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
@@ -92,7 +108,7 @@ def test_late_webhook_with_old_bsuid_lands_on_same_contact(tx: Any) -> None:
     assert late.phone is None  # the retired alias is not revived by a late webhook
 
 
-def test_recycled_phone_moves_alias_without_merging(tx: Any) -> None:
+def test_rule6_recycled_phone_moves_alias_without_merging(tx: Any) -> None:
     old = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
     new = resolver(tx).observe(Observation(bsuid=B2, phone=P1))
     assert new.id != old.id
@@ -101,22 +117,30 @@ def test_recycled_phone_moves_alias_without_merging(tx: Any) -> None:
     assert tx.contact_by_bsuid("acme", B1).id == old.id
 
 
-def test_portfolios_are_separate(tx: Any) -> None:
+def test_rule1_portfolios_are_separate(tx: Any) -> None:
     one = resolver(tx, "acme").observe(Observation(bsuid=B1))
     two = resolver(tx, "globex").observe(Observation(bsuid=B1))
     assert one.id != two.id
 
 
-def test_relink_folds_a_contact_the_new_bsuid_created_first(tx: Any) -> None:
-    contact = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
-    early = resolver(tx).observe(Observation(bsuid=B2))  # new BSUID writes before the announcement
-    relinked, _, _ = resolver(tx).relink(Observation(bsuid=B2), B1, None)
-    assert relinked.id == contact.id
+def test_rule8_relink_merges_a_contact_the_new_bsuid_created_first(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    # the new BSUID writes before the announcement arrives
+    early = resolver(tx, now=at(5)).observe(Observation(bsuid=B2), at(5))
+    late = resolver(tx, now=at(6))
+    relinked, _, _ = late.relink(Observation(bsuid=B2), B1, None, at(4))
+    assert relinked.id == contact.id  # the older contact survives
     assert early.id != contact.id
     assert tx.contact_by_bsuid("acme", B2).id == contact.id
+    assert tx.contact(early.id).merged_into == contact.id
+    [notice] = late.take_notices()
+    assert (notice.kind, notice.data) == (
+        MERGED,
+        {"merged": {"id": early.id, "by": "identity_rule"}},
+    )
 
 
-def test_relink_of_unknown_contact_creates_it_with_new_bsuid(tx: Any) -> None:
+def test_rule5_relink_of_unknown_contact_creates_it_with_new_bsuid(tx: Any) -> None:
     contact, old_bsuid, _ = resolver(tx).relink(Observation(bsuid=B2), B1, None)
     assert contact.bsuid == B2
     assert old_bsuid == B1
@@ -129,27 +153,137 @@ def test_username_and_name_latest_wins(tx: Any) -> None:
     assert (contact.username, contact.name) == ("@new", "New")
 
 
-def test_no_identifier_is_unresolvable(tx: Any) -> None:
+def test_rule7_no_identifier_is_unresolvable(tx: Any) -> None:
     with pytest.raises(UnresolvableContact):
         resolver(tx).observe(Observation(name="nobody"))
 
 
-def test_silent_provider_relinks_a_known_phone_with_a_new_bsuid(tx: Any) -> None:
-    silent = IdentityResolver(tx, "acme", "tw", NOW, announces=False)
-    first = silent.observe(Observation(bsuid=B1, phone=P1))
-    assert silent.take_silent_relinks() == []
-    again = silent.observe(Observation(bsuid=B2, phone=P1))
-    assert again.id == first.id
-    assert again.bsuid == B2
-    assert again.phone == P1
-    assert silent.take_silent_relinks() == [B1]
-    assert silent.take_silent_relinks() == []
-    assert tx.contact_by_bsuid("acme", B1).id == first.id
+def test_rule6_the_contact_that_lost_the_phone_is_told(tx: Any) -> None:
+    old = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    second = resolver(tx, now=at(2))
+    new = second.observe(Observation(bsuid=B2, phone=P1), at(2))
+    [notice] = second.take_notices()
+    assert notice.kind == PHONE_REASSIGNED
+    assert notice.contact.id == old.id
+    assert notice.contact.phone is None
+    assert notice.data == {"change": "phone_reassigned", "previous": {"bsuid": B1, "phone": P1}}
+    assert new.phone == P1
+    assert second.take_notices() == []
 
 
-def test_announcing_provider_treats_the_same_pairing_as_a_recycled_number(tx: Any) -> None:
-    announcing = IdentityResolver(tx, "acme", "cloud", NOW, announces=True)
-    first = announcing.observe(Observation(bsuid=B1, phone=P1))
-    again = announcing.observe(Observation(bsuid=B2, phone=P1))
+def test_rule6_a_known_phone_with_a_new_bsuid_never_relinks(tx: Any) -> None:
+    # v1.1: whatever the provider (none of them "announces" anything to the resolver any more)
+    first = resolver(tx).observe(Observation(bsuid=B1, phone=P1))
+    again = resolver(tx).observe(Observation(bsuid=B2, phone=P1))
     assert again.id != first.id
-    assert announcing.take_silent_relinks() == []
+    assert tx.contact(first.id).bsuid == B1
+    assert tx.contact_by_bsuid("acme", B1).id == first.id
+    assert tx.contact_by_bsuid("acme", B2).id == again.id
+
+
+def test_rule9_late_retry_of_previous_owner_does_not_take_the_phone_back(tx: Any) -> None:
+    old = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    new = resolver(tx, now=at(3)).observe(Observation(bsuid=B2, phone=P1), at(3))
+    retry = resolver(tx, now=at(9))
+    late = retry.observe(Observation(bsuid=B1, phone=P1), at(2))  # retried webhook, event time t2
+    assert late.id == old.id  # still delivered, to the contact it is about
+    assert late.phone is None
+    assert tx.contact_by_phone("acme", P1).id == new.id
+    assert retry.take_notices() == []
+
+
+def test_rule9_shuffled_recycled_number_ends_with_the_newer_owner(tx: Any) -> None:
+    new = resolver(tx, now=at(1)).observe(Observation(bsuid=B2, phone=P1), at(3))
+    old = resolver(tx, now=at(2)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    assert old.id != new.id
+    assert old.phone is None
+    assert tx.contact_by_phone("acme", P1).id == new.id
+
+
+def test_rule9_out_of_order_identity_changes_end_in_the_later_state(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    # B1 -> B2 (t2, number P2) and B2 -> B3 (t4, number P3) arrive the wrong way round
+    resolver(tx, now=at(5)).relink(Observation(bsuid=B3, phone=P3), B2, P2, at(4))
+    final, _, _ = resolver(tx, now=at(6)).relink(Observation(bsuid=B2, phone=P2), B1, P1, at(2))
+    assert final.id == contact.id
+    assert (final.bsuid, final.phone) == (B3, P3)
+    for bsuid in (B1, B2, B3):
+        assert tx.contact_by_bsuid("acme", bsuid).id == contact.id
+    assert tx.contact_by_phone("acme", P3).id == contact.id
+    assert tx.contact_by_phone("acme", P1) is None
+
+
+def test_rule9_a_legacy_phone_only_payload_lands_on_the_owner_at_its_time(tx: Any) -> None:
+    old = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    resolver(tx, now=at(3)).observe(Observation(bsuid=B2, phone=P1), at(3))
+    late = resolver(tx, now=at(9)).observe(Observation(phone=P1), at(2))
+    assert late.id == old.id
+
+
+def test_rule8_phone_only_and_bsuid_contacts_paired_by_one_payload_merge(tx: Any) -> None:
+    legacy = resolver(tx, now=at(1)).observe(Observation(phone=P1), at(1))
+    by_name = resolver(tx, now=at(2)).observe(Observation(bsuid=B1, username="@bo"), at(2))
+    pairing = resolver(tx, now=at(3))
+    merged = pairing.observe(Observation(bsuid=B1, phone=P1), at(3))
+    assert merged.id == legacy.id  # the older one survives
+    assert (merged.bsuid, merged.phone, merged.username) == (B1, P1, "@bo")
+    absorbed = tx.contact(by_name.id)
+    assert absorbed.merged_into == legacy.id
+    assert (absorbed.bsuid, absorbed.phone) == (None, None)
+    assert tx.contact_by_bsuid("acme", B1).id == legacy.id
+    assert tx.contact_by_phone("acme", P1).id == legacy.id
+    [notice] = pairing.take_notices()
+    assert notice.kind == MERGED
+    assert notice.contact.id == legacy.id
+    assert notice.data == {"merged": {"id": by_name.id, "by": "identity_rule"}}
+
+
+def test_rule8_the_newer_contact_survives_never(tx: Any) -> None:
+    by_name = resolver(tx, now=at(1)).observe(Observation(bsuid=B1), at(1))
+    legacy = resolver(tx, now=at(2)).observe(Observation(phone=P1), at(2))
+    merged = resolver(tx, now=at(3)).observe(Observation(bsuid=B1, phone=P1), at(3))
+    assert merged.id == by_name.id
+    assert tx.contact(legacy.id).merged_into == by_name.id
+    assert tx.contact_by_phone("acme", P1).id == by_name.id
+
+
+def test_rule10_a_shared_phone_is_a_pair(tx: Any) -> None:
+    from bspgate.identity.evidence import answer_pairs, shared_phones
+
+    card = {"name": {}, "phones": [{"phone": "+1 555-123-4567", "wa_id": None}]}
+    data = {
+        "contact": {"bsuid": B1},
+        "message": {"contacts": [{**card, "origin": "contact_request"}]},
+    }
+    assert shared_phones(True, data) == [P1]
+    assert shared_phones(False, data) == []
+    other = {"contact": {"bsuid": B1}, "message": {"contacts": [{**card, "origin": "other"}]}}
+    assert shared_phones(True, other) == []
+    wa_only = {"phones": [{"phone": None, "wa_id": "15557654321"}], "origin": "contact_request"}
+    assert shared_phones(True, {"contact": {"bsuid": B1}, "message": {"contacts": [wa_only]}}) == [
+        P2
+    ]
+    answer = {"contacts": [{"input": B1, "wa_id": "15551234567", "user_id": B1}]}
+    assert answer_pairs(answer) == [(B1, P1)]
+    assert answer_pairs({"contacts": [{"input": B1, "user_id": B1}]}) == []
+    contact = resolver(tx).observe(Observation(bsuid=B1))
+    paired = resolver(tx).observe(Observation(bsuid=B1, phone=shared_phones(True, data)[0]))
+    assert paired.id == contact.id
+    assert tx.contact_by_phone("acme", P1).id == contact.id
+
+
+def test_rule11_operator_merge_has_rule8_effects(tx: Any) -> None:
+    first = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    # the person changed number with a provider that announces nothing: a second contact
+    second = resolver(tx, now=at(2)).observe(Observation(bsuid=B2, phone=P2), at(2))
+    operator = resolver(tx, now=at(3))
+    survivor = operator.merge(tx.contact(second.id), tx.contact(first.id), "operator", key="ops")
+    assert survivor.id == first.id
+    assert (survivor.bsuid, survivor.phone) == (B2, P2)  # the newer identifiers are current
+    assert tx.contact(second.id).merged_into == first.id
+    assert tx.contact_by_bsuid("acme", B1).id == first.id
+    assert tx.contact_by_bsuid("acme", B2).id == first.id
+    assert tx.contact_by_phone("acme", P2).id == first.id
+    assert tx.contact_by_phone("acme", P1) is None
+    [notice] = operator.take_notices()
+    assert notice.data == {"merged": {"id": second.id, "by": "operator"}}

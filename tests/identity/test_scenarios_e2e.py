@@ -68,6 +68,7 @@ def test_one_contact_id_through_a_persons_life(gateway: RunningGateway) -> None:
     assert len({e["data"]["contact"]["id"] for e in events}) == 1
     assert events[1]["data"]["contact"]["bsuid"] == B1
     change = events[2]["data"]
+    assert change["change"] == "bsuid_changed"
     assert change["previous"] == {"bsuid": B1, "phone": "+" + PHONE}
     assert change["contact"]["bsuid"] == B2
     for event in events[2:]:  # the old phone is retired with the old BSUID: never shown again
@@ -94,8 +95,13 @@ def test_number_change_names_the_new_phone(gateway: RunningGateway) -> None:
 def test_recycled_phone_gives_two_contacts_and_moves_the_alias(gateway: RunningGateway) -> None:
     _post_ok(gateway, cloud_message("wamid.1", phone=PHONE, bsuid=B1))
     _post_ok(gateway, cloud_message("wamid.2", phone=PHONE, bsuid=B3, step=1))
-    first, second = gateway.events()
+    first, reassigned, second = gateway.events()
     assert first["data"]["contact"]["id"] != second["data"]["contact"]["id"]
+    assert reassigned["type"] == "whatsapp.contact.identity_changed"
+    assert reassigned["subject"] == first["data"]["contact"]["id"]
+    assert reassigned["data"]["change"] == "phone_reassigned"
+    assert reassigned["data"]["previous"] == {"bsuid": B1, "phone": "+" + PHONE}
+    assert reassigned["data"]["contact"]["phone"] is None
     owners = gateway.client.get("/v1/contacts", params={"phone": "+" + PHONE}).json()["data"]
     assert [c["id"] for c in owners] == [
         second["data"]["contact"]["id"],
@@ -131,3 +137,58 @@ def test_concurrent_first_messages_make_one_contact(gateway: RunningGateway) -> 
     events = gateway.events()
     assert len(events) == 12
     assert len({e["data"]["contact"]["id"] for e in events}) == 1
+
+
+def test_rule8_a_legacy_contact_and_a_username_contact_paired_once_merge(
+    gateway: RunningGateway,
+) -> None:
+    _post_ok(gateway, cloud_message("wamid.1", phone=PHONE))  # before BSUIDs: phone only
+    _post_ok(gateway, cloud_message("wamid.2", bsuid=B1, step=1))  # by username: BSUID only
+    _post_ok(gateway, cloud_message("wamid.3", phone=PHONE, bsuid=B1, step=2))  # one payload pairs
+    legacy, by_name, merged, paired = gateway.events()
+    assert legacy["subject"] != by_name["subject"]
+    assert merged["type"] == "whatsapp.contact.merged"
+    assert merged["subject"] == legacy["subject"]  # the older survives
+    assert merged["data"]["merged"] == {"id": by_name["subject"], "by": "identity_rule"}
+    assert merged["data"]["contact"]["bsuid"] == B1
+    assert merged["data"]["contact"]["phone"] == "+" + PHONE
+    assert paired["subject"] == legacy["subject"]
+    absorbed = gateway.client.get(f"/v1/contacts/{by_name['subject']}").json()
+    assert (absorbed["id"], absorbed["merged_into"]) == (legacy["subject"], legacy["subject"])
+    _post_ok(gateway, cloud_message("wamid.4", bsuid=B1, step=3))
+    assert gateway.events()[-1]["subject"] == legacy["subject"]
+
+
+def test_rule9_a_late_retry_of_the_previous_owner_keeps_its_own_contact(
+    gateway: RunningGateway,
+) -> None:
+    _post_ok(gateway, cloud_message("wamid.1", phone=PHONE, bsuid=B1, step=1))
+    _post_ok(gateway, cloud_message("wamid.2", phone=PHONE, bsuid=B3, step=5))  # recycled
+    _post_ok(gateway, cloud_message("wamid.9", phone=PHONE, bsuid=B1, step=2))  # late retry
+    events = gateway.events()
+    first, reassigned, second, late = events
+    assert reassigned["data"]["change"] == "phone_reassigned"
+    assert late["subject"] == first["subject"]
+    assert late["data"]["contact"]["phone"] is None
+    owners = gateway.client.get("/v1/contacts", params={"phone": PHONE}).json()["data"]
+    assert owners[0]["id"] == second["subject"]
+    assert owners[0]["phone"] == "+" + PHONE
+
+
+def test_rule9_identity_changes_arriving_out_of_order_end_in_the_later_state(
+    gateway: RunningGateway,
+) -> None:
+    _post_ok(gateway, cloud_message("wamid.1", phone=PHONE, bsuid=B1, step=1))
+    # B2 -> B3 (later) arrives before B1 -> B2 (earlier)
+    _post_ok(gateway, cloud_user_changed_user_id("wamid.3", B2, B3, step=3))
+    _post_ok(gateway, cloud_user_changed_user_id("wamid.2", B1, B2, step=2))
+    _post_ok(gateway, cloud_message("wamid.4", bsuid=B1, step=4))
+    last = gateway.events()[-1]
+    assert last["data"]["contact"]["bsuid"] == B3
+    assert last["data"]["contact"]["phone"] is None
+    view = gateway.client.get(f"/v1/contacts/{last['subject']}").json()
+    assert {b["bsuid"]: b["state"] for b in view["bsuids"]} == {
+        B1: "retired",
+        B2: "retired",
+        B3: "current",
+    }

@@ -1,26 +1,38 @@
-"""The identity rules of the canonical contract (§1), as pure logic over a `StoreTx`.
+"""The identity rules of the canonical contract (§1, v1.1), as pure logic over a `StoreTx`.
 
 Per portfolio:
 1. A BSUID resolves to the contact holding it (current or retired), or creates one.
 2. BSUID and phone together record the pair (the phone becomes the contact's alias).
-3. A phone alone resolves through the active alias, or creates a phone-only contact.
-4. A new BSUID with the phone of a phone-only contact: that contact gains the BSUID (merge).
+3. A phone alone resolves through the alias (the one it was at the payload's time), or creates a
+   phone-only contact.
+4. A new BSUID with the phone of a phone-only contact: that contact gains the BSUID.
 5. An announced identity change relinks: same contact, new current BSUID, the old one retired but
-   still resolving; the old phone alias is retired (never used to send again) and the new phone
-   becomes the alias only when the change names it.
-6. A known phone with a different, unknown BSUID and no announcement: a new contact for the new
-   BSUID takes the alias (recorded as moved); nothing is merged.
+   still resolving; the old phone alias is retired and the new phone becomes the alias only when
+   the change names it.
+6. A known phone with a different, unknown BSUID (every provider): a new contact for the new BSUID
+   takes the alias; the contact that lost it is told (`phone_reassigned`); nothing is merged.
+8. One payload pairing contact A's BSUID with phone-only contact B's phone merges them: the older
+   survives, the other's id resolves to it (`merged`). An announced change whose new BSUID already
+   has a contact merges the same way.
+9. Every fact carries the provider event time of its evidence; older evidence never overturns
+   newer (`at` is that time; RFC 3339 UTC strings compare in time order).
+10. Phones learned elsewhere (a shared contact card, a send answer) arrive here as pairs.
+11. An operator merge has rule 8's effects.
 Username and display name: latest wins, every change recorded.
 
 No I/O besides the `StoreTx` calls, no clock (`now` is passed in): tested without a database.
+What downstream must be told besides the payload's own events comes out as `Notice`s.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bspgate.store.base import ContactRow, StoreTx
+
+PHONE_REASSIGNED = "phone_reassigned"
+MERGED = "merged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +56,23 @@ class Observation:
         )
 
 
+@dataclass(slots=True)
+class Notice:
+    """An identity event downstream is owed: `contact` (its state when written) and `data`."""
+
+    kind: str  # PHONE_REASSIGNED (an identity_changed event) or MERGED
+    contact: ContactRow
+    key: str  # the provider-event key of the event (its id derives from it)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 class UnresolvableContact(Exception):
     """The payload names nobody the store knows and carries no identifier to create one."""
+
+
+def _newer(at: str, than: str | None) -> bool:
+    """Is evidence at `at` at least as new as the evidence `than` (none counts as oldest)?"""
+    return than is None or at >= than
 
 
 class IdentityResolver:
@@ -59,7 +86,6 @@ class IdentityResolver:
         now: str,
         now_epoch: float = 0.0,
         *,
-        announces: bool = True,
         holds: bool = True,
     ) -> None:
         self.tx = tx
@@ -67,38 +93,39 @@ class IdentityResolver:
         self.channel_id = channel_id
         self.now = now
         self.now_epoch = now_epoch
-        # Does this channel's provider announce identity changes (Meta's system messages)? If it
-        # does, a known phone with a new BSUID is a recycled number (rule 6); if it announces
-        # nothing, the phone is the only link left, and the contract relinks on it.
-        self.announces = announces
         self.holds = holds  # some subscriber requires a phone: held deliveries may wait
-        self._silent_relinks: list[str] = []
+        self._notices: list[Notice] = []
 
-    def take_silent_relinks(self) -> list[str]:
-        """Previous BSUIDs relinked without an announcement since the last call."""
-        taken, self._silent_relinks = self._silent_relinks, []
+    def take_notices(self) -> list[Notice]:
+        """Reassignments and merges made since the last call, in the order they happened."""
+        taken, self._notices = self._notices, []
         return taken
 
-    # -- rules 1-4, 6 ----------------------------------------------------------------------
-    def observe(self, seen: Observation) -> ContactRow:
-        """Resolve the contact a message or status is about, recording what it teaches."""
-        known: ContactRow | None = None  # the contact as stored before this payload, if any
+    # -- rules 1-4, 6, 8-10 -----------------------------------------------------------------
+    def observe(self, seen: Observation, at: str | None = None) -> ContactRow:
+        """Resolve the contact a payload is about (evidence time `at`), recording what it says."""
+        at = at or self.now
         if seen.bsuid:
             contact = self.tx.contact_by_bsuid(self.portfolio, seen.bsuid)
             known = replace(contact) if contact is not None else None
             if contact is None:
-                contact = self._first_bsuid(seen)
-            elif contact.bsuid == seen.bsuid and seen.phone and contact.phone != seen.phone:
-                self._set_phone(contact, seen.phone, "paired with the current BSUID")
-            # a retired BSUID (late webhook after a relink) lands on its contact and teaches
-            # nothing: its phone, if any, was retired with it
+                contact = self._first_bsuid(seen, at)
+            elif contact.bsuid == seen.bsuid:
+                if contact.bsuid_at is None or at < contact.bsuid_at:
+                    contact.bsuid_at = at  # the earliest evidence of the current BSUID
+                if seen.phone:
+                    contact = self._pair(contact, seen.phone, at, "paired with the current BSUID")
+            else:
+                # a retired BSUID (late webhook after a relink) lands on its contact and teaches
+                # nothing: its phone, if any, was retired with it
+                self.tx.touch_bsuid(self.portfolio, seen.bsuid, self.now)
         elif seen.phone:
-            contact = self.tx.contact_by_phone(self.portfolio, seen.phone)
+            contact = self.tx.phone_owner_at(self.portfolio, seen.phone, at)
             known = replace(contact) if contact is not None else None
             if contact is None:
                 contact = self.tx.create_contact(self.portfolio, self.now)
-                self._set_phone(contact, seen.phone, "first seen, phone only")
                 self.tx.add_history(contact.id, self.now, "created", {"by": "phone"})
+                self._take_phone(contact, seen.phone, at, "first seen, phone only")
         else:
             raise UnresolvableContact("the payload carries neither a BSUID nor a phone")
         if seen.bsuid is None or contact.bsuid == seen.bsuid:
@@ -110,51 +137,72 @@ class IdentityResolver:
             self.tx.save_contact(contact, self.now)
         return contact
 
-    def _first_bsuid(self, seen: Observation) -> ContactRow:
+    def _first_bsuid(self, seen: Observation, at: str) -> ContactRow:
         assert seen.bsuid is not None
         owner = self.tx.contact_by_phone(self.portfolio, seen.phone) if seen.phone else None
         if owner is not None and owner.bsuid is None:
             contact = owner  # rule 4: the phone-only contact gains the BSUID
             self.tx.add_history(contact.id, self.now, "merged", {"bsuid": seen.bsuid})
-        elif owner is not None and not self.announces:
-            # an identity change the provider did not announce: same contact, new BSUID; the old
-            # one stays resolvable (link_bsuid retires it) and the phone, seen again, stays
-            contact = owner
-            assert owner.bsuid is not None
-            self._silent_relinks.append(owner.bsuid)
-            self.tx.add_history(
-                contact.id,
-                self.now,
-                "relinked",
-                {"channel": self.channel_id, "announced": False, "previous_bsuid": owner.bsuid},
-            )
         else:
             contact = self.tx.create_contact(self.portfolio, self.now)
             self.tx.add_history(contact.id, self.now, "created", {"by": "bsuid"})
         contact.bsuid = seen.bsuid
+        contact.bsuid_at = at
         self.tx.link_bsuid(contact, seen.bsuid, self.now, self.channel_id, current=True)
-        if seen.phone and contact.phone != seen.phone:
-            self._set_phone(contact, seen.phone, "paired with a new BSUID")
+        if seen.phone:
+            contact = self._pair(contact, seen.phone, at, "paired with a new BSUID")
         return contact
 
-    def _set_phone(self, contact: ContactRow, phone: str, why: str) -> None:
-        """Make `phone` the contact's alias; a previous owner loses it (rule 6)."""
+    def _pair(self, contact: ContactRow, phone: str, at: str, why: str) -> ContactRow:
+        """Rule 2 with 6, 8 and 9: `phone` is the alias of BSUID contact `contact` as of `at`."""
         owner = self.tx.contact_by_phone(self.portfolio, phone)
         if owner is not None and owner.id != contact.id:
-            self.tx.end_phone(owner.id, phone, self.now, "moved", f"moved to {contact.id}")
-            self.tx.add_history(owner.id, self.now, "phone_moved", {"to": contact.id})
-            owner.phone = None
-            self.tx.save_contact(owner, self.now)
-            self.tx.add_history(contact.id, self.now, "phone_moved_in", {"from": owner.id})
+            if owner.bsuid is None and contact.bsuid is not None:
+                return self.merge(contact, owner, "identity_rule", at=at)  # rule 8
+            if not _newer(at, owner.phone_at):
+                # rule 9: the phone was taught to its owner by newer evidence; it stays there
+                self.tx.add_history(contact.id, self.now, "phone_kept", {"by": owner.id})
+                return contact
+        if contact.phone == phone:
+            if contact.phone_at is None or at > contact.phone_at:
+                contact.phone_at = at
+            return contact
+        if contact.phone and not _newer(at, contact.phone_at):
+            return contact  # the contact's own phone is newer evidence than this pair
+        if owner is not None and owner.id != contact.id:
+            self._reassign(owner, phone, contact, at)
+        self._take_phone(contact, phone, at, why)
+        return contact
+
+    def _reassign(self, owner: ContactRow, phone: str, to: ContactRow, at: str) -> None:
+        """Rule 6: the phone now belongs to `to`; its previous owner is told."""
+        self.tx.end_phone(owner.id, phone, self.now, "moved", f"moved to {to.id}", at)
+        self.tx.add_history(owner.id, self.now, "phone_moved", {"to": to.id})
+        self.tx.add_history(to.id, self.now, "phone_moved_in", {"from": owner.id})
+        owner.phone = None
+        owner.phone_at = None
+        self.tx.save_contact(owner, self.now)
+        if owner.bsuid is None:
+            return  # a phone-only contact lost its only identifier: no event can name it
+        self._notices.append(
+            Notice(
+                PHONE_REASSIGNED,
+                owner,
+                f"phone_reassigned:{owner.id}:{to.id}:{at}",
+                {"change": PHONE_REASSIGNED, "previous": {"bsuid": owner.bsuid, "phone": phone}},
+            )
+        )
+
+    def _take_phone(self, contact: ContactRow, phone: str, at: str, why: str) -> None:
         if contact.phone and contact.phone != phone:
-            self.tx.end_phone(contact.id, contact.phone, self.now, "retired", "replaced")
-        if contact.phone != phone:
-            self.tx.link_phone(contact, phone, self.now, self.channel_id)
-            self.tx.add_history(contact.id, self.now, "phone_captured", {"why": why})
-            # deliveries held for phone-keyed subscribers go out now, with the phone filled in
-            if self.holds:
-                self.tx.release_held(contact.id, phone, self.now_epoch, self.now)
+            self.tx.end_phone(contact.id, contact.phone, self.now, "retired", "replaced", at)
+        self.tx.link_phone(contact, phone, self.now, self.channel_id, at)
+        self.tx.add_history(contact.id, self.now, "phone_captured", {"why": why})
         contact.phone = phone
+        contact.phone_at = at
+        # deliveries held for phone-keyed subscribers go out now, with the phone filled in
+        if self.holds:
+            self.tx.release_held(contact.id, phone, self.now_epoch, self.now)
 
     def _profile(self, contact: ContactRow, seen: Observation) -> None:
         if seen.parent_bsuid and seen.parent_bsuid != contact.parent_bsuid:
@@ -169,34 +217,98 @@ class IdentityResolver:
                     self.tx.add_history(contact.id, self.now, f"{attribute}_changed", detail)
                 setattr(contact, attribute, value)
 
+    # -- rules 8 and 11 --------------------------------------------------------------------------
+    def merge(
+        self,
+        one: ContactRow,
+        other: ContactRow,
+        by: str,
+        *,
+        at: str | None = None,
+        key: str = "",
+        into_first: bool = False,
+    ) -> ContactRow:
+        """Merge two contacts: the one created first survives and is answered (rule 8).
+
+        `by` is `identity_rule` or `operator`; `key` names the operator's API key. An operator
+        names the survivor (`into_first`: `one` survives, rule 11).
+        """
+        if into_first:
+            survivor, absorbed = one, other
+        else:
+            survivor, absorbed = sorted((one, other), key=lambda c: (c.created_at or "", c.id))
+        self.tx.merge_rows(absorbed.id, survivor.id, self.now)
+        # the newer evidence wins; at equal event times, the contact created later
+        if absorbed.bsuid and (
+            survivor.bsuid is None
+            or (survivor.bsuid_at or "", survivor.created_at or "")
+            < (absorbed.bsuid_at or "", absorbed.created_at or "")
+        ):
+            survivor.bsuid, survivor.bsuid_at = absorbed.bsuid, absorbed.bsuid_at
+            survivor.parent_bsuid = absorbed.parent_bsuid or survivor.parent_bsuid
+        if survivor.bsuid:
+            # the newest BSUID is current; every other one stays resolvable, retired
+            self.tx.link_bsuid(survivor, survivor.bsuid, self.now, self.channel_id, current=True)
+        if absorbed.phone:
+            if survivor.phone is None or (survivor.phone_at or "", survivor.created_at or "") < (
+                absorbed.phone_at or "",
+                absorbed.created_at or "",
+            ):
+                if survivor.phone:
+                    self.tx.end_phone(
+                        survivor.id, survivor.phone, self.now, "retired", "merged", at
+                    )
+                survivor.phone, survivor.phone_at = absorbed.phone, absorbed.phone_at
+            else:
+                self.tx.end_phone(survivor.id, absorbed.phone, self.now, "retired", "merged", at)
+        survivor.username = survivor.username or absorbed.username
+        survivor.name = survivor.name or absorbed.name
+        absorbed.bsuid = absorbed.parent_bsuid = absorbed.phone = None
+        absorbed.bsuid_at = absorbed.phone_at = None
+        absorbed.merged_into = survivor.id
+        self.tx.save_contact(absorbed, self.now)
+        self.tx.save_contact(survivor, self.now)
+        detail: dict[str, Any] = {"from": absorbed.id, "by": by}
+        if key:
+            detail["key"] = key
+        self.tx.add_history(survivor.id, self.now, "absorbed", detail)
+        self.tx.add_history(absorbed.id, self.now, "merged_into", {"into": survivor.id, "by": by})
+        if survivor.phone and self.holds:
+            self.tx.release_held(survivor.id, survivor.phone, self.now_epoch, self.now)
+        self._notices.append(
+            Notice(
+                MERGED,
+                survivor,
+                f"merged:{absorbed.id}:{survivor.id}",
+                {"merged": {"id": absorbed.id, "by": by}},
+            )
+        )
+        return survivor
+
     # -- rule 5 ----------------------------------------------------------------------------
     def relink(
-        self, new: Observation, previous_bsuid: str | None, previous_phone: str | None
+        self,
+        new: Observation,
+        previous_bsuid: str | None,
+        previous_phone: str | None,
+        at: str | None = None,
     ) -> tuple[ContactRow, str | None, str | None]:
         """Apply an announced identity change. Answers (contact, previous bsuid, previous phone)."""
-        contact = None
-        if previous_bsuid:
-            contact = self.tx.contact_by_bsuid(self.portfolio, previous_bsuid)
-        if contact is None and previous_phone:
-            contact = self.tx.contact_by_phone(self.portfolio, previous_phone)
+        at = at or self.now
+        old = self.tx.contact_by_bsuid(self.portfolio, previous_bsuid) if previous_bsuid else None
+        if old is None and previous_phone:
+            old = self.tx.phone_owner_at(self.portfolio, previous_phone, at)
         newer = self.tx.contact_by_bsuid(self.portfolio, new.bsuid) if new.bsuid else None
-        if contact is None:
-            contact = newer or self.tx.create_contact(self.portfolio, self.now)
-        carried_phone = None
-        if newer is not None and newer.id != contact.id:
-            # The new BSUID wrote before the announcement arrived: fold it into the old contact,
-            # whose id is the one downstream systems already hold. A phone seen with the new
-            # BSUID belongs to the new identity, so it comes along.
-            if newer.phone:
-                carried_phone = newer.phone
-                self.tx.end_phone(
-                    newer.id, newer.phone, self.now, "moved", f"merged into {contact.id}"
-                )
-                newer.phone = None
-            newer.merged_into = contact.id
-            self.tx.save_contact(newer, self.now)
-            self.tx.add_history(newer.id, self.now, "merged_into", {"into": contact.id})
-            self.tx.add_history(contact.id, self.now, "absorbed", {"from": newer.id})
+        if old is not None and newer is not None and old.id != newer.id:
+            # the new BSUID wrote before the announcement arrived: one person, one contact
+            contact = self.merge(old, newer, "identity_rule", at=at)
+        elif old is not None:
+            contact = old
+        elif newer is not None:
+            contact = newer
+        else:
+            contact = self.tx.create_contact(self.portfolio, self.now)
+            self.tx.add_history(contact.id, self.now, "created", {"by": "identity change"})
         old_bsuid = contact.bsuid or previous_bsuid
         old_phone = contact.phone or previous_phone
         if (
@@ -206,18 +318,24 @@ class IdentityResolver:
         ):
             # first time we hear of the old BSUID: keep it resolvable for late webhooks
             self.tx.link_bsuid(contact, previous_bsuid, self.now, self.channel_id, current=False)
+        fresh = contact.bsuid is None or _newer(at, contact.bsuid_at)
         if new.bsuid and new.bsuid != contact.bsuid:
-            contact.bsuid = new.bsuid
-            self.tx.link_bsuid(contact, new.bsuid, self.now, self.channel_id, current=True)
-        if contact.phone and contact.phone != new.phone:
+            if fresh:
+                contact.bsuid, contact.bsuid_at = new.bsuid, at
+                self.tx.link_bsuid(contact, new.bsuid, self.now, self.channel_id, current=True)
+            elif self.tx.contact_by_bsuid(self.portfolio, new.bsuid) is None:
+                # rule 9: a later change already moved the contact on; this BSUID is history
+                self.tx.link_bsuid(contact, new.bsuid, self.now, self.channel_id, current=False)
+        if contact.phone and contact.phone != new.phone and _newer(at, contact.phone_at):
             # A BSUID changes only with the phone number: the old alias must never be sent to.
-            self.tx.end_phone(contact.id, contact.phone, self.now, "retired", "identity changed")
-            contact.phone = None
+            self.tx.end_phone(
+                contact.id, contact.phone, self.now, "retired", "identity changed", at
+            )
+            contact.phone = contact.phone_at = None
         if new.phone:
-            self._set_phone(contact, new.phone, "named by the identity change")
-        elif carried_phone:
-            self._set_phone(contact, carried_phone, "seen with the new BSUID")
-        self._profile(contact, new)
+            contact = self._pair(contact, new.phone, at, "named by the identity change")
+        if fresh:
+            self._profile(contact, new)
         self.tx.add_history(contact.id, self.now, "relinked", {"channel": self.channel_id})
         self.tx.save_contact(contact, self.now)
         return contact, old_bsuid if old_bsuid != contact.bsuid else None, old_phone

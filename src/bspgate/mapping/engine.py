@@ -43,7 +43,6 @@ class MappingResult:
     issues: list[str] = field(default_factory=list)
     # format drift: `binding.field` names the provider sent that no rule reads (never values)
     unmapped: list[str] = field(default_factory=list)
-    announces: bool = True  # the mapping's announces_identity_changes (identity rule 6)
 
 
 def _skeleton(event_type: str) -> dict[str, Any]:
@@ -145,7 +144,7 @@ def apply_mapping(
     name `received_at`. The engine has no clock, so the caller passes it; it is the event time
     only for providers that send none (Twilio), and `null` when the caller gives none.
     """
-    result = MappingResult(announces=spec.announces_identity_changes)
+    result = MappingResult()
     root = {"payload": payload, "channel": channel, "received_at": received_at}
     ordered: list[tuple[tuple[tuple[int, int], ...], int, Draft]] = []
     iterations: dict[tuple[tuple[str, str], ...], list[tuple[tuple[int, ...], dict[str, Any]]]] = {}

@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 
 from bspgate.errors import MappingError
+from bspgate.identity.identifiers import BSUID_RE  # the one BSUID definition
 
-BSUID_RE = re.compile(r"^[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}$")
 _PHONE_RE = re.compile(r"^\+?[0-9]{6,15}$")
 _PHONE_NOISE = re.compile(r"[\s().-]")
 _CHANNEL_PREFIXES = ("whatsapp:", "bsuid:")

@@ -157,7 +157,6 @@ class MappingSpec:
     rules: tuple[RuleSpec, ...]
     quarantine: tuple[QuarantineSpec, ...]
     source: dict[str, Any] = field(repr=False)
-    announces_identity_changes: bool = False
     # drift watch: binding -> every first-level field a rule reads or the mapping declares known
     drift: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
@@ -364,7 +363,6 @@ def load_mapping(root: Path, name: str) -> MappingSpec:
         name=name,
         title=data.get("title", name),
         drift=drift,
-        announces_identity_changes=bool(inbound.get("announces_identity_changes", False)),
         file=ctx.display,
         parse=inbound.get("parse", "json"),
         verify=tuple(inbound.get("verify") or ()),

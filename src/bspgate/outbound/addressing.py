@@ -17,15 +17,15 @@ No I/O besides the `IdentityView` calls and no clock (`now` is passed in).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from bspgate.errors import SendError
-from bspgate.store.base import ContactRow
+from bspgate.identity.identifiers import BSUID_RE
+from bspgate.store.base import ContactRow, follow_merged
 
-BSUID_PATTERN = re.compile(r"^[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}$")
+BSUID_PATTERN = BSUID_RE  # the one BSUID definition (bspgate.identity.identifiers)
 SERVICE_WINDOW = timedelta(hours=24)
 AddressKind = Literal["bsuid", "phone"]
 
@@ -97,11 +97,7 @@ def is_bsuid(value: str) -> bool:
 
 
 def _follow(view: IdentityView, contact: ContactRow | None) -> ContactRow | None:
-    hops = 0
-    while contact is not None and contact.merged_into and hops < 8:
-        contact = view.contact(contact.merged_into)
-        hops += 1
-    return contact
+    return follow_merged(contact, view.contact)
 
 
 def check_bsuid(to: dict[str, Any]) -> None:

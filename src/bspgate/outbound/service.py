@@ -32,6 +32,7 @@ import structlog
 
 from bspgate.config import Channel, Settings
 from bspgate.errors import MappingLoadError, SendError
+from bspgate.identity.evidence import answer_pairs
 from bspgate.identity.resolver import IdentityResolver, Observation
 from bspgate.ids import new_id
 from bspgate.outbound.addressing import (
@@ -53,6 +54,7 @@ from bspgate.outbound.rewrite import (
     type_form,
 )
 from bspgate.outbound.spec import OutboundSpec, TypeForm, load_outbound
+from bspgate.store.base import ContactRow, follow_merged
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 _log = structlog.get_logger("bspgate.outbound")
@@ -264,7 +266,9 @@ class SendService:
             await self._record_failure(send_id, plan, exc)
             raise
         body = await self.store.transaction(
-            lambda tx: self._record_success(tx, send_id, channel, plan, answer.message_id)
+            lambda tx: self._record_success(
+                tx, send_id, channel, plan, answer.message_id, answer.body
+            )
         )
         _log.info(
             "outbound.sent", send_id=send_id, channel=channel.id, addressed_by=body["addressed_by"]
@@ -311,11 +315,22 @@ class SendService:
         )
 
     def _record_success(
-        self, tx: Any, send_id: str, channel: Channel, plan: SendPlan, message_id: str
+        self,
+        tx: Any,
+        send_id: str,
+        channel: Channel,
+        plan: SendPlan,
+        message_id: str,
+        answer: Any = None,
     ) -> dict[str, Any]:
         address = plan.address
         contact_id = address.recipient.contact_id
         stamp = _iso(self.clock())
+        for bsuid, phone in answer_pairs(answer):
+            # identity rule 10: the answer pairs the recipient's phone and BSUID (Cloud API)
+            paired = IdentityResolver(tx, channel.portfolio, channel.id, stamp)
+            found = paired.observe(Observation(bsuid=bsuid, phone=phone), stamp)
+            contact_id = contact_id or found.id
         if contact_id is None:
             # A recipient the store did not know: the contact is created from the address used,
             # so this send's statuses (and later inbound messages) land on one contact.
@@ -361,10 +376,14 @@ def _send_view(tx: Any, send_id: str) -> dict[str, Any] | None:
     if row is None:
         return None
     contact_ids: list[str] = []
-    contact = tx.contact(row["contact_id"]) if row["contact_id"] else None
-    while contact is not None and len(contact_ids) < 8:
-        contact_ids.append(contact.id)
-        contact = tx.contact(contact.merged_into) if contact.merged_into else None
+
+    def visit(contact_id: str) -> ContactRow | None:
+        contact_ids.append(contact_id)  # every id of the merge chain: statuses of all of them
+        found: ContactRow | None = tx.contact(contact_id)
+        return found
+
+    if row["contact_id"]:
+        follow_merged(visit(row["contact_id"]), visit)
     statuses = []
     pmid = row["provider_message_id"]
     for text in tx.status_event_bodies(row["channel_id"], contact_ids) if pmid else []:

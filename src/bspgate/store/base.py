@@ -25,6 +25,29 @@ class ContactRow:
     username: str | None = None
     name: str | None = None
     merged_into: str | None = None
+    # identity rule 9: the provider event time of the evidence behind the current BSUID and the
+    # current phone alias (a fact is overturned only by evidence at least as new)
+    bsuid_at: str | None = None
+    phone_at: str | None = None
+    created_at: str | None = None
+
+
+MAX_MERGE_HOPS = 16
+
+
+def follow_merged(
+    contact: ContactRow | None, get: Callable[[str], ContactRow | None]
+) -> ContactRow | None:
+    """The contact a (possibly merged) contact resolves to: its `merged_into` chain, followed.
+
+    The one walk every reader uses (stores, pipeline, sends): a merged contact answers as the
+    survivor. `get` loads a contact by id; a broken or cyclic chain stops after a bounded walk.
+    """
+    hops = 0
+    while contact is not None and contact.merged_into and hops < MAX_MERGE_HOPS:
+        contact = get(contact.merged_into)
+        hops += 1
+    return contact
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +87,27 @@ class StoreTx(Protocol):
     def link_bsuid(
         self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
     ) -> None: ...
-    def link_phone(self, contact: ContactRow, phone: str, now: str, channel_id: str) -> None: ...
-    def end_phone(self, contact_id: str, phone: str, now: str, state: str, reason: str) -> None: ...
+    def link_phone(
+        self,
+        contact: ContactRow,
+        phone: str,
+        now: str,
+        channel_id: str,
+        evidence: str | None = None,
+    ) -> None: ...
+    def end_phone(
+        self,
+        contact_id: str,
+        phone: str,
+        now: str,
+        state: str,
+        reason: str,
+        evidence: str | None = None,
+    ) -> None: ...
+    def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None: ...
     def touch_identifiers(self, contact: ContactRow, now: str) -> None: ...
+    def touch_bsuid(self, portfolio: str, bsuid: str, now: str) -> None: ...
+    def merge_rows(self, absorbed_id: str, survivor_id: str, now: str) -> None: ...
     def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None: ...
     def contact_for_send(self, channel_id: str, provider_message_id: str) -> str | None: ...
     def mark_inbound(self, contact_id: str, channel_id: str, at: str) -> None: ...

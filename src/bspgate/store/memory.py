@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from bspgate.ids import new_id
-from bspgate.store.base import ContactRow, RawRecord
+from bspgate.store.base import ContactRow, RawRecord, follow_merged
 
 
 class MemoryTx:
@@ -35,9 +35,8 @@ class MemoryTx:
 
     def _follow(self, contact_id: str | None) -> ContactRow | None:
         contact = self.contacts.get(contact_id) if contact_id else None
-        while contact is not None and contact.merged_into:
-            contact = self.contacts.get(contact.merged_into)
-        return replace(contact) if contact is not None else None
+        found = follow_merged(contact, self.contacts.get)
+        return replace(found) if found is not None else None
 
     def contact(self, contact_id: str) -> ContactRow | None:
         contact = self.contacts.get(contact_id)
@@ -51,7 +50,7 @@ class MemoryTx:
         return self._follow(self.phones.get((portfolio, phone)))
 
     def create_contact(self, portfolio: str, now: str) -> ContactRow:
-        contact = ContactRow(id=new_id("ct"), portfolio=portfolio)
+        contact = ContactRow(id=new_id("ct"), portfolio=portfolio, created_at=now)
         self.contacts[contact.id] = replace(contact)
         return contact
 
@@ -67,23 +66,89 @@ class MemoryTx:
                     self.bsuids[key] = (owner, "retired")
         self.bsuids[(contact.portfolio, bsuid)] = (contact.id, "current" if current else "retired")
 
-    def link_phone(self, contact: ContactRow, phone: str, now: str, channel_id: str) -> None:
+    def link_phone(
+        self,
+        contact: ContactRow,
+        phone: str,
+        now: str,
+        channel_id: str,
+        evidence: str | None = None,
+    ) -> None:
         key = (contact.portfolio, phone)
         if key in self.phones:
             raise ValueError(f"phone alias already active for {self.phones[key]}")
         self.phones[key] = contact.id
-        self.phone_history.append({"contact_id": contact.id, "phone": phone, "state": "active"})
+        self.phone_history.append(
+            {
+                "contact_id": contact.id,
+                "portfolio": contact.portfolio,
+                "phone": phone,
+                "state": "active",
+                "evidence_at": evidence,
+                "ended_evidence": None,
+            }
+        )
 
-    def end_phone(self, contact_id: str, phone: str, now: str, state: str, reason: str) -> None:
+    def end_phone(
+        self,
+        contact_id: str,
+        phone: str,
+        now: str,
+        state: str,
+        reason: str,
+        evidence: str | None = None,
+    ) -> None:
         for key, owner in list(self.phones.items()):
             if owner == contact_id and key[1] == phone:
                 del self.phones[key]
-                self.phone_history.append(
-                    {"contact_id": contact_id, "phone": phone, "state": state, "reason": reason}
-                )
+        for row in self.phone_history:
+            if (row["contact_id"], row["phone"], row["state"]) == (contact_id, phone, "active"):
+                row.update(state=state, reason=reason, ended_evidence=evidence)
+
+    def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None:
+        rows = [r for r in self.phone_history if (r["portfolio"], r["phone"]) == (portfolio, phone)]
+        active = next((r for r in rows if r["state"] == "active"), None)
+        if active is not None and (active["evidence_at"] is None or active["evidence_at"] <= at):
+            return self._follow(active["contact_id"])
+        earlier = sorted(
+            (r["ended_evidence"], index, r["contact_id"])
+            for index, r in enumerate(rows)
+            if r["state"] != "active"
+            and r["ended_evidence"] is not None
+            and r["ended_evidence"] >= at
+            and (r["evidence_at"] is None or r["evidence_at"] <= at)
+        )
+        if earlier:
+            return self._follow(earlier[0][2])
+        return self._follow(active["contact_id"]) if active is not None else None
 
     def touch_identifiers(self, contact: ContactRow, now: str) -> None:
         return None
+
+    def touch_bsuid(self, portfolio: str, bsuid: str, now: str) -> None:
+        return None
+
+    def merge_rows(self, absorbed_id: str, survivor_id: str, now: str) -> None:
+        for key, (owner, state) in list(self.bsuids.items()):
+            if owner == absorbed_id:
+                self.bsuids[key] = (survivor_id, state)
+        for key, owner in list(self.phones.items()):
+            if owner == absorbed_id:
+                self.phones[key] = survivor_id
+        for row in self.phone_history:
+            if row["contact_id"] == absorbed_id:
+                row["contact_id"] = survivor_id
+        self.history = [
+            (survivor_id if who == absorbed_id else who, at, kind, detail)
+            for who, at, kind, detail in self.history
+        ]
+        for key, owner in list(self.sends.items()):
+            if owner == absorbed_id:
+                self.sends[key] = survivor_id
+        for (owner, channel_id), at in list(self.inbound.items()):
+            if owner == absorbed_id:
+                del self.inbound[(owner, channel_id)]
+                self.mark_inbound(survivor_id, channel_id, at)
 
     def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None:
         self.history.append((contact_id, now, kind, detail))
@@ -146,8 +211,7 @@ class MemoryTx:
         if owner is not None:
             return owner, "active"
         for entry in reversed(self.phone_history):
-            contact = self.contacts.get(entry["contact_id"])
-            if entry["phone"] == phone and contact is not None and contact.portfolio == portfolio:
+            if entry["phone"] == phone and entry["portfolio"] == portfolio:
                 return str(entry["contact_id"]), str(entry["state"])
         return None
 

@@ -1,4 +1,7 @@
-"""Versioned migrations: `migrations/NNN_name.sql`, applied in order, recorded in a table.
+"""Versioned migrations: `migrations/NNN_name.sql`, applied in name order, recorded in a table.
+
+A migration is known by its file name, so two branches may each add an `NNN_` file with the same
+number (`002_identity.sql` beside `002_sends.sql`); each is recorded under the next free version.
 
 The SQL files are written once for both backends; the few spelling differences are placeholders
 replaced per dialect here (`BIGSERIAL_PK`, `BYTEA`).
@@ -45,7 +48,7 @@ def migrations(dialect: str) -> list[Migration]:
     return out
 
 
-LATEST = max((m.version for m in migrations("sqlite")), default=0)
+KNOWN = frozenset(m.name for m in migrations("sqlite"))
 
 
 def apply_migrations(tx: Any, dialect: str) -> None:
@@ -54,20 +57,22 @@ def apply_migrations(tx: Any, dialect: str) -> None:
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
         "name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
-    done = {row[0] for row in tx.all("SELECT version FROM schema_migrations")}
+    rows = tx.all("SELECT version, name FROM schema_migrations")
+    done = {row[1] for row in rows}
+    version = max((row[0] for row in rows), default=0)
     for migration in migrations(dialect):
-        if migration.version in done:
+        if migration.name in done:
             continue
         for statement in migration.statements:
             tx.execute(statement)
+        version += 1
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-            (migration.version, migration.name, datetime.now(UTC).isoformat()),
+            (version, migration.name, datetime.now(UTC).isoformat()),
         )
         _log.info("store.migrated", version=migration.version, migration=migration.name)
 
 
 def schema_current(tx: Any) -> bool:
     """True when every migration this version of bspgate knows is applied."""
-    row = tx.one("SELECT MAX(version) FROM schema_migrations")
-    return row is not None and row[0] == LATEST
+    return {row[0] for row in tx.all("SELECT name FROM schema_migrations")} >= KNOWN

@@ -12,9 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from bspgate.ids import new_id
-from bspgate.store.base import ContactRow, RawRecord
+from bspgate.store.base import ContactRow, RawRecord, follow_merged
 
-_CONTACT_COLUMNS = "id, portfolio, bsuid, parent_bsuid, phone, username, name, merged_into"
+_CONTACT_COLUMNS = (
+    "id, portfolio, bsuid, parent_bsuid, phone, username, name, merged_into, bsuid_at, phone_at, "
+    "created_at"
+)
+_C_COLUMNS = ", ".join("c." + c.strip() for c in _CONTACT_COLUMNS.split(","))
 OPEN_DELIVERY_STATES = ("pending", "inflight", "held")
 TERMINAL_RANK = 100  # failed and deleted: nothing moves a message on from there
 
@@ -57,12 +61,7 @@ class SqlBase:
 
     # -- identity -----------------------------------------------------------------------------
     def _follow(self, contact: ContactRow | None) -> ContactRow | None:
-        # A contact merged into another answers as the survivor.
-        seen = 0
-        while contact is not None and contact.merged_into and seen < 8:
-            contact = self.contact(contact.merged_into)
-            seen += 1
-        return contact
+        return follow_merged(contact, self.contact)
 
     def contact(self, contact_id: str) -> ContactRow | None:
         return _contact(
@@ -71,8 +70,7 @@ class SqlBase:
 
     def contact_by_bsuid(self, portfolio: str, bsuid: str) -> ContactRow | None:
         row = self.one(
-            f"SELECT {', '.join('c.' + c.strip() for c in _CONTACT_COLUMNS.split(','))} "
-            "FROM contact_bsuids b JOIN contacts c ON c.id = b.contact_id "
+            f"SELECT {_C_COLUMNS} FROM contact_bsuids b JOIN contacts c ON c.id = b.contact_id "
             "WHERE b.portfolio = ? AND b.bsuid = ?",
             (portfolio, bsuid),
         )
@@ -80,15 +78,14 @@ class SqlBase:
 
     def contact_by_phone(self, portfolio: str, phone: str) -> ContactRow | None:
         row = self.one(
-            f"SELECT {', '.join('c.' + c.strip() for c in _CONTACT_COLUMNS.split(','))} "
-            "FROM contact_phones p JOIN contacts c ON c.id = p.contact_id "
+            f"SELECT {_C_COLUMNS} FROM contact_phones p JOIN contacts c ON c.id = p.contact_id "
             "WHERE p.portfolio = ? AND p.phone = ? AND p.state = 'active'",
             (portfolio, phone),
         )
         return self._follow(_contact(row))
 
     def create_contact(self, portfolio: str, now: str) -> ContactRow:
-        contact = ContactRow(id=new_id("ct"), portfolio=portfolio)
+        contact = ContactRow(id=new_id("ct"), portfolio=portfolio, created_at=now)
         self.execute(
             "INSERT INTO contacts (id, portfolio, created_at, updated_at) VALUES (?, ?, ?, ?)",
             (contact.id, portfolio, now, now),
@@ -98,7 +95,7 @@ class SqlBase:
     def save_contact(self, contact: ContactRow, now: str) -> None:
         self.execute(
             "UPDATE contacts SET bsuid = ?, parent_bsuid = ?, phone = ?, username = ?, name = ?, "
-            "merged_into = ?, updated_at = ? WHERE id = ?",
+            "merged_into = ?, bsuid_at = ?, phone_at = ?, updated_at = ? WHERE id = ?",
             (
                 contact.bsuid,
                 contact.parent_bsuid,
@@ -106,6 +103,8 @@ class SqlBase:
                 contact.username,
                 contact.name,
                 contact.merged_into,
+                contact.bsuid_at,
+                contact.phone_at,
                 now,
                 contact.id,
             ),
@@ -128,32 +127,90 @@ class SqlBase:
             (contact.portfolio, bsuid, contact.id, state, now, now, channel_id),
         )
 
-    def link_phone(self, contact: ContactRow, phone: str, now: str, channel_id: str) -> None:
+    def link_phone(
+        self,
+        contact: ContactRow,
+        phone: str,
+        now: str,
+        channel_id: str,
+        evidence: str | None = None,
+    ) -> None:
         self.execute(
             "INSERT INTO contact_phones (portfolio, phone, contact_id, state, first_seen, "
-            "last_seen, channel_id) VALUES (?, ?, ?, 'active', ?, ?, ?)",
-            (contact.portfolio, phone, contact.id, now, now, channel_id),
+            "last_seen, channel_id, evidence_at) VALUES (?, ?, ?, 'active', ?, ?, ?, ?)",
+            (contact.portfolio, phone, contact.id, now, now, channel_id, evidence),
         )
 
-    def end_phone(self, contact_id: str, phone: str, now: str, state: str, reason: str) -> None:
+    def end_phone(
+        self,
+        contact_id: str,
+        phone: str,
+        now: str,
+        state: str,
+        reason: str,
+        evidence: str | None = None,
+    ) -> None:
         self.execute(
-            "UPDATE contact_phones SET state = ?, ended_at = ?, reason = ? "
+            "UPDATE contact_phones SET state = ?, ended_at = ?, reason = ?, ended_evidence = ? "
             "WHERE contact_id = ? AND phone = ? AND state = 'active'",
-            (state, now, reason, contact_id, phone),
+            (state, now, reason, evidence, contact_id, phone),
         )
+
+    def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None:
+        """Who held `phone` at event time `at`: the active owner, unless its alias was taught
+        later than `at` and an earlier owner's alias lasted until at least `at`."""
+        active = self.one(
+            "SELECT contact_id, evidence_at FROM contact_phones "
+            "WHERE portfolio = ? AND phone = ? AND state = 'active'",
+            (portfolio, phone),
+        )
+        if active is not None and (active[1] is None or active[1] <= at):
+            return self._follow(self.contact(active[0]))
+        earlier = self.one(
+            "SELECT contact_id FROM contact_phones WHERE portfolio = ? AND phone = ? "
+            "AND state <> 'active' AND ended_evidence >= ? "
+            "AND (evidence_at IS NULL OR evidence_at <= ?) ORDER BY ended_evidence, id LIMIT 1",
+            (portfolio, phone, at, at),
+        )
+        if earlier is not None:
+            return self._follow(self.contact(earlier[0]))
+        return self._follow(self.contact(active[0])) if active is not None else None
 
     def touch_identifiers(self, contact: ContactRow, now: str) -> None:
         if contact.bsuid:
-            self.execute(
-                "UPDATE contact_bsuids SET last_seen = ? WHERE portfolio = ? AND bsuid = ?",
-                (now, contact.portfolio, contact.bsuid),
-            )
+            self.touch_bsuid(contact.portfolio, contact.bsuid, now)
         if contact.phone:
             self.execute(
                 "UPDATE contact_phones SET last_seen = ? WHERE contact_id = ? AND phone = ? "
                 "AND state = 'active'",
                 (now, contact.id, contact.phone),
             )
+
+    def touch_bsuid(self, portfolio: str, bsuid: str, now: str) -> None:
+        self.execute(
+            "UPDATE contact_bsuids SET last_seen = ? WHERE portfolio = ? AND bsuid = ?",
+            (now, portfolio, bsuid),
+        )
+
+    def merge_rows(self, absorbed_id: str, survivor_id: str, now: str) -> None:
+        """Rule 8: the absorbed contact's identifiers, history, events, conversations, sends and
+        undelivered outbox rows now belong to the survivor (delivered rows stay as delivered)."""
+        for table in ("contact_bsuids", "contact_phones", "contact_history", "events", "sends"):
+            self.execute(
+                f"UPDATE {table} SET contact_id = ? WHERE contact_id = ?",
+                (survivor_id, absorbed_id),
+            )
+        self.execute(
+            "UPDATE deliveries SET contact_id = ?, updated_at = ? WHERE contact_id = ? "
+            "AND state IN ('pending', 'inflight', 'held')",
+            (survivor_id, now, absorbed_id),
+        )
+        for channel_id, at in self.all(
+            "SELECT channel_id, last_inbound_at FROM conversations WHERE contact_id = ?",
+            (absorbed_id,),
+        ):
+            self.mark_inbound(survivor_id, channel_id, at)
+        self.execute("DELETE FROM conversations WHERE contact_id = ?", (absorbed_id,))
 
     def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None:
         self.execute(

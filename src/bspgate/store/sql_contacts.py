@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bspgate.identity.erasure import Markers, erase_event, scrub_raw
 from bspgate.store.sql_base import SqlBase
 
 
@@ -43,6 +44,9 @@ class ContactQueries(SqlBase):
                 (contact_id,),
             )
         ]
+        for entry in view["bsuids"]:
+            if entry["bsuid"] == view["parent_bsuid"]:
+                entry["state"] = "parent"  # the current parent BSUID is not a retired one
         view["phones"] = [
             dict(
                 zip(
@@ -105,58 +109,143 @@ class ContactQueries(SqlBase):
                 seen.append(contact_id)
         return seen
 
-    def erase_contact(self, contact_id: str, now: float, stamp: str) -> dict[str, int] | None:
-        """Erasure on request: phone, names, usernames, message content and raw payloads go.
+    def last_event_channel(self, contact_id: str) -> str | None:
+        row = self.one(
+            "SELECT channel_id FROM events WHERE contact_id = ? ORDER BY seq DESC LIMIT 1",
+            (contact_id,),
+        )
+        return None if row is None else str(row[0])
 
-        Delivered events stay delivered; undelivered ones are cancelled so no erased data leaves
-        after the request. BSUIDs stay (pseudonymous keys), so the contact id keeps working.
+    def contact_erased(self, contact_id: str) -> bool:
+        row = self.one("SELECT erased_at FROM contacts WHERE id = ?", (contact_id,))
+        return row is not None and row[0] is not None
+
+    def subscribers_that_received(self, contact_id: str) -> list[str]:
+        """Every subscriber that was ever delivered an event about the contact."""
+        return [
+            str(r[0])
+            for r in self.all(
+                "SELECT DISTINCT subscriber_id FROM deliveries WHERE contact_id = ? "
+                "AND state = 'delivered' ORDER BY subscriber_id",
+                (contact_id,),
+            )
+        ]
+
+    def _raw_holding(self, marker: str) -> list[str]:
+        needle = marker.encode()
+        if self.dialect == "postgres":
+            sql = "SELECT id FROM raw_payloads WHERE position(?::bytea in body) > 0"
+        else:
+            sql = "SELECT id FROM raw_payloads WHERE instr(body, ?) > 0"
+        return [str(r[0]) for r in self.all(sql, (needle,))]
+
+    def erase_contact(
+        self, contact_id: str, now: float, stamp: str, requested_by: str | None = None
+    ) -> dict[str, Any] | None:
+        """Erasure on request: exactly this person's identifiers and content, everywhere.
+
+        Contact and identifier rows, history details, events (contact emptied, content nulled,
+        so they stay valid), the person's items of raw payloads (other people's items stay and
+        replay), outbox copies, attempt logs and sends lose it; undelivered events are
+        cancelled. An audit row records who asked and how much went, never the values.
         """
         if self.contact(contact_id) is None:
             return None
-        self.execute(
-            "UPDATE contacts SET phone = NULL, username = NULL, name = NULL, erased_at = ?, "
-            "updated_at = ? WHERE id = ?",
-            (stamp, stamp, contact_id),
-        )
-        phones = self.execute("DELETE FROM contact_phones WHERE contact_id = ?", (contact_id,))
-        self.execute(
-            "UPDATE contact_history SET detail = '{}' WHERE contact_id = ? "
-            "AND kind IN ('username_changed', 'name_changed')",
-            (contact_id,),
-        )
-        events = self.all(
-            "SELECT seq, body, raw_id FROM events WHERE contact_id = ?", (contact_id,)
-        )
-        raw_ids = set()
-        for seq, body, raw_id in events:
-            event = json.loads(body)
-            data = event["data"]
-            data["contact"].update(phone=None, username=None, name=None)
-            message = data.get("message") or {}
-            for key in ("text", "media", "location", "reply"):
-                if key in message:
-                    message[key] = None
-            self.execute(
-                "UPDATE events SET body = ? WHERE seq = ?",
-                (json.dumps(event, separators=(",", ":")), seq),
+        ids = [contact_id]
+        for current in ids:  # contacts merged into it are the same person
+            ids.extend(
+                str(r[0])
+                for r in self.all("SELECT id FROM contacts WHERE merged_into = ?", (current,))
             )
-            raw_ids.add(raw_id)
-        for raw_id in raw_ids:
-            self.execute(
-                "UPDATE raw_payloads SET body = ?, state = 'erased', reason = 'contact erased' "
-                "WHERE id = ?",
-                (b"", raw_id),
-            )
+        marks = "(" + ", ".join("?" for _ in ids) + ")"
+        markers = Markers()
+        for row in self.all(
+            f"SELECT bsuid, parent_bsuid, phone, username, name FROM contacts WHERE id IN {marks}",
+            ids,
+        ):
+            markers.add(row[0])
+            markers.add(row[1])
+            markers.add_phone(row[2])
+            markers.add(row[3], content=True)
+            markers.add(row[4], content=True)
+        for (bsuid,) in self.all(
+            f"SELECT bsuid FROM contact_bsuids WHERE contact_id IN {marks}", ids
+        ):
+            markers.add(bsuid)
+        for (phone,) in self.all(
+            f"SELECT phone FROM contact_phones WHERE contact_id IN {marks}", ids
+        ):
+            markers.add_phone(phone)
+        events = self.all(f"SELECT seq, body, raw_id FROM events WHERE contact_id IN {marks}", ids)
+        parsed = [(seq, json.loads(body), raw_id) for seq, body, raw_id in events]
+        for _seq, event, _raw in parsed:
+            markers.learn_event(event)
+        for seq, event, _raw in parsed:
+            body = json.dumps(erase_event(event), separators=(",", ":"))
+            self.execute("UPDATE events SET body = ? WHERE seq = ?", (body, seq))
+        raw_ids = {raw for _s, _e, raw in parsed if raw}
+        for marker in markers.identifiers:
+            if len(marker) >= 6:
+                raw_ids.update(self._raw_holding(marker))
+        blanked = trimmed = 0
+        for raw_id in sorted(raw_ids):
+            row = self.one("SELECT body FROM raw_payloads WHERE id = ?", (raw_id,))
+            if row is None:
+                continue
+            kept = scrub_raw(bytes(row[0]), markers)
+            if kept is None:
+                blanked += 1
+                self.execute(
+                    "UPDATE raw_payloads SET body = ?, state = 'erased', reason = "
+                    "'contact erased' WHERE id = ?",
+                    (b"", raw_id),
+                )
+            else:
+                trimmed += 1
+                self.execute("UPDATE raw_payloads SET body = ? WHERE id = ?", (kept, raw_id))
+        self.execute(
+            f"UPDATE contacts SET bsuid = NULL, parent_bsuid = NULL, phone = NULL, "
+            f"username = NULL, name = NULL, bsuid_at = NULL, phone_at = NULL, erased_at = ?, "
+            f"updated_at = ? WHERE id IN {marks}",
+            (stamp, stamp, *ids),
+        )
+        bsuids = self.execute(f"DELETE FROM contact_bsuids WHERE contact_id IN {marks}", ids)
+        phones = self.execute(f"DELETE FROM contact_phones WHERE contact_id IN {marks}", ids)
+        self.execute(f"UPDATE contact_history SET detail = '{{}}' WHERE contact_id IN {marks}", ids)
         cancelled = self.execute(
-            "UPDATE deliveries SET state = 'erased', body = NULL, updated_at = ? "
-            "WHERE contact_id = ? AND state IN ('pending', 'held', 'inflight')",
-            (stamp, contact_id),
+            f"UPDATE deliveries SET state = 'erased', body = NULL, updated_at = ? "
+            f"WHERE contact_id IN {marks} AND state IN ('pending', 'held', 'inflight')",
+            (stamp, *ids),
         )
-        summary = {
+        self.execute(f"UPDATE deliveries SET body = NULL WHERE contact_id IN {marks}", ids)
+        self.execute(
+            f"UPDATE attempts SET error = NULL WHERE delivery_id IN "
+            f"(SELECT id FROM deliveries WHERE contact_id IN {marks})",
+            ids,
+        )
+        sends = self.execute(
+            f"UPDATE sends SET request = '{{}}', answer = '' WHERE contact_id IN {marks}", ids
+        )
+        for marker in sorted(markers.identifiers):
+            if len(marker) >= 6:  # a send that failed before resolving names the person only
+                self.execute(
+                    "UPDATE sends SET request = '{}', answer = '' "
+                    "WHERE request LIKE ? OR answer LIKE ?",
+                    (f"%{marker}%", f"%{marker}%"),
+                )
+        summary: dict[str, Any] = {
+            "bsuids": bsuids.rowcount,
             "phones": phones.rowcount,
-            "events": len(events),
-            "raw_payloads": len(raw_ids),
+            "events": len(parsed),
+            "raw_payloads_blanked": blanked,
+            "raw_payloads_trimmed": trimmed,
             "deliveries_cancelled": cancelled.rowcount,
+            "sends": sends.rowcount,
         }
         self.add_history(contact_id, stamp, "erased", summary)
+        self.execute(
+            "INSERT INTO erasures (contact_id, erased_at, requested_by, summary) "
+            "VALUES (?, ?, ?, ?)",
+            (contact_id, stamp, requested_by, json.dumps(summary, sort_keys=True)),
+        )
         return summary
