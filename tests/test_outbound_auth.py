@@ -1,4 +1,4 @@
-"""Outbound auth schemes declared in outbound.yaml: OAuth2 client credentials above all.
+"""Outbound auth schemes declared in outbound.yaml: OAuth2 client credentials, request signing.
 
 respx stands in for the provider's token endpoint and send API. A token is fetched once and
 reused until it expires; a 401 drops it and the send is repeated once with a fresh token; a
@@ -18,11 +18,13 @@ import pytest
 import respx
 
 from bspgate.config import Channel, Secret
-from bspgate.errors import SendError
+from bspgate.errors import MappingLoadError, SendError
 from bspgate.outbound.client import deliver
 from bspgate.outbound.oauth import TokenCache
-from bspgate.outbound.rewrite import render_request
+from bspgate.outbound.rewrite import azure_hmac_headers, render_request
+from bspgate.outbound.signing import sign_request
 from bspgate.outbound.spec import OutboundSpec, load_outbound
+from tests.conftest import MAPPINGS
 
 pytestmark = pytest.mark.anyio
 NOW = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
@@ -178,3 +180,32 @@ def test_dry_run_shows_no_token_and_masks_the_header(tmp_path: Path) -> None:
     masked = request.masked()  # type: ignore[attr-defined]
     assert masked["headers"]["Authorization"].endswith("****")
     assert "s3cr3t-key" not in str(masked)
+
+
+def test_azure_request_signing_declared_as_data_matches_the_independent_vector() -> None:
+    # The vector of test_outbound_api (computed with openssl from Azure's documented scheme):
+    # mappings/azure_acs/outbound.yaml declares the same signing with hmac_request.
+    spec = load_outbound(MAPPINGS, "azure_acs")
+    assert spec.auth["scheme"] == "hmac_request"
+    key = "YXp1cmUtYWNjZXNzLWtleS1mb3ItdGVzdHMtMDAwMQ=="
+    url = "https://acme.communication.azure.test/messages/notifications:send?api-version=2024-08-30"
+    headers = sign_request(spec.auth, key, "POST", url, {}, b'{"kind":"text"}', NOW)
+    assert headers["x-ms-date"] == "Fri, 20 Nov 2026 12:00:00 GMT"
+    assert headers["x-ms-content-sha256"] == "Vg7bdTRz5Tj12rXWlH6Pfjtv4UmPMJYSy6e9tiGfCyw="
+    assert headers["Authorization"] == (
+        "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256"
+        "&Signature=u2yo9q4KtxqCvqLj6gQa6gVZ+68vv4S7f7fgjVG6CVU="
+    )
+    assert headers == azure_hmac_headers(key, "POST", url, b'{"kind":"text"}', NOW)
+
+
+def test_unknown_request_signing_parts_are_load_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    text = OUTBOUND.replace("AUTH_METHOD", "client_secret_basic")
+    start = text.index("auth:")
+    end = text.index("settings:")
+    bad = "auth:\n  scheme: hmac_request\n  secret: key\n  message: [method, verb]\n"
+    (folder / "outbound.yaml").write_text(text[:start] + bad + text[end:])
+    with pytest.raises(MappingLoadError, match=r"auth.message\[1\]: unknown message part 'verb'"):
+        load_outbound(tmp_path, "acme")

@@ -2,7 +2,8 @@
 
 `render_request` builds the template context (the canonical send, `to`, `channel`, `settings`,
 `secrets`, `send`), evaluates `let`, applies `refuse`, renders URL, headers and body, encodes the
-body (JSON or form) and signs it (`auth`: bearer, header key, basic, Azure access-key HMAC).
+body (JSON or form) and signs it (`auth`: bearer, header key, basic, request signing declared
+as data in signing.py, Azure access-key HMAC; OAuth2 tokens are added at send time, oauth.py).
 `ProviderRequest.masked()` is the dry-run view: the same request with every credential masked.
 No I/O and no clock of its own (`now` is passed in); sending is `client.py`.
 """
@@ -26,6 +27,7 @@ from bspgate.errors import SendError
 from bspgate.mapping.expression import truthy
 from bspgate.outbound.addressing import Address
 from bspgate.outbound.oauth import TokenRequest
+from bspgate.outbound.signing import sign_request
 from bspgate.outbound.spec import OutboundSpec, TypeForm
 
 MASK = "****"
@@ -284,6 +286,12 @@ def _sign(
         # the token is fetched (and cached) when the request is sent: see oauth.py
         headers["Authorization"] = "Bearer (OAuth2 client-credentials token, fetched at send)"
         return ("authorization",)
+    if scheme == "hmac_request":
+        signed = sign_request(
+            auth, channel.secret(auth["secret"]), spec.method, url, headers, content, now
+        )
+        headers.update(signed)
+        return (str(auth.get("header", "Authorization")).lower(),)
     if scheme == "azure_hmac":
         headers.update(
             azure_hmac_headers(channel.secret(auth["secret"]), "POST", url, content, now)

@@ -21,10 +21,18 @@ import jsonschema
 from bspgate.errors import MappingLoadError
 from bspgate.mapping.expression import Getter
 from bspgate.mapping.yamlfile import YamlFile
+from bspgate.outbound.signing import declaration_errors as signing_errors
 from bspgate.outbound.template import Node, TemplateError, compile_expr, compile_template
 
 OUTBOUND_FILE = "outbound.yaml"
-AUTH_SCHEMES = ("bearer", "header", "basic", "oauth2_client_credentials", "azure_hmac")
+AUTH_SCHEMES = (
+    "bearer",
+    "header",
+    "basic",
+    "oauth2_client_credentials",
+    "hmac_request",
+    "azure_hmac",
+)
 SEND_TYPES = ("text", "template", "image", "document", "audio", "video", "interactive")
 
 
@@ -208,6 +216,9 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
         raise file.error(
             ("auth", "scheme"), f"unknown auth scheme {auth_scheme!r} (known: {known})"
         )
+    if auth_scheme == "hmac_request":
+        for where, message in signing_errors(data["auth"]):
+            raise file.error(("auth", *where), message)
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         error = jsonschema.exceptions.best_match(errors)
