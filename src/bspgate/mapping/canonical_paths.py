@@ -58,3 +58,16 @@ def canonical_paths(event_type: str) -> frozenset[str]:
     if definition is not None:
         _walk(schema, schema["$defs"][definition], "", out)
     return frozenset(out)
+
+
+def unknown_field(event_type: str, name: str) -> str | None:
+    """None when `name` is a field of `event_type` events, else the error naming its siblings."""
+    known = canonical_paths(event_type)
+    if name in known:
+        return None
+    head = name.rsplit(".", 1)[0]
+    depth = head.count(".") + 2
+    near = sorted(
+        p for p in known if p.startswith(head + ".") and p.count(".") + 1 == depth
+    ) or sorted(p for p in known if "." not in p)
+    return f"{name!r} is not a field of a {event_type} event (known: {', '.join(near)})"

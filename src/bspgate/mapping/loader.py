@@ -22,10 +22,11 @@ import jsonschema
 from jmespath.exceptions import JMESPathError
 
 from bspgate.errors import MappingError, MappingLoadError
-from bspgate.mapping.canonical_paths import canonical_paths
+from bspgate.mapping.canonical_paths import unknown_field
 from bspgate.mapping.codegen import Builder, compile_condition, compile_rule
 from bspgate.mapping.expression import Getter, compile_expression
 from bspgate.mapping.functions import REGISTRY
+from bspgate.mapping.reads import collect_reads
 from bspgate.mapping.yamlfile import YamlFile, dotted
 
 MAPPING_FILE = "mapping.yaml"
@@ -212,7 +213,7 @@ class _Compiler:
             getter = compile_expression(text)
         except JMESPathError as exc:
             raise self.ctx.error(path, f"invalid expression {text!r}: {exc}") from exc
-        _collect_reads(jmespath.compile(text).parsed, self.reads)  # type: ignore[arg-type]
+        collect_reads(jmespath.compile(text).parsed, self.reads)  # type: ignore[arg-type]
         return getter
 
     def field(self, raw: Any, path: tuple[Any, ...]) -> FieldSpec:
@@ -276,18 +277,10 @@ class _Compiler:
 
     def canonical(self, raw: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
         """The rule's fields, each a path the canonical event of its type has."""
-        known = canonical_paths(raw["type"])
         for name in raw["fields"]:
-            if name not in known:
-                head = name.rsplit(".", 1)[0]
-                depth = head.count(".") + 2
-                near = sorted(
-                    p for p in known if p.startswith(head + ".") and p.count(".") + 1 == depth
-                ) or sorted(p for p in known if "." not in p)
-                raise self.ctx.error(
-                    (*path, "fields", name),
-                    f"{name!r} is not a field of a {raw['type']} event (known: {', '.join(near)})",
-                )
+            problem = unknown_field(raw["type"], name)
+            if problem:
+                raise self.ctx.error((*path, "fields", name), problem)
         return dict(raw["fields"])
 
     def quarantine(self, raw: dict[str, Any], path: tuple[Any, ...]) -> QuarantineSpec:
@@ -379,36 +372,6 @@ def _check_verify(ctx: _Chain, entries: Any) -> None:
 
     for path, message in declaration_errors(entries):
         raise ctx.error(("inbound", "verify", *path), message)
-
-
-def _collect_reads(node: dict[str, Any], out: set[tuple[str, str]]) -> None:
-    """Record every `binding.field` an expression reads (the head of each plain path)."""
-    if node.get("type") == "subexpression":
-        head = _head_fields(node)
-        if len(head) >= 2:
-            out.add((head[0], head[1]))
-    for child in node.get("children", []):
-        if isinstance(child, dict):
-            _collect_reads(child, out)
-
-
-def _head_fields(node: dict[str, Any]) -> list[str]:
-    # `a.b.c` parses as subexpression(subexpression(a, b), c): flatten the leading fields
-    if node.get("type") == "field":
-        return [node["value"]]
-    if node.get("type") == "index_expression":  # `errors[0]`: the field before the index
-        return _head_fields(node["children"][0])
-    if node.get("type") != "subexpression":
-        return []
-    names: list[str] = []
-    for child in node.get("children", []):
-        part = _head_fields(child)
-        if not part:
-            break
-        names.extend(part)
-        if child.get("type") != "field" and child.get("type") != "subexpression":
-            break
-    return names
 
 
 def _iteration_key(steps: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
