@@ -74,7 +74,7 @@ class HmacScheme:
         secret_of: Callable[[str], str] = lambda _name: "",
         clock: Clock = time.time,
     ) -> None:
-        self.header = str(option(options, settings, "header", "")).lower()
+        self.header = str(option(options, settings, "header", ""))
         self.algorithm = str(option(options, settings, "algorithm", "sha256")).lower()
         self.encoding = str(option(options, settings, "encoding", "hex")).lower()
         self.prefix = str(option(options, settings, "prefix", ""))

@@ -50,7 +50,7 @@ class JwtScheme:
         secret_of: Callable[[str], str] = lambda _name: "",
         clock: Clock = time.time,
     ) -> None:
-        self.header = str(option(options, settings, "header", "Authorization")).lower()
+        self.header = str(option(options, settings, "header", "Authorization"))
         self.prefix = str(options.get("prefix", "Bearer "))
         algorithms = options.get("algorithms", ["HS256"])
         if not isinstance(algorithms, list) or not algorithms:
