@@ -38,6 +38,62 @@ def test_known_fixtures_show_no_drift() -> None:
         assert apply_mapping(spec, fixture_json("cloudapi", name), CHANNEL).unmapped == []
 
 
+@pytest.mark.parametrize(
+    ("provider", "names"),
+    [
+        (
+            "azure_acs",
+            [
+                "inbound_text",
+                "inbound_bsuid_only",
+                "inbound_interactive",
+                "inbound_image_cloudevent",
+                "status_delivered",
+                "status_failed",
+            ],
+        ),
+        (
+            "connectly",
+            [
+                "inbound_text",
+                "inbound_bsuid_only",
+                "inbound_media",
+                "inbound_button",
+                "status_delivered",
+                "status_failed",
+            ],
+        ),
+    ],
+)
+def test_azure_and_connectly_fixtures_show_no_drift(provider: str, names: list[str]) -> None:
+    spec = load_mapping(MAPPINGS, provider)
+    channel = {**CHANNEL, "id": provider, "provider": provider}
+    for name in names:
+        result = apply_mapping(spec, fixture_json(provider, name), channel)
+        assert result.drafts, name
+        assert result.unmapped == [], (name, result.unmapped)
+
+
+def test_azure_new_data_field_is_counted() -> None:
+    payload = copy.deepcopy(fixture_json("azure_acs", "inbound_text"))
+    event = payload[0] if isinstance(payload, list) else payload
+    event["data"]["fromUsername2"] = "@new"
+    event["futureEnvelopeField"] = 1
+    channel = {**CHANNEL, "id": "acs", "provider": "azure_acs"}
+    result = apply_mapping(load_mapping(MAPPINGS, "azure_acs"), payload, channel)
+    assert sorted(result.unmapped) == ["d.fromUsername2", "ev.futureEnvelopeField"]
+    assert len(result.drafts) == 1  # still delivered
+
+
+def test_connectly_new_top_level_field_is_counted() -> None:
+    payload = copy.deepcopy(fixture_json("connectly", "inbound_text"))
+    payload["reactionMessage"] = {"emoji": "x"}
+    channel = {**CHANNEL, "id": "cn", "provider": "connectly"}
+    result = apply_mapping(load_mapping(MAPPINGS, "connectly"), payload, channel)
+    assert result.unmapped == ["ev.reactionMessage"]
+    assert len(result.drafts) == 1
+
+
 def test_new_message_type_is_counted_and_still_delivered_as_unsupported() -> None:
     result = apply_mapping(load_mapping(MAPPINGS, "cloudapi"), _with_new_type(), CHANNEL)
     assert result.unmapped == ["msg.hologram"]

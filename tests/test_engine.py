@@ -325,6 +325,7 @@ def test_every_item_becomes_a_draft_in_payload_order(demo: MappingSpec) -> None:
 def test_draft_fields(demo: MappingSpec) -> None:
     payload = {"batches": [batch(message("m1", media_id="md1"))]}
     (draft,) = apply_mapping(demo, payload, CHANNEL).drafts
+    assert draft.data["handled_by"] is None  # v1.1: on every draft, null unless a rule fills it
     assert draft.type == "whatsapp.message.received"
     assert draft.time == "2026-01-01T00:00:00Z"
     assert draft.data["contact"] == {
@@ -350,6 +351,7 @@ def test_draft_fields(demo: MappingSpec) -> None:
         "reply": None,
         "reaction": None,
         "context": None,
+        "contacts": None,
     }
 
 
@@ -427,7 +429,8 @@ def test_invalid_bsuid_is_an_issue_not_an_event(demo: MappingSpec) -> None:
     result = apply_mapping(demo, payload, CHANNEL)
     assert result.drafts == []
     assert len(result.issues) == 1
-    assert "invalid BSUID 'not-a-bsuid'" in result.issues[0]
+    assert "in who.user is neither a phone nor a BSUID" in result.issues[0]
+    assert "not-a-bsuid" not in result.issues[0]  # reasons never hold the value (may be PII)
 
 
 def test_value_map_hit(demo: MappingSpec) -> None:

@@ -276,9 +276,17 @@ def test_truthy_follows_jmespath(value: Any, expected: bool) -> None:
         ("", None),
         (None, None),
         (True, None),
-        ("0555123456", None),
-        ("12345", None),
+        # v1.1: `+` and 1-15 digits, no plausibility check (short test numbers are phones)
+        ("0555123456", "+0555123456"),
+        ("12345", "+12345"),
+        ("5678", "+5678"),
+        (5678, "+5678"),
+        ("1.555.123.4567", "+15551234567"),
+        ("whatsapp:+1 555-123-4567", "+15551234567"),
+        ("123456789012345", "+123456789012345"),
         ("1234567890123456", None),
+        ("+", None),
+        ("1-800-FLOWERS", None),
         ("not a phone", None),
     ],
 )
@@ -296,6 +304,8 @@ def test_e164(value: Any, expected: str | None) -> None:
         (" US.1 ", "US.1"),
         ("15551234567", None),
         ("+15551234567", None),
+        ("5678", None),
+        (5678, None),
         ("", None),
         (None, None),
     ],
@@ -305,11 +315,25 @@ def test_bsuid(value: Any, expected: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["us.13491208655302741918", "USA.123", "US.", "US.12-34", "hello", 12.5, ["US.1"]]
+    "value",
+    [
+        "us.13491208655302741918",
+        "USA.123",
+        "US.",
+        "US.12-34",
+        "hello",
+        "1234567890123456",
+        12.5,
+        ["US.1"],
+        {"a": 1},
+        True,
+    ],
 )
-def test_invalid_bsuid_raises_mapping_error(value: Any) -> None:
-    with pytest.raises(MappingError, match="invalid BSUID"):
+def test_neither_phone_nor_bsuid_raises_without_the_value(value: Any) -> None:
+    with pytest.raises(MappingError, match="is neither a phone nor a BSUID") as caught:
         bsuid(value)
+    if isinstance(value, str):
+        assert value not in str(caught.value)
 
 
 def test_bsuid_is_kept_byte_for_byte() -> None:

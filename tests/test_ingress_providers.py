@@ -194,6 +194,26 @@ def test_eventgrid_subscription_validation_is_answered(
     assert events(client) == []
 
 
+def test_eventgrid_validation_batched_with_real_events_answers_and_ingests(
+    client: TestClient, settings: Settings
+) -> None:
+    # v1.1: the handshake is answered AND the real events of the batch are ingested
+    validation = orjson.loads(fixture_bytes("azure_acs", "subscription_validation"))
+    received = orjson.loads(fixture_bytes("azure_acs", "inbound_text"))
+    batch = [*validation, *(received if isinstance(received, list) else [received])]
+    url, headers, body = signed(settings, "acs-us", orjson.dumps(batch))
+    response = post(client, url, headers, body)
+    assert response.status_code == 200
+    expected = orjson.loads(fixture_bytes("azure_acs", "subscription_validation_response"))
+    assert response.json() == expected
+    assert response.headers["bspgate-raw-id"].startswith("raw_")
+    found = events(client)
+    assert [e["type"] for e in found] == ["whatsapp.message.received"]
+    retried = post(client, url, headers, body)  # Event Grid retries: answered again, no new event
+    assert retried.json() == expected
+    assert len(events(client)) == 1
+
+
 def test_eventgrid_subscription_validation_without_the_secret_is_401(
     client: TestClient, settings: Settings
 ) -> None:

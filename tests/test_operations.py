@@ -164,7 +164,9 @@ async def test_quarantined_payload_is_renormalized_once_after_a_mapping_fix(
     mappings = tmp_path / "mappings"
     shutil.copytree(MAPPINGS / "cloudapi", mappings / "cloudapi")
     text = (mappings / "cloudapi" / "mapping.yaml").read_text()
-    broken = text.replace("change.field == 'messages' && !(msg.group_id)", "`false`", 1)
+    broken = text.replace(
+        "(change.field == 'messages' || change.field == 'standby') && !(msg.group_id)", "`false`", 1
+    )
     assert broken != text
     (mappings / "cloudapi" / "mapping.yaml").write_text(broken)
     async with harness(tmp_path, subscriber("crm", CRM), mappings=str(mappings)) as h:

@@ -37,7 +37,7 @@ from bspgate.ingress.verify import ChannelVerifier
 from bspgate.mapping.engine import MappingResult, apply_mapping
 from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
-from bspgate.pipeline import Fanout, IngestOutcome, InvalidEvents, ingest, quarantine
+from bspgate.pipeline import Fanout, IngestOutcome, ingest, ingest_or_quarantine
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import RawRecord
 
@@ -147,11 +147,8 @@ class Gateway:
             now=iso(moment),
             now_epoch=moment.timestamp(),
         )
-        try:
-            outcome: IngestOutcome = await self.store.transaction(work)
-        except InvalidEvents as exc:
-            await self.store.transaction(partial(quarantine, raw=raw, reason=exc.reason))
-            outcome = IngestOutcome(raw.id, "quarantined", issues=[exc.reason])
+        # schema failures and any unexpected error end as a quarantined raw payload (pipeline.py)
+        outcome = await ingest_or_quarantine(self.store, work, raw)
         for event in outcome.events:
             self.metrics.events.labels(event["type"]).inc()
         if outcome.deliveries and self.dispatcher is not None:

@@ -8,14 +8,18 @@ at all. The same function serves the server, `bspgate replay` and (over the in-m
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from functools import partial
 from typing import Any
 
 import orjson
+import structlog
 
 from bspgate.config import Channel, Subscriber
-from bspgate.errors import CanonicalValidationError
+from bspgate.errors import CanonicalValidationError, StoreError
 from bspgate.identity.evidence import shared_phones
 from bspgate.identity.resolver import (
     MERGED,
@@ -28,6 +32,8 @@ from bspgate.ids import event_id
 from bspgate.mapping.engine import Draft, MappingResult
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import ContactRow, RawRecord, StoreTx, follow_merged
+
+_log = structlog.get_logger("bspgate.pipeline")
 
 RECEIVED = "whatsapp.message.received"
 STATUS = "whatsapp.message.status"
@@ -136,6 +142,7 @@ def complete_event(
 ) -> dict[str, Any]:
     """The CloudEvent for a resolved draft (field order fixed for stable bodies)."""
     data = dict(draft.data)
+    data.setdefault("handled_by", None)  # v1.1: on every event; "standby" only where mapped
     data["channel"] = {
         "id": channel.id,
         "provider": channel.provider,
@@ -215,7 +222,8 @@ def notice_draft(channel_id: str, cause: Draft, notice: Notice) -> Draft:
         data={
             "channel": {"business_phone": cause.data["channel"]["business_phone"]},
             "contact": {},
-            **({"handled_by": None} if "handled_by" in cause.data else {}),
+            # a notice is the gateway's inference, not a delivery on the standby field
+            "handled_by": None,
         },
     )
 
@@ -275,6 +283,49 @@ class _EventWriter:
 def quarantine(tx: StoreTx, raw: RawRecord, reason: str) -> None:
     """Store a payload that produced no acceptable event, with the reason."""
     tx.insert_raw(_with_state(raw, "quarantined", reason, 0))
+
+
+_DIGIT_RUN = re.compile(r"\d{5,}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """An unexpected ingest error as a quarantine reason: type and message, PII-free.
+
+    Database messages may quote values (a key, a phone): digit runs are masked, NUL bytes (which
+    PostgreSQL text refuses) dropped, and the text is cut to 300 characters.
+    """
+    text = _DIGIT_RUN.sub("<digits>", str(exc).replace("\x00", "")).splitlines()
+    first = text[0] if text else ""
+    return f"ingest failed ({type(exc).__name__}): {first}"[:300]
+
+
+async def ingest_or_quarantine(
+    store: Any, work: Callable[[StoreTx], IngestOutcome], raw: RawRecord
+) -> IngestOutcome:
+    """Run one webhook's ingest; whatever goes wrong, the raw payload ends stored.
+
+    The last-resort path of the contract's "never a 5xx for a payload's content": events that
+    fail the schema (`InvalidEvents`) and any unexpected error while ingesting (a database
+    refusing a value, such as PostgreSQL and U+0000 in a name; a bug) store the raw payload as
+    quarantined, with the reason, in a fresh transaction. Only when that transaction cannot
+    commit either does `StoreError` reach the caller (503: nothing was acknowledged). It is a
+    function of the ingest layer, not of the HTTP route, so it holds wherever ingest runs.
+    """
+    try:
+        outcome: IngestOutcome = await store.transaction(work)
+        return outcome
+    except InvalidEvents as exc:
+        reason = exc.reason
+    except Exception as exc:  # the last resort: the payload is kept, the error named
+        reason = failure_reason(exc)
+        _log.error("ingest.failed_quarantined", raw_id=raw.id, error=reason)
+    try:
+        await store.transaction(partial(quarantine, raw=raw, reason=reason))
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"the quarantine of {raw.id} failed too: {failure_reason(exc)}") from exc
+    return IngestOutcome(raw.id, "quarantined", issues=[reason])
 
 
 def _with_state(raw: RawRecord, state: str, reason: str | None, count: int) -> RawRecord:

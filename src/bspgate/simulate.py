@@ -64,7 +64,8 @@ def _event_grid_headers(body: bytes) -> tuple[str, dict[str, str]]:
     except orjson.JSONDecodeError:
         return "application/json", {}
     events = payload if isinstance(payload, list) else [payload]
-    kinds = {e.get("eventType") or e.get("type") for e in events if isinstance(e, dict)}
+    found = [e.get("eventType") or e.get("type") for e in events if isinstance(e, dict)]
+    kinds = {kind for kind in found if isinstance(kind, str)}  # a malformed type is no kind
     kind = "SubscriptionValidation" if VALIDATION_EVENT in kinds else "Notification"
     single_cloudevent = isinstance(payload, dict) and "specversion" in payload
     content_type = "application/cloudevents+json" if single_cloudevent else "application/json"

@@ -17,6 +17,7 @@ from bspgate.identity.resolver import (
     Observation,
     UnresolvableContact,
 )
+from bspgate.store.memory import MemoryTx
 
 NOW = "2026-04-02T10:11:12Z"
 B1 = "US.13491208655302741918"
@@ -25,6 +26,7 @@ P1 = "+15551234567"
 P2 = "+15557654321"
 P3 = "+15559990000"
 B3 = "US.30000000000000000003"
+B4 = "US.40000000000000000004"
 
 
 def resolver(tx: Any, portfolio: str = "acme", now: str = NOW) -> IdentityResolver:
@@ -287,3 +289,156 @@ def test_rule11_operator_merge_has_rule8_effects(tx: Any) -> None:
     assert tx.contact_by_phone("acme", P1) is None
     [notice] = operator.take_notices()
     assert notice.data == {"merged": {"id": second.id, "by": "operator"}}
+
+
+def _history(tx: Any, contact_id: str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(tx, MemoryTx):
+        return [(kind, detail) for who, _at, kind, detail in tx.history if who == contact_id]
+    return [(h["kind"], h["detail"]) for h in tx.contact_view(contact_id)["history"]]
+
+
+def _phones(tx: Any, contact_id: str) -> list[tuple[str, str, str | None]]:
+    if isinstance(tx, MemoryTx):
+        rows = [r for r in tx.phone_history if r["contact_id"] == contact_id]
+    else:
+        rows = tx.contact_view(contact_id)["phones"]
+    return [(r["phone"], r["state"], r.get("reason")) for r in rows]
+
+
+def test_every_identity_fact_is_recorded_with_its_reason(tx: Any) -> None:
+    legacy = resolver(tx, now=at(1)).observe(Observation(phone=P1, name="Sheena"), at(1))
+    resolver(tx, now=at(2)).observe(Observation(bsuid=B1, phone=P1, name="Sheena N"), at(2))
+    stranger = resolver(tx, now=at(3)).observe(Observation(bsuid=B2, phone=P1), at(3))
+    resolver(tx, now=at(4)).relink(Observation(bsuid=B3, phone=P2), B1, None, at(4))
+    assert _history(tx, legacy.id) == [
+        ("created", {"by": "phone"}),
+        ("phone_captured", {"why": "first seen, phone only"}),
+        ("merged", {"bsuid": B1}),
+        ("name_changed", {"previous": "Sheena"}),
+        ("phone_moved", {"to": stranger.id}),
+        ("phone_captured", {"why": "named by the identity change"}),
+        ("relinked", {"channel": "cloud-us"}),
+    ]
+    assert _history(tx, stranger.id) == [
+        ("created", {"by": "bsuid"}),
+        ("phone_moved_in", {"from": legacy.id}),
+        ("phone_captured", {"why": "paired with a new BSUID"}),
+    ]
+    assert _phones(tx, legacy.id) == [
+        (P1, "moved", f"moved to {stranger.id}"),
+        (P2, "active", None),
+    ]
+    final = tx.contact(legacy.id)
+    assert (final.bsuid, final.phone, final.name) == (B3, P2, "Sheena N")
+    assert (final.bsuid_at, final.phone_at) == (at(4), at(4))
+
+
+def test_a_phone_replaced_by_a_newer_pair_is_retired(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    resolver(tx, now=at(2)).observe(Observation(bsuid=B1, phone=P2), at(2))
+    assert _phones(tx, contact.id) == [(P1, "retired", "replaced"), (P2, "active", None)]
+    older = resolver(tx, now=at(3)).observe(Observation(bsuid=B1, phone=P3), at(1))
+    assert older.phone == P2  # an older pair does not replace a newer phone
+    assert tx.contact_by_phone("acme", P3) is None
+    relinked, _, _ = resolver(tx, now=at(4)).relink(Observation(bsuid=B2), B1, None, at(4))
+    assert _phones(tx, contact.id)[-1] == (P2, "retired", "identity changed")
+    assert relinked.phone is None
+
+
+def test_a_merge_keeps_the_newer_phone_and_retires_the_other(tx: Any) -> None:
+    first = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    second = resolver(tx, now=at(2)).observe(Observation(bsuid=B2, phone=P2), at(5))
+    survivor = resolver(tx, now=at(3)).merge(
+        tx.contact(first.id), tx.contact(second.id), "operator", into_first=True
+    )
+    assert (survivor.phone, survivor.phone_at, survivor.bsuid, survivor.bsuid_at) == (
+        P2,
+        at(5),
+        B2,
+        at(5),
+    )
+    assert sorted(_phones(tx, first.id)) == [(P1, "retired", "merged"), (P2, "active", None)]
+    assert _history(tx, second.id)[-1] == ("merged_into", {"into": first.id, "by": "operator"})
+    assert _history(tx, first.id)[-1] == ("absorbed", {"from": second.id, "by": "operator"})
+    other = resolver(tx, now=at(6)).observe(Observation(bsuid=B3, phone=P3), at(0))
+    kept = resolver(tx, now=at(7)).merge(tx.contact(first.id), tx.contact(other.id), "operator")
+    assert (kept.id, kept.phone, kept.bsuid) == (first.id, P2, B2)  # older survives, newer wins
+    assert tx.contact_by_phone("acme", P3) is None
+    assert (P3, "retired", "merged") in _phones(tx, first.id)
+
+
+def test_rule5_a_phones_only_legacy_change_moves_the_alias(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(phone=P1), at(1))
+    changed, old_bsuid, old_phone = resolver(tx, now=at(3)).relink(
+        Observation(phone=P2), None, P1, at(2)
+    )
+    assert changed.id == contact.id
+    assert (changed.bsuid, changed.phone, old_bsuid, old_phone) == (None, P2, None, P1)
+    assert tx.contact_by_phone("acme", P1) is None
+    assert tx.contact_by_phone("acme", P2).id == contact.id
+    assert tx.phone_owner_at("acme", P1, at(1)).id == contact.id  # a late legacy payload
+    assert _phones(tx, contact.id) == [(P1, "retired", "identity changed"), (P2, "active", None)]
+
+
+def test_rule5_a_change_for_nobody_known_creates_the_contact(tx: Any) -> None:
+    made, old_bsuid, old_phone = resolver(tx, now=at(2)).relink(
+        Observation(bsuid=B2, phone=P2, name="New"), B1, P1, at(2)
+    )
+    assert (made.bsuid, made.phone, made.name, old_bsuid, old_phone) == (B2, P2, "New", B1, P1)
+    assert _history(tx, made.id)[0] == ("created", {"by": "identity change"})
+    assert tx.contact_by_bsuid("acme", B1).id == made.id
+    assert tx.contact(made.id).bsuid_at == at(2)
+
+
+def test_rule9_a_late_pair_of_a_retired_bsuid_merges_a_phone_only_contact(tx: Any) -> None:
+    relinked, _, _ = resolver(tx, now=at(1)).relink(Observation(bsuid=B2), B1, None, at(5))
+    legacy = resolver(tx, now=at(2)).observe(Observation(phone=P1), at(1))
+    late = resolver(tx, now=at(3))
+    contact = late.observe(Observation(bsuid=B1, phone=P1), at(2))
+    assert contact.id == relinked.id
+    assert contact.bsuid == B2
+    assert contact.phone is None  # the number of a retired BSUID is never an alias again
+    assert tx.contact(legacy.id).merged_into == relinked.id
+    assert tx.contact_by_phone("acme", P1) is None
+    assert tx.phone_owner_at("acme", P1, at(1)).id == relinked.id
+    assert tx.phone_owner_at("acme", P1, at(6)) is None
+    [notice] = late.take_notices()
+    assert notice.data == {"merged": {"id": legacy.id, "by": "identity_rule"}}
+    assert (P1, "retired", "identity changed") in _phones(tx, relinked.id)
+
+
+def test_rule9_a_late_pair_of_a_retired_bsuid_takes_the_number_from_an_older_owner(
+    tx: Any,
+) -> None:
+    before = resolver(tx, now=at(1)).observe(Observation(bsuid=B3, phone=P1), at(1))
+    relinked, _, _ = resolver(tx, now=at(2)).relink(Observation(bsuid=B2), B1, None, at(5))
+    late = resolver(tx, now=at(3))
+    contact = late.observe(Observation(bsuid=B1, phone=P1), at(3))
+    assert contact.id == relinked.id
+    assert contact.phone is None
+    assert tx.contact(before.id).phone is None  # the number was B1's after B3's evidence
+    [notice] = late.take_notices()
+    assert notice.contact.id == before.id
+    assert notice.data["change"] == PHONE_REASSIGNED
+    assert tx.phone_owner_at("acme", P1, at(2)).id == before.id
+    assert tx.phone_owner_at("acme", P1, at(4)).id == relinked.id
+    assert tx.phone_owner_at("acme", P1, at(6)) is None
+    # a number someone got by newer evidence stays theirs; the late pair is only history
+    newer = resolver(tx, now=at(4)).observe(Observation(bsuid=B4, phone=P2), at(9))
+    quiet = resolver(tx, now=at(5))
+    assert quiet.observe(Observation(bsuid=B1, phone=P2), at(3)).id == relinked.id
+    assert quiet.take_notices() == []
+    assert tx.contact_by_phone("acme", P2).id == newer.id
+    assert tx.phone_owner_at("acme", P2, at(4)).id == relinked.id
+    assert tx.phone_owner_at("acme", P2, at(9)).id == newer.id
+
+
+def test_rule9_a_stale_change_records_its_phone_as_past(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    resolver(tx, now=at(2)).relink(Observation(bsuid=B3, phone=P3), B2, None, at(6))
+    stale, _, _ = resolver(tx, now=at(3)).relink(Observation(bsuid=B2, phone=P2), B1, None, at(4))
+    assert stale.id == contact.id
+    assert (stale.bsuid, stale.phone) == (B3, P3)
+    assert tx.contact_by_phone("acme", P2) is None
+    assert tx.phone_owner_at("acme", P2, at(5)).id == contact.id
+    assert tx.contact_by_bsuid("acme", B2).id == contact.id

@@ -77,6 +77,7 @@ def _event(
             },
             "contact": contact,
             "raw_id": None,
+            "handled_by": None,  # v1.1: on every event; an operator's act is no standby delivery
             **extra,
         },
     }

@@ -116,9 +116,11 @@ class IdentityResolver:
                 if seen.phone:
                     contact = self._pair(contact, seen.phone, at, "paired with the current BSUID")
             else:
-                # a retired BSUID (late webhook after a relink) lands on its contact and teaches
-                # nothing: its phone, if any, was retired with it
+                # a retired BSUID (late webhook after a relink) lands on its contact; its phone
+                # was retired with it, and is never made an alias again
                 self.tx.touch_bsuid(self.portfolio, seen.bsuid, self.now)
+                if seen.phone:
+                    contact = self._pair_retired(contact, seen.phone, at)
         elif seen.phone:
             contact = self.tx.phone_owner_at(self.portfolio, seen.phone, at)
             known = replace(contact) if contact is not None else None
@@ -163,6 +165,10 @@ class IdentityResolver:
                 # rule 9: the phone was taught to its owner by newer evidence; it stays there
                 self.tx.add_history(contact.id, self.now, "phone_kept", {"by": owner.id})
                 return contact
+        if contact.phone != phone and self.tx.phone_taught_after(
+            self.portfolio, phone, at, contact.id
+        ):
+            return contact  # rule 9: someone had the number after this evidence (recycled)
         if contact.phone == phone:
             if contact.phone_at is None or at > contact.phone_at:
                 contact.phone_at = at
@@ -172,6 +178,26 @@ class IdentityResolver:
         if owner is not None and owner.id != contact.id:
             self._reassign(owner, phone, contact, at)
         self._take_phone(contact, phone, at, why)
+        return contact
+
+    def _pair_retired(self, contact: ContactRow, phone: str, at: str) -> ContactRow:
+        """A pair of a retired BSUID, learned late: the phone belongs to the contact's past.
+
+        A phone-only contact holding it is the same person (rule 8); otherwise the phone is
+        recorded as a past alias, so legacy payloads of that time still find the contact.
+        """
+        until = contact.bsuid_at or at
+        owner = self.tx.contact_by_phone(self.portfolio, phone)
+        if owner is not None and owner.id != contact.id and owner.bsuid is None:
+            contact = self.merge(contact, owner, "identity_rule", at=at)
+            if contact.phone == phone and at < until:
+                self.tx.end_phone(contact.id, phone, self.now, "retired", "identity changed", until)
+                contact.phone = contact.phone_at = None
+        elif owner is None or owner.id != contact.id:
+            if owner is not None and at < until and _newer(at, owner.phone_at):
+                # the number was this person's after the owner's evidence: the owner lost it
+                self._reassign(owner, phone, contact, at)
+            self.tx.record_past_phone(contact, phone, self.now, self.channel_id, at, until)
         return contact
 
     def _reassign(self, owner: ContactRow, phone: str, to: ContactRow, at: str) -> None:
@@ -256,11 +282,23 @@ class IdentityResolver:
             ):
                 if survivor.phone:
                     self.tx.end_phone(
-                        survivor.id, survivor.phone, self.now, "retired", "merged", at
+                        survivor.id,
+                        survivor.phone,
+                        self.now,
+                        "retired",
+                        "merged",
+                        absorbed.phone_at or at,
                     )
                 survivor.phone, survivor.phone_at = absorbed.phone, absorbed.phone_at
             else:
-                self.tx.end_phone(survivor.id, absorbed.phone, self.now, "retired", "merged", at)
+                self.tx.end_phone(
+                    survivor.id,
+                    absorbed.phone,
+                    self.now,
+                    "retired",
+                    "merged",
+                    survivor.phone_at or at,
+                )
         survivor.username = survivor.username or absorbed.username
         survivor.name = survivor.name or absorbed.name
         absorbed.bsuid = absorbed.parent_bsuid = absorbed.phone = None
@@ -332,8 +370,10 @@ class IdentityResolver:
                 contact.id, contact.phone, self.now, "retired", "identity changed", at
             )
             contact.phone = contact.phone_at = None
-        if new.phone:
+        if new.phone and fresh:
             contact = self._pair(contact, new.phone, at, "named by the identity change")
+        elif new.phone:
+            contact = self._pair_retired(contact, new.phone, at)  # rule 9: a past number
         if fresh:
             self._profile(contact, new)
         self.tx.add_history(contact.id, self.now, "relinked", {"channel": self.channel_id})

@@ -4,7 +4,7 @@
   challenge as text when the token equals the channel's `verify_token` (constant time), else 403.
 - `eventgrid_validation`: Event Grid's `Microsoft.EventGrid.SubscriptionValidationEvent` (header
   `aeg-event-type: SubscriptionValidation`) is answered `200 {"validationResponse": code}`, after
-  the channel's credential check like any POST.
+  the channel's credential check like any POST. Real events batched with it are ingested first.
 - `cloudevents_options`: the CloudEvents webhook abuse-protection preflight (`OPTIONS` with
   `WebHook-Request-Origin`) is answered with `WebHook-Allowed-Origin`.
 """
@@ -63,6 +63,16 @@ def eventgrid_validation(headers: dict[str, str], payload: Any) -> Response | No
         "Malformed subscription validation",
         "no data.validationCode in the validation event",
     )
+
+
+def holds_other_events(payload: Any) -> bool:
+    """True when an Event Grid payload carries events besides subscription validations.
+
+    Canonical v1.1: a batch holding a validation and real events answers the handshake and
+    ingests the real events (the mapping leaves the validation out of a mixed batch).
+    """
+    events = payload if isinstance(payload, list) else [payload]
+    return any(not (isinstance(e, dict) and _event_type(e) == VALIDATION_EVENT) for e in events)
 
 
 def _event_type(event: dict[str, Any]) -> Any:

@@ -43,10 +43,22 @@ def parse_form_fields(body: bytes) -> dict[str, list[str]]:
     return fields
 
 
-def _json_as_form(value: Any) -> dict[str, str]:
+def _field_text(value: Any) -> Any:
+    # A form field is text; a JSON value becomes its JSON text. One nested beyond what orjson
+    # writes (~250 levels) stays as parsed: the mapping then quarantines what it cannot use,
+    # and the raw body is stored either way (never a 5xx for a payload's content).
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return value
+
+
+def _json_as_form(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise PayloadError("a form provider's JSON body must be an object of fields")
-    return {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in value.items()}
+    return {str(k): _field_text(v) for k, v in value.items()}
 
 
 def parse_payload(body: bytes, mode: str) -> Any:

@@ -1,15 +1,19 @@
 """Thin Starlette endpoints for `/webhooks/{channel_id}`: read, verify, hand to the gateway.
 
 Answers: unknown channel 404; body over `server.max_body_bytes` 413; missing or wrong credential
-401; unparseable body 400; store unavailable 503 (the provider retries; nothing was acknowledged);
-otherwise 200, also for quarantined payloads (a retry would not fix a mapping). Every error is an
-RFC 9457 problem. This module holds no SQL and no mapping logic.
+401; unparseable body 400 (also a form body the signature check cannot read: invalid UTF-8, more
+than 1,000 fields); a body the signature does not cover (Twilio: neither form content nor
+`bodySHA256`) 415; store unavailable 503 (the provider retries; nothing was acknowledged);
+otherwise 200, also for quarantined payloads (a retry would not fix a mapping), including any
+unexpected error while ingesting (`pipeline.ingest_or_quarantine`). Every error is an RFC 9457
+problem. This module holds no SQL and no mapping logic.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
@@ -50,6 +54,28 @@ def _public_url(gateway: Gateway, request: Request) -> str:
     return f"{url}?{request.url.query}" if request.url.query else url
 
 
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _uncovered_body(entries: tuple[dict[str, Any], ...], signed: SignedRequest) -> str | None:
+    """Why a verified body is still refused (415), or None.
+
+    Twilio's signature binds the body only for form content (the fields are signed) or when the
+    URL carries `bodySHA256` (the body's hash is signed); any other body is signed over the URL
+    alone, so anyone holding one signed URL could post any body. Such a body is refused.
+    """
+    if not any(entry.get("scheme") == "twilio" for entry in entries):
+        return None
+    if signed.content_type.startswith(_FORM):
+        return None
+    if "bodySHA256" in parse_qs(urlsplit(signed.url).query):
+        return None
+    return (
+        "Twilio signs this body only as application/x-www-form-urlencoded content or with a "
+        "bodySHA256 query parameter; a body the signature does not cover is refused"
+    )
+
+
 def _unknown_channel(channel_id: str) -> Response:
     return problem_response(
         404, "unknown_channel", "Unknown channel", f"no channel {channel_id!r} is configured"
@@ -86,6 +112,12 @@ async def receive_webhook(request: Request) -> Response:
     )
     try:
         gateway.verifiers[channel.id].verify(signed)
+    except PayloadError as exc:
+        # the signature covers the form fields, and the body holds no readable form (invalid
+        # UTF-8, more than 1,000 fields): nothing can be checked, nothing is stored
+        gateway.metrics.webhooks.labels(channel.id, "unparseable").inc()
+        log.warning("webhook.unparseable", reason=str(exc), bytes=len(body), stage="verify")
+        return problem_response(400, "unparseable_body", "The body cannot be parsed", str(exc))
     except SignatureError as exc:
         gateway.metrics.webhooks.labels(channel.id, exc.outcome).inc()
         log.warning("webhook.unauthorized", reason=str(exc))
@@ -96,18 +128,36 @@ async def receive_webhook(request: Request) -> Response:
             str(exc),
             headers={"WWW-Authenticate": "Signature"},
         )
+    except Exception as exc:  # a verifier bug must refuse, never answer 5xx, never accept
+        gateway.metrics.webhooks.labels(channel.id, "unauthorized").inc()
+        log.error("webhook.verify_failed", error=type(exc).__name__)
+        return problem_response(
+            401,
+            "invalid_signature",
+            "Webhook authentication failed",
+            "the credential could not be checked",
+            headers={"WWW-Authenticate": "Signature"},
+        )
     spec = gateway.mappings[channel.provider]
+    uncovered = _uncovered_body(spec.verify, signed)
+    if uncovered:
+        gateway.metrics.webhooks.labels(channel.id, "unsupported_media_type").inc()
+        log.warning("webhook.unsigned_body", content_type=signed.content_type[:80])
+        return problem_response(415, "unsupported_media_type", "Body not covered", uncovered)
     try:
         payload = parse_payload(body, spec.parse)
     except PayloadError as exc:
         gateway.metrics.webhooks.labels(channel.id, "unparseable").inc()
         log.warning("webhook.unparseable", reason=str(exc), bytes=len(body))
         return problem_response(400, "unparseable_body", "The body cannot be parsed", str(exc))
+    validation: Response | None = None
     if "eventgrid_validation" in spec.handshakes:
-        answer = handshake.eventgrid_validation(dict(signed.headers), payload)
-        if answer is not None:
+        validation = handshake.eventgrid_validation(dict(signed.headers), payload)
+        if validation is not None:
             log.info("webhook.handshake", kind="eventgrid_validation")
-            return answer
+            if validation.status_code != 200 or not handshake.holds_other_events(payload):
+                return validation
+            # v1.1: real events batched with the validation are ingested, then it is answered
     try:
         outcome = await gateway.ingest(channel, payload, body, content_type)
     except StoreError as exc:
@@ -133,6 +183,10 @@ async def receive_webhook(request: Request) -> Response:
         latency_ms=round(elapsed * 1000, 2),
     )
     stored = outcome.state != "duplicate"  # a duplicate's raw payload is the first delivery's
+    if validation is not None:
+        if stored:
+            validation.headers["bspgate-raw-id"] = outcome.raw_id
+        return validation
     return Response(status_code=200, headers={"bspgate-raw-id": outcome.raw_id} if stored else None)
 
 

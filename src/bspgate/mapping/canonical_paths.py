@@ -12,17 +12,15 @@ from typing import Any
 
 from bspgate.schema.validate import canonical_schema
 
-DATA_DEFS = {
-    "whatsapp.message.received": "received",
-    "whatsapp.message.status": "status",
-    "whatsapp.contact.identity_changed": "identity_changed",
-}
 MANAGED = {"raw_id"}  # filled by the gateway, never by a rule
 
 
 def _resolve(schema: dict[str, Any], node: Any) -> dict[str, Any]:
     while isinstance(node, dict) and "$ref" in node:
-        node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        target: Any = schema  # a local JSON pointer: #/$defs/received/properties/message
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target.get(part.replace("~1", "/").replace("~0", "~"), {})
+        node = target
     return node if isinstance(node, dict) else {}
 
 
@@ -54,10 +52,23 @@ def canonical_paths(event_type: str) -> frozenset[str]:
     """Every path inside `data` of an event of `event_type` (objects and their leaves)."""
     schema = canonical_schema()
     out: set[str] = set()
-    definition = DATA_DEFS.get(event_type)
+    definition = _data_defs(schema).get(event_type)
     if definition is not None:
-        _walk(schema, schema["$defs"][definition], "", out)
+        _walk(schema, definition, "", out)
     return frozenset(out)
+
+
+def _data_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Event type -> the schema of its `data`, from the schema's `if type … then data …` parts."""
+    found: dict[str, Any] = {}
+    for part in schema.get("allOf", []):
+        condition = part.get("if", {}).get("properties", {}).get("type", {})
+        data = part.get("then", {}).get("properties", {}).get("data")
+        names = [condition["const"]] if "const" in condition else condition.get("enum", [])
+        for name in names:
+            if data is not None:
+                found[name] = data
+    return found
 
 
 def unknown_field(event_type: str, name: str) -> str | None:

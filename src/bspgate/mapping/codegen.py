@@ -23,7 +23,7 @@ import jmespath
 
 from bspgate.mapping.expression import truthy
 from bspgate.mapping.functions import REGISTRY
-from bspgate.mapping.shapes import SUBOBJECTS, sections
+from bspgate.mapping.shapes import SCALARS, SUBOBJECTS, sections
 
 Built = tuple[Any, Any, dict[str, Any]]
 Builder = Callable[[dict[str, Any]], Any]
@@ -207,6 +207,11 @@ def compile_rule(rule: Any) -> Builder | None:
     shape = sections(rule.event_type)
     assigned: dict[tuple[str, ...], str] = {}
     for index, (path, _spec) in enumerate(rule.fields):
+        if len(path) == 1:
+            if path[0] not in SCALARS:
+                return None
+            assigned[path] = f"v{index}"
+            continue
         if path[0] not in shape or (len(path) == 2 and path[1] not in shape[path[0]]):
             return None
         if len(path) == 3 and (path[0], path[1]) not in SUBOBJECTS:
@@ -252,6 +257,8 @@ def compile_rule(rule: Any) -> Builder | None:
             else:
                 items.append(f"{key!r}: {assigned.get((section, key), 'None')}")
         parts.append(f"{section!r}: {{{', '.join(items)}}}")
+    for scalar in SCALARS:
+        parts.append(f"{scalar!r}: {assigned.get((scalar,), 'None')}")
     writer.emit(f"return key, time, {{{', '.join(parts)}}}")
     built: Builder = _define(
         "build", writer, "return FALLBACK", {"FALLBACK": FALLBACK}, f"rule {rule.name}"

@@ -18,8 +18,9 @@ from bspgate.errors import MappingError
 from bspgate.ids import event_id
 from bspgate.mapping.codegen import FALLBACK
 from bspgate.mapping.expression import truthy
+from bspgate.mapping.functions import REGISTRY, NotAnIdentifier
 from bspgate.mapping.loader import MappingSpec, RuleSpec
-from bspgate.mapping.shapes import SUBOBJECTS, sections
+from bspgate.mapping.shapes import SCALARS, SUBOBJECTS, sections
 
 
 @dataclass(slots=True)
@@ -46,7 +47,11 @@ class MappingResult:
 
 
 def _skeleton(event_type: str) -> dict[str, Any]:
-    return {section: dict.fromkeys(keys) for section, keys in sections(event_type).items()}
+    data: dict[str, Any] = {
+        section: dict.fromkeys(keys) for section, keys in sections(event_type).items()
+    }
+    data.update(dict.fromkeys(SCALARS))
+    return data
 
 
 def _draft(
@@ -69,7 +74,9 @@ def _draft(
     data = _skeleton(rule.event_type)
     for path, spec in rule.fields:
         value = spec.run(scope)
-        if len(path) == 2:
+        if len(path) == 1:
+            data[path[0]] = value
+        elif len(path) == 2:
             data[path[0]][path[1]] = value
         elif value is not None:
             # a sub-object (media, location, …) exists only when one of its fields has a value
@@ -115,15 +122,40 @@ def _order(rule: RuleSpec, position: tuple[int, ...]) -> tuple[tuple[int, int], 
 def _drift(
     watched: dict[str, frozenset[str]], rule: RuleSpec, scope: dict[str, Any], out: list[str]
 ) -> None:
-    for binding, _getter in rule.for_each:
-        known = watched.get(binding)
+    # a watched name is a for_each binding or a `let` name (Azure's `d: ev.data`), as the rule
+    # bound it; `scope` is the rule's own scope after its draft was built
+    for binding, known in watched.items():
         item = scope.get(binding)
-        if known is not None and isinstance(item, dict):
+        if isinstance(item, dict):
             for key in item:
                 if key not in known:
                     name = f"{binding}.{key}"
                     if name not in out:
                         out.append(name)
+
+
+def _locate(rule: RuleSpec, scope: dict[str, Any]) -> str | None:
+    """The expression whose value was neither a phone nor a BSUID (only run on that error)."""
+    scope = dict(scope)
+    for name, spec in rule.let:
+        try:
+            scope[name] = spec.run(scope)
+        except (MappingError, JMESPathError):
+            scope[name] = None
+    for _path, spec in rule.fields:
+        if not spec.apply:
+            continue
+        func = REGISTRY[spec.apply][0]
+        for text, getter in zip(spec.texts, spec.candidates, strict=False):
+            try:
+                value = func(getter(scope))
+            except NotAnIdentifier:
+                return text
+            except (MappingError, JMESPathError):
+                break
+            if value is not None and value != "":
+                break  # `first` stops here: later candidates were never evaluated
+    return None
 
 
 def _holds(condition: Any, scope: dict[str, Any]) -> bool:
@@ -175,8 +207,11 @@ def apply_mapping(
         for position, scope in scopes(rule.for_each, rule.iteration_key):
             try:
                 # a copy: `let` bindings belong to this rule only
-                draft = _draft(rule, channel["id"], position, dict(scope))
+                local = dict(scope)
+                draft = _draft(rule, channel["id"], position, local)
             except (MappingError, JMESPathError) as exc:
+                if isinstance(exc, NotAnIdentifier) and exc.where is None:
+                    exc = exc.at(_locate(rule, scope) or "a field")
                 where = "/".join(str(p) for p in position)
                 reason = exc.message if isinstance(exc, MappingError) else str(exc)
                 result.issues.append(f"rule {rule.name} item {where or '-'}: {reason}")
@@ -184,7 +219,7 @@ def apply_mapping(
             if draft is not None:
                 ordered.append((_order(rule, position), rule_index, draft))
                 if spec.drift:
-                    _drift(spec.drift, rule, scope, result.unmapped)
+                    _drift(spec.drift, rule, local, result.unmapped)
     for quarantine in spec.quarantine:
         for position, scope in scopes(quarantine.for_each, quarantine.iteration_key):
             if _holds(quarantine.when, scope):

@@ -21,7 +21,8 @@ import orjson
 from bspgate.errors import MappingError
 from bspgate.identity.identifiers import BSUID_RE  # the one BSUID definition
 
-_PHONE_RE = re.compile(r"^\+?[0-9]{6,15}$")
+# canonical v1.1: a phone is `+` and 1-15 digits once the channel prefix and typed separators go
+_PHONE_RE = re.compile(r"^\+?[0-9]{1,15}$")
 _PHONE_NOISE = re.compile(r"[\s().-]")
 _CHANNEL_PREFIXES = ("whatsapp:", "bsuid:")
 _MS_THRESHOLD = 100_000_000_000  # epoch values above this are milliseconds (year 5138 in seconds)
@@ -58,26 +59,73 @@ def _e164_text(value: str) -> str | None:
     text = _PHONE_NOISE.sub("", _strip_channel(value.strip()))
     if not _PHONE_RE.match(text):
         return None
-    digits = text.lstrip("+")
-    if digits.startswith("0"):
-        return None
-    return "+" + digits
+    return "+" + text.lstrip("+")
 
 
 def bsuid(value: Any) -> str | None:
     """A BSUID with any channel prefix (`whatsapp:`, `bsuid:`) removed, otherwise verbatim.
 
-    `null`, `""` and phone numbers give `null` (the field simply holds no BSUID). Anything else that
-    is not a valid BSUID raises, so the payload is quarantined instead of mis-keyed.
+    `null`, `""` and phone numbers give `null` (the field simply holds no BSUID). Anything else
+    raises `NotAnIdentifier`, so the payload is quarantined instead of mis-keyed. The error never
+    holds the value (it may be a mistyped phone): only its JSON type and a shape summary.
     """
     if value is None or value is False:
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if e164(value) is not None:
+            return None
+        raise NotAnIdentifier(describe_value(value))
     if not isinstance(value, str):
-        raise MappingError(f"invalid BSUID {value!r}: not a string")
+        raise NotAnIdentifier(describe_value(value))
     found = _bsuid_text(value)
     if found is _INVALID:
-        raise MappingError(f"invalid BSUID {_strip_channel(value.strip())!r}")
+        raise NotAnIdentifier(describe_value(value))
     return found
+
+
+class NotAnIdentifier(MappingError):
+    """A value in an identifier field that is neither a phone nor a BSUID (canonical §1, v1.1).
+
+    The message describes the value without holding it (`a string of 3 characters (letters)`):
+    the value may be a mistyped phone, and reasons are shown to operators. The engine adds the
+    payload path it came from, so a reason reads `a string of 3 characters (letters) in msg.from
+    is neither a phone nor a BSUID`.
+    """
+
+    def __init__(self, value_shape: str, where: str | None = None) -> None:
+        self.value_shape = value_shape
+        self.where = where
+        place = f" in {where}" if where else ""
+        super().__init__(f"{value_shape}{place} is neither a phone nor a BSUID")
+
+    def at(self, where: str) -> NotAnIdentifier:
+        """The same error, naming the payload path it came from."""
+        return NotAnIdentifier(self.value_shape, where)
+
+
+def describe_value(value: Any) -> str:
+    """A PII-free description of a value: its JSON type, size and character classes."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        digits = len(str(abs(int(value)))) if isinstance(value, int) else 0
+        return f"a number of {digits} digits" if digits else "a number"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} keys"
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    if not value.strip():
+        return f"a string of {len(value)} blank characters"
+    kinds = []
+    if any(c.isdigit() for c in value):
+        kinds.append("digits")
+    if any(c.isalpha() for c in value):
+        kinds.append("letters")
+    if any(not c.isalnum() for c in value):
+        kinds.append("other characters")
+    return f"a string of {len(value)} characters ({', '.join(kinds)})"
 
 
 _INVALID = "\x00invalid"
@@ -179,6 +227,78 @@ def find_first(items: Any, key: Any, wanted: Any) -> Any:
     return None
 
 
+def entry_for(items: Any, criteria: Any) -> Any:
+    """The entry of `items` that `criteria` (`{key: wanted, …}`) describes, or `null`.
+
+    When `items` holds exactly one object, that object (Meta's status `contacts[]` is the
+    recipient's, and omits `wa_id` for BSUID sends); otherwise the first object sharing any
+    non-null criterion. Either way, never an object that contradicts a criterion (a key both
+    carry with different values): a mismatched entry must not pair a stranger's identifiers.
+    """
+    if not isinstance(items, list) or not isinstance(criteria, dict):
+        return None
+    wanted = {k: v for k, v in criteria.items() if v is not None and v != ""}
+    entries = [item for item in items if isinstance(item, dict)]
+
+    def contradicts(item: dict[str, Any]) -> bool:
+        return any(item.get(k) not in (None, "", v) for k, v in wanted.items())
+
+    if len(items) == 1 and len(entries) == 1 and not contradicts(entries[0]):
+        return entries[0]
+    for item in entries:
+        if any(item.get(k) == v for k, v in wanted.items()) and not contradicts(item):
+            return item
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value != "" else None
+
+
+def contact_cards(cards: Any) -> list[dict[str, Any]] | None:
+    """Meta's `contacts` message content as canonical cards (v1.1 `data.message.contacts`).
+
+    Each card is `{name, phones: [{phone, wa_id, type}], origin}`: `name` the formatted name (or
+    the first and last names), `phone` E.164 via `e164()` (the card's phone, else its wa_id; null
+    when neither is a phone), `origin` `contact_request` when the person shared their own number
+    answering a request, `other` for any other origin Meta names, null when it names none. Items
+    that are not objects are skipped; no card gives `null`.
+    """
+    if not isinstance(cards, list):
+        return None
+    out: list[dict[str, Any]] = []
+    for card in cards:
+        if not isinstance(card, dict):
+            continue
+        name = card.get("name")
+        if isinstance(name, dict):
+            parts = [_text(name.get("first_name")), _text(name.get("last_name"))]
+            full = _text(name.get("formatted_name")) or " ".join(p for p in parts if p) or None
+        else:
+            full = _text(name)
+        phones = []
+        listed = card.get("phones")
+        for entry in listed if isinstance(listed, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            wa_id = entry.get("wa_id")
+            wa_text = str(wa_id) if isinstance(wa_id, int | str) and wa_id != "" else None
+            phones.append(
+                {
+                    "phone": e164(entry.get("phone")) or e164(wa_text),
+                    "wa_id": wa_text,
+                    "type": _text(entry.get("type")),
+                }
+            )
+        origin = card.get("origin")
+        if origin is not None and origin != "":
+            origin = "contact_request" if origin == "contact_request" else "other"
+        else:
+            origin = None
+        out.append({"name": full, "phones": phones, "origin": origin})
+    return out or None
+
+
 def join_key(*parts: Any) -> str | None:
     """The non-null parts as strings joined by `:` (an event key such as `wamid…:delivered`)."""
     texts = [str(part) for part in parts if part is not None and part != ""]
@@ -263,6 +383,8 @@ REGISTRY: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "epoch_to_rfc3339": (epoch_to_rfc3339, 1, 1),
     "to_rfc3339": (to_rfc3339, 1, 1),
     "find_first": (find_first, 3, 3),
+    "entry_for": (entry_for, 2, 2),
+    "contact_cards": (contact_cards, 1, 1),
     "join_key": (join_key, 1, None),
     "as_string": (as_string, 1, 1),
     "as_number": (as_number, 1, 1),

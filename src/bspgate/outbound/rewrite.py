@@ -153,12 +153,24 @@ def uuid_from(send_id: str) -> str:
 def _refuse(form_refusals: Any, context: dict[str, Any], provider: str) -> None:
     for refusal in form_refusals:
         if truthy(refusal.when(context)):
-            raise SendError("unsupported_message", f"{provider}: {refusal.detail}")
+            raise SendError(refusal.code, f"{provider}: {refusal.detail}")
 
 
-def type_form(spec: OutboundSpec, channel: Channel, send_type: str) -> TypeForm:
-    """The form for `send_type` as this channel selects it, or 422 unsupported_message."""
+def type_form(
+    spec: OutboundSpec, channel: Channel, send_type: str, send: Mapping[str, Any] | None = None
+) -> TypeForm:
+    """The form for `send_type` as this channel selects it, or 422 unsupported_message.
+
+    A `contact_request` (v1.1) to a provider with no interactive form at all is 422
+    unsupported_by_provider: the provider has no such message, whatever the channel's settings.
+    """
     form = spec.types.get(send_type)
+    interactive = (send or {}).get("interactive") or {}
+    if form is None and send_type == "interactive" and interactive.get("type") == "contact_request":
+        raise SendError(
+            "unsupported_by_provider",
+            f"{spec.provider} has no request for a person's phone number (contact_request)",
+        )
     if form is None:
         raise SendError(
             "unsupported_message",

@@ -70,6 +70,7 @@ TITLES = {
     "bsuid_required": "No BSUID known",
     "outside_service_window": "Outside the 24 h service window",
     "unsupported_message": "The provider cannot carry this message",
+    "unsupported_by_provider": "The provider has no such message",
     "channel_not_configured": "Channel not configured for sending",
     "idempotency_key_reused": "Idempotency key used for another request",
     "idempotency_in_progress": "A request with this idempotency key is in progress",
@@ -123,7 +124,7 @@ def plan_send(
     """Rules 1-5 and the recipient, over a store view (pure: no I/O besides `view`)."""
     check_bsuid(send["to"])
     recipient = resolve_recipient(view, channel.portfolio, send["to"])
-    form = type_form(spec, channel, send["type"])
+    form = type_form(spec, channel, send["type"], send)
     template = send.get("template") or {}
     address = choose_address(
         recipient,

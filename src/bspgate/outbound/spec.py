@@ -42,6 +42,7 @@ class Refusal:
 
     when: Getter
     detail: str
+    code: str = "unsupported_message"  # or unsupported_by_provider (no such message at all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,11 @@ def _lets(file: YamlFile, raw: Mapping[str, Any] | None, path: tuple[Any, ...]) 
 
 def _refusals(file: YamlFile, raw: list[dict[str, str]] | None, path: tuple[Any, ...]) -> Any:
     return tuple(
-        Refusal(_expr(file, item["when"], (*path, i, "when")), item["detail"])
+        Refusal(
+            _expr(file, item["when"], (*path, i, "when")),
+            item["detail"],
+            item.get("code", "unsupported_message"),
+        )
         for i, item in enumerate(raw or [])
     )
 

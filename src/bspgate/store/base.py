@@ -35,6 +35,20 @@ class ContactRow:
 MAX_MERGE_HOPS = 16
 
 
+def phone_holder_at(rows: list[tuple[str, str, str | None, str | None]], at: str) -> str | None:
+    """Who held a phone at event time `at`, from its alias rows (contact id, state, taught at,
+    ended at; in insertion order): the alias whose time span holds `at`; before every span, the
+    first holder; after the last one ended, nobody (the number was given up)."""
+    spans = sorted(
+        (since or "", index, contact_id, None if state == "active" else (until or ""))
+        for index, (contact_id, state, since, until) in enumerate(rows)
+    )
+    for since, _index, contact_id, until in reversed(spans):
+        if since <= at:
+            return contact_id if until is None or until >= at else None
+    return spans[0][2] if spans else None
+
+
 def follow_merged(
     contact: ContactRow | None, get: Callable[[str], ContactRow | None]
 ) -> ContactRow | None:
@@ -105,6 +119,10 @@ class StoreTx(Protocol):
         evidence: str | None = None,
     ) -> None: ...
     def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None: ...
+    def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool: ...
+    def record_past_phone(
+        self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
+    ) -> None: ...
     def touch_identifiers(self, contact: ContactRow, now: str) -> None: ...
     def touch_bsuid(self, portfolio: str, bsuid: str, now: str) -> None: ...
     def merge_rows(self, absorbed_id: str, survivor_id: str, now: str) -> None: ...

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from bspgate.ids import new_id
-from bspgate.store.base import ContactRow, RawRecord, follow_merged
+from bspgate.store.base import ContactRow, RawRecord, follow_merged, phone_holder_at
 
 
 class MemoryTx:
@@ -106,21 +106,37 @@ class MemoryTx:
                 row.update(state=state, reason=reason, ended_evidence=evidence)
 
     def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None:
-        rows = [r for r in self.phone_history if (r["portfolio"], r["phone"]) == (portfolio, phone)]
-        active = next((r for r in rows if r["state"] == "active"), None)
-        if active is not None and (active["evidence_at"] is None or active["evidence_at"] <= at):
-            return self._follow(active["contact_id"])
-        earlier = sorted(
-            (r["ended_evidence"], index, r["contact_id"])
-            for index, r in enumerate(rows)
-            if r["state"] != "active"
-            and r["ended_evidence"] is not None
-            and r["ended_evidence"] >= at
-            and (r["evidence_at"] is None or r["evidence_at"] <= at)
+        rows = [
+            (r["contact_id"], r["state"], r["evidence_at"], r["ended_evidence"])
+            for r in self.phone_history
+            if (r["portfolio"], r["phone"]) == (portfolio, phone)
+        ]
+        holder = phone_holder_at(rows, at)
+        return self._follow(holder) if holder else None
+
+    def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
+        return any(
+            (r["portfolio"], r["phone"]) == (portfolio, phone)
+            and r["contact_id"] != contact_id
+            and (r["evidence_at"] or "") > at
+            for r in self.phone_history
         )
-        if earlier:
-            return self._follow(earlier[0][2])
-        return self._follow(active["contact_id"]) if active is not None else None
+
+    def record_past_phone(
+        self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
+    ) -> None:
+        if any((r["contact_id"], r["phone"]) == (contact.id, phone) for r in self.phone_history):
+            return
+        self.phone_history.append(
+            {
+                "contact_id": contact.id,
+                "portfolio": contact.portfolio,
+                "phone": phone,
+                "state": "retired",
+                "evidence_at": since,
+                "ended_evidence": until,
+            }
+        )
 
     def touch_identifiers(self, contact: ContactRow, now: str) -> None:
         return None

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bspgate.ids import new_id
-from bspgate.store.base import ContactRow, RawRecord, follow_merged
+from bspgate.store.base import ContactRow, RawRecord, follow_merged, phone_holder_at
 
 _CONTACT_COLUMNS = (
     "id, portfolio, bsuid, parent_bsuid, phone, username, name, merged_into, bsuid_at, phone_at, "
@@ -157,24 +157,39 @@ class SqlBase:
         )
 
     def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None:
-        """Who held `phone` at event time `at`: the active owner, unless its alias was taught
-        later than `at` and an earlier owner's alias lasted until at least `at`."""
-        active = self.one(
-            "SELECT contact_id, evidence_at FROM contact_phones "
-            "WHERE portfolio = ? AND phone = ? AND state = 'active'",
+        """Who held `phone` at event time `at` (rule 9; see `phone_holder_at`)."""
+        rows = self.all(
+            "SELECT contact_id, state, evidence_at, ended_evidence FROM contact_phones "
+            "WHERE portfolio = ? AND phone = ? ORDER BY id",
             (portfolio, phone),
         )
-        if active is not None and (active[1] is None or active[1] <= at):
-            return self._follow(self.contact(active[0]))
-        earlier = self.one(
-            "SELECT contact_id FROM contact_phones WHERE portfolio = ? AND phone = ? "
-            "AND state <> 'active' AND ended_evidence >= ? "
-            "AND (evidence_at IS NULL OR evidence_at <= ?) ORDER BY ended_evidence, id LIMIT 1",
-            (portfolio, phone, at, at),
+        holder = phone_holder_at([tuple(r) for r in rows], at)
+        return self._follow(self.contact(holder)) if holder else None
+
+    def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
+        """Did another contact get `phone` by evidence newer than `at` (rule 9)?"""
+        row = self.one(
+            "SELECT 1 FROM contact_phones WHERE portfolio = ? AND phone = ? "
+            "AND contact_id <> ? AND evidence_at > ? LIMIT 1",
+            (portfolio, phone, contact_id, at),
         )
-        if earlier is not None:
-            return self._follow(self.contact(earlier[0]))
-        return self._follow(self.contact(active[0])) if active is not None else None
+        return row is not None
+
+    def record_past_phone(
+        self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
+    ) -> None:
+        """A phone the contact had under a BSUID that is retired now (learned late)."""
+        known = self.one(
+            "SELECT 1 FROM contact_phones WHERE contact_id = ? AND phone = ?",
+            (contact.id, phone),
+        )
+        if known is None:
+            self.execute(
+                "INSERT INTO contact_phones (portfolio, phone, contact_id, state, first_seen, "
+                "last_seen, ended_at, reason, channel_id, evidence_at, ended_evidence) "
+                "VALUES (?, ?, ?, 'retired', ?, ?, ?, 'identity changed', ?, ?, ?)",
+                (contact.portfolio, phone, contact.id, now, now, now, channel_id, since, until),
+            )
 
     def touch_identifiers(self, contact: ContactRow, now: str) -> None:
         if contact.bsuid:
