@@ -33,6 +33,7 @@ from bspgate.app import create_app
 from bspgate.config import Channel, Secret
 from bspgate.errors import SignatureError
 from bspgate.ingress.verify import ChannelVerifier, SignedRequest, declaration_errors
+from bspgate.mapping.loader import load_mapping
 from bspgate.simulate import signed_request
 from tests.asgi_client import TestClient
 from tests.conftest import MAPPINGS, make_settings
@@ -299,3 +300,23 @@ def test_replayed_and_stale_requests_are_401_and_counted(tmp_path: Path) -> None
         metrics = client.get("/metrics").text
     assert 'bspgate_webhooks_total{channel="sinch-us",outcome="replayed"} 1.0' in metrics
     assert 'bspgate_webhooks_total{channel="sinch-us",outcome="stale"} 1.0' in metrics
+
+
+def test_a_body_the_declared_signature_does_not_cover_is_named() -> None:
+    # Twilio's declaration signs the URL and form fields: a JSON body without bodySHA256 is not
+    # covered (the route answers 415); form content and a bodySHA256 URL are.
+    twilio = load_mapping(MAPPINGS, "twilio").verify
+    channel = Channel(id="t", provider="twilio", portfolio="a", secrets={"auth_token": Secret("x")})
+    check = ChannelVerifier(channel, twilio)
+    url = "https://gw.example.com/webhooks/t"
+    json_body = SignedRequest("POST", url, {}, b'{"a":1}', "application/json")
+    assert "X-Twilio-Signature signs this body only as" in (check.uncovered_body(json_body) or "")
+    form = SignedRequest("POST", url, {}, b"Body=hi", "application/x-www-form-urlencoded")
+    assert check.uncovered_body(form) is None
+    hashed = SignedRequest("POST", url + "?bodySHA256=ab", {}, b'{"a":1}', "application/json")
+    assert check.uncovered_body(hashed) is None
+    # a body-signing declaration covers everything; a shared secret never claims to
+    sinch = verifier(SINCH, {"webhook_secret": "k"}, now=0)
+    assert sinch.uncovered_body(json_body) is None
+    header_only = verifier({"scheme": "header_secret", "secret": "s"}, {"s": "v"}, now=0)
+    assert header_only.uncovered_body(json_body) is None

@@ -205,6 +205,30 @@ class HmacScheme:
         except (binascii.Error, ValueError):
             raise SignatureError("the channel's secret is not base64") from None
 
+    def uncovered(self, request: SignedRequest) -> str | None:
+        """Why this request's body is not covered by the signature, or None when it is.
+
+        A message with `body` covers every body; one with `form` covers form content only, and
+        `body_hash` covers a body whose hash the URL carries (Twilio's JSON webhooks). A body
+        the signature does not cover could be replaced by anyone holding one signed request.
+        """
+        kinds = {part.kind for part in self.parts}
+        if "body" in kinds:
+            return None
+        if "form" in kinds and request.content_type.startswith("application/x-www-form-urlencoded"):
+            return None
+        if self.body_hash_query and self.body_hash_query in parse_qs(urlsplit(request.url).query):
+            return None
+        if not request.body:
+            return None
+        covered = "only as application/x-www-form-urlencoded content" if "form" in kinds else ""
+        if self.body_hash_query:
+            covered += (" or " if covered else "only ") + f"with a {self.body_hash_query} query"
+        return (
+            f"{self.header} signs this body {covered or 'not at all'}; a body the signature does "
+            "not cover is refused"
+        )
+
     # -- checking and signing ------------------------------------------------------------------
     def check(self, request: SignedRequest, secret: str) -> None:
         timestamp = self._timestamp_value(request) if self.timestamp else ""

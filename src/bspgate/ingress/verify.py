@@ -197,6 +197,21 @@ class ChannelVerifier:
         for entry, secret in applicable:
             entry.impl.check(request, secret)
 
+    def uncovered_body(self, request: SignedRequest) -> str | None:
+        """Why a verified body is still refused (415): no applicable signature covers it.
+
+        Only signatures count: a shared secret, Basic credentials or a query secret prove the
+        sender and never the body, by design. None when some applicable signature covers it.
+        """
+        reasons = [
+            entry.impl.uncovered(request)
+            for entry, _secret in self._applicable()
+            if isinstance(entry.impl, HmacScheme)
+        ]
+        if not reasons or any(reason is None for reason in reasons):
+            return None
+        return reasons[0]
+
     def signing_query(self) -> dict[str, str]:
         """Query parameters a provider adds to the URL (Event Grid's `?code=`)."""
         return {
