@@ -121,7 +121,9 @@ async def fill_history(store: Any, count: int, contacts: int = 100_000) -> None:
         await store.transaction(lambda tx, numbers=numbers: history_chunk(tx, numbers, contacts))
 
 
-def outbox_chunk(tx: Any, numbers: range, contacts: int, due: float) -> None:
+def outbox_chunk(
+    tx: Any, numbers: range, contacts: int, due: float, subscribers: tuple[str, ...] = ("crm",)
+) -> None:
     _executemany(
         tx,
         "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
@@ -139,16 +141,25 @@ def outbox_chunk(tx: Any, numbers: range, contacts: int, due: float) -> None:
         ],
     )
     first, last = f"evt_out_{numbers[0]:09d}", f"evt_out_{numbers[-1]:09d}"
-    tx.execute(
-        "INSERT INTO deliveries (id, event_seq, event_id, subscriber_id, contact_id, state, "
-        "attempts, next_attempt_at, created_at, updated_at) SELECT 'dlv_' || id, seq, id, "
-        "'crm', contact_id, 'pending', 0, ?, ?, ? FROM events WHERE id BETWEEN ? AND ?",
-        (due, STAMP, STAMP, first, last),
-    )
+    for subscriber in subscribers:
+        tx.execute(
+            "INSERT INTO deliveries (id, event_seq, event_id, subscriber_id, contact_id, state, "
+            "attempts, next_attempt_at, created_at, updated_at) SELECT 'dlv_' || ? || id, seq, "
+            "id, ?, contact_id, 'pending', 0, ?, ?, ? FROM events WHERE id BETWEEN ? AND ?",
+            ("" if subscriber == "crm" else f"{subscriber}_", subscriber, due, STAMP, STAMP,
+             first, last),
+        )  # fmt: skip
 
 
-async def fill_outbox(store: Any, start: int, count: int, contacts: int, due: float) -> None:
+async def fill_outbox(
+    store: Any,
+    start: int,
+    count: int,
+    contacts: int,
+    due: float,
+    subscribers: tuple[str, ...] = ("crm",),
+) -> None:
     for numbers in _chunks(start, start + count):
         await store.transaction(
-            lambda tx, numbers=numbers: outbox_chunk(tx, numbers, contacts, due)
+            lambda tx, numbers=numbers: outbox_chunk(tx, numbers, contacts, due, subscribers)
         )

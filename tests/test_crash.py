@@ -55,6 +55,8 @@ class Receiver:
             with self._lock:
                 self.rejected += 1
             return Response(status_code=400)
+        if "message" not in event["data"]:  # identity events (rule 6 moves a shared phone)
+            return Response(status_code=204)
         with self._lock:
             self.events[request.headers["webhook-id"]] = event["data"]["message"]["id"]
             self.arrivals.append(
@@ -149,7 +151,12 @@ class Gateway:
 def _post(port: int, index: int) -> str | None:
     """Post message `index`; answers its message id when the gateway acknowledged it."""
     message_id = f"wamid.crash{index}"
-    payload = text_webhook(message_id, bsuid=f"US.{9000 + index % 7}", timestamp=1767225600 + index)
+    person = (
+        9000 + index % 7
+    )  # seven people, each with a phone of their own (rule 6 moves shared ones)
+    payload = text_webhook(
+        message_id, bsuid=f"US.{person}", phone=f"1555000{person}", timestamp=1767225600 + index
+    )
     body = orjson.dumps(payload)
     headers = {"content-type": "application/json", "x-hub-signature-256": meta_signature(body)}
     try:

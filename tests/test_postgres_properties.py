@@ -1,8 +1,9 @@
-"""The identity invariants of `tests/identity/test_properties.py`, over SQL on PostgreSQL."""
+"""The life stories of `tests/identity/test_properties.py`, over SQL on PostgreSQL."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 
 from bspgate.store.postgres import _migrate
 from bspgate.store.sql import SqlTx
-from tests.identity.test_properties import _check, operations
+from tests.identity.test_properties import EXAMPLES, check, seeds
 
 pytestmark = pytest.mark.postgres
 
@@ -25,13 +26,17 @@ def conn(postgres_dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield connection
 
 
-# the fixture is shared by every example on purpose: each one rolls its own transaction back
+# the fixture is shared by every example on purpose: each story rolls its own transaction back
 @settings(
-    max_examples=60,
+    max_examples=max(EXAMPLES // 15, 20),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-@given(ops=operations)
-def test_invariants_hold_in_postgres(conn: psycopg.Connection[Any], ops: list[Any]) -> None:
-    with conn.transaction(force_rollback=True):
-        _check(SqlTx(conn, "format"), ops)
+@given(seed=seeds)
+def test_life_stories_hold_in_postgres(conn: psycopg.Connection[Any], seed: int) -> None:
+    @contextmanager
+    def open_tx() -> Iterator[SqlTx]:
+        with conn.transaction(force_rollback=True):
+            yield SqlTx(conn, "format")
+
+    check(open_tx, seed)

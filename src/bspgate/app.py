@@ -28,8 +28,9 @@ from bspgate.api import messages as messages_api
 from bspgate.api import operations as operations_api
 from bspgate.api.events import list_events
 from bspgate.config import Channel, Settings
+from bspgate.delivery.operational import DriftReporter
 from bspgate.delivery.transport import AiohttpPoster, HttpxPoster, Poster
-from bspgate.delivery.worker import Dispatcher
+from bspgate.delivery.worker import Dispatcher, dispatcher_owner
 from bspgate.errors import ConfigError, StoreError
 from bspgate.ids import new_id
 from bspgate.ingress.routes import receive_webhook, webhook_handshake
@@ -38,6 +39,7 @@ from bspgate.mapping.engine import MappingResult, apply_mapping
 from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
 from bspgate.pipeline import Fanout, IngestOutcome, ingest, ingest_or_quarantine
+from bspgate.schema import catalog as schema_catalog
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import RawRecord
 
@@ -112,10 +114,17 @@ class Gateway:
     dispatcher: Dispatcher | None = None
 
     def __post_init__(self) -> None:
-        self.fanout = Fanout(self.settings.subscribers)
+        base = self.settings.server.public_url.rstrip("/") + "/v1/schemas"
+        self.fanout = Fanout(self.settings.subscribers, schema_base=base)
+        self.drift = DriftReporter(self.settings.subscribers)
 
     async def ingest(
-        self, channel: Channel, payload: Any, body: bytes, content_type: str
+        self,
+        channel: Channel,
+        payload: Any,
+        body: bytes,
+        content_type: str,
+        traceparent: str | None = None,
     ) -> IngestOutcome:
         """Map, resolve and store one parsed webhook in one transaction."""
         spec = self.mappings[channel.provider]
@@ -129,6 +138,7 @@ class Gateway:
             for name in mapped.unmapped:
                 self.metrics.unmapped.labels(channel.provider, name[:64]).inc()
             _log.info("mapping.unmapped_fields", provider=channel.provider, fields=mapped.unmapped)
+            await self.drift.report(self.store, channel, mapped.unmapped, moment)
         raw = RawRecord(
             id=new_id("raw"),
             channel_id=channel.id,
@@ -136,6 +146,7 @@ class Gateway:
             received_at=iso(moment),
             content_type=content_type or "application/octet-stream",
             body=body,
+            traceparent=traceparent,
         )
         work = partial(
             ingest,
@@ -148,7 +159,7 @@ class Gateway:
             now_epoch=moment.timestamp(),
         )
         # schema failures and any unexpected error end as a quarantined raw payload (pipeline.py)
-        outcome = await ingest_or_quarantine(self.store, work, raw)
+        outcome = await ingest_or_quarantine(self.store, work, raw, fanout=self.fanout)
         for event in outcome.events:
             self.metrics.events.labels(event["type"]).inc()
         if outcome.deliveries and self.dispatcher is not None:
@@ -215,9 +226,14 @@ def create_app(
             # httpx client (tests) is used as given
             poster: Poster = AiohttpPoster() if owns_client else HttpxPoster(gateway.client)
             gateway.dispatcher = Dispatcher(
-                gateway.store, settings.subscribers, poster, gateway.metrics, clock=clock
+                gateway.store,
+                settings.subscribers,
+                poster,
+                gateway.metrics,
+                clock=clock,
+                owner=dispatcher_owner(settings),
             )
-            task = asyncio.create_task(gateway.dispatcher.run(), name="bspgate-dispatcher")
+            task = gateway.dispatcher.start()
         try:
             yield
         finally:
@@ -234,6 +250,7 @@ def create_app(
         Route("/webhooks/{channel_id}", receive_webhook, methods=["POST"]),
         Route("/webhooks/{channel_id}", webhook_handshake, methods=["GET", "OPTIONS"]),
         Route("/v1/events", list_events, methods=["GET"]),
+        *schema_catalog.routes(),
         *contacts_api.routes(),
         *operations_api.routes(),
         *messages_api.routes(),

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -99,13 +100,18 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
-    from bspgate.operations import set_subscriber
+    from bspgate.operations import retry_subscriber, set_subscriber
 
     async def work(gateway: Gateway) -> int:
+        known = {s.id for s in settings.subscribers}
+        if args.action in ("enable", "disable", "retry") and args.subscriber not in known:
+            sys.stderr.write(f"bspgate: no subscriber {args.subscriber!r} in the config\n")
+            return 1
+        if args.action == "retry":
+            moved = await retry_subscriber(gateway.store, args.subscriber, gateway.clock())
+            _print({"id": args.subscriber, "retrying": moved})
+            return 0
         if args.action in ("enable", "disable"):
-            if args.subscriber not in {s.id for s in settings.subscribers}:
-                sys.stderr.write(f"bspgate: no subscriber {args.subscriber!r} in the config\n")
-                return 1
             await set_subscriber(
                 gateway.store, args.subscriber, args.action == "enable", gateway.clock()
             )
@@ -123,6 +129,36 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     return _with_gateway(settings, work)
+
+
+def cmd_test_filter(args: argparse.Namespace, settings: Settings) -> int:
+    """Would this canonical event go to this subscriber? Exit 0 yes, 1 no, 2 unreadable."""
+    from bspgate.pipeline import Fanout
+
+    subscriber = next((s for s in settings.subscribers if s.id == args.subscriber), None)
+    if subscriber is None:
+        sys.stderr.write(f"bspgate: no subscriber {args.subscriber!r} in the config\n")
+        return 2
+    try:
+        text = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        event = orjson.loads(text)
+    except (OSError, orjson.JSONDecodeError) as exc:
+        sys.stderr.write(f"bspgate: cannot read the event {args.file}: {exc}\n")
+        return 2
+    if not isinstance(event, dict):
+        sys.stderr.write("bspgate: the event must be a JSON object (a canonical CloudEvent)\n")
+        return 2
+    event_type = str(event.get("type", ""))
+    channel = str(((event.get("data") or {}).get("channel") or {}).get("id", ""))
+    fanout = Fanout((subscriber,))
+    reason = "events, channels and filter all match"
+    if not fanout.matching(event_type, channel):
+        reason = f"type {event_type!r} or channel {channel!r} is not among its events/channels"
+    elif not fanout.matching(event_type, channel, event):
+        reason = "its filter does not hold for this event"
+    delivers = bool(fanout.matching(event_type, channel, event))
+    _print({"subscriber": subscriber.id, "delivers": delivers, "reason": reason})
+    return 0 if delivers else 1
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader) -> None:
@@ -171,7 +207,17 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
     for action, text in (
         ("enable", "resume deliveries where they stopped"),
         ("disable", "pause deliveries (they wait in the outbox)"),
+        ("retry", "retry everything pending for it now (a running gateway picks it up)"),
     ):
         switch = subscribers_sub.add_parser(action, parents=[common], help=text)
         switch.add_argument("subscriber")
         switch.set_defaults(func=bind(cmd_subscribers))
+    tester = subscribers_sub.add_parser(
+        "test-filter",
+        parents=[common],
+        help="say whether a canonical event (JSON file, or -) would go to the subscriber "
+        "(exit 0 yes, 1 no)",
+    )
+    tester.add_argument("subscriber")
+    tester.add_argument("file")
+    tester.set_defaults(func=bind(cmd_test_filter))

@@ -23,6 +23,8 @@ import jsonschema
 import yaml
 from standardwebhooks import Webhook
 
+from bspgate.delivery.filter import Filter, compile_filter
+from bspgate.delivery.rate import parse_rate
 from bspgate.errors import ConfigError
 
 DEFAULT_RETRY_SCHEDULE = ("5s", "5m", "30m", "2h", "5h", "10h", "10h")
@@ -110,6 +112,19 @@ class Subscriber:
     timeout: float = 10.0
     hold_for: float = 30 * 86400.0  # require_phone: how long an event waits for a phone
     disable_after: float = 86400.0  # every delivery failing this long disables the subscriber
+    max_in_flight: int = 32  # concurrent deliveries to this subscriber (its lane's slots)
+    secrets: tuple[Secret, ...] = ()  # every signing key during a rotation (secret: the first)
+    rate: float | None = None  # deliveries per second (token bucket), None: unlimited
+    rate_text: str | None = None  # the rate as configured (`50/s`)
+    filter: Filter | None = None  # conditions on canonical paths (delivery/filter.py)
+    allow_link_local: bool = False  # link-local / cloud metadata addresses stay refused
+    batch_max: int = 0  # > 0: batch delivery (application/cloudevents-batch+json), events per POST
+    batch_wait: float = 0.2  # how long a batch waits to fill
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every signing key, revealed, in config order (one signature each)."""
+        keys = self.secrets or (self.secret,)
+        return tuple(key.reveal() for key in keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,13 +177,20 @@ class Settings:
                 {
                     "id": s.id,
                     "url": _mask_dsn(s.url),
-                    "secret": mask(s.secret),
+                    "secret": [mask(key) for key in s.secrets]
+                    if len(s.secrets) > 1
+                    else mask(s.secret),
                     "events": list(s.events),
                     "channels": list(s.channels),
                     "require_phone": s.require_phone,
                     "ordering": s.ordering,
                     "retry_schedule": list(s.retry_schedule),
                     "timeout": s.timeout,
+                    "max_in_flight": s.max_in_flight,
+                    "rate": s.rate_text,
+                    "filter": dict(s.filter.source) if s.filter else None,
+                    "allow_link_local": s.allow_link_local,
+                    "batch": {"max": s.batch_max, "wait": s.batch_wait} if s.batch_max else None,
                     "hold_for": s.hold_for,
                     "disable_after": s.disable_after,
                 }
@@ -186,7 +208,7 @@ def _mask_dsn(dsn: str) -> str:
 def _is_secret_key(key: str) -> bool:
     # subscribers[0].secret, channels[1].secrets.app_secret, api_keys[0].key
     return (
-        key.endswith(".secret")
+        re.search(r"\.secret(\[[0-9]+\])?$", key) is not None
         or ".secrets." in key
         or (key.startswith("api_keys[") and key.endswith(".key"))
     )
@@ -245,7 +267,7 @@ def _check_schema(data: Any) -> None:
     detail = error.message if bad is None else f"{bad!r}: {error.message}"
     if error.validator == "pattern" and isinstance(bad, str):
         detail = f"{bad!r} does not match {error.validator_value}"
-    if error.validator == "pattern" and key.endswith(".secret"):
+    if error.validator in ("pattern", "oneOf") and re.search(r"\.secret(\[[0-9]+\])?$", key):
         detail = "must be a Standard Webhooks secret: whsec_ + base64 (value not shown)"
     elif _is_secret_key(key):
         detail = f"{error.validator} failed: {error.validator_value!r} (value not shown)"
@@ -255,6 +277,11 @@ def _check_schema(data: Any) -> None:
 def _check_webhook_secret(secret: str, key: str) -> None:
     # The schema checks the alphabet; the signer itself must accept the key (valid base64).
     try:
+        if secret.startswith("whsk_"):
+            from bspgate.delivery.asymmetric import private_key
+
+            private_key(secret)
+            return
         Webhook(secret)
     except Exception:  # binascii.Error, EmptyWebhookSecretError: the message would echo it
         raise ConfigError(
@@ -289,12 +316,23 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
             raise ConfigError(
                 f"subscribers[{index}].channels[{position}]", f"{channel_id!r} is not a channel id"
             )
-    _check_webhook_secret(raw["secret"], f"subscribers[{index}].secret")
+    keys = raw["secret"] if isinstance(raw["secret"], list) else [raw["secret"]]
+    for position, key in enumerate(keys):
+        where = f"subscribers[{index}].secret" + (
+            f"[{position}]" if isinstance(raw["secret"], list) else ""
+        )
+        _check_webhook_secret(key, where)
+    if raw.get("rate"):
+        try:
+            parse_rate(raw["rate"])
+        except ValueError as exc:
+            raise ConfigError(f"subscribers[{index}].rate", str(exc)) from None
     schedule = raw.get("retry_schedule", list(DEFAULT_RETRY_SCHEDULE))
     return Subscriber(
         id=raw["id"],
         url=raw["url"],
-        secret=Secret(raw["secret"]),
+        secret=Secret(keys[0]),
+        secrets=tuple(Secret(key) for key in keys),
         events=tuple(raw.get("events", ["whatsapp.*"])),
         channels=tuple(raw.get("channels", ["*"])),
         require_phone=bool(raw.get("require_phone", False)),
@@ -303,6 +341,15 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
         timeout=parse_duration(raw.get("timeout", "10s")),
         hold_for=parse_duration(raw.get("hold_for", "30d")),
         disable_after=parse_duration(raw.get("disable_after", "24h")),
+        max_in_flight=int(raw.get("max_in_flight", 32)),
+        rate=parse_rate(raw["rate"]) if raw.get("rate") else None,
+        rate_text=raw.get("rate"),
+        filter=compile_filter(raw["filter"], f"subscribers[{index}].filter")
+        if "filter" in raw
+        else None,
+        allow_link_local=bool(raw.get("allow_link_local", False)),
+        batch_max=int((raw.get("batch") or {}).get("max", 0)),
+        batch_wait=parse_duration((raw.get("batch") or {}).get("wait", "200ms")),
     )
 
 

@@ -189,3 +189,10 @@ async def set_subscriber(
         await store.transaction(lambda tx: tx.enable_subscriber(subscriber_id, stamp))
     else:
         await store.transaction(lambda tx: tx.disable_subscriber(subscriber_id, reason, stamp))
+
+
+async def retry_subscriber(store: Any, subscriber_id: str, moment: datetime) -> int:
+    """Every pending delivery of a subscriber becomes due now; answers how many moved."""
+    now, stamp = moment.timestamp(), moment.isoformat()
+    moved: int = await store.transaction(lambda tx: tx.pull_forward(subscriber_id, now, stamp))
+    return moved

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from fnmatch import fnmatchcase
 from functools import partial
 from typing import Any
@@ -19,6 +20,7 @@ import orjson
 import structlog
 
 from bspgate.config import Channel, Subscriber
+from bspgate.delivery import operational
 from bspgate.errors import CanonicalValidationError, StoreError
 from bspgate.identity.evidence import shared_phones
 from bspgate.identity.resolver import (
@@ -30,6 +32,7 @@ from bspgate.identity.resolver import (
 )
 from bspgate.ids import event_id
 from bspgate.mapping.engine import Draft, MappingResult
+from bspgate.schema.catalog import describe
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import ContactRow, RawRecord, StoreTx, follow_merged
 
@@ -63,16 +66,21 @@ class IngestOutcome:
 class Fanout:
     """Which subscribers get which events: `events` globs on the type, `channels` ids or `*`."""
 
-    def __init__(self, subscribers: tuple[Subscriber, ...]) -> None:
+    def __init__(self, subscribers: tuple[Subscriber, ...], schema_base: str = "") -> None:
         self.subscribers = subscribers
+        self.schema_base = schema_base  # events get dataschema = {schema_base}/{type}.json
         self.holds = any(s.require_phone for s in subscribers)
 
-    def matching(self, event_type: str, channel_id: str) -> list[Subscriber]:
+    def matching(
+        self, event_type: str, channel_id: str, event: dict[str, Any] | None = None
+    ) -> list[Subscriber]:
+        """Subscribers for an event; with `event`, each one's `filter:` must hold too."""
         return [
             s
             for s in self.subscribers
             if any(fnmatchcase(event_type, pattern) for pattern in s.events)
             and ("*" in s.channels or channel_id in s.channels)
+            and (s.filter is None or event is None or s.filter.matches(event))
         ]
 
 
@@ -185,7 +193,9 @@ def ingest(
         now_epoch,
         holds=fanout.holds,
     )
-    store = _EventWriter(tx, channel, raw.id, validator, fanout, now, now_epoch, outcome)
+    store = _EventWriter(
+        tx, channel, raw.id, validator, fanout, now, now_epoch, outcome, raw.traceparent
+    )
     for draft in mapped.drafts:
         if tx.event_exists(draft.id):
             outcome.duplicates += 1
@@ -206,6 +216,8 @@ def ingest(
     if store_raw and outcome.state != "duplicate":
         reason = "; ".join(outcome.issues) if outcome.issues else None
         tx.insert_raw(_with_state(raw, outcome.state, reason, len(outcome.events)))
+        if outcome.state == "quarantined":  # operators asking for bspgate.* hear of it
+            operational.quarantined(tx, fanout.subscribers, raw, reason, now=now_epoch, stamp=now)
     return outcome
 
 
@@ -241,10 +253,12 @@ class _EventWriter:
         now: str,
         now_epoch: float,
         outcome: IngestOutcome,
+        traceparent: str | None = None,
     ) -> None:
         self.tx, self.channel, self.raw_id = tx, channel, raw_id
         self.validator, self.fanout = validator, fanout
         self.now, self.now_epoch, self.outcome = now, now_epoch, outcome
+        self.traceparent = traceparent
 
     def write(
         self, draft: Draft, contact: ContactRow, resolved: dict[str, Any] | None = None
@@ -252,6 +266,7 @@ class _EventWriter:
         event = complete_event(draft, self.channel, contact, self.raw_id)
         if resolved:
             event["data"].update(resolved)
+        describe(event, self.fanout.schema_base, self.traceparent)
         try:
             self.validator.validate(event)
         except CanonicalValidationError as exc:
@@ -265,7 +280,7 @@ class _EventWriter:
             self.outcome.superseded += 1
             return
         seq = self.tx.insert_event(event, body, self.now)
-        for subscriber in self.fanout.matching(event["type"], self.channel.id):
+        for subscriber in self.fanout.matching(event["type"], self.channel.id, event):
             held = subscriber.require_phone and not contact.phone
             self.tx.insert_delivery(
                 seq,
@@ -280,9 +295,18 @@ class _EventWriter:
         self.outcome.events.append(event)
 
 
-def quarantine(tx: StoreTx, raw: RawRecord, reason: str) -> None:
+def quarantine(
+    tx: StoreTx,
+    raw: RawRecord,
+    reason: str,
+    fanout: Fanout | None = None,
+    now: str = "",
+    now_epoch: float = 0.0,
+) -> None:
     """Store a payload that produced no acceptable event, with the reason."""
     tx.insert_raw(_with_state(raw, "quarantined", reason, 0))
+    if fanout is not None:
+        operational.quarantined(tx, fanout.subscribers, raw, reason, now=now_epoch, stamp=now)
 
 
 _DIGIT_RUN = re.compile(r"\d{5,}")
@@ -300,7 +324,10 @@ def failure_reason(exc: BaseException) -> str:
 
 
 async def ingest_or_quarantine(
-    store: Any, work: Callable[[StoreTx], IngestOutcome], raw: RawRecord
+    store: Any,
+    work: Callable[[StoreTx], IngestOutcome],
+    raw: RawRecord,
+    fanout: Fanout | None = None,
 ) -> IngestOutcome:
     """Run one webhook's ingest; whatever goes wrong, the raw payload ends stored.
 
@@ -320,7 +347,18 @@ async def ingest_or_quarantine(
         reason = failure_reason(exc)
         _log.error("ingest.failed_quarantined", raw_id=raw.id, error=reason)
     try:
-        await store.transaction(partial(quarantine, raw=raw, reason=reason))
+        # `fanout`: subscribers asking for bspgate.* hear of the quarantine (same transaction)
+        epoch = datetime.fromisoformat(raw.received_at.replace("Z", "+00:00")).timestamp()
+        await store.transaction(
+            partial(
+                quarantine,
+                raw=raw,
+                reason=reason,
+                fanout=fanout,
+                now=raw.received_at,
+                now_epoch=epoch,
+            )
+        )
     except StoreError:
         raise
     except Exception as exc:

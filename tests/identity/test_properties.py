@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +33,6 @@ from bspgate.store.base import follow_merged
 from bspgate.store.memory import MemoryTx
 from bspgate.store.sql import SqlTx
 from bspgate.store.sqlite import _migrate
-from tests.store import pg
 
 PORTFOLIO = "acme"
 # many sequences on memory and SQLite, fewer on PostgreSQL (override for a long local run)
@@ -267,13 +265,4 @@ def test_life_stories_in_sqlite(seed: int) -> None:
         check(lambda: _sqlite_tx(folder), seed)
 
 
-@pytest.mark.postgres
-@pytest.mark.skipif(not pg.POSTGRES_URL, reason=pg.SKIP_REASON)
-@settings(
-    max_examples=max(EXAMPLES // 100, 5),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(seeds)
-def test_life_stories_in_postgres(postgres_dsn: str, seed: int) -> None:
-    check(lambda: pg.migrated_tx(postgres_dsn), seed)
+# PostgreSQL: tests/test_postgres_properties.py (one migrated schema, a rollback per story)

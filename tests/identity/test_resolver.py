@@ -442,3 +442,167 @@ def test_rule9_a_stale_change_records_its_phone_as_past(tx: Any) -> None:
     assert tx.contact_by_phone("acme", P2) is None
     assert tx.phone_owner_at("acme", P2, at(5)).id == contact.id
     assert tx.contact_by_bsuid("acme", B2).id == contact.id
+
+
+def _bsuid_state(tx: Any, contact_id: str) -> dict[str, str]:
+    if isinstance(tx, MemoryTx):
+        return {key[1]: state for key, (who, state) in tx.bsuids.items() if who == contact_id}
+    return {b["bsuid"]: b["state"] for b in tx.contact_view(contact_id)["bsuids"]}
+
+
+def test_rule8_a_merge_keeps_one_current_bsuid_and_the_parent(tx: Any) -> None:
+    parent = "US.ENT.11815799212886844830"
+    legacy = resolver(tx, now=at(1)).observe(Observation(phone=P1), at(1))
+    managed = resolver(tx, now=at(2)).observe(Observation(bsuid=B1, parent_bsuid=parent), at(2))
+    merged = resolver(tx, now=at(3)).observe(Observation(bsuid=B1, phone=P1), at(3))
+    assert merged.id == legacy.id
+    assert (merged.parent_bsuid, merged.bsuid, merged.bsuid_at) == (parent, B1, at(2))
+    assert tx.contact(legacy.id).parent_bsuid == parent
+    states = _bsuid_state(tx, legacy.id)
+    assert states[B1] == "current"
+    assert tx.contact(managed.id).parent_bsuid is None
+    old = resolver(tx, now=at(4)).observe(Observation(bsuid=B2, phone=P2), at(0))
+    survivor = resolver(tx, now=at(5)).merge(tx.contact(old.id), tx.contact(legacy.id), "operator")
+    assert survivor.id == legacy.id
+    assert survivor.bsuid == B1  # the newer BSUID stays current
+    assert _bsuid_state(tx, legacy.id)[B1] == "current"
+    assert _bsuid_state(tx, legacy.id)[B2] == "retired"
+
+
+def test_rule9_a_pair_older_than_the_owners_is_recorded_as_kept(tx: Any) -> None:
+    owner = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(5))
+    late = resolver(tx, now=at(2)).observe(Observation(bsuid=B2, phone=P1), at(3))
+    assert late.phone is None
+    assert _history(tx, late.id)[-1] == ("phone_kept", {"by": owner.id})
+    # the owner's own pair seen again moves its evidence time forward, never back
+    resolver(tx, now=at(3)).observe(Observation(bsuid=B1, phone=P1), at(2))
+    assert tx.contact(owner.id).phone_at == at(5)
+    resolver(tx, now=at(4)).observe(Observation(bsuid=B1, phone=P1), at(7))
+    assert tx.contact(owner.id).phone_at == at(7)
+    assert tx.contact(owner.id).bsuid_at == at(2)  # the earliest evidence of the current BSUID
+
+
+def _last_seen(tx: Any, contact_id: str, bsuid: str) -> str | None:
+    if isinstance(tx, MemoryTx):
+        return tx.last_seen.get(("acme", bsuid))
+    return next(
+        b["last_seen"] for b in tx.contact_view(contact_id)["bsuids"] if b["bsuid"] == bsuid
+    )
+
+
+def test_rule1_seen_again_moves_last_seen_and_the_bsuid_is_current(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1), at(1))
+    assert _bsuid_state(tx, contact.id) == {B1: "current"}
+    resolver(tx, now=at(2)).observe(Observation(bsuid=B1), at(2))
+    assert _last_seen(tx, contact.id, B1) == at(2)
+    resolver(tx, now=at(3)).relink(Observation(bsuid=B2), B1, None, at(3))
+    resolver(tx, now=at(4)).observe(Observation(bsuid=B1), at(1))  # late, retired
+    assert _last_seen(tx, contact.id, B1) == at(4)
+    assert _bsuid_state(tx, contact.id) == {B1: "retired", B2: "current"}
+
+
+def test_rule2_history_says_why_a_phone_was_captured(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1), at(1))
+    resolver(tx, now=at(2)).observe(Observation(bsuid=B1, phone=P1), at(2))
+    assert _history(tx, contact.id)[-1] == (
+        "phone_captured",
+        {"why": "paired with the current BSUID"},
+    )
+    assert tx.contact(contact.id).phone_at == at(2)
+    resolver(tx, now=at(3)).observe(Observation(bsuid=B1, phone=P2), at(4))
+    # the replaced phone's span ends at the newer pair: legacy payloads of its time find it
+    assert tx.phone_owner_at("acme", P1, at(3)).id == contact.id
+    assert tx.phone_owner_at("acme", P1, at(5)) is None
+
+
+def test_rule3_a_legacy_payload_updates_the_profile_of_a_bsuid_contact(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    legacy = resolver(tx, now=at(2)).observe(Observation(phone=P1, name="New Name"), at(2))
+    assert legacy.id == contact.id
+    assert tx.contact(contact.id).name == "New Name"
+    only = resolver(tx, now=at(3)).observe(Observation(phone=P2), at(3))
+    assert (only.phone, only.phone_at, only.bsuid) == (P2, at(3), None)
+
+
+def test_rule5_a_phones_only_change_keeps_the_bsuid(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    changed, old_bsuid, _ = resolver(tx, now=at(2)).relink(Observation(phone=P2), None, P1, at(2))
+    assert (changed.id, changed.bsuid, changed.phone, old_bsuid) == (contact.id, B1, P2, None)
+    assert _bsuid_state(tx, contact.id) == {B1: "current"}
+
+
+def test_rule5_the_same_change_twice_changes_nothing_more(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    resolver(tx, now=at(2)).relink(Observation(bsuid=B2), B1, None, at(2))
+    again, old_bsuid, old_phone = resolver(tx, now=at(3)).relink(
+        Observation(bsuid=B2), B1, None, at(2)
+    )
+    assert (again.id, again.bsuid, again.phone, old_bsuid, old_phone) == (
+        contact.id,
+        B2,
+        None,
+        None,
+        None,
+    )
+    assert _bsuid_state(tx, contact.id) == {B1: "retired", B2: "current"}
+
+
+def test_rule9_a_change_older_than_the_current_bsuid_only_adds_history(tx: Any) -> None:
+    contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(5))
+    stale, _, _ = resolver(tx, now=at(2)).relink(Observation(bsuid=B2), B1, None, at(3))
+    assert (stale.id, stale.bsuid, stale.phone) == (contact.id, B1, P1)
+    assert _bsuid_state(tx, contact.id) == {B1: "current", B2: "retired"}
+    assert tx.contact_by_bsuid("acme", B2).id == contact.id
+
+
+def test_rule9_a_number_retired_by_its_newer_owner_is_not_taken_by_an_older_pair(
+    tx: Any,
+) -> None:
+    newer = resolver(tx, now=at(1)).observe(Observation(bsuid=B3, phone=P1), at(5))
+    resolver(tx, now=at(2)).relink(Observation(bsuid=B4), B3, None, at(6))
+    older = resolver(tx, now=at(3)).observe(Observation(bsuid=B1, phone=P1), at(2))
+    assert older.id != newer.id
+    assert older.phone is None
+    assert tx.contact_by_phone("acme", P1) is None
+
+
+def test_notices_have_keys_and_merges_carry_the_profile(tx: Any) -> None:
+    legacy = resolver(tx, now=at(1)).observe(Observation(phone=P1, name="Bo"), at(1))
+    named = resolver(tx, now=at(2)).observe(Observation(bsuid=B1, username="@bo"), at(2))
+    pairing = resolver(tx, now=at(3))
+    merged = pairing.observe(Observation(bsuid=B1, phone=P1), at(3))
+    assert (merged.name, merged.username) == ("Bo", "@bo")
+    [notice] = pairing.take_notices()
+    assert notice.key == f"merged:{named.id}:{legacy.id}"
+    absorbed = tx.contact(named.id)
+    assert (absorbed.bsuid_at, absorbed.phone_at, absorbed.username) == (None, None, "@bo")
+    moving = resolver(tx, now=at(4))
+    moving.observe(Observation(bsuid=B2, phone=P1), at(4))
+    [moved] = moving.take_notices()
+    assert moved.key == f"phone_reassigned:{legacy.id}:{tx.contact_by_bsuid('acme', B2).id}:{at(4)}"
+    assert tx.contact(legacy.id).phone_at is None
+    stranger = tx.contact_by_bsuid("acme", B2)
+    operator = resolver(tx, now=at(5))
+    operator.merge(tx.contact(legacy.id), stranger, "operator", key="ops", into_first=True)
+    assert _history(tx, legacy.id)[-1] == (
+        "absorbed",
+        {"from": stranger.id, "by": "operator", "key": "ops"},
+    )
+
+
+def test_unresolvable_says_why(tx: Any) -> None:
+    with pytest.raises(UnresolvableContact, match="neither a BSUID nor a phone"):
+        resolver(tx).observe(Observation(username="@nobody"))
+
+
+def test_held_deliveries_go_out_when_the_contact_gains_a_phone() -> None:
+    tx = MemoryTx()
+    contact = IdentityResolver(tx, "acme", "ch", at(1)).observe(Observation(bsuid=B1), at(1))
+    tx.events["evt_1"] = {"subject": contact.id}
+    tx.deliveries.append(("evt_1", "crm", "held"))
+    IdentityResolver(tx, "acme", "ch", at(2), 5.0).observe(Observation(bsuid=B1, phone=P1), at(2))
+    assert tx.deliveries == [("evt_1", "crm", "pending")]
+    tx.deliveries.append(("evt_1", "bi", "held"))
+    quiet = IdentityResolver(tx, "acme", "ch", at(3), 6.0, holds=False)
+    quiet.observe(Observation(bsuid=B1, phone=P2), at(3))
+    assert tx.deliveries[-1] == ("evt_1", "bi", "held")  # nobody requires a phone: not looked at

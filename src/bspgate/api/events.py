@@ -5,20 +5,31 @@ Query: `type`, `contact_id`, `since` (RFC 3339, on the event time), `limit` (1 t
 `after` (a cursor from `tail`) answers events newer than it, oldest first: that is how
 `bspgate events tail` follows the stream. Statuses that arrived out of order (superseded: stored,
 never delivered) are left out unless `include_superseded=true`.
+
+Long-poll: with `after`, `wait=30s` (at most 60 s) holds the request open until an event newer than
+the cursor is stored, or the wait ends (then `data` is empty and `tail_cursor` is the same): apps
+that cannot take webhooks consume the stream with one open request. The store is polled (every
+250 ms), so events written by another process (a second worker, another replica) are seen too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from bspgate.api.auth import authenticated
+from bspgate.config import parse_duration
 from bspgate.problems import problem_response
+
+MAX_WAIT = 60.0
+POLL = 0.25
 
 if TYPE_CHECKING:
     from bspgate.app import Gateway
@@ -54,8 +65,16 @@ async def list_events(request: Request) -> Response:
         after = decode_cursor(query["after"]) if "after" in query else None
     except ValueError:
         return problem_response(400, "invalid_query", "Invalid cursor", "use next_cursor as given")
-    rows = await gateway.store.read(
-        lambda tx: tx.list_events(
+    try:
+        wait = parse_duration(query.get("wait", "0s")) if after is not None else 0.0
+        if wait > MAX_WAIT:
+            raise ValueError
+    except ValueError:
+        detail = f"wait is a duration up to {MAX_WAIT:.0f}s (e.g. 30s), used with after"
+        return problem_response(400, "invalid_query", "Invalid wait", detail)
+
+    def read(tx: Any) -> list[Any]:
+        rows: list[Any] = tx.list_events(
             type_=query.get("type"),
             contact_id=query.get("contact_id"),
             since=query.get("since"),
@@ -64,7 +83,13 @@ async def list_events(request: Request) -> Response:
             limit=limit,
             include_superseded=query.get("include_superseded") == "true",
         )
-    )
+        return rows
+
+    rows = await gateway.store.read(read)
+    deadline = time.monotonic() + wait
+    while not rows and time.monotonic() < deadline and not await request.is_disconnected():
+        await asyncio.sleep(min(POLL, max(deadline - time.monotonic(), 0.0)))
+        rows = await gateway.store.read(read)
     next_cursor = encode_cursor(rows[-1][0]) if len(rows) == limit else None
     # tail_cursor: the newest event in this answer (the first when newest-first), to follow from
     newest = max((seq for seq, _body in rows), default=None)

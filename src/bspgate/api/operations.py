@@ -6,7 +6,8 @@
   re-delivers; `{"quarantined": true, "raw_id"?: …, "dry_run"?: …}` re-normalizes quarantined
   payloads with the current mappings.
 - `GET /v1/quarantined`: quarantined raw payloads with their reasons (bodies stay in the store).
-- `GET /v1/subscribers`; `POST /v1/subscribers/{id}/enable` and `/disable`.
+- `GET /v1/subscribers`; `POST /v1/subscribers/{id}/enable` and `/disable`;
+  `POST /v1/subscribers/{id}/retry` makes everything pending for it due now.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bspgate.api.auth import authenticated
-from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined, set_subscriber
+from bspgate.operations import (
+    ReplayRequest,
+    replay_deliveries,
+    replay_quarantined,
+    retry_subscriber,
+    set_subscriber,
+)
 from bspgate.problems import problem_response
 
 if TYPE_CHECKING:
@@ -170,6 +177,21 @@ async def disable_subscriber(request: Request) -> Response:
     return await _switch(request, False)
 
 
+@authenticated
+async def retry_now(request: Request) -> Response:
+    """Retry everything pending for a subscriber now (after an outage, without waiting)."""
+    gateway = _gateway(request)
+    subscriber_id = request.path_params["subscriber_id"]
+    if subscriber_id not in {s.id for s in gateway.settings.subscribers}:
+        return problem_response(
+            404, "unknown_subscriber", "Unknown subscriber", f"no subscriber {subscriber_id!r}"
+        )
+    moved = await retry_subscriber(gateway.store, subscriber_id, gateway.clock())
+    if gateway.dispatcher is not None:
+        gateway.dispatcher.retry_now(subscriber_id)
+    return JSONResponse({"id": subscriber_id, "retrying": moved})
+
+
 def routes() -> list[Route]:
     return [
         Route("/v1/deliveries", list_deliveries, methods=["GET"]),
@@ -179,4 +201,5 @@ def routes() -> list[Route]:
         Route("/v1/subscribers", list_subscribers, methods=["GET"]),
         Route("/v1/subscribers/{subscriber_id}/enable", enable_subscriber, methods=["POST"]),
         Route("/v1/subscribers/{subscriber_id}/disable", disable_subscriber, methods=["POST"]),
+        Route("/v1/subscribers/{subscriber_id}/retry", retry_now, methods=["POST"]),
     ]

@@ -1,36 +1,61 @@
-"""The dispatcher: claims due outbox rows, POSTs signed CloudEvents, records every attempt.
+"""The dispatcher: one lane per subscriber, each claiming, POSTing and recording on its own.
 
-One background task per server process. Each round claims up to `batch` due rows in one store
-transaction (per-contact ordering is enforced by the claim query), sends them concurrently through
-the one shared httpx client, then records attempts and outcomes in one transaction. A claimed row
-carries a lease: if the process dies mid-delivery, the lease expires and the row is retried with
-the same `webhook-id`, so receivers can de-duplicate. `wake()` lets ingest start a round at once.
-Signing uses the Standard Webhooks reference library: `webhook-id` is the event id,
-`webhook-signature` is `v1,<base64 HMAC-SHA256("{id}.{timestamp}.{body}")>`.
+A lane (delivery/lane.py) claims due rows of its subscriber up to its free `max_in_flight`
+slots, in one store transaction; each claimed row is POSTed as its own task, and every answer goes
+to one recorder that writes whatever has finished (attempts, outcomes, subscriber health) in one
+transaction, then frees the slots. A slow subscriber therefore holds only its own slots: the
+others' answers are recorded as they come. Per-contact order is enforced by the claim query (only
+the head of a contact's queue is claimable, and a row stays in flight until its result is stored).
+
+Claims carry a lease derived from the subscriber's timeout (always longer, renewed for long
+attempts), the claiming process's `owner` id (stable across a restart: a restarted replica takes
+its own dead claims back at once) and a token: an attempt finishes its row only while the token
+matches, so a stale attempt never overwrites a newer result. The body is signed per Standard
+Webhooks (delivery/signing.py); `webhook-id` is the event id, so receivers can de-duplicate.
+
+`run()` (or `start()`/`stop()`) is what a server runs; `run_once()` is one synchronous round over
+every lane (claim, send, record) for tests driven by a hand clock. The dispatcher reaches the
+store only through its transaction methods, so it can run in any process that opens the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import httpx
 import structlog
-from standardwebhooks import Webhook
 
-from bspgate.config import Subscriber
-from bspgate.delivery.retry import decide, retry_after_seconds
+from bspgate.config import Settings, Subscriber
+from bspgate.delivery.lane import Lane
+from bspgate.delivery.operational import OPS_PREFIX, emit
+from bspgate.delivery.retry import MAX_RETRY_AFTER, decide, retry_after_seconds
+from bspgate.delivery.signing import Signer
 from bspgate.delivery.transport import HttpxPoster, Poster, PostFailed
 from bspgate.metrics import Metrics
+from bspgate.schema.catalog import traceparent_of
 from bspgate.store.base import DeliveryJob
 
 _log = structlog.get_logger("bspgate.delivery")
 CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+EXPIRE_EVERY = 60.0  # seconds between sweeps of held deliveries that never gained a phone
+
+
+def dispatcher_owner(settings: Settings) -> str:
+    """This replica's claim owner id, the same after a restart: `$BSPGATE_INSTANCE_ID`, else
+    host name and port (two replicas on one host listen on different ports)."""
+    return os.environ.get("BSPGATE_INSTANCE_ID") or f"{socket.gethostname()}:{settings.server.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +65,48 @@ class AttemptResult:
     latency_ms: float
     error: str | None
     retry_after: float | None
+    probe: bool = False  # claimed before it was due, to see whether a failing subscriber is back
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What a recorded attempt did, applied to the lanes after the transaction commits."""
+
+    result: AttemptResult
+    state: str
+    attempts: int
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """One lane's claim, planned outside the transaction and run inside it."""
+
+    lane: Lane
+    now: float
+    stamp: str
+    free: int
+    probe_ok: bool
+    token: str
+    owner: str
+    expire: bool
+
+    def run(self, tx: Any) -> tuple[str | None, list[tuple[DeliveryJob, bool]]]:
+        lane, now = self.lane, self.now
+        # disabled state lives in the store: operators (and other replicas) change it
+        state = tx.subscriber_states().get(lane.id) or {}
+        if state.get("disabled_at"):
+            return str(state.get("reason")), []
+        if self.expire:
+            tx.expire_held(lane.id, now - lane.subscriber.hold_for, self.stamp)
+        ordered = {lane.id} if lane.subscriber.ordering == "per_contact" else set()
+        # open: one row at a time (a due one, else an early probe); closed: the free slots
+        args = (now, lane.lease, 1 if lane.is_open else self.free, ordered)
+        who = {"subscriber_id": lane.id, "owner": self.owner, "token": self.token}
+        jobs = tx.claim_due(*args, **who)
+        if not jobs and self.probe_ok:
+            jobs = tx.claim_due(*args, **who, probe=True)
+        return None, [(job, job.due > now) for job in jobs]
 
 
 class Dispatcher:
@@ -54,159 +121,489 @@ class Dispatcher:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         batch: int = 64,
-        lease: float = 60.0,
         idle_poll: float = 1.0,
+        owner: str | None = None,
+        lease: float | None = None,
     ) -> None:
         self.store = store
         self.subscribers = {s.id: s for s in subscribers}
-        self._signers = {s.id: Webhook(s.secret.reveal()) for s in subscribers}
+        # `lease` overrides the lease derived from each subscriber's timeout (tests only)
+        self.lanes = {s.id: Lane(s, fixed_lease=lease) for s in subscribers}
+        self._signers = {s.id: Signer(s.secret_values()) for s in subscribers}
         self.poster: Poster = (
             HttpxPoster(client) if isinstance(client, httpx.AsyncClient) else client
         )
         self.metrics = metrics
         self.clock = clock
-        self.batch = batch
-        self.lease = lease
+        self.batch = batch  # the most rows one claim takes (run_once: per lane)
         self.idle_poll = idle_poll
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._ordered = {s.id for s in subscribers if s.ordering == "per_contact"}
-        self._holding = [s for s in subscribers if s.require_phone]
+        self.owner = owner or f"dispatcher-{secrets.token_hex(4)}"
         self.disabled: dict[str, str] = {}
+        self._stopping = False
+        self._results: asyncio.Queue[AttemptResult] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_expiry: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
 
+    # -- control ----------------------------------------------------------------------------------
     def wake(self) -> None:
-        """Start the next round now (called after ingest commits new outbox rows)."""
-        self._wake.set()
+        """New rows may be due (ingest committed, an operator retried): every lane looks now."""
+        for lane in self.lanes.values():
+            lane.changed.set()
+
+    def retry_now(self, subscriber_id: str) -> None:
+        """An operator asked to retry a subscriber now: a failing lane probes at once."""
+        lane = self.lanes.get(subscriber_id)
+        if lane is not None:
+            lane.last_probe = 0.0
+            lane.paused_until = 0.0
+            lane.changed.set()
+
+    def start(self) -> asyncio.Task[None]:
+        """Run in the background of the current event loop; `stop()` ends it."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="bspgate-dispatcher")
+        return self._task
 
     def stop(self) -> None:
+        """Stop claiming; attempts in flight finish and are recorded, then `run()` returns."""
         self._stopping = True
-        self._wake.set()
+        for lane in self.lanes.values():
+            lane.changed.set()
 
-    async def run(self, rounds: int = 2) -> None:
-        """Deliver until `stop()`; a failing round is logged and retried, never fatal.
+    async def run(self) -> None:
+        """Deliver until `stop()`. A failing claim or record is logged and retried, never fatal."""
+        self._results = asyncio.Queue()
+        with contextlib.suppress(Exception):  # the store may be down: leases expire instead
+            await self.reclaim()
+        recorder = asyncio.create_task(self._recorder())
+        renewer = asyncio.create_task(self._renewer())
+        try:
+            await asyncio.gather(*(self._lane_loop(lane) for lane in self.lanes.values()))
+            while self._tasks or not self._results.empty():
+                await asyncio.sleep(0.01)
+        finally:
+            renewer.cancel()
+            recorder.cancel()
+            for task in (renewer, recorder):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
-        `rounds` rounds overlap: while one waits for its slowest subscriber, the next claims and
-        sends. Claims are exclusive (a claimed row is in flight) and only the head of each
-        contact's queue is claimable, so overlapping rounds keep per-contact order.
-        """
-        await asyncio.gather(*(self._loop() for _ in range(max(1, rounds))))
+    async def reclaim(self) -> int:
+        """Take back this owner's claims from before a restart: they are dead, due at once."""
+        now = self.clock().timestamp()
+        taken: int = await self.store.transaction(lambda tx: tx.reclaim_own(self.owner, now))
+        if taken:
+            _log.info("delivery.reclaimed", owner=self.owner, deliveries=taken)
+        return taken
 
-    async def _loop(self) -> None:
+    async def renew(self) -> int:
+        """Extend the leases of attempts running longer than a third of their lease."""
+        now_mono, now = time.monotonic(), self.clock().timestamp()
+        renewed = 0
+        for lane in self.lanes.values():
+            claims = [
+                (job.id, job.token)
+                for job, started in lane.inflight.values()
+                if now_mono - started > lane.lease / 3
+            ]
+            if claims:
+                renew = partial(_renew, claims=claims, until=now + lane.lease)
+                renewed += await self.store.transaction(renew)
+        return renewed
+
+    # -- lanes ------------------------------------------------------------------------------------
+    async def _lane_loop(self, lane: Lane) -> None:
+        refill = max(1, lane.subscriber.max_in_flight // 4)
         while not self._stopping:
-            try:
-                sent = await self.run_once()
-            except Exception as exc:  # keep delivering: the next round may succeed
-                _log.error("delivery.round_failed", error=repr(exc))
-                sent = 0
-            if sent == 0 and not self._stopping:
+            lane.changed.clear()
+            if lane.posting and lane.free < refill:
+                # claim in batches: wait until a quarter of the slots are free (or all answer)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll)
-                self._wake.clear()
+                    await asyncio.wait_for(lane.changed.wait(), timeout=self.idle_poll)
+                continue
+            try:
+                jobs = await self._claim(lane, self.batch)
+                size = lane.subscriber.batch_max
+                if size and 0 < len(jobs) < size and not self._stopping:
+                    # a batch waits `batch.wait` to fill (it holds one event per contact)
+                    await asyncio.sleep(lane.subscriber.batch_wait)
+                    jobs += await self._top_up(lane, size - len(jobs))
+            except Exception as exc:  # the store may be briefly unavailable: try again
+                _log.error("delivery.claim_failed", subscriber=lane.id, error=repr(exc))
+                jobs = []
+            self._launch(lane, jobs)
+            if self._stopping:
+                break
+            wait = self.idle_poll
+            now = self.clock().timestamp()
+            to_probe = lane.seconds_to_probe(now)
+            if to_probe is not None:
+                wait = min(wait, max(to_probe, 0.05))
+            if lane.free and lane.allowed(now) == 0:  # rate-limited or paused by a 429
+                wait = min(wait, max(lane.seconds_to_send(now), 0.005))
+            if len(jobs) == self.batch and lane.free:
+                continue  # a full claim: there may be more due, claim again at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lane.changed.wait(), timeout=wait)
 
-    async def run_once(self) -> int:
-        """One round: claim, send, record. Answers how many deliveries were attempted."""
+    async def _claim(self, lane: Lane, most: int) -> list[tuple[DeliveryJob, bool]]:
+        """Claim what the lane may send now: due rows into free slots, or one probe."""
+        plan = self._plan(lane, most)
+        if plan is None:
+            return []
+        outcome: tuple[str | None, list[tuple[DeliveryJob, bool]]]
+        outcome = await self.store.transaction(plan.run)
+        return self._claimed(plan, *outcome)
+
+    def _plan(self, lane: Lane, most: int) -> _Claim | None:
+        """What a claim for `lane` may take now, or None."""
         moment = self.clock()
-        now, stamp = moment.timestamp(), moment.isoformat()
+        now = moment.timestamp()
+        free = min(lane.allowed(now), most * max(lane.subscriber.batch_max, 1))
+        if free == 0 or self._stopping:
+            return None
+        probe_ok = lane.probe_due(now)
+        if lane.is_open and not probe_ok:
+            return None
+        expire = (
+            lane.subscriber.require_phone
+            and now - self._last_expiry.get(lane.id, 0.0) >= EXPIRE_EVERY
+        )
+        return _Claim(
+            lane,
+            now,
+            moment.isoformat(),
+            free,
+            probe_ok,
+            f"{self.owner}/{secrets.token_hex(6)}",
+            self.owner,
+            expire,
+        )
 
-        def claim(tx: Any) -> list[DeliveryJob]:
-            # disabled state lives in the store: operators (and other replicas) see and change it
-            self.disabled = {
-                sub_id: str(state["reason"])
-                for sub_id, state in tx.subscriber_states().items()
-                if state["disabled_at"] and sub_id in self.subscribers
-            }
-            for held in self._holding:
-                tx.expire_held(held.id, now - held.hold_for, stamp)
-            jobs: list[DeliveryJob] = tx.claim_due(
-                now, self.lease, self.batch, self._ordered, exclude=frozenset(self.disabled)
-            )
-            return jobs
+    def _claimed(
+        self, plan: _Claim, disabled: str | None, jobs: list[tuple[DeliveryJob, bool]]
+    ) -> list[tuple[DeliveryJob, bool]]:
+        """After the claim committed: note what it found (disabled, swept, probed)."""
+        lane = plan.lane
+        if lane.bucket is not None and jobs:
+            lane.bucket.take(len(jobs), plan.now)
+        if plan.expire:
+            self._last_expiry[lane.id] = plan.now
+        if disabled is not None:
+            self.disabled[lane.id] = disabled
+        else:
+            self.disabled.pop(lane.id, None)
+        if plan.probe_ok and (lane.is_open or any(probe for _, probe in jobs)):
+            lane.last_probe = plan.now
+        return jobs
 
-        jobs = await self.store.transaction(claim)
-        if not jobs:
+    async def _top_up(self, lane: Lane, most: int) -> list[tuple[DeliveryJob, bool]]:
+        plan = self._plan(lane, 1)
+        if plan is None:
+            return []
+        plan = replace(plan, free=min(plan.free, most))
+        outcome: tuple[str | None, list[tuple[DeliveryJob, bool]]]
+        outcome = await self.store.transaction(plan.run)
+        return self._claimed(plan, *outcome)
+
+    def _groups(
+        self, lane: Lane, jobs: list[tuple[DeliveryJob, bool]]
+    ) -> list[list[tuple[DeliveryJob, bool]]]:
+        """One request per job, or per batch of up to `batch.max` jobs."""
+        size = lane.subscriber.batch_max
+        if not size:
+            return [[job] for job in jobs]
+        return [jobs[at : at + size] for at in range(0, len(jobs), size)]
+
+    def _launch(self, lane: Lane, jobs: list[tuple[DeliveryJob, bool]]) -> None:
+        for group in self._groups(lane, jobs):
+            for job, _probe in group:
+                lane.inflight[job.id] = (job, time.monotonic())
+            lane.posting += 1
+            task = asyncio.create_task(self._send(lane, group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, lane: Lane, group: list[tuple[DeliveryJob, bool]]) -> None:
+        try:
+            results = await self._attempt_group(lane, group)
+        finally:
+            lane.posting -= 1  # the subscriber answered: its slot is free while we record
+            lane.changed.set()
+        assert self._results is not None
+        for result in results:
+            self._results.put_nowait(result)
+
+    async def _recorder(self) -> None:
+        """Write finished attempts as they come, many per transaction, then free their slots."""
+        assert self._results is not None
+        while True:
+            results = [await self._results.get()]
+            while not self._results.empty() and len(results) < 1024:
+                results.append(self._results.get_nowait())
+            while True:
+                try:
+                    await self._record(results)
+                    break
+                except Exception as exc:  # keep the results: the store may come back
+                    _log.error("delivery.record_failed", error=repr(exc), results=len(results))
+                    await asyncio.sleep(1.0)
+
+    async def _renewer(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                await self.renew()
+            except Exception as exc:  # the next renewal may succeed; leases are generous
+                _log.error("delivery.renew_failed", error=repr(exc))
+
+    # -- one round, for tests ---------------------------------------------------------------------
+    async def run_once(self) -> int:
+        """One round over every lane: claim, send, record. Answers how many were attempted."""
+        claimed: list[tuple[DeliveryJob, bool]] = []
+        for lane in self.lanes.values():
+            claimed += await self._claim(lane, self.batch)
+        if not claimed:
             return 0
-        results = await asyncio.gather(*(self._attempt(job) for job in jobs))
-        await self.store.transaction(lambda tx: self._record(tx, results))
-        return len(jobs)
+        groups = [
+            group
+            for lane in self.lanes.values()
+            for group in self._groups(
+                lane, [(job, probe) for job, probe in claimed if job.subscriber_id == lane.id]
+            )
+        ]
+        answers = await asyncio.gather(
+            *(self._attempt_group(self.lanes[g[0][0].subscriber_id], g) for g in groups)
+        )
+        await self._record([result for results in answers for result in results])
+        return len(claimed)
 
-    async def _attempt(self, job: DeliveryJob) -> AttemptResult:
+    # -- one attempt ------------------------------------------------------------------------------
+    async def _attempt_group(
+        self, lane: Lane, group: list[tuple[DeliveryJob, bool]]
+    ) -> list[AttemptResult]:
+        """POST one event, or a batch (`application/cloudevents-batch+json`), once."""
+        if not lane.subscriber.batch_max:
+            ((job, probe),) = group
+            return [await self._attempt(job, probe)]
+        jobs = [job for job, _ in group]
+        body = "[" + ",".join(job.body for job in jobs) + "]"
+        digest = hashlib.sha256(" ".join(job.event_id for job in jobs).encode()).hexdigest()
+        status, latency, error, retry_after = await self._post(
+            lane.subscriber, f"bat_{digest[:26]}", body, BATCH_CONTENT_TYPE, traceparent_of(body)
+        )
+        return [
+            AttemptResult(job, status, latency, error, retry_after, probe) for job, probe in group
+        ]
+
+    async def _attempt(self, job: DeliveryJob, probe: bool = False) -> AttemptResult:
         subscriber = self.subscribers[job.subscriber_id]
+        status, latency, error, retry_after = await self._post(
+            subscriber, job.event_id, job.body, CONTENT_TYPE, traceparent_of(job.body)
+        )
+        return AttemptResult(job, status, latency, error, retry_after, probe)
+
+    async def _post(
+        self,
+        subscriber: Subscriber,
+        msg_id: str,
+        body: str,
+        content_type: str,
+        traceparent: str | None,
+    ) -> tuple[int | None, float, str | None, float | None]:
+        """Sign and POST; answers (status, latency ms, error, Retry-After seconds)."""
         # UTC: standardwebhooks' sign() replaces the tzinfo instead of converting it.
         moment = self.clock().astimezone(UTC)
-        signature = self._signers[subscriber.id].sign(job.event_id, moment, job.body)
         headers = {
-            "content-type": CONTENT_TYPE,
-            "webhook-id": job.event_id,
+            "content-type": content_type,
+            "webhook-id": msg_id,
             "webhook-timestamp": str(int(moment.timestamp())),
-            "webhook-signature": signature,
+            "webhook-signature": self._signers[subscriber.id].sign(msg_id, moment, body),
             "user-agent": "bspgate",
         }
+        if traceparent:
+            headers["traceparent"] = traceparent
         started = time.perf_counter()
         try:
             answer = await self.poster.post(
-                subscriber.url, job.body.encode(), headers, subscriber.timeout
+                subscriber.url,
+                body.encode(),
+                headers,
+                subscriber.timeout,
+                allow_link_local=subscriber.allow_link_local,
             )
         except PostFailed as exc:
+            return None, (time.perf_counter() - started) * 1000, str(exc)[:500], None
+        except Exception as exc:  # a bug in a poster must not lose the claim's result
             latency = (time.perf_counter() - started) * 1000
-            return AttemptResult(job, None, latency, str(exc)[:500], None)
+            return None, latency, f"{type(exc).__name__}: {exc}"[:500], None
         latency = (time.perf_counter() - started) * 1000
         error = None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
-        retry_after = retry_after_seconds(answer.retry_after, moment)
-        return AttemptResult(job, answer.status, latency, error, retry_after)
+        return answer.status, latency, error, retry_after_seconds(answer.retry_after, moment)
 
-    def _record(self, tx: Any, results: list[AttemptResult]) -> None:
-        """One transaction per round: attempts and outcomes written in bulk, one health update
-        per subscriber (any success clears its failure streak)."""
+    # -- recording --------------------------------------------------------------------------------
+    async def _record(self, results: list[AttemptResult]) -> None:
+        """Store attempts, outcomes and subscriber health in one transaction, then free the
+        rows (a contact's next event becomes claimable once this one's result is stored)."""
         moment = self.clock().astimezone(UTC)
         now, stamp = moment.timestamp(), moment.isoformat()
-        attempt_rows: list[tuple[Any, ...]] = []
-        finish_rows: list[tuple[Any, ...]] = []
-        health: dict[str, bool] = {}
-        gone: set[str] = set()
-        for result in results:
-            job = result.job
-            subscriber = self.subscribers[job.subscriber_id]
-            attempts = job.attempts + 1
-            verdict = decide(
-                result.status, attempts, subscriber.retry_schedule, retry_after=result.retry_after
+        outcomes = [self._outcome(result) for result in results]
+        healthy: dict[str, bool] = {}
+        for outcome in outcomes:
+            sub_id = outcome.result.job.subscriber_id
+            healthy[sub_id] = healthy.get(sub_id, False) or outcome.state == "delivered"
+        was_failing = {s for s in healthy if self.lanes[s].failing_since is not None}
+
+        failing_since = {s: self.lanes[s].failing_since for s in was_failing}
+
+        def record(tx: Any) -> tuple[dict[str, str], set[str]]:
+            tx.record_attempts(
+                [
+                    (o.result.job.id, stamp, o.result.status, o.result.latency_ms, o.result.error)
+                    for o in outcomes
+                ]
             )
-            delivered = verdict.state == "delivered"
-            health[subscriber.id] = health.get(subscriber.id, False) or delivered
-            if verdict.state == "gone":
-                gone.add(subscriber.id)
-            # a 410 keeps the delivery pending: re-enabling the subscriber resumes from here
-            state = "pending" if verdict.state == "gone" else verdict.state
-            attempt_rows.append((job.id, stamp, result.status, result.latency_ms, result.error))
-            finish_rows.append(
-                (state, attempts, now + verdict.delay, result.status, result.error, stamp, job.id)
-            )
-            self.metrics.deliveries.labels(subscriber.id, verdict.state).inc()
+            tx.finish_deliveries([self._finish_row(o, now, stamp) for o in outcomes])
+            disabled, recovered = self._health(tx, healthy, was_failing, outcomes, now, stamp)
+            return disabled, self._report(tx, outcomes, disabled, recovered, failing_since, stamp)
+
+        disabled, told = await self.store.transaction(record)
+        # the transaction committed: now the lanes, the metrics and the log
+        for outcome in outcomes:
+            result = outcome.result
+            lane = self.lanes[result.job.subscriber_id]
+            lane.inflight.pop(result.job.id, None)
+            lane.changed.set()
+            if result.status == 429:  # slow down this subscriber alone, as long as it asks
+                pause = min(result.retry_after or 1.0, MAX_RETRY_AFTER)
+                lane.paused_until = max(lane.paused_until, now + pause)
+            self.metrics.deliveries.labels(lane.id, outcome.state).inc()
             _log.info(
                 "delivery.attempt",
-                delivery_id=job.id,
-                event_id=job.event_id,
-                subscriber=subscriber.id,
+                delivery_id=result.job.id,
+                event_id=result.job.event_id,
+                subscriber=lane.id,
                 status=result.status,
-                outcome=verdict.state,
-                attempt=attempts,
+                outcome=outcome.state,
+                attempt=outcome.attempts,
                 latency_ms=round(result.latency_ms, 2),
                 error=result.error,
+                probe=result.probe or None,
             )
-        tx.record_attempts(attempt_rows)
-        tx.finish_deliveries(finish_rows)
-        for subscriber_id, ok in health.items():
-            failing_since = tx.subscriber_result(subscriber_id, ok, now, stamp)
+        for sub_id, ok in healthy.items():
+            # a 429 is a busy subscriber, not a broken one: it pauses the lane, not the breaker
+            failed = sum(
+                1
+                for o in outcomes
+                if o.result.job.subscriber_id == sub_id and o.result.status != 429
+            )
+            if self.lanes[sub_id].result(ok, now, failed):
+                _log.info("delivery.subscriber_recovered", subscriber=sub_id)
+        for sub_id, reason in disabled.items():
+            self.disabled[sub_id] = reason
+            _log.warning("delivery.subscriber_disabled", subscriber=sub_id, reason=reason)
+        for sub_id in told:  # operational events were queued for these lanes
+            if sub_id in self.lanes:
+                self.lanes[sub_id].changed.set()
+
+    def _report(
+        self,
+        tx: Any,
+        outcomes: list[_Outcome],
+        disabled: dict[str, str],
+        recovered: set[str],
+        failing_since: dict[str, float | None],
+        stamp: str,
+    ) -> set[str]:
+        """Operational events for what this record did; answers the subscribers told."""
+        now = self.clock().timestamp()
+        subs = tuple(self.subscribers.values())
+        told: set[str] = set()
+        data: dict[str, Any]
+        for sub_id, reason in disabled.items():
+            data = {"subscriber": sub_id, "reason": reason, "disabled_at": stamp}
+            told.update(emit(tx, subs, "bspgate.subscriber.disabled", sub_id, data,
+                             now=now, stamp=stamp))  # fmt: skip
+        for sub_id in recovered:
+            since = failing_since.get(sub_id)
+            data = {
+                "subscriber": sub_id,
+                "failing_since": datetime.fromtimestamp(since, UTC).isoformat() if since else None,
+                "recovered_at": stamp,
+            }
+            told.update(emit(tx, subs, "bspgate.subscriber.recovered", sub_id, data,
+                             now=now, stamp=stamp))  # fmt: skip
+        for outcome in outcomes:
+            job = outcome.result.job
+            if outcome.state != "dead" or job.event_id.startswith(OPS_PREFIX):
+                continue
+            data = {
+                "subscriber": job.subscriber_id,
+                "delivery_id": job.id,
+                "event_id": job.event_id,
+                "attempts": outcome.attempts,
+                "last_status": outcome.result.status,
+                "last_error": outcome.result.error,
+            }
+            told.update(emit(tx, subs, "bspgate.delivery.dead_lettered", job.id, data,
+                             now=now, stamp=stamp))  # fmt: skip
+        return told
+
+    def _outcome(self, result: AttemptResult) -> _Outcome:
+        job = result.job
+        subscriber = self.subscribers[job.subscriber_id]
+        attempts = job.attempts + 1
+        verdict = decide(
+            result.status, attempts, subscriber.retry_schedule, retry_after=result.retry_after
+        )
+        return _Outcome(result, verdict.state, attempts, verdict.delay)
+
+    def _finish_row(self, outcome: _Outcome, now: float, stamp: str) -> tuple[Any, ...]:
+        result, job = outcome.result, outcome.result.job
+        # a 410 keeps the delivery pending: re-enabling the subscriber resumes from here
+        state = "pending" if outcome.state == "gone" else outcome.state
+        attempts, due = outcome.attempts, now + outcome.delay
+        if result.probe and state != "delivered":
+            # a failed early probe spends nothing: the row keeps its attempts and its due time
+            state, attempts, due = "pending", job.attempts, job.due
+        return (state, attempts, due, result.status, result.error, stamp, job.id, job.token)
+
+    def _health(
+        self,
+        tx: Any,
+        healthy: dict[str, bool],
+        was_failing: set[str],
+        outcomes: list[_Outcome],
+        now: float,
+        stamp: str,
+    ) -> tuple[dict[str, str], set[str]]:
+        """Per subscriber: recovery (pull retries forward) or the failure streak (disable).
+        Answers the subscribers disabled (with why) and those that recovered."""
+        gone = {o.result.job.subscriber_id for o in outcomes if o.state == "gone"}
+        disabled: dict[str, str] = {}
+        recovered: set[str] = set()
+        for sub_id, ok in healthy.items():
+            if ok:
+                if tx.clear_failing(sub_id, stamp) or sub_id in was_failing:
+                    tx.pull_forward(sub_id, now, stamp)
+                    recovered.add(sub_id)
+                continue
+            failing_since = tx.subscriber_result(sub_id, False, now, stamp)
             reason = None
-            if subscriber_id in gone:
+            if sub_id in gone:
                 reason = "the subscriber answered 410 Gone"
             elif failing_since is not None and (
-                now - failing_since >= self.subscribers[subscriber_id].disable_after
+                now - failing_since >= self.subscribers[sub_id].disable_after
             ):
                 since = datetime.fromtimestamp(failing_since, UTC).isoformat()
                 reason = f"every delivery failed since {since}"
-            if reason is not None and subscriber_id not in self.disabled:
-                tx.disable_subscriber(subscriber_id, reason, stamp)
-                self.disabled[subscriber_id] = reason
-                _log.warning(
-                    "delivery.subscriber_disabled", subscriber=subscriber_id, reason=reason
-                )
+            if reason is not None and sub_id not in self.disabled:
+                tx.disable_subscriber(sub_id, reason, stamp)
+                disabled[sub_id] = reason
+        return disabled, recovered
+
+
+def _renew(tx: Any, *, claims: list[tuple[str, str]], until: float) -> int:
+    count: int = tx.renew_leases(claims, until)
+    return count

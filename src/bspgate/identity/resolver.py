@@ -70,6 +70,11 @@ class UnresolvableContact(Exception):
     """The payload names nobody the store knows and carries no identifier to create one."""
 
 
+def _age(at: str | None, contact: ContactRow) -> tuple[str, str]:
+    """How new a fact of `contact` is: its evidence time, then when the contact was made."""
+    return (at or "", contact.created_at or "")
+
+
 def _newer(at: str, than: str | None) -> bool:
     """Is evidence at `at` at least as new as the evidence `than` (none counts as oldest)?"""
     return than is None or at >= than
@@ -262,13 +267,12 @@ class IdentityResolver:
         if into_first:
             survivor, absorbed = one, other
         else:
-            survivor, absorbed = sorted((one, other), key=lambda c: (c.created_at or "", c.id))
+            survivor, absorbed = sorted((one, other), key=lambda c: _age(c.created_at, c))
         self.tx.merge_rows(absorbed.id, survivor.id, self.now)
         # the newer evidence wins; at equal event times, the contact created later
         if absorbed.bsuid and (
             survivor.bsuid is None
-            or (survivor.bsuid_at or "", survivor.created_at or "")
-            < (absorbed.bsuid_at or "", absorbed.created_at or "")
+            or _age(survivor.bsuid_at, survivor) < _age(absorbed.bsuid_at, absorbed)
         ):
             survivor.bsuid, survivor.bsuid_at = absorbed.bsuid, absorbed.bsuid_at
             survivor.parent_bsuid = absorbed.parent_bsuid or survivor.parent_bsuid
@@ -276,9 +280,8 @@ class IdentityResolver:
             # the newest BSUID is current; every other one stays resolvable, retired
             self.tx.link_bsuid(survivor, survivor.bsuid, self.now, self.channel_id, current=True)
         if absorbed.phone:
-            if survivor.phone is None or (survivor.phone_at or "", survivor.created_at or "") < (
-                absorbed.phone_at or "",
-                absorbed.created_at or "",
+            if survivor.phone is None or _age(survivor.phone_at, survivor) < _age(
+                absorbed.phone_at, absorbed
             ):
                 if survivor.phone:
                     self.tx.end_phone(

@@ -23,6 +23,7 @@ from bspgate.ingress import handshake
 from bspgate.ingress.parse import parse_payload
 from bspgate.ingress.verify import SignedRequest
 from bspgate.problems import problem_response
+from bspgate.schema.catalog import traceparent_for
 
 if TYPE_CHECKING:
     from bspgate.app import Gateway
@@ -66,7 +67,9 @@ async def receive_webhook(request: Request) -> Response:
     if channel is None:
         return _unknown_channel(channel_id)
     started = time.perf_counter()
-    log = _log.bind(channel=channel.id, provider=channel.provider)
+    # W3C trace context: carried onto the events and their deliveries, and on this path's logs
+    traceparent = traceparent_for(request.headers.get("traceparent"))
+    log = _log.bind(channel=channel.id, provider=channel.provider, traceparent=traceparent)
     try:
         body = await _read_body(request, gateway.settings.server.max_body_bytes)
     except _TooLarge:
@@ -136,7 +139,7 @@ async def receive_webhook(request: Request) -> Response:
                 return validation
             # v1.1: real events batched with the validation are ingested, then it is answered
     try:
-        outcome = await gateway.ingest(channel, payload, body, content_type)
+        outcome = await gateway.ingest(channel, payload, body, content_type, traceparent)
     except StoreError as exc:
         gateway.metrics.webhooks.labels(channel.id, "store_unavailable").inc()
         log.error("webhook.store_unavailable", error=str(exc))

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 import structlog
@@ -66,7 +67,8 @@ def _rejection(spec: OutboundSpec, response: httpx.Response, body: Any) -> SendE
     )
 
 
-def _unreachable(spec: OutboundSpec, why: str) -> SendError:
+def _unreachable(spec: OutboundSpec, why: str, *, written: bool = False) -> SendError:
+    """`written`: the request may have reached the provider (the outcome is unknown)."""
     return SendError(
         "provider_error",
         f"{spec.provider} did not answer ({why}); the message may or may not have been sent",
@@ -74,6 +76,7 @@ def _unreachable(spec: OutboundSpec, why: str) -> SendError:
         provider=spec.provider,
         provider_code=None,
         retryable=True,
+        **({"outcome": "unknown"} if written else {}),
     )
 
 
@@ -124,7 +127,7 @@ async def deliver(
                 continue
             raise error from None
         except (httpx.TimeoutException, httpx.TransportError) as exc:
-            error = _unreachable(spec, type(exc).__name__)
+            error = _unreachable(spec, type(exc).__name__, written=_may_have_reached(exc))
             if attempt < attempts:
                 await sleep(_backoff(spec, attempt))
                 continue
@@ -162,6 +165,18 @@ async def deliver(
             await sleep(_backoff(spec, attempt))
             continue
         raise error
+
+
+def _may_have_reached(exc: httpx.HTTPError) -> bool:
+    """False only when the request surely never left: the connection was never made.
+
+    httpx-aiohttp maps a server dropping the connection after the request (aiohttp's
+    ServerDisconnectedError) to `httpx.ConnectTimeout`, so aiohttp's own exception decides.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError | aiohttp.ServerTimeoutError):
+        return not isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+    return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def _backoff(spec: OutboundSpec, attempt: int) -> float:

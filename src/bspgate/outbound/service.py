@@ -9,7 +9,11 @@ resolve to the contact (identity rule 8 in `pipeline.py`).
 
 Idempotency: a key is reserved in the store (unique index) before the provider call, so the same
 key never calls the provider twice; within 24 h it answers the first answer again. A key whose
-first attempt failed in a way the caller may retry (`retryable: true`) is freed for that retry.
+first attempt failed before anything reached the provider (connection refused) is freed for a
+retry. An ambiguous outcome (no answer after the request was written, a 5xx) is stored as
+`unknown` and answered as such (502, `send_outcome_unknown`) to every retry with that key: the
+message may have gone, so only a new key sends again. A key left `pending` by a process that
+died mid-call is settled `unknown` once it is older than `PENDING_LEASE`, never left hanging.
 This module holds no SQL (the store's `# -- sends` methods) and no provider facts (the mappings).
 """
 
@@ -44,7 +48,7 @@ from bspgate.outbound.addressing import (
     choose_address,
     resolve_recipient,
 )
-from bspgate.outbound.client import Sleep, deliver
+from bspgate.outbound.client import DEFAULT_TIMEOUT, Sleep, deliver
 from bspgate.outbound.oauth import TokenCache
 from bspgate.outbound.rewrite import (
     ProviderRequest,
@@ -57,6 +61,9 @@ from bspgate.outbound.spec import OutboundSpec, TypeForm, load_outbound
 from bspgate.store.base import ContactRow, follow_merged
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+# A pending send older than this belongs to a process that died mid-call (a live one finishes
+# within its provider timeout and retries): it is settled as `unknown`, never left hanging.
+PENDING_LEASE = timedelta(minutes=2)
 _log = structlog.get_logger("bspgate.outbound")
 
 TITLES = {
@@ -75,6 +82,7 @@ TITLES = {
     "idempotency_key_reused": "Idempotency key used for another request",
     "idempotency_in_progress": "A request with this idempotency key is in progress",
     "provider_error": "The provider rejected the send",
+    "send_outcome_unknown": "The provider's answer was lost: the message may have been sent",
 }
 
 
@@ -169,6 +177,7 @@ class SendService:
         clock: Callable[[], datetime],
         sleep: Sleep = asyncio.sleep,
         mappings_dir: Path | None = None,
+        provider_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -176,6 +185,7 @@ class SendService:
         self.clock = clock
         self.sleep = sleep
         self.mappings_dir = mappings_dir or settings.mappings_dir
+        self.provider_timeout = provider_timeout
         self._specs: dict[str, OutboundSpec] = {}
         self.tokens = TokenCache()  # OAuth2 access tokens, shared by this gateway's sends
 
@@ -262,8 +272,19 @@ class SendService:
             )
         assert self.client is not None
         try:
-            answer = await deliver(self.client, spec, request, sleep=self.sleep, tokens=self.tokens)
+            answer = await deliver(
+                self.client,
+                spec,
+                request,
+                sleep=self.sleep,
+                timeout=self.provider_timeout,
+                tokens=self.tokens,
+            )
         except SendError as exc:
+            if _ambiguous(exc):
+                # the request may have reached the provider: this key answers `unknown` from now
+                # on; sending again takes a new key (the caller's explicit decision)
+                raise await self._record_unknown(send_id, plan, exc) from None
             await self._record_failure(send_id, plan, exc)
             raise
         body = await self.store.transaction(
@@ -289,6 +310,8 @@ class SendService:
                 "idempotency_key_reused",
                 "this Idempotency-Key was used within 24 h for a different request",
             )
+        if row["state"] == "pending" and now - _stamp(row) > PENDING_LEASE:
+            row = await self._settle_dead(row, now)
         if row["state"] == "pending":
             raise SendError(
                 "idempotency_in_progress",
@@ -296,6 +319,44 @@ class SendService:
                 status=409,
             )
         return SendOutcome(int(row["status"]), orjson.loads(row["answer"]), replayed=True)
+
+    async def _record_unknown(self, send_id: str, plan: SendPlan, error: SendError) -> SendError:
+        """Store an ambiguous outcome; answers the error every retry with the key gets too."""
+        unknown = _unknown_error(send_id, error.detail)
+        await self._store_answer(send_id, plan.address.recipient.contact_id, unknown)
+        _log.warning("outbound.outcome_unknown", send_id=send_id, reason=error.detail)
+        return unknown
+
+    async def _settle_dead(self, row: dict[str, Any], now: datetime) -> dict[str, Any]:
+        """A pending send whose process died mid-call: settled `unknown`, once."""
+        from bspgate.problems import problem
+
+        why = "the gateway stopped while the provider call was running"
+        error = _unknown_error(row["id"], why)
+        doc = problem(error.status, error.code, title_for(error.code), error.detail, **error.extra)
+        answer, stamp = orjson.dumps(doc).decode(), _iso(now)
+        await self.store.transaction(
+            lambda tx: tx.settle_send(row["id"], "unknown", error.status, answer, stamp)
+        )
+        _log.warning("outbound.outcome_unknown", send_id=row["id"], reason=why)
+        fresh: dict[str, Any] = await self.store.read(lambda tx: tx.send_record(row["id"]))
+        return fresh
+
+    async def _store_answer(self, send_id: str, contact_id: str | None, error: SendError) -> None:
+        from bspgate.problems import problem
+
+        doc = problem(error.status, error.code, title_for(error.code), error.detail, **error.extra)
+        await self.store.transaction(
+            lambda tx: tx.finish_send(
+                send_id,
+                contact_id=contact_id,
+                provider_message_id=None,
+                state="unknown",
+                status=error.status,
+                answer=orjson.dumps(doc).decode(),
+                now=_iso(self.clock()),
+            )
+        )
 
     async def _record_failure(self, send_id: str, plan: SendPlan, error: SendError) -> None:
         from bspgate.problems import problem
@@ -370,6 +431,30 @@ class SendService:
     async def lookup(self, send_id: str) -> dict[str, Any] | None:
         """A recorded send with the statuses seen for its provider message id."""
         return await self.store.read(lambda tx: _send_view(tx, send_id))  # type: ignore[no-any-return]
+
+
+def _ambiguous(error: SendError) -> bool:
+    """The provider may have acted: no answer after the request was written, or a 5xx."""
+    if error.extra.get("outcome") == "unknown":
+        return True
+    status = error.extra.get("provider_status")
+    return error.code == "provider_error" and isinstance(status, int) and status >= 500
+
+
+def _unknown_error(send_id: str, why: str) -> SendError:
+    return SendError(
+        "send_outcome_unknown",
+        f"{why}; the message may or may not have been sent. Every retry with this "
+        "Idempotency-Key answers this; to send again, use a new key",
+        status=502,
+        outcome="unknown",
+        send_id=send_id,
+    )
+
+
+def _stamp(row: dict[str, Any]) -> datetime:
+    text = row.get("updated_at") or row["created_at"]
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
 
 
 def _send_view(tx: Any, send_id: str) -> dict[str, Any] | None:

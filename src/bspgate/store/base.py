@@ -75,6 +75,7 @@ class RawRecord:
     state: str = "processed"
     reason: str | None = None
     event_count: int = 0
+    traceparent: str | None = None  # W3C trace context the webhook came with (or a new one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,8 @@ class DeliveryJob:
     contact_id: str
     attempts: int
     body: str
+    token: str = ""  # the claim token: only this claim may finish the row
+    due: float = 0.0  # when the row was due (a probe may claim a row before its time)
 
 
 class StoreTx(Protocol):

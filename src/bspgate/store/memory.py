@@ -14,6 +14,13 @@ from bspgate.ids import new_id
 from bspgate.store.base import ContactRow, RawRecord, follow_merged, phone_holder_at
 
 
+def _text(*values: object) -> None:
+    """The SQL columns these fill are NOT NULL text: refuse what the database would refuse."""
+    for value in values:
+        if not isinstance(value, str):
+            raise TypeError(f"expected text, got {value!r}")
+
+
 class MemoryTx:
     """Implements `StoreTx` over dicts (one instance = one private, never-committed store)."""
 
@@ -24,6 +31,7 @@ class MemoryTx:
         ] = {}  # (portfolio, bsuid) -> (id, state)
         self.phones: dict[tuple[str, str], str] = {}  # active aliases: (portfolio, phone) -> id
         self.phone_history: list[dict[str, Any]] = []
+        self.last_seen: dict[tuple[str, str], str] = {}  # (portfolio, bsuid) -> when seen again
         self.history: list[tuple[str, str, str, dict[str, Any]]] = []
         self.sends: dict[tuple[str, str], str] = {}
         self.inbound: dict[tuple[str, str], str] = {}
@@ -50,16 +58,19 @@ class MemoryTx:
         return self._follow(self.phones.get((portfolio, phone)))
 
     def create_contact(self, portfolio: str, now: str) -> ContactRow:
+        _text(portfolio, now)
         contact = ContactRow(id=new_id("ct"), portfolio=portfolio, created_at=now)
         self.contacts[contact.id] = replace(contact)
         return contact
 
     def save_contact(self, contact: ContactRow, now: str) -> None:
+        _text(contact.id, now)
         self.contacts[contact.id] = replace(contact)
 
     def link_bsuid(
         self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
     ) -> None:
+        _text(contact.id, bsuid, now, channel_id)
         if current:
             for key, (owner, _state) in list(self.bsuids.items()):
                 if owner == contact.id and key[1] != bsuid:
@@ -74,6 +85,7 @@ class MemoryTx:
         channel_id: str,
         evidence: str | None = None,
     ) -> None:
+        _text(contact.id, phone, now, channel_id)
         key = (contact.portfolio, phone)
         if key in self.phones:
             raise ValueError(f"phone alias already active for {self.phones[key]}")
@@ -98,6 +110,7 @@ class MemoryTx:
         reason: str,
         evidence: str | None = None,
     ) -> None:
+        _text(contact_id, phone, now, state, reason)
         for key, owner in list(self.phones.items()):
             if owner == contact_id and key[1] == phone:
                 del self.phones[key]
@@ -125,6 +138,7 @@ class MemoryTx:
     def record_past_phone(
         self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
     ) -> None:
+        _text(contact.id, phone, now, channel_id, since, until)
         if any((r["contact_id"], r["phone"]) == (contact.id, phone) for r in self.phone_history):
             return
         self.phone_history.append(
@@ -139,12 +153,16 @@ class MemoryTx:
         )
 
     def touch_identifiers(self, contact: ContactRow, now: str) -> None:
-        return None
+        _text(contact.id, now)
+        if contact.bsuid:
+            self.touch_bsuid(contact.portfolio, contact.bsuid, now)
 
     def touch_bsuid(self, portfolio: str, bsuid: str, now: str) -> None:
-        return None
+        _text(portfolio, bsuid, now)
+        self.last_seen[(portfolio, bsuid)] = now
 
     def merge_rows(self, absorbed_id: str, survivor_id: str, now: str) -> None:
+        _text(absorbed_id, survivor_id, now)
         for key, (owner, state) in list(self.bsuids.items()):
             if owner == absorbed_id:
                 self.bsuids[key] = (survivor_id, state)
@@ -167,6 +185,9 @@ class MemoryTx:
                 self.mark_inbound(survivor_id, channel_id, at)
 
     def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None:
+        _text(contact_id, now, kind)
+        if not isinstance(detail, dict):
+            raise TypeError("history detail must be a JSON object")
         self.history.append((contact_id, now, kind, detail))
 
     def contact_for_send(self, channel_id: str, provider_message_id: str) -> str | None:
@@ -178,6 +199,9 @@ class MemoryTx:
         )
 
     def release_held(self, contact_id: str, phone: str, now: float, stamp: str) -> int:
+        _text(contact_id, phone, stamp)
+        if not isinstance(now, float | int):
+            raise TypeError(f"expected an epoch time, got {now!r}")
         released = 0
         for index, (event_id, subscriber_id, state) in enumerate(self.deliveries):
             if state == "held" and self.events[event_id]["subject"] == contact_id:
@@ -287,6 +311,13 @@ class MemoryTx:
             row["idempotency_key"] = None
         if provider_message_id and contact_id:
             self.sends[(row["channel_id"], provider_message_id)] = contact_id
+
+    def settle_send(self, send_id: str, state: str, status: int, answer: str, now: str) -> bool:
+        row = self._send_rows()[send_id]
+        if row["state"] != "pending":
+            return False
+        row.update(state=state, status=status, answer=answer, updated_at=now)
+        return True
 
     def release_send_key(self, send_id: str) -> None:
         self._send_rows()[send_id]["idempotency_key"] = None

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from bspgate.store.base import DeliveryJob
 from bspgate.store.sql_base import SqlBase, _filters
+
+PROBE_AFTER = 2  # attempts a row must have had before a failing lane probes with it early
 
 
 class OutboxQueries(SqlBase):
@@ -20,39 +23,67 @@ class OutboxQueries(SqlBase):
         limit: int,
         ordered: set[str],
         exclude: frozenset[str] = frozenset(),
+        *,
+        subscriber_id: str | None = None,
+        owner: str | None = None,
+        token: str | None = None,
+        probe: bool = False,
     ) -> list[DeliveryJob]:
         """Pending rows whose time has come (or whose lease expired), oldest first.
 
         For subscribers in `ordered` (ordering: per_contact) a row waits while an earlier row for
         the same (subscriber, contact) is still open, so each contact's events arrive in order.
+        `subscriber_id` narrows the claim to one lane. A claim records `owner` (stable across a
+        restart) and `token`: only an attempt holding the token may finish the row. `probe`
+        claims the lane's oldest pending row even before it is due (a circuit breaker's probe).
         """
         # Only the head of each ordered (subscriber, contact) queue qualifies, decided in SQL so
         # a long backlog behind one failing contact never hides other contacts' due rows.
         # Two queries, not one with OR: expired leases (few), then pending rows walked in
-        # event_seq order on the (state, event_seq) index, stopping at `limit`. One OR query
+        # event_seq order on an (…, state, event_seq) index, stopping at `limit`. One OR query
         # made the database collect and sort every due row each round: O(backlog) per claim.
+        lane = (subscriber_id, ordered, exclude)
         rows = self._claim_candidates("d.state = 'inflight' AND d.lease_until <= ?", now, limit,
-                                      ordered, exclude)  # fmt: skip
+                                      *lane)  # fmt: skip
         if len(rows) < limit:
-            rows += self._claim_candidates("d.state = 'pending' AND d.next_attempt_at <= ?", now,
-                                           limit - len(rows), ordered, exclude)  # fmt: skip
+            # a probe takes a row whose short first retry is spent (it failed twice)
+            due = f"d.state = 'pending' AND d.attempts >= {PROBE_AFTER} AND ? > 0" if probe else (
+                "d.state = 'pending' AND d.next_attempt_at <= ?")  # fmt: skip
+            rows += self._claim_candidates(due, now, limit - len(rows), *lane)
+        if not rows:
+            return []
+        # one statement claims them all; the guard makes a claim race between replicas a no-op
+        # for the loser, and RETURNING says which rows this claim won
+        won = {
+            row[0]
+            for row in self.all(
+                "UPDATE deliveries SET state = 'inflight', lease_until = ?, claim_owner = ?, "
+                f"claim_token = ? WHERE id IN ({', '.join('?' * len(rows))}) "
+                "AND (state = 'pending' OR (state = 'inflight' AND lease_until <= ?)) RETURNING id",
+                (now + lease, owner, token, *(row[0] for row in rows), now),
+            )
+        }
         jobs: list[DeliveryJob] = []
         for row in rows:
-            # the guard makes a claim race between replicas a no-op for the loser
-            claimed = self.execute(
-                "UPDATE deliveries SET state = 'inflight', lease_until = ? WHERE id = ? "
-                "AND (state = 'pending' OR (state = 'inflight' AND lease_until <= ?))",
-                (now + lease, row[0], now),
-            )
-            if claimed.rowcount == 1:
-                jobs.append(DeliveryJob(row[0], row[1], row[2], row[3], int(row[4]), str(row[5])))
+            if row[0] in won:
+                job = DeliveryJob(row[0], row[1], row[2], row[3], int(row[4]), str(row[5]))
+                jobs.append(replace(job, token=token or "", due=float(row[6])))
         return jobs
 
     def _claim_candidates(
-        self, due: str, now: float, limit: int, ordered: set[str], exclude: frozenset[str]
+        self,
+        due: str,
+        now: float,
+        limit: int,
+        subscriber_id: str | None,
+        ordered: set[str],
+        exclude: frozenset[str],
     ) -> list[Any]:
         clauses = [due]
         params: list[Any] = [now]
+        if subscriber_id is not None:
+            clauses.insert(0, "d.subscriber_id = ?")
+            params.insert(0, subscriber_id)
         if exclude:
             clauses.append(f"d.subscriber_id NOT IN ({', '.join('?' * len(exclude))})")
             params.extend(sorted(exclude))
@@ -67,17 +98,58 @@ class OutboxQueries(SqlBase):
         params.append(limit)
         # PostgreSQL: replicas claim concurrently; SKIP LOCKED hands each one disjoint rows
         # (SQLite has a single writer, so nothing to lock). SQLite's planner, without
-        # statistics, would pick deliveries_due and sort; the claim index walks in order.
+        # statistics, would pick deliveries_due and sort; the claim indexes walk in order.
+        index = "deliveries_lane" if subscriber_id is not None else "deliveries_claim"
         if self.dialect == "postgres":
             source, lock = "deliveries d", " FOR UPDATE OF d SKIP LOCKED"
         else:
-            source, lock = "deliveries d INDEXED BY deliveries_claim", ""
+            source, lock = f"deliveries d INDEXED BY {index}", ""
         return self.all(
             "SELECT d.id, d.event_id, d.subscriber_id, d.contact_id, d.attempts, "
-            f"COALESCE(d.body, e.body) FROM {source} JOIN events e ON e.seq = d.event_seq "
+            f"COALESCE(d.body, e.body), d.next_attempt_at FROM {source} "
+            f"JOIN events e ON e.seq = d.event_seq "
             f"WHERE {' AND '.join(clauses)} ORDER BY d.event_seq LIMIT ?{lock}",
             params,
         )
+
+    def insert_operational_event(self, event: dict[str, Any], body: str, now: str) -> int:
+        """A `bspgate.*` event (no channel, raw payload or real contact)."""
+        row = self.one(
+            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
+            "VALUES (?, ?, '', ?, ?, ?, '', ?) RETURNING seq",
+            (event["id"], event["type"], "bspgate", event["time"], now, body),
+        )
+        return int(row[0])
+
+    def renew_leases(self, claims: Sequence[tuple[str, str]], until: float) -> int:
+        """Extend the lease of (delivery_id, token) claims still held (long attempts)."""
+        count = 0
+        for delivery_id, token in claims:
+            cursor = self.execute(
+                "UPDATE deliveries SET lease_until = ? WHERE id = ? AND state = 'inflight' "
+                "AND claim_token = ?",
+                (until, delivery_id, token),
+            )
+            count += cursor.rowcount
+        return count
+
+    def reclaim_own(self, owner: str, now: float) -> int:
+        """Claims `owner` held when it last stopped are dead (it is starting): due at once."""
+        cursor = self.execute(
+            "UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, "
+            "next_attempt_at = ? WHERE state = 'inflight' AND claim_owner = ?",
+            (now, owner),
+        )
+        return int(cursor.rowcount)
+
+    def pull_forward(self, subscriber_id: str, now: float, stamp: str) -> int:
+        """Every pending delivery of a subscriber becomes due now (recovery, operator retry)."""
+        cursor = self.execute(
+            "UPDATE deliveries SET next_attempt_at = ?, updated_at = ? "
+            "WHERE subscriber_id = ? AND state = 'pending' AND next_attempt_at > ?",
+            (now, stamp, subscriber_id, now),
+        )
+        return int(cursor.rowcount)
 
     # -- subscribers, replays ------------------------------------------------------------------
     def subscriber_states(self) -> dict[str, dict[str, Any]]:
@@ -110,6 +182,15 @@ class OutboxQueries(SqlBase):
         self._upsert_subscriber(
             subscriber_id, stamp, "disabled_at = NULL, reason = NULL, failing_since = NULL", ()
         )
+
+    def clear_failing(self, subscriber_id: str, stamp: str) -> bool:
+        """A success: True when it ends a failure streak (the subscriber just recovered)."""
+        cursor = self.execute(
+            "UPDATE subscriber_state SET failing_since = NULL, updated_at = ? "
+            "WHERE subscriber_id = ? AND failing_since IS NOT NULL",
+            (stamp, subscriber_id),
+        )
+        return int(cursor.rowcount) == 1
 
     def subscriber_result(
         self, subscriber_id: str, ok: bool, now: float, stamp: str
@@ -203,8 +284,8 @@ class OutboxQueries(SqlBase):
     def recover_inflight(self, now: float) -> int:
         """After a crash of the only process using this store: claims die with it, retry now."""
         cursor = self.execute(
-            "UPDATE deliveries SET state = 'pending', lease_until = NULL, next_attempt_at = ? "
-            "WHERE state = 'inflight'",
+            "UPDATE deliveries SET state = 'pending', lease_until = NULL, claim_token = NULL, "
+            "next_attempt_at = ? WHERE state = 'inflight'",
             (now,),
         )
         return int(cursor.rowcount)
@@ -239,10 +320,15 @@ class OutboxQueries(SqlBase):
         )
 
     def finish_deliveries(self, rows: Sequence[Sequence[Any]]) -> None:
-        """(state, attempts, next_attempt_at, status, error, updated_at, id) per delivery."""
+        """(state, attempts, next_attempt_at, status, error, updated_at, id, token) per delivery.
+
+        A row is finished only while it is still in flight under the same claim token: an
+        attempt whose lease expired (and whose row was claimed again) changes nothing.
+        """
         self.execute_many(
             "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, "
-            "lease_until = NULL, last_status = ?, last_error = ?, updated_at = ? WHERE id = ?",
+            "lease_until = NULL, claim_token = NULL, last_status = ?, last_error = ?, "
+            "updated_at = ? WHERE id = ? AND state = 'inflight' AND COALESCE(claim_token, '') = ?",
             rows,
         )
 

@@ -91,6 +91,15 @@ class SendQueries(SqlBase):
             (contact_id, provider_message_id, state, status, answer, now, send_id),
         )
 
+    def settle_send(self, send_id: str, state: str, status: int, answer: str, now: str) -> bool:
+        """Settle a send still pending (its process died); False when it finished meanwhile."""
+        cursor = self.execute(
+            "UPDATE sends SET state = ?, status = ?, answer = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'pending'",
+            (state, status, answer, now, send_id),
+        )
+        return bool(cursor.rowcount == 1)
+
     def release_send_key(self, send_id: str) -> None:
         """Forget an expired idempotency key (the send itself stays)."""
         self.execute("UPDATE sends SET idempotency_key = NULL WHERE id = ?", (send_id,))

@@ -1,0 +1,121 @@
+"""One subscriber's lane: its in-flight limit, claim lease, failure streak and circuit breaker.
+
+Lanes are independent: a subscriber answering slowly fills only its own `max_in_flight` slots,
+and a failing one opens only its own breaker. The breaker, per process:
+
+- closed: due rows are claimed up to the free slots.
+- failing (the last answer was a failure): due rows still go, and when nothing is due the lane
+  probes early with its oldest pending row that already failed twice (the schedule's short first
+  retry is spent), so a receiver that is back is noticed within seconds instead of at the next
+  scheduled retry (5 m, 30 m, ...). A failed early probe spends none of the row's attempts.
+- open (`OPEN_AFTER` failures in a row): one attempt at a time (a due row, else an early probe),
+  at the probe interval; the other due retries wait, held, without spending their attempts.
+
+The first success after failures closes the breaker and pulls every pending retry of the
+subscriber forward (the dispatcher does that in the store), so everything held drains in order.
+Probes come every 2 s in the first minute of failure, 5 s up to ten minutes, then every 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from bspgate.config import Subscriber
+from bspgate.delivery.rate import TokenBucket
+from bspgate.store.base import DeliveryJob
+
+OPEN_AFTER = 5
+LEASE_MARGIN = 30.0
+
+
+def lease_for(timeout: float) -> float:
+    """A claim lease always longer than the attempt it covers (renewed while it runs)."""
+    return 2 * timeout + LEASE_MARGIN
+
+
+def probe_interval(failing_for: float) -> float:
+    """Seconds between probes of a failing subscriber, by how long it has been failing."""
+    if failing_for < 60:
+        return 2.0
+    if failing_for < 600:
+        return 5.0
+    return 30.0
+
+
+@dataclass(eq=False)
+class Lane:
+    subscriber: Subscriber
+    inflight: dict[str, tuple[DeliveryJob, float]] = field(default_factory=dict)  # unrecorded
+    posting: int = 0  # requests open at the subscriber now (what `max_in_flight` limits)
+    failures: int = 0  # failed answers in a row
+    failing_since: float | None = None
+    last_probe: float = 0.0
+    paused_until: float = 0.0  # a 429's Retry-After
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    fixed_lease: float | None = None  # tests: a lease of their own instead of the derived one
+    bucket: TokenBucket | None = None  # the subscriber's `rate:`
+
+    def __post_init__(self) -> None:
+        if self.subscriber.rate is not None:
+            self.bucket = TokenBucket(self.subscriber.rate)
+
+    def allowed(self, now: float) -> int:
+        """Events the lane may send now: free slots (times the batch size), the rate, a 429's
+        pause."""
+        if now < self.paused_until:
+            return 0
+        free = self.free * max(self.subscriber.batch_max, 1)
+        if self.bucket is not None:
+            free = min(free, self.bucket.available(now))
+        return free
+
+    def seconds_to_send(self, now: float) -> float:
+        """How long until `allowed` may be more than 0 again (slots aside)."""
+        wait = max(self.paused_until - now, 0.0)
+        if self.bucket is not None:
+            wait = max(wait, self.bucket.wait(now))
+        return wait
+
+    @property
+    def id(self) -> str:
+        return self.subscriber.id
+
+    @property
+    def lease(self) -> float:
+        return self.fixed_lease or lease_for(self.subscriber.timeout)
+
+    @property
+    def free(self) -> int:
+        return max(self.subscriber.max_in_flight - self.posting, 0)
+
+    @property
+    def is_open(self) -> bool:
+        return self.failures >= OPEN_AFTER
+
+    def probe_due(self, now: float) -> bool:
+        """A probe may go now: the lane is failing, nothing of it is in flight or unrecorded,
+        and its time has come."""
+        if self.failing_since is None or self.inflight:
+            return False
+        return now - self.last_probe >= probe_interval(now - self.failing_since)
+
+    def seconds_to_probe(self, now: float) -> float | None:
+        if self.failing_since is None:
+            return None
+        wait = self.last_probe + probe_interval(now - self.failing_since) - now
+        return max(wait, 0.0)
+
+    def result(self, ok: bool, now: float, failed: int = 1) -> bool:
+        """Count answers (any success, or `failed` failures); True on a recovery."""
+        if ok:
+            recovered = self.failing_since is not None
+            self.failures, self.failing_since = 0, None
+            return recovered
+        if failed == 0:  # only 429s: a busy subscriber, already paused
+            return False
+        self.failures += failed
+        if self.failing_since is None:
+            self.failing_since = now
+            self.last_probe = now
+        return False

@@ -1,0 +1,193 @@
+"""Claims, leases and recovery over a real outbox (SQLite and PostgreSQL), with a hand clock.
+
+Leases follow the subscriber's timeout; a stale attempt cannot overwrite a newer result; a
+restarted replica takes its own claims back at once; after an outage, the first success pulls
+every pending retry forward; an operator can retry a subscriber now (`/v1` and the CLI).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bspgate.delivery.lane import OPEN_AFTER, lease_for
+from bspgate.delivery.worker import AttemptResult, Dispatcher
+from tests.conftest import API_KEY
+from tests.payloads import text_webhook
+from tests.test_delivery import ALICE, BOB, CRM, Harness, harness, subscriber
+
+pytestmark = [pytest.mark.anyio, pytest.mark.store]
+
+
+def twin(h: Harness, owner: str, **options: Any) -> Dispatcher:
+    """Another dispatcher on the same store (another replica, or this one after a restart)."""
+    return Dispatcher(
+        h.gateway.store,
+        h.gateway.settings.subscribers,
+        h.dispatcher.poster,
+        h.gateway.metrics,
+        clock=h.clock,
+        owner=owner,
+        **options,
+    )
+
+
+async def lease_until(h: Harness) -> float:
+    row = await h.gateway.store.read(lambda tx: tx.one("SELECT lease_until FROM deliveries"))
+    return float(row[0])
+
+
+async def test_the_lease_is_longer_than_the_subscribers_timeout(tmp_path: Path) -> None:
+    async with harness(tmp_path, subscriber("crm", CRM, timeout="45s")) as h:
+        await h.ingest(text_webhook("wamid.1"))
+        lane = h.dispatcher.lanes["crm"]
+        assert len(await h.dispatcher._claim(lane, 10)) == 1
+        lease = await lease_until(h) - h.clock.now.timestamp()
+        assert lease == pytest.approx(lease_for(45.0))
+        assert lease > 45.0
+
+
+async def test_a_long_attempt_renews_its_lease(tmp_path: Path) -> None:
+    async with harness(tmp_path, subscriber("crm", CRM, timeout="45s")) as h:
+        await h.ingest(text_webhook("wamid.1"))
+        lane = h.dispatcher.lanes["crm"]
+        ((job, _probe),) = await h.dispatcher._claim(lane, 10)
+        first = await lease_until(h)
+        assert await h.dispatcher.renew() == 0  # a fresh attempt needs nothing
+        lane.inflight[job.id] = (job, lane.inflight.get(job.id, (job, 0.0))[1] - lane.lease)
+        h.clock.advance(40)
+        assert await h.dispatcher.renew() == 1
+        assert await lease_until(h) == pytest.approx(first + 40)
+
+
+async def test_a_stale_attempt_never_overwrites_a_newer_result(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        await h.ingest(text_webhook("wamid.1"))
+        slow = twin(h, "replica-a", lease=5.0)
+        ((job, _probe),) = await slow._claim(slow.lanes["crm"], 10)
+        h.clock.advance(6)  # replica A's lease ran out while its POST was still open
+        other = twin(h, "replica-b")
+        assert await other.run_once() == 1  # replica B claims the row again and delivers it
+        late = AttemptResult(job, 500, 8000.0, "HTTP 500", None)
+        await slow._record([late])  # replica A's answer finally comes back
+        row = await h.only_delivery()
+        assert row["state"] == "delivered"
+        assert row["last_status"] == 200
+        assert row["attempts"] == 1
+        # both attempts are history, but only the current claim decided the outcome
+        assert sorted(a["status"] for a in await h.attempts(row["id"])) == [200, 500]
+
+
+async def test_a_restarted_replica_takes_back_its_own_claims_at_once(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        await h.ingest(text_webhook("wamid.1", bsuid=ALICE, phone=None))
+        await h.ingest(text_webhook("wamid.2", bsuid=BOB, phone=None))
+        mine, theirs = twin(h, "replica-a"), twin(h, "replica-b")
+        assert len(await mine._claim(mine.lanes["crm"], 1)) == 1  # then replica A dies
+        assert len(await theirs._claim(theirs.lanes["crm"], 1)) == 1  # B is alive, mid-POST
+        restarted = twin(h, "replica-a")  # the same owner id after the restart
+        assert await restarted.reclaim() == 1
+        states = sorted(row["state"] for row in await h.deliveries())
+        assert states == ["inflight", "pending"]  # B's live claim is untouched
+        assert await restarted.run_once() == 1  # due at once, not after the lease
+        assert len(h.receiver.message_ids()) == 1
+
+
+# -- recovery ---------------------------------------------------------------------------------
+async def test_first_success_after_an_outage_pulls_every_retry_forward(tmp_path: Path) -> None:
+    async with harness(tmp_path, subscriber("crm", CRM)) as h:  # default schedule: 5 s, 5 m, …
+        h.receiver.script[CRM] = [503] * 6  # down for the first two rounds (3 contacts each)
+        for n, bsuid in enumerate((ALICE, BOB, "US.30000000000000000003")):
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=bsuid, phone=None))
+        assert await h.dispatcher.run_once() == 3
+        h.clock.advance(7)
+        assert await h.dispatcher.run_once() == 3  # the 5 s retry fails too: next in ~5 min
+        rows = await h.deliveries()
+        assert all(r["next_attempt_at"] - h.clock.now.timestamp() > 200 for r in rows)
+        h.clock.advance(3)  # the receiver is back; nothing is due for minutes
+        assert await h.dispatcher.run_once() == 1  # a probe, early
+        assert await h.dispatcher.run_once() == 2  # its success pulled the others forward
+        assert {r["state"] for r in await h.deliveries()} == {"delivered"}
+        assert len(h.receiver.requests) == 6 + 3  # two failed rounds, then each once
+
+
+async def test_a_failed_early_probe_spends_no_attempt(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        h.receiver.script[CRM] = [503] * 3
+        await h.ingest(text_webhook("wamid.1"))
+        await h.dispatcher.run_once()
+        h.clock.advance(7)
+        await h.dispatcher.run_once()
+        before = await h.only_delivery()
+        h.clock.advance(3)
+        assert await h.dispatcher.run_once() == 1  # the probe, answered 503
+        after = await h.only_delivery()
+        assert after["attempts"] == before["attempts"] == 2
+        assert after["next_attempt_at"] == pytest.approx(before["next_attempt_at"])
+        assert len(await h.attempts(after["id"])) == 3  # still recorded
+
+
+async def test_an_open_breaker_sends_one_at_a_time_until_a_success(tmp_path: Path) -> None:
+    async with harness(tmp_path, subscriber("crm", CRM, retry_schedule=["1s"] * 20)) as h:
+        contacts = [f"US.{n:020d}" for n in range(8)]
+        h.receiver.script[CRM] = [503] * (8 + 3)
+        for n, bsuid in enumerate(contacts):
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=bsuid, phone=None))
+        assert await h.dispatcher.run_once() == 8  # 8 failures in a row: the breaker opens
+        assert h.dispatcher.lanes["crm"].failures >= OPEN_AFTER
+        for _ in range(3):
+            h.clock.advance(3)
+            assert await h.dispatcher.run_once() == 1  # one probe, not all eight due rows
+        h.clock.advance(3)
+        assert await h.dispatcher.run_once() == 1  # the receiver is back: this probe succeeds
+        assert await h.dispatcher.run_once() == 7  # everything held goes
+        assert {r["state"] for r in await h.deliveries()} == {"delivered"}
+
+
+async def test_retry_now_through_the_api(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        h.receiver.script[CRM] = [503]
+        await h.ingest(text_webhook("wamid.1"))
+        await h.dispatcher.run_once()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=h.app),
+            base_url="http://gw",
+            headers={"authorization": f"Bearer {API_KEY}"},
+        )
+        answer = await client.post("/v1/subscribers/crm/retry")
+        assert answer.status_code == 200
+        assert answer.json() == {"id": "crm", "retrying": 1}
+        assert await h.dispatcher.run_once() == 1  # due now, not in 5 s
+        assert (await h.only_delivery())["state"] == "delivered"
+        missing = await client.post("/v1/subscribers/nobody/retry")
+        assert missing.status_code == 404
+
+
+def test_retry_now_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    import orjson
+    import yaml
+
+    from bspgate.cli import main
+    from tests.conftest import base_config
+
+    config = base_config(tmp_path, subscribers=[subscriber("crm", CRM)])
+    config["storage"] = f"sqlite:///{tmp_path / 'cli.db'}"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    async def fail_once() -> None:
+        async with harness(tmp_path, subscriber("crm", CRM), storage=config["storage"]) as h:
+            h.receiver.script[CRM] = [503]
+            await h.ingest(text_webhook("wamid.1"))
+            await h.dispatcher.run_once()
+
+    asyncio.run(fail_once())
+    assert main(["subscribers", "retry", "crm", "--config", str(path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert orjson.loads(last) == {"id": "crm", "retrying": 1}
+    assert main(["subscribers", "retry", "nobody", "--config", str(path)]) == 1

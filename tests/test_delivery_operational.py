@@ -1,0 +1,110 @@
+"""Operational events reach subscribers asking for `bspgate.*`, signed like every delivery.
+
+Real SQLite/PostgreSQL outbox, scripted subscriber answers, hand clock; the stock
+`standardwebhooks` library verifies what the operations subscriber receives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from standardwebhooks import Webhook
+
+from tests.conftest import SUBSCRIBER_SECRET
+from tests.payloads import text_webhook
+from tests.test_delivery import CRM, Harness, harness, subscriber
+
+OPS = "https://ops.example.com/bspgate"
+pytestmark = [pytest.mark.anyio, pytest.mark.store]
+
+
+def ops_events(h: Harness) -> list[dict[str, Any]]:
+    out = []
+    for request in h.receiver.requests:
+        if str(request.url) == OPS:
+            event = Webhook(SUBSCRIBER_SECRET).verify(request.content, dict(request.headers))
+            out.append(event)
+    return out
+
+
+def with_ops(**crm: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    return subscriber("crm", CRM, **crm), subscriber("ops", OPS, events=["bspgate.*"])
+
+
+async def test_a_disabled_subscriber_is_announced(tmp_path: Path) -> None:
+    async with harness(tmp_path, *with_ops()) as h:
+        h.receiver.script[CRM] = [410]
+        await h.ingest(text_webhook("wamid.1"))
+        await h.dispatcher.run_once()
+        await h.dispatcher.run_once()
+        (event,) = ops_events(h)
+        assert event["type"] == "bspgate.subscriber.disabled"
+        assert event["source"] == "/bspgate"
+        assert event["data"]["subscriber"] == "crm"
+        assert "410" in event["data"]["reason"]
+
+
+async def test_a_recovery_is_announced(tmp_path: Path) -> None:
+    async with harness(tmp_path, *with_ops()) as h:
+        h.receiver.script[CRM] = [503]
+        await h.ingest(text_webhook("wamid.1"))
+        await h.dispatcher.run_once()
+        h.clock.advance(10)
+        await h.dispatcher.run_once()  # crm delivered: recovered
+        await h.dispatcher.run_once()
+        (event,) = ops_events(h)
+        assert event["type"] == "bspgate.subscriber.recovered"
+        assert event["data"]["subscriber"] == "crm"
+        assert event["data"]["failing_since"] is not None
+
+
+async def test_a_dead_letter_is_announced(tmp_path: Path) -> None:
+    async with harness(tmp_path, *with_ops(retry_schedule=["1s"])) as h:
+        h.receiver.script[CRM] = [500, 500]
+        await h.ingest(text_webhook("wamid.1"))
+        await h.dispatcher.run_once()
+        h.clock.advance(5)
+        await h.dispatcher.run_once()
+        await h.dispatcher.run_once()
+        (event,) = ops_events(h)
+        (row,) = await h.deliveries("crm")
+        assert event["type"] == "bspgate.delivery.dead_lettered"
+        assert event["data"]["delivery_id"] == row["id"]
+        assert event["data"]["event_id"] == row["event_id"]
+        assert (event["data"]["attempts"], event["data"]["last_status"]) == (2, 500)
+
+
+async def test_a_quarantined_webhook_is_announced_without_payload_content(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path, *with_ops()) as h:
+        channel = h.gateway.settings.channel("cloud-us")
+        assert channel is not None
+        payload = text_webhook("wamid.1", bsuid="bad bsuid 4155550100", phone=None)
+        outcome = await h.gateway.ingest(
+            channel, payload, orjson.dumps(payload), "application/json"
+        )
+        assert outcome.state == "quarantined"
+        await h.dispatcher.run_once()
+        (event,) = ops_events(h)
+        assert event["type"] == "bspgate.webhook.quarantined"
+        assert event["data"]["raw_id"] == outcome.raw_id
+        assert (event["data"]["channel"], event["data"]["provider"]) == ("cloud-us", "cloudapi")
+        assert event["data"]["reason"]
+        assert "4155550100" not in orjson.dumps(event).decode()
+
+
+async def test_a_dead_operational_event_reports_nothing(tmp_path: Path) -> None:
+    ops = subscriber("ops", OPS, events=["bspgate.*"], retry_schedule=["1s"])
+    async with harness(tmp_path, subscriber("crm", CRM), ops) as h:
+        h.receiver.script[CRM] = [410]
+        h.receiver.script[OPS] = [500, 500]
+        await h.ingest(text_webhook("wamid.1"))
+        for _ in range(4):
+            await h.dispatcher.run_once()
+            h.clock.advance(5)
+        rows = await h.deliveries("ops")
+        assert [r["state"] for r in rows] == ["dead"]  # no event about its own dead letter
