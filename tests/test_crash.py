@@ -97,6 +97,9 @@ def _config(tmp_path: Path, port: int, hook_url: str) -> Path:
                 "secret": SUBSCRIBER_SECRET,
                 "retry_schedule": ["1s"] * 10,
                 "ordering": "per_contact",
+                # messages only: the burst shares one phone across BSUIDs, so contract v1.1
+                # rule 6 also emits phone_reassigned notices, which this receiver does not read
+                "events": ["whatsapp.message.*"],
             }
         ],
     }

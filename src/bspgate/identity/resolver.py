@@ -125,7 +125,7 @@ class IdentityResolver:
                 # was retired with it, and is never made an alias again
                 self.tx.touch_bsuid(self.portfolio, seen.bsuid, self.now)
                 if seen.phone:
-                    contact = self._pair_retired(contact, seen.phone, at)
+                    contact = self._pair_retired(contact, seen.bsuid, seen.phone, at)
         elif seen.phone:
             contact = self.tx.phone_owner_at(self.portfolio, seen.phone, at)
             known = replace(contact) if contact is not None else None
@@ -185,13 +185,13 @@ class IdentityResolver:
         self._take_phone(contact, phone, at, why)
         return contact
 
-    def _pair_retired(self, contact: ContactRow, phone: str, at: str) -> ContactRow:
+    def _pair_retired(self, contact: ContactRow, bsuid: str, phone: str, at: str) -> ContactRow:
         """A pair of a retired BSUID, learned late: the phone belongs to the contact's past.
 
         A phone-only contact holding it is the same person (rule 8); otherwise the phone is
         recorded as a past alias, so legacy payloads of that time still find the contact.
         """
-        until = contact.bsuid_at or at
+        until = self.tx.bsuid_retired_at(self.portfolio, bsuid) or contact.bsuid_at or at
         owner = self.tx.contact_by_phone(self.portfolio, phone)
         if owner is not None and owner.id != contact.id and owner.bsuid is None:
             contact = self.merge(contact, owner, "identity_rule", at=at)
@@ -278,7 +278,14 @@ class IdentityResolver:
             survivor.parent_bsuid = absorbed.parent_bsuid or survivor.parent_bsuid
         if survivor.bsuid:
             # the newest BSUID is current; every other one stays resolvable, retired
-            self.tx.link_bsuid(survivor, survivor.bsuid, self.now, self.channel_id, current=True)
+            self.tx.link_bsuid(
+                survivor,
+                survivor.bsuid,
+                self.now,
+                self.channel_id,
+                current=True,
+                evidence=survivor.bsuid_at,
+            )
         if absorbed.phone:
             if survivor.phone is None or _age(survivor.phone_at, survivor) < _age(
                 absorbed.phone_at, absorbed
@@ -352,21 +359,30 @@ class IdentityResolver:
             self.tx.add_history(contact.id, self.now, "created", {"by": "identity change"})
         old_bsuid = contact.bsuid or previous_bsuid
         old_phone = contact.phone or previous_phone
-        if (
-            previous_bsuid
-            and previous_bsuid != new.bsuid
-            and (self.tx.contact_by_bsuid(self.portfolio, previous_bsuid) is None)
-        ):
-            # first time we hear of the old BSUID: keep it resolvable for late webhooks
-            self.tx.link_bsuid(contact, previous_bsuid, self.now, self.channel_id, current=False)
         fresh = contact.bsuid is None or _newer(at, contact.bsuid_at)
         if new.bsuid and new.bsuid != contact.bsuid:
             if fresh:
                 contact.bsuid, contact.bsuid_at = new.bsuid, at
-                self.tx.link_bsuid(contact, new.bsuid, self.now, self.channel_id, current=True)
+                self.tx.link_bsuid(
+                    contact, new.bsuid, self.now, self.channel_id, current=True, evidence=at
+                )
             elif self.tx.contact_by_bsuid(self.portfolio, new.bsuid) is None:
                 # rule 9: a later change already moved the contact on; this BSUID is history
-                self.tx.link_bsuid(contact, new.bsuid, self.now, self.channel_id, current=False)
+                self.tx.link_bsuid(
+                    contact,
+                    new.bsuid,
+                    self.now,
+                    self.channel_id,
+                    current=False,
+                    evidence=contact.bsuid_at,
+                )
+        if previous_bsuid and previous_bsuid not in (new.bsuid, contact.bsuid):
+            holder = self.tx.contact_by_bsuid(self.portfolio, previous_bsuid)
+            if holder is None or holder.id == contact.id:
+                # the old BSUID stays resolvable for late webhooks, retired as of this change
+                self.tx.link_bsuid(
+                    contact, previous_bsuid, self.now, self.channel_id, current=False, evidence=at
+                )
         if contact.phone and contact.phone != new.phone and _newer(at, contact.phone_at):
             # A BSUID changes only with the phone number: the old alias must never be sent to.
             self.tx.end_phone(
@@ -376,7 +392,7 @@ class IdentityResolver:
         if new.phone and fresh:
             contact = self._pair(contact, new.phone, at, "named by the identity change")
         elif new.phone:
-            contact = self._pair_retired(contact, new.phone, at)  # rule 9: a past number
+            contact = self._pair_retired(contact, new.bsuid or "", new.phone, at)  # rule 9: past
         if fresh:
             self._profile(contact, new)
         self.tx.add_history(contact.id, self.now, "relinked", {"channel": self.channel_id})

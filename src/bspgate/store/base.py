@@ -102,8 +102,16 @@ class StoreTx(Protocol):
     def create_contact(self, portfolio: str, now: str) -> ContactRow: ...
     def save_contact(self, contact: ContactRow, now: str) -> None: ...
     def link_bsuid(
-        self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
+        self,
+        contact: ContactRow,
+        bsuid: str,
+        now: str,
+        channel_id: str,
+        *,
+        current: bool,
+        evidence: str | None = None,
     ) -> None: ...
+    def bsuid_retired_at(self, portfolio: str, bsuid: str) -> str | None: ...
     def link_phone(
         self,
         contact: ContactRow,

@@ -21,6 +21,10 @@ def _text(*values: object) -> None:
             raise TypeError(f"expected text, got {value!r}")
 
 
+def _earliest(one: str | None, other: str | None) -> str | None:
+    return min((v for v in (one, other) if v is not None), default=None)
+
+
 class MemoryTx:
     """Implements `StoreTx` over dicts (one instance = one private, never-committed store)."""
 
@@ -32,6 +36,7 @@ class MemoryTx:
         self.phones: dict[tuple[str, str], str] = {}  # active aliases: (portfolio, phone) -> id
         self.phone_history: list[dict[str, Any]] = []
         self.last_seen: dict[tuple[str, str], str] = {}  # (portfolio, bsuid) -> when seen again
+        self.retired_at: dict[tuple[str, str], str | None] = {}  # evidence time of retirement
         self.history: list[tuple[str, str, str, dict[str, Any]]] = []
         self.sends: dict[tuple[str, str], str] = {}
         self.inbound: dict[tuple[str, str], str] = {}
@@ -68,14 +73,27 @@ class MemoryTx:
         self.contacts[contact.id] = replace(contact)
 
     def link_bsuid(
-        self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
+        self,
+        contact: ContactRow,
+        bsuid: str,
+        now: str,
+        channel_id: str,
+        *,
+        current: bool,
+        evidence: str | None = None,
     ) -> None:
         _text(contact.id, bsuid, now, channel_id)
         if current:
-            for key, (owner, _state) in list(self.bsuids.items()):
-                if owner == contact.id and key[1] != bsuid:
+            for key, (owner, state) in list(self.bsuids.items()):
+                if owner == contact.id and key[1] != bsuid and state == "current":
                     self.bsuids[key] = (owner, "retired")
-        self.bsuids[(contact.portfolio, bsuid)] = (contact.id, "current" if current else "retired")
+                    self.retired_at[key] = _earliest(self.retired_at.get(key), evidence)
+        key = (contact.portfolio, bsuid)
+        self.bsuids[key] = (contact.id, "current" if current else "retired")
+        self.retired_at[key] = None if current else _earliest(self.retired_at.get(key), evidence)
+
+    def bsuid_retired_at(self, portfolio: str, bsuid: str) -> str | None:
+        return self.retired_at.get((portfolio, bsuid))
 
     def link_phone(
         self,
@@ -139,8 +157,13 @@ class MemoryTx:
         self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
     ) -> None:
         _text(contact.id, phone, now, channel_id, since, until)
-        if any((r["contact_id"], r["phone"]) == (contact.id, phone) for r in self.phone_history):
-            return
+        if any(
+            (r["contact_id"], r["phone"]) == (contact.id, phone)
+            and (r["evidence_at"] or "") <= since
+            and (r["state"] == "active" or (r["ended_evidence"] or "") >= until)
+            for r in self.phone_history
+        ):
+            return  # a span of the contact's own already covers this one
         self.phone_history.append(
             {
                 "contact_id": contact.id,

@@ -111,21 +111,44 @@ class SqlBase:
         )
 
     def link_bsuid(
-        self, contact: ContactRow, bsuid: str, now: str, channel_id: str, *, current: bool
+        self,
+        contact: ContactRow,
+        bsuid: str,
+        now: str,
+        channel_id: str,
+        *,
+        current: bool,
+        evidence: str | None = None,
     ) -> None:
+        """Link `bsuid` to the contact; a current one retires the others as of `evidence`."""
         if current:
             self.execute(
-                "UPDATE contact_bsuids SET state = 'retired' WHERE contact_id = ? AND bsuid <> ?",
-                (contact.id, bsuid),
+                "UPDATE contact_bsuids SET state = 'retired', retired_evidence = "
+                "CASE WHEN retired_evidence IS NULL OR ? < retired_evidence THEN ? "
+                "ELSE retired_evidence END WHERE contact_id = ? AND bsuid <> ? "
+                "AND state = 'current'",
+                (evidence, evidence, contact.id, bsuid),
             )
         state = "current" if current else "retired"
+        retired = None if current else evidence
         self.execute(
             "INSERT INTO contact_bsuids (portfolio, bsuid, contact_id, state, first_seen, "
-            "last_seen, channel_id) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "last_seen, channel_id, retired_evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (portfolio, bsuid) DO UPDATE SET contact_id = excluded.contact_id, "
-            "state = excluded.state, last_seen = excluded.last_seen",
-            (contact.portfolio, bsuid, contact.id, state, now, now, channel_id),
+            "state = excluded.state, last_seen = excluded.last_seen, "
+            "retired_evidence = CASE WHEN excluded.state = 'current' THEN NULL "
+            "WHEN contact_bsuids.retired_evidence IS NULL "
+            "OR excluded.retired_evidence < contact_bsuids.retired_evidence "
+            "THEN excluded.retired_evidence ELSE contact_bsuids.retired_evidence END",
+            (contact.portfolio, bsuid, contact.id, state, now, now, channel_id, retired),
         )
+
+    def bsuid_retired_at(self, portfolio: str, bsuid: str) -> str | None:
+        row = self.one(
+            "SELECT retired_evidence FROM contact_bsuids WHERE portfolio = ? AND bsuid = ?",
+            (portfolio, bsuid),
+        )
+        return None if row is None or row[0] is None else str(row[0])
 
     def link_phone(
         self,
@@ -179,9 +202,11 @@ class SqlBase:
         self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
     ) -> None:
         """A phone the contact had under a BSUID that is retired now (learned late)."""
-        known = self.one(
-            "SELECT 1 FROM contact_phones WHERE contact_id = ? AND phone = ?",
-            (contact.id, phone),
+        known = self.one(  # a span of the contact's own that already covers this one
+            "SELECT 1 FROM contact_phones WHERE contact_id = ? AND phone = ? "
+            "AND (evidence_at IS NULL OR evidence_at <= ?) "
+            "AND (state = 'active' OR ended_evidence >= ?)",
+            (contact.id, phone, since, until),
         )
         if known is None:
             self.execute(
