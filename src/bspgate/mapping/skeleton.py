@@ -107,7 +107,12 @@ def skeleton_files(name: str, payload: Any) -> dict[str, str]:
         "secrets": {"webhook_secret": "test-webhook-secret", "api_key": "test-api-key"},
         "settings": {"base_url": "${stand_in}"},
     }
-    case = {"description": "the sample payload", "input": payload, "expect": {"events": []}}
+    case = {
+        "description": "the sample payload",
+        "received_at": "2026-01-01T00:00:00Z",  # pins the receive time the skeleton may use
+        "input": payload,
+        "expect": {"events": []},
+    }
     send_case = {
         "description": "text to a phone",
         "send": {"to": {"phone": "+15551234567"}, "type": "text", "text": {"body": "Hi"}},
