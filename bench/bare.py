@@ -1,9 +1,15 @@
-"""The ingress baseline: a bare Starlette route that verifies Meta's HMAC and stores the raw body.
+"""The one baseline of every benchmark: a bare durable webhook route, without bspgate.
 
-Durable like bspgate: SQLite in WAL mode with `synchronous=FULL`, one writer thread that commits
-whatever is queued as one transaction (group commit), and the `200` only after the commit. No
-parsing, mapping, identity or events: the floor a durable webhook receiver costs on this machine.
-Run: `uvicorn bench.bare:app` with `BARE_DB=<path>` (bench/ingress.py does).
+What any durable receiver must do and nothing more: read the body, verify Meta's HMAC, parse the
+JSON (orjson, as bspgate), store the raw body, and answer `200` only once it is durable.
+
+- SQLite (`BARE_DB=<path>`): WAL, `synchronous=FULL`, one writer thread that commits whatever is
+  queued as one transaction with one multi-row insert (group commit).
+- PostgreSQL (`BARE_PG=<url>`): one insert per request through psycopg (the driver bspgate uses),
+  autocommit, `synchronous_commit` on, from a connection pool.
+
+No mapping, identity, events or delivery: the floor a durable webhook receiver costs on this
+machine. Run: `uvicorn bench.bare:app` (bench/ingress.py, bench/e2e.py and bench/growth.py do).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,6 +35,7 @@ from starlette.routing import Route
 SECRET = os.environ.get("BARE_SECRET", "bench-app-secret").encode()
 _queue: queue.SimpleQueue[tuple[bytes, asyncio.Future[None], asyncio.AbstractEventLoop] | None]
 _queue = queue.SimpleQueue()
+_pool: Any = None
 
 
 def _settle(future: asyncio.Future[None]) -> None:
@@ -51,9 +59,14 @@ def _writer(path: str) -> None:
                 _queue.put(None)
                 break
             batch.append(more)
+        now = time.time()
+        values: list[Any] = []
+        for body, _, _ in batch:
+            values += (now, body)
         conn.execute("BEGIN")
-        conn.executemany(
-            "INSERT INTO raw (at, body) VALUES (?, ?)", [(time.time(), b) for b, _, _ in batch]
+        conn.execute(
+            "INSERT INTO raw (at, body) VALUES " + ", ".join(["(?, ?)"] * len(batch)),  # noqa: S608
+            values,
         )
         conn.execute("COMMIT")
         for _, future, loop in batch:
@@ -66,6 +79,14 @@ async def webhook(request: Request) -> Response:
     expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, request.headers.get("x-hub-signature-256", "")):
         return Response(status_code=401)
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return Response(status_code=400)
+    if _pool is not None:
+        async with _pool.connection() as conn:
+            await conn.execute("INSERT INTO raw (at, body) VALUES (%s, %s)", (time.time(), body))
+        return Response(status_code=200)
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
     _queue.put((body, future, loop))
@@ -79,6 +100,22 @@ async def ready(request: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Any) -> AsyncIterator[None]:
+    global _pool
+    if os.environ.get("BARE_PG"):
+        from psycopg_pool import AsyncConnectionPool
+
+        _pool = AsyncConnectionPool(
+            os.environ["BARE_PG"], min_size=8, max_size=8, kwargs={"autocommit": True}, open=False
+        )
+        await _pool.open(wait=True)
+        async with _pool.connection() as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS raw (id BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION, "
+                "body BYTEA)"
+            )
+        yield
+        await _pool.close()
+        return
     thread = threading.Thread(target=_writer, args=(os.environ["BARE_DB"],), daemon=True)
     thread.start()
     yield

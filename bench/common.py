@@ -80,9 +80,10 @@ BODY_FORMAT = json.dumps(
 )
 
 
-def body(n: int, contacts: int = 10_000) -> bytes:
-    """The `n`th distinct webhook body (message `n`, one of `contacts` contacts)."""
-    return (BODY_FORMAT % (n % contacts, n % contacts, n)).encode()
+def body(n: int, contacts: int = 10_000, contact_base: int = 0) -> bytes:
+    """The `n`th distinct webhook body (message `n`, one of `contacts` contacts from the base)."""
+    c = contact_base + n % contacts
+    return (BODY_FORMAT % (c, c, n)).encode()
 
 
 def signature(payload: bytes) -> str:
@@ -172,9 +173,39 @@ def gateway_config(
 
 
 @contextlib.contextmanager
+def receiver() -> Iterator[str]:
+    """The subscriber of every benchmark: `bench/receiver.py` in its own process; yields its URL."""
+    port = free_port()
+    command = [
+        PYTHON, "-m", "uvicorn", "bench.receiver:app", "--port", str(port), "--loop", "uvloop",
+        "--http", "httptools", "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    with child(command, f"http://127.0.0.1:{port}/readyz"):
+        yield f"http://127.0.0.1:{port}/hook"
+
+
+def subscriber(url: str) -> dict[str, Any]:
+    """One subscriber of everything, as a config entry."""
+    return {"id": "crm", "url": url, "secret": SUBSCRIBER_SECRET}
+
+
+@contextlib.contextmanager
+def bare_server(folder: Path, postgres: str | None = None) -> Iterator[tuple[str, int]]:
+    """The bare durable route (`bench/bare.py`): SQLite, or PostgreSQL when a URL is given."""
+    port = free_port()
+    command = [
+        PYTHON, "-m", "uvicorn", "bench.bare:app", "--port", str(port), "--loop", "uvloop",
+        "--http", "httptools", "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    env = {"BARE_PG": postgres} if postgres else {"BARE_DB": str(folder / f"bare-{port}.db")}
+    with child(command, f"http://127.0.0.1:{port}/readyz", env) as pid:
+        yield f"http://127.0.0.1:{port}", pid
+
+
+@contextlib.contextmanager
 def bspgate_serve(config: Path, port: int) -> Iterator[int]:
-    """`bspgate serve` (one uvicorn worker, httptools + uvloop); yields the pid."""
-    command = [PYTHON, "-m", "bspgate", "serve", "--config", str(config), "--log-level", "warning"]
+    """`bspgate serve` as users run it (info logs, to a file); yields the pid."""
+    command = [PYTHON, "-m", "bspgate", "serve", "--config", str(config), "--log-level", "info"]
     with child(command, f"http://127.0.0.1:{port}/readyz") as pid:
         yield pid
 
@@ -224,6 +255,7 @@ local fmt = [==[%(fmt)s]==]
 local sigs = {%(sigs)s}
 local offset = %(offset)d
 local contacts = %(contacts)d
+local contact_base = %(contact_base)d
 local counter = 0
 local threads = 0
 function setup(thread)
@@ -238,7 +270,7 @@ function request()
   counter = counter + 1
   local i = n %% #sigs
   local m = offset + i
-  local c = m %% contacts
+  local c = contact_base + m %% contacts
   local payload = string.format(fmt, c, c, m)
   return wrk.format("POST", "/webhooks/cloud-us",
     {["content-type"] = "application/json", ["x-hub-signature-256"] = sigs[i + 1]}, payload)
@@ -246,9 +278,22 @@ end
 """
 
 
-def wrk_script(folder: Path, count: int, offset: int, threads: int, contacts: int = 10_000) -> Path:
-    """A Lua script for `count` distinct signed bodies numbered from `offset`."""
-    sigs = ",".join(f'"{signature(body(offset + i, contacts))}"' for i in range(count))
+def wrk_script(
+    folder: Path,
+    count: int,
+    offset: int,
+    threads: int,
+    contacts: int = 10_000,
+    contact_base: int = 0,
+) -> Path:
+    """A Lua script for `count` distinct signed bodies numbered from `offset`.
+
+    Contacts are `contact_base` .. `contact_base + contacts - 1`: runs that must compare like with
+    like (first messages from new contacts vs repeat messages) choose their own base.
+    """
+    sigs = ",".join(
+        f'"{signature(body(offset + i, contacts, contact_base))}"' for i in range(count)
+    )
     path = folder / f"wrk-{offset}.lua"
     path.write_text(
         LUA
@@ -257,6 +302,7 @@ def wrk_script(folder: Path, count: int, offset: int, threads: int, contacts: in
             "sigs": sigs,
             "offset": offset,
             "contacts": contacts,
+            "contact_base": contact_base,
             "threads": threads,
         }
     )

@@ -2,9 +2,11 @@
 
 The history (raw payloads, events, delivered outbox rows, 100,000 contacts) is bulk-inserted with
 SQL (`bench/fill.py`), then the same two measurements run as at empty: wrk against `bspgate serve`
-(as bench/ingress.py, 64 connections) and the dispatcher draining a fresh outbox (as
-bench/delivery.py). The server's RSS is read from /proc after its wrk run. Targets: rates at 1M
->= 0.9x at empty; RSS <= 150 MB. SQLite by default; `--postgres URL` for PostgreSQL.
+(as bench/ingress.py, 64 connections, a subscriber and delivery running, each run first messages
+from its own 10,000 new contacts, so the two runs compare like with like) and the dispatcher
+draining a fresh outbox (as bench/delivery.py). The server's RSS is read from /proc after its
+wrk run. Targets: rates at 1M >= 0.9x at empty; RSS <= 150 MB. SQLite by default;
+`--postgres URL` for PostgreSQL.
 
     python -m bench.growth [--events 1000000] [--seconds 6] [--postgres URL]
 """
@@ -22,8 +24,8 @@ from pathlib import Path
 import structlog
 import uvloop
 
-from bench.common import postgres_database, verdict
-from bench.delivery import dispatcher_rate, open_store, receiver, stack_devnull
+from bench.common import postgres_database, receiver, verdict
+from bench.delivery import dispatcher_rate, open_store, stack_devnull
 from bench.fill import fill_history
 from bench.ingress import gateway_server, measure
 from bspgate.logging import configure_logging
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 took = uvloop.run(prefill(storage, size))
                 print(f"  bulk-inserted {size:,} events in {took:.0f} s", flush=True)
             ingress, rss = measure(
-                f"ingress ({label})", gateway_server(folder, storage), folder, args.seconds,
+                f"ingress ({label})", gateway_server(folder, storage, url), folder, args.seconds,
                 offset=50_000_000 + size,
             )  # fmt: skip
             rate = uvloop.run(dispatch(storage, url, 10_000_000 + size, args.deliveries))

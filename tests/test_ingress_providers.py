@@ -93,7 +93,7 @@ _load_mapping = cache(load_mapping)
 def _compile_mappings_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # Compiled mappings are frozen and the same for every test: parse the YAML once per run,
     # not once per app and per signed request (most of each test's time otherwise).
-    monkeypatch.setattr("bspgate.app.load_mapping", _load_mapping)
+    monkeypatch.setattr("bspgate.stage.load_mapping", _load_mapping)
     monkeypatch.setattr("bspgate.simulate.load_mapping", _load_mapping)
 
 

@@ -157,7 +157,8 @@ def test_burst_across_two_replicas_is_delivered_exactly_once_in_contact_order(
     assert set(receiver.counts) == {e["id"] for e in events}
     assert max(receiver.counts.values()) == 1, receiver.counts.most_common(3)
     assert sum(per_replica) == count
-    assert all(per_replica), f"one dispatcher did all the work: {per_replica}"
+    # (which replica's dispatcher delivers is a race: with per-contact ordering a dispatcher that
+    # is already busy keeps the queue heads; each event is delivered once either way)
     # per-contact order: each contact's events arrive in the order they were stored
     for contact_id in {e["subject"] for e in events}:
         stored = [e["id"] for e in events if e["subject"] == contact_id]
@@ -190,6 +191,8 @@ def test_concurrent_first_messages_on_both_replicas_make_one_contact(
 
         with ThreadPoolExecutor(len(bodies)) as pool:
             assert list(pool.map(send, range(len(bodies)))) == [200] * len(bodies)
+        # answered once the raw payloads are durable; the events follow right after
+        wait_for(lambda: len(stored_events(replicas[1])) == len(bodies), "processing")
         events = stored_events(replicas[1])
         found = httpx.get(
             f"{replicas[0].url}/v1/contacts", params={"bsuid": bsuid}, headers=AUTH

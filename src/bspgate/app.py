@@ -1,9 +1,19 @@
 """Wires bspgate together: `Gateway` holds the parts, `create_app` makes the ASGI app.
 
 The only module that constructs objects from settings: mappings, verifiers, store, validator,
-fan-out, metrics, the shared httpx client and the dispatcher. Its lifespan opens the store
-(running migrations), starts the dispatcher, and on shutdown stops taking work, lets the current
-delivery round finish and closes the store (every acknowledged webhook is already committed).
+fan-out, metrics, the shared httpx client, the processor and the dispatcher. Its lifespan opens
+the store (running migrations), starts the processing stage and the dispatcher, and on shutdown
+stops taking work, lets the current rounds finish and closes the store (every acknowledged
+webhook is already committed).
+
+Where processing and delivery run (`processing=`):
+- "worker" (`bspgate serve`): a worker process of its own (`bspgate.worker`), so deriving events
+  and delivering them use the second core; this process answers webhooks once the raw payload is
+  durable. On SQLite both processes coordinate their writes (`SqliteStore(shared=True)`).
+- "background": in this process, as tasks; the answer still only waits for the raw payload.
+- "inline" (the default for an app built in-process, as tests do): in this process, and each
+  webhook's answer waits until its payload has been processed (batched with concurrent ones), so
+  a test can read the events right after posting.
 """
 
 from __future__ import annotations
@@ -12,8 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import partial
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -28,50 +37,26 @@ from bspgate.api import messages as messages_api
 from bspgate.api import operations as operations_api
 from bspgate.api.events import list_events
 from bspgate.config import Channel, Settings
-from bspgate.delivery.operational import DriftReporter
 from bspgate.delivery.transport import AiohttpPoster, HttpxPoster, Poster
-from bspgate.delivery.worker import Dispatcher, dispatcher_owner
+from bspgate.delivery.worker import Dispatcher
 from bspgate.errors import ConfigError, StoreError
 from bspgate.ids import new_id
 from bspgate.ingress.routes import receive_webhook, webhook_handshake
 from bspgate.ingress.verify import ChannelVerifier
-from bspgate.mapping.engine import MappingResult, apply_mapping
-from bspgate.mapping.loader import MappingSpec, load_mapping
+from bspgate.mapping.loader import MappingSpec
 from bspgate.metrics import Metrics
-from bspgate.pipeline import Fanout, IngestOutcome, ingest, ingest_or_quarantine
+from bspgate.pipeline import Fanout, IngestOutcome
+from bspgate.processing import Processor, Rules, stamp
 from bspgate.schema import catalog as schema_catalog
 from bspgate.schema.validate import EventValidator
-from bspgate.store.base import RawRecord
+from bspgate.stage import Stage, load_channel_mappings, open_store, utc_now
+from bspgate.store.base import RawRecord, Store
 
 Clock = Callable[[], datetime]
 _log = structlog.get_logger("bspgate.app")
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def open_store(settings: Settings) -> Any:
-    """The store the settings name (not yet opened)."""
-    if settings.storage.startswith("sqlite:"):
-        from bspgate.store.sqlite import SqliteStore
-
-        return SqliteStore.from_dsn(settings.storage)
-    from bspgate.store.postgres import PostgresStore
-
-    return PostgresStore(settings.storage)
-
-
-def load_channel_mappings(settings: Settings) -> dict[str, MappingSpec]:
-    """The mappings the configured channels use, compiled (a broken file fails start)."""
-    return {
-        name: load_mapping(settings.mappings_dir, name)
-        for name in sorted({c.provider for c in settings.channels})
-    }
+iso = stamp  # the one time format (processing.stamp)
 
 
 def build_verifiers(
@@ -106,17 +91,18 @@ class Gateway:
     settings: Settings
     mappings: dict[str, MappingSpec]
     verifiers: dict[str, ChannelVerifier]
-    store: Any
+    store: Store
     client: httpx.AsyncClient
     clock: Clock = utc_now
     validator: EventValidator = field(default_factory=EventValidator)
     metrics: Metrics = field(default_factory=Metrics)
     dispatcher: Dispatcher | None = None
+    processor: Processor | None = None
+    inline: bool = True  # answers wait for processing (see the module docstring)
 
     def __post_init__(self) -> None:
-        base = self.settings.server.public_url.rstrip("/") + "/v1/schemas"
-        self.fanout = Fanout(self.settings.subscribers, schema_base=base)
-        self.drift = DriftReporter(self.settings.subscribers)
+        self.rules = Rules(self.settings, self.mappings, self.validator)
+        self.fanout: Fanout = self.rules.fanout
 
     async def ingest(
         self,
@@ -126,42 +112,38 @@ class Gateway:
         content_type: str,
         traceparent: str | None = None,
     ) -> IngestOutcome:
-        """Map, resolve and store one parsed webhook in one transaction."""
-        spec = self.mappings[channel.provider]
-        moment = self.clock()
-        try:
-            mapped = apply_mapping(spec, payload, channel.as_scope(), received_at=iso(moment))
-        except Exception as exc:  # a mapping bug must quarantine, never lose, the payload
-            mapped = MappingResult(issues=[f"mapping engine error: {type(exc).__name__}: {exc}"])
-        if mapped.unmapped:
-            # the provider sent fields no rule reads: its format may have changed (names only)
-            for name in mapped.unmapped:
-                self.metrics.unmapped.labels(channel.provider, name[:64]).inc()
-            _log.info("mapping.unmapped_fields", provider=channel.provider, fields=mapped.unmapped)
-            await self.drift.report(self.store, channel, mapped.unmapped, moment)
+        """Store one parsed webhook's raw payload durably; processing follows (or is awaited)."""
         raw = RawRecord(
             id=new_id("raw"),
             channel_id=channel.id,
             provider=channel.provider,
-            received_at=iso(moment),
+            received_at=iso(self.clock()),
             content_type=content_type or "application/octet-stream",
             body=body,
+            state="received",
             traceparent=traceparent,
         )
-        work = partial(
-            ingest,
-            channel=channel,
-            raw=raw,
-            mapped=mapped,
-            validator=self.validator,
-            fanout=self.fanout,
-            now=iso(moment),
-            now_epoch=moment.timestamp(),
-        )
-        # schema failures and any unexpected error end as a quarantined raw payload (pipeline.py)
-        outcome = await ingest_or_quarantine(self.store, work, raw, fanout=self.fanout)
-        for event in outcome.events:
-            self.metrics.events.labels(event["type"]).inc()
+        if self.inline and self.processor is None:
+            # built without create_app's lifespan (tests): process on demand, no loop running
+            self.processor = Processor(
+                self.store, self.rules, clock=self.clock, metrics=self.metrics
+            )
+        waiter = None
+        if self.inline and self.processor is not None:
+            waiter = self.processor.expect(raw.id, payload)
+        try:
+            await self.store.accept(raw)
+        except BaseException:
+            if self.processor is not None:
+                self.processor.forget(raw.id)
+            raise
+        if self.processor is not None:
+            self.processor.wake()
+        if waiter is None:
+            return IngestOutcome(raw.id, "accepted")
+        if self.processor is not None and not self.processor.running:
+            await self.processor.drain()
+        outcome = await waiter
         if outcome.deliveries and self.dispatcher is not None:
             self.dispatcher.wake()
         return outcome
@@ -193,55 +175,56 @@ async def metrics(request: Request) -> Response:
 def create_app(
     settings: Settings,
     *,
-    store: Any = None,
+    store: Store | None = None,
     http_client: httpx.AsyncClient | None = None,
     clock: Clock = utc_now,
     dispatch: bool = True,
+    processing: str = "inline",
 ) -> Starlette:
     """The ASGI app for `settings`. Tests inject the store, the httpx client and the clock."""
     mappings = load_channel_mappings(settings)
     verifiers = build_verifiers(settings, mappings)
     owns_client = http_client is None
+    in_worker = processing == "worker"
     gateway = Gateway(
         settings=settings,
         mappings=mappings,
         verifiers=verifiers,
-        store=store if store is not None else open_store(settings),
+        store=store if store is not None else open_store(settings, shared=in_worker),
         client=http_client if http_client is not None else default_http_client(),
         clock=clock,
+        inline=processing == "inline",
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.store.open()
-        task = None
-        if dispatch and settings.storage.startswith("sqlite:"):
-            # One process owns an SQLite store: deliveries in flight when it last stopped (even by
-            # SIGKILL) are retried at once, with the same webhook-id. PostgreSQL replicas cannot
-            # know whose claim is dead, so there claims expire with their lease instead.
-            now = clock().timestamp()
-            await gateway.store.transaction(lambda tx: tx.recover_inflight(now))
-        if dispatch:
-            # deliveries post through aiohttp (measured ~3x httpx-over-aiohttp); an injected
-            # httpx client (tests) is used as given
-            poster: Poster = AiohttpPoster() if owns_client else HttpxPoster(gateway.client)
-            gateway.dispatcher = Dispatcher(
-                gateway.store,
-                settings.subscribers,
-                poster,
-                gateway.metrics,
-                clock=clock,
-                owner=dispatcher_owner(settings),
-            )
-            task = gateway.dispatcher.start()
+        if in_worker:
+            from bspgate.worker import WorkerProcess
+
+            worker = WorkerProcess(settings, dispatch=dispatch)
+            gateway.metrics.peer = worker.metrics_file  # /metrics adds the worker's counts
+            worker.start()
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(worker.stop)
+                if owns_client:
+                    await gateway.client.aclose()
+                await gateway.store.close()
+            return
+        # deliveries post through aiohttp (measured ~3x httpx-over-aiohttp); an injected httpx
+        # client (tests) is used as given
+        poster: Poster = AiohttpPoster() if owns_client else HttpxPoster(gateway.client)
+        stage = Stage(
+            gateway.store, gateway.rules, settings, clock, dispatch, poster, gateway.metrics
+        )
+        await stage.start()
+        gateway.processor, gateway.dispatcher = stage.processor, stage.dispatcher
         try:
             yield
         finally:
-            if gateway.dispatcher is not None and task is not None:
-                gateway.dispatcher.stop()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(task, timeout=15)
-                await gateway.dispatcher.poster.aclose()
+            await stage.stop()
             if owns_client:
                 await gateway.client.aclose()
             await gateway.store.close()

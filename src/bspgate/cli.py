@@ -9,6 +9,7 @@ a non-zero exit: 2 for a refused input (a payload that would be quarantined, an 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,8 +60,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bspgate.logging import configure_logging
 
     configure_logging(args.log_level)
+    os.environ["BSPGATE_LOG_LEVEL"] = args.log_level  # the worker process logs alike
     settings = _settings(args)
-    app = create_app(settings)
+    # processing and delivery in a worker process: the second core (docs/performance.md)
+    app = create_app(settings, processing="worker")
     uvicorn.run(
         app,
         host=args.host or settings.server.host,
@@ -156,8 +159,8 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 def cmd_contacts_show(args: argparse.Namespace) -> int:
     import asyncio
 
-    from bspgate.app import open_store
     from bspgate.mapping.functions import e164, is_bsuid
+    from bspgate.stage import open_store
 
     settings = _settings(args)
     key = args.identifier.strip()
@@ -192,10 +195,11 @@ def cmd_contacts_merge(args: argparse.Namespace) -> int:
     import asyncio
     from datetime import UTC, datetime
 
-    from bspgate.app import iso, open_store
+    from bspgate.app import iso
     from bspgate.identity.operator import OperatorContext, OperatorRefused, operator_merge
     from bspgate.pipeline import Fanout
     from bspgate.schema.validate import EventValidator
+    from bspgate.stage import open_store
 
     settings = _settings(args)
     moment = datetime.now(UTC)
@@ -228,7 +232,8 @@ def cmd_contacts_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from bspgate.app import build_verifiers, load_channel_mappings
+    from bspgate.app import build_verifiers
+    from bspgate.stage import load_channel_mappings
 
     settings = _settings(args)
     build_verifiers(settings, load_channel_mappings(settings))
@@ -346,8 +351,8 @@ def _send_problem(exc: Any) -> int:
 
 
 async def _dry_run(settings: Settings, payload: Any, channel: str, use_store: bool) -> Any:
-    from bspgate.app import open_store, utc_now
     from bspgate.outbound.service import SendService
+    from bspgate.stage import open_store, utc_now
 
     store = open_store(settings) if use_store else None
     if store is not None:

@@ -1,6 +1,17 @@
-"""Prometheus metrics of one gateway instance (a registry per app: no module-level singletons)."""
+"""Prometheus metrics of one gateway instance (a registry per app: no module-level singletons).
+
+`bspgate serve` counts in two processes (the server and its worker, see `bspgate.worker`): the
+worker writes its rendered metrics to a file every second (`write_to`), and the server's
+`/metrics` merges them in (`peer`): samples of one name and labels are added up.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -60,5 +71,46 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.peer: Path | None = None  # another process's rendered metrics, merged in
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.peer is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Merged(self.registry, self.peer))
+
+    def write_to(self, path: Path) -> None:
+        """Write this registry's rendering to `path` atomically (for the other process)."""
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(generate_latest(self.registry))
+        os.replace(partial, path)
+
+
+class _Merged:
+    """A collector over a registry and another process's rendering, samples added up."""
+
+    def __init__(self, registry: CollectorRegistry, peer: Path) -> None:
+        self.registry, self.peer = registry, peer
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families = {family.name: family for family in self.registry.collect()}
+        text = ""
+        with contextlib.suppress(OSError):
+            text = self.peer.read_text()
+        for theirs in text_string_to_metric_families(text):
+            ours = families.get(theirs.name)
+            if ours is None:
+                families[theirs.name] = theirs
+                continue
+            index = {
+                (s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(ours.samples)
+            }
+            for sample in theirs.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key in index:
+                    mine = ours.samples[index[key]]
+                    ours.samples[index[key]] = mine._replace(value=mine.value + sample.value)
+                else:
+                    ours.samples.append(sample)
+        yield from families.values()

@@ -8,14 +8,15 @@ are minted fresh per run (no store keeps them); the raw id is derived from the b
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from bspgate.config import Channel
 from bspgate.ids import digest_id
 from bspgate.ingress.parse import parse_payload
-from bspgate.mapping.engine import apply_mapping
 from bspgate.mapping.loader import MappingSpec
 from bspgate.pipeline import Fanout, IngestOutcome, InvalidEvents, ingest
+from bspgate.processing import map_payload, stamp
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import RawRecord
 from bspgate.store.memory import MemoryTx
@@ -53,27 +54,30 @@ class Normalizer:
     ) -> IngestOutcome:
         # `received_at` pins the receive time (golden cases of providers that send no event time).
         now = received_at or datetime.now(UTC)
-        received = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        mapped = apply_mapping(self.spec, payload, self.channel.as_scope(), received_at=received)
         raw = RawRecord(
             id=digest_id("raw", body or repr(payload).encode()),
             channel_id=self.channel.id,
             provider=self.channel.provider,
-            received_at=now.isoformat(),
+            received_at=stamp(now),  # the one time format, as the server stores it
             content_type=content_type,
             body=body,
         )
+        # the one ingest pipeline's mapping step (the payload is parsed already)
+        mapped = map_payload(self.spec, self.channel, raw, payload)
         try:
-            return ingest(
-                self.tx,
-                channel=self.channel,
-                raw=raw,
-                mapped=mapped,
-                validator=self.validator,
-                fanout=self._fanout,
-                now=now.isoformat(),
-                now_epoch=now.timestamp(),
-                store_raw=False,
+            # one transaction, as on the SQL stores: a payload that fails leaves nothing behind
+            return self.tx.run(
+                partial(
+                    ingest,
+                    channel=self.channel,
+                    raw=raw,
+                    mapped=mapped,
+                    validator=self.validator,
+                    fanout=self._fanout,
+                    now=stamp(now),
+                    now_epoch=now.timestamp(),
+                    store_raw=False,
+                )
             )
         except InvalidEvents as exc:
             return IngestOutcome(raw.id, "quarantined", issues=[exc.reason])

@@ -16,14 +16,11 @@ from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from bspgate.errors import PayloadError
-from bspgate.ingress.parse import parse_payload
-from bspgate.mapping.engine import apply_mapping
-from bspgate.pipeline import InvalidEvents, ingest
-from bspgate.store.base import RawRecord
+from bspgate.processing import Poisoned, map_raw, process_batch
+from bspgate.store.base import RawRecord, Store
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 DEFAULT_LIMIT = 1000
 
@@ -60,7 +57,9 @@ class ReplayRequest:
         )
 
 
-async def replay_deliveries(store: Any, request: ReplayRequest, moment: datetime) -> dict[str, Any]:
+async def replay_deliveries(
+    store: Store, request: ReplayRequest, moment: datetime
+) -> dict[str, Any]:
     """Requeue matching deliveries (and fan out to a later subscriber); answers what it did."""
     now, stamp = moment.timestamp(), moment.isoformat()
 
@@ -108,7 +107,7 @@ class QuarantineReplay:
 
 
 async def replay_quarantined(
-    gateway: Gateway,
+    gateway: GatewayContext,
     *,
     raw_id: str | None = None,
     dry_run: bool = False,
@@ -124,50 +123,37 @@ async def replay_quarantined(
     return {"matched": len(raws), "dry_run": dry_run, "payloads": report}
 
 
-async def _replay_one(gateway: Gateway, raw: RawRecord, dry_run: bool) -> dict[str, Any]:
+async def _replay_one(gateway: GatewayContext, raw: RawRecord, dry_run: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {"raw_id": raw.id, "channel": raw.channel_id}
-    channel = gateway.settings.channel(raw.channel_id)
-    if channel is None or channel.provider not in gateway.mappings:
+    prepared = map_raw(gateway.rules, raw)  # the one ingest pipeline, as the processor runs it
+    if prepared.channel is None:
         entry.update(state=raw.state, reason="its channel is no longer configured")
         return entry
-    spec = gateway.mappings[channel.provider]
-    try:
-        payload = parse_payload(raw.body, spec.parse)
-    except PayloadError as exc:
-        entry.update(state=raw.state, reason=str(exc))
+    if any(issue.startswith("unparseable: ") for issue in prepared.mapped.issues):
+        entry.update(
+            state=raw.state, reason=prepared.mapped.issues[0].removeprefix("unparseable: ")
+        )
         return entry
-    mapped = apply_mapping(spec, payload, channel.as_scope(), received_at=raw.received_at)
     if dry_run:
-        entry.update(events=len(mapped.drafts), issues=mapped.issues)
+        entry.update(events=len(prepared.mapped.drafts), issues=prepared.mapped.issues)
         return entry
-    moment = gateway.clock()
     work = partial(
-        ingest,
-        channel=channel,
-        raw=raw,
-        mapped=mapped,
-        validator=gateway.validator,
-        fanout=gateway.fanout,
-        now=moment.isoformat(),
-        now_epoch=moment.timestamp(),
-        store_raw=False,
+        process_batch,
+        rules=gateway.rules,
+        batch=[prepared],
+        poisoned={},
+        moment=gateway.clock(),
+        replay=True,
     )
-
-    def run(tx: Any) -> dict[str, Any]:
-        outcome = work(tx)  # InvalidEvents rolls this transaction back whole
-        state = "quarantined" if outcome.issues else "processed"
-        reason = "; ".join(outcome.issues) or None
-        tx.update_raw(raw.id, state, reason, len(outcome.events) + outcome.duplicates)
-        return {
-            "state": state,
-            "reason": reason,
-            "events": len(outcome.events),
-            "deliveries": outcome.deliveries,
-        }
-
     try:
-        entry.update(await gateway.store.transaction(run))
-    except InvalidEvents as exc:
+        (outcome,) = await gateway.store.transaction(work)
+        entry.update(
+            state=outcome.state,
+            reason="; ".join(outcome.issues) or None,
+            events=len(outcome.events),
+            deliveries=outcome.deliveries,
+        )
+    except Poisoned as exc:  # an event fails the schema: the payload stays quarantined
         reason = exc.reason
         await gateway.store.transaction(lambda tx: tx.update_raw(raw.id, "quarantined", reason, 0))
         entry.update(state="quarantined", reason=reason, events=0)
@@ -177,7 +163,7 @@ async def _replay_one(gateway: Gateway, raw: RawRecord, dry_run: bool) -> dict[s
 
 
 async def set_subscriber(
-    store: Any,
+    store: Store,
     subscriber_id: str,
     enabled: bool,
     moment: datetime,

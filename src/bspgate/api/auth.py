@@ -13,7 +13,7 @@ from starlette.responses import Response
 from bspgate.problems import problem_response
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -23,7 +23,7 @@ def authenticated(endpoint: Endpoint) -> Endpoint:
 
     @wraps(endpoint)
     async def wrapper(request: Request) -> Response:
-        gateway: Gateway = request.app.state.gateway
+        gateway: GatewayContext = request.app.state.gateway
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip()

@@ -29,7 +29,7 @@ from bspgate.identity.operator import OperatorContext, OperatorRefused, erase, o
 from bspgate.problems import problem_response
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 _log = structlog.get_logger("bspgate.contacts")
 
@@ -38,7 +38,7 @@ def _not_found(contact_id: str) -> Response:
     return problem_response(404, "unknown_contact", "Unknown contact", f"no contact {contact_id!r}")
 
 
-def _key_name(request: Request, gateway: Gateway) -> str:
+def _key_name(request: Request, gateway: GatewayContext) -> str:
     """The name of the API key the request carries (authenticated already checked it)."""
     token = request.headers.get("authorization", "").partition(" ")[2].strip().encode()
     for key in gateway.settings.api_keys:
@@ -47,7 +47,7 @@ def _key_name(request: Request, gateway: Gateway) -> str:
     return "unknown"
 
 
-def _context(request: Request, gateway: Gateway) -> OperatorContext:
+def _context(request: Request, gateway: GatewayContext) -> OperatorContext:
     moment = gateway.clock()
     from bspgate.app import iso
 
@@ -77,7 +77,7 @@ def contact_answer(tx: Any, contact_id: str) -> dict[str, Any] | None:
 
 @authenticated
 async def get_contact(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     contact_id = request.path_params["contact_id"]
     view = await gateway.store.read(lambda tx: contact_answer(tx, contact_id))
     return _not_found(contact_id) if view is None else JSONResponse(view)
@@ -96,7 +96,7 @@ def criteria(key: str, value: str) -> list[dict[str, Any]]:
 
 @authenticated
 async def find_contacts(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     query = request.query_params
     keys = [k for k in ("bsuid", "phone", "username") if query.get(k)]
     if len(keys) != 1:
@@ -117,7 +117,7 @@ async def find_contacts(request: Request) -> Response:
 
 @authenticated
 async def merge_contacts(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     contact_id = request.path_params["contact_id"]
     try:
         body = orjson.loads(await request.body())
@@ -143,7 +143,7 @@ async def merge_contacts(request: Request) -> Response:
 
 @authenticated
 async def erase_contact(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     contact_id = request.path_params["contact_id"]
     ctx = _context(request, gateway)
     try:

@@ -32,7 +32,7 @@ MAX_WAIT = 60.0
 POLL = 0.25
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 
 def encode_cursor(seq: int) -> str:
@@ -52,7 +52,7 @@ def decode_cursor(text: str) -> int:
 
 @authenticated
 async def list_events(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     query = request.query_params
     try:
         limit = int(query.get("limit", "50"))

@@ -22,7 +22,7 @@ from bspgate.outbound.service import SendService, title_for
 from bspgate.problems import problem_response
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 MAX_BODY = 256 * 1024
 
@@ -31,7 +31,7 @@ def send_service(request: Request) -> SendService:
     """The app's `SendService`, made on first use from the gateway's parts."""
     service: SendService | None = getattr(request.app.state, "send_service", None)
     if service is None:
-        gateway: Gateway = request.app.state.gateway
+        gateway: GatewayContext = request.app.state.gateway
         service = SendService(
             gateway.settings, store=gateway.store, client=gateway.client, clock=gateway.clock
         )

@@ -30,11 +30,11 @@ from bspgate.operations import (
 from bspgate.problems import problem_response
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
+def _gateway(request: Request) -> GatewayContext:
+    gateway: GatewayContext = request.app.state.gateway
     return gateway
 
 

@@ -26,7 +26,7 @@ from bspgate.problems import problem_response
 from bspgate.schema.catalog import traceparent_for
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 _log = structlog.get_logger("bspgate.ingress")
 
@@ -49,7 +49,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _public_url(gateway: Gateway, request: Request) -> str:
+def _public_url(gateway: GatewayContext, request: Request) -> str:
     url = gateway.settings.server.public_url.rstrip("/") + request.url.path
     return f"{url}?{request.url.query}" if request.url.query else url
 
@@ -61,7 +61,7 @@ def _unknown_channel(channel_id: str) -> Response:
 
 
 async def receive_webhook(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     channel_id = request.path_params["channel_id"]
     channel = gateway.settings.channel(channel_id)
     if channel is None:
@@ -171,7 +171,7 @@ async def receive_webhook(request: Request) -> Response:
 
 
 async def webhook_handshake(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     channel = gateway.settings.channel(request.path_params["channel_id"])
     if channel is None:
         return _unknown_channel(request.path_params["channel_id"])

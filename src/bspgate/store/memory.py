@@ -7,11 +7,15 @@ Nothing here persists; events and deliveries are kept in lists for inspection.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from bspgate.ids import new_id
 from bspgate.store.base import ContactRow, RawRecord, follow_merged, phone_holder_at
+
+T = TypeVar("T")
 
 
 def _text(*values: object) -> None:
@@ -43,6 +47,8 @@ class MemoryTx:
         self.events: dict[str, dict[str, Any]] = {}
         self.raws: list[RawRecord] = []
         self.deliveries: list[tuple[str, str, str]] = []
+        # a released held delivery's own body (its phone filled in), by (event id, subscriber)
+        self.delivery_bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self.superseded: set[str] = set()
         self.statuses: dict[tuple[str, str], int] = {}
 
@@ -222,6 +228,7 @@ class MemoryTx:
         )
 
     def release_held(self, contact_id: str, phone: str, now: float, stamp: str) -> int:
+        """As the SQL stores: held deliveries go pending, with the phone filled into their body."""
         _text(contact_id, phone, stamp)
         if not isinstance(now, float | int):
             raise TypeError(f"expected an epoch time, got {now!r}")
@@ -229,8 +236,37 @@ class MemoryTx:
         for index, (event_id, subscriber_id, state) in enumerate(self.deliveries):
             if state == "held" and self.events[event_id]["subject"] == contact_id:
                 self.deliveries[index] = (event_id, subscriber_id, "pending")
+                body = copy.deepcopy(self.events[event_id])
+                named = body.get("data", {}).get("contact")
+                if isinstance(named, dict):
+                    named["phone"] = phone
+                self.delivery_bodies[(event_id, subscriber_id)] = body
                 released += 1
         return released
+
+    # -- transactions -------------------------------------------------------------------------
+    def run(self, work: Callable[[MemoryTx], T]) -> T:
+        """Run `work` as one transaction: if it raises, every change it made is undone.
+
+        Append-only parts (lists, stored events) are cut back to their length before; the rest
+        (identity maps, a few entries per contact) is copied first.
+        """
+        lengths = {k: len(v) for k, v in vars(self).items() if isinstance(v, list)}
+        events = set(self.events)
+        saved = {
+            k: copy.deepcopy(v)
+            for k, v in vars(self).items()
+            if not isinstance(v, list) and k != "events"
+        }
+        try:
+            return work(self)
+        except BaseException:
+            for key, length in lengths.items():
+                del getattr(self, key)[length:]
+            for event_id in set(self.events) - events:
+                del self.events[event_id]
+            vars(self).update(saved)
+            raise
 
     def event_exists(self, event_id: str) -> bool:
         return event_id in self.events

@@ -22,6 +22,7 @@ Concurrency between replicas (and between the threads of one replica):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
@@ -34,6 +35,7 @@ import structlog
 from psycopg_pool import ConnectionPool
 
 from bspgate.errors import StoreError
+from bspgate.store.base import RawRecord
 from bspgate.store.migrate import apply_migrations, schema_current
 from bspgate.store.sql import SqlTx
 
@@ -63,6 +65,9 @@ class PostgresStore:
         self._executor: ThreadPoolExecutor | None = None
         self._max_size = max_size
         self.conflicts = 0  # transactions retried after losing a race (for tests and metrics)
+        self._accepts: list[tuple[RawRecord, asyncio.Future[None]]] = []
+        self._flushers = 0
+        self._listener: psycopg.Connection[tuple[object, ...]] | None = None
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -99,6 +104,11 @@ class PostgresStore:
             raise StoreError(f"PostgreSQL migration failed: {exc}") from exc
 
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                listener.cancel_safe()
+                listener.close()
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, True)
             self._executor = None
@@ -138,6 +148,68 @@ class PostgresStore:
 
     async def read(self, work: Callable[[SqlTx], T]) -> T:
         return await self._submit(work, True)
+
+    def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        """Call `callback` (from a thread) on every `NOTIFY channel`; runs until `close()`.
+
+        Replicas tell each other about new outbox rows this way: the replica that processed a
+        batch notifies, every replica's dispatcher wakes and claims its share.
+        """
+        import threading
+
+        def loop() -> None:
+            while self._pool is not None:
+                try:
+                    with psycopg.connect(self.dsn, autocommit=True) as conn:
+                        conn.execute(f"LISTEN {channel}")
+                        self._listener = conn
+                        for _ in conn.notifies():
+                            callback()
+                except psycopg.Error:
+                    time.sleep(0.5)
+
+        threading.Thread(target=loop, daemon=True, name="bspgate-pg-listen").start()
+
+    inboxed = False  # received payloads wait in raw_payloads itself
+
+    async def received(self, limit: int) -> list[RawRecord]:
+        """Accepted payloads not yet processed, in arrival order."""
+        return await self.read(lambda tx: tx.received_raws(limit))
+
+    async def settle_received(self, raw_ids: list[str]) -> None:
+        """Nothing to do: processing updated the rows in place."""
+
+    async def accept(self, raw: RawRecord) -> None:
+        """Store one raw payload as received; resolves once committed.
+
+        Group commit, as on SQLite: payloads arriving while a flush runs go in the next one (one
+        multi-row insert per transaction, up to four flushes in flight), instead of one round trip
+        and one commit each.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._accepts.append((raw, future))
+        if self._flushers < 4:
+            self._flushers += 1
+            asyncio.get_running_loop().create_task(self._flush_accepts())
+        await future
+
+    async def _flush_accepts(self) -> None:
+        try:
+            while self._accepts:
+                batch, self._accepts = self._accepts[:512], self._accepts[512:]
+                raws = [raw for raw, _ in batch]
+                try:
+                    await self.transaction(functools.partial(SqlTx.insert_raws, raws=raws))
+                except Exception as exc:  # every waiter hears it: none was acknowledged
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._flushers -= 1
 
     def read_sync(self, work: Callable[[SqlTx], T]) -> T:
         return self._run(work, True)

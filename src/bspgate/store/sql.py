@@ -12,6 +12,7 @@ from typing import Any
 
 from bspgate.store.base import RawRecord
 from bspgate.store.sql_base import OPEN_DELIVERY_STATES, TERMINAL_RANK, SqlBase
+from bspgate.store.sql_batch import BatchQueries
 from bspgate.store.sql_contacts import ContactQueries
 from bspgate.store.sql_outbox import OutboxQueries
 from bspgate.store.sql_sends import SendQueries
@@ -19,7 +20,7 @@ from bspgate.store.sql_sends import SendQueries
 __all__ = ["OPEN_DELIVERY_STATES", "TERMINAL_RANK", "SqlTx"]
 
 
-class SqlTx(ContactQueries, OutboxQueries, SendQueries, SqlBase):
+class SqlTx(ContactQueries, OutboxQueries, SendQueries, BatchQueries, SqlBase):
     """All of bspgate's statements over one connection."""
 
     # -- raw payloads ---------------------------------------------------------------------------

@@ -1,16 +1,30 @@
 """SQLite backend: WAL, one writer thread with group commit, a reader connection.
 
 Every write is a function over `SqlTx` queued to the writer thread. The thread takes whatever is
-queued (up to `_BATCH`), runs each function in its own SAVEPOINT (one failing function rolls back
-only itself), then commits the batch once with `synchronous=FULL`, and only then settles the
-callers' futures: a webhook is answered after its rows are on disk, and concurrent webhooks share
-one fsync. Reads run on a separate connection (WAL readers never block the writer).
+queued (up to `_BATCH`): accepted raw payloads (`accept`) go in with one multi-row insert, then
+each function runs (in its own SAVEPOINT only when the batch holds more than one, so one failing
+function rolls back only itself), then the batch commits once with `synchronous=FULL`, and only
+then are the callers' futures settled: a webhook is answered after its raw payload is on disk,
+and concurrent webhooks share one fsync. Reads run on a separate connection (WAL readers never
+block the writer).
+
+`shared=True` (`bspgate serve` and its worker process): webhooks are accepted into a separate
+inbox database (`<file>-inbox`, a queue table only the two processes use) so that accepting never
+waits for the worker's transactions on the main file; the worker moves each payload into
+`raw_payloads` in the same transaction that stores what it produced, then deletes it from the
+inbox (a payload found in both after a crash in between is already processed: it is only
+deleted). Two processes write each file (`bspgate serve` accepts webhooks, its worker process
+derives events and delivers). SQLite's own busy handler polls with growing sleeps, so a process
+that writes all the time starves the other (measured: locked out). Each write transaction instead
+takes an exclusive `flock` on `<file>-writer.lock` first: a waiter blocks in the kernel and wakes
+the moment the holder's short transaction commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import queue
 import sqlite3
 import threading
@@ -21,6 +35,7 @@ from typing import Any, TypeVar
 import structlog
 
 from bspgate.errors import StoreError
+from bspgate.store.base import RawRecord
 from bspgate.store.migrate import apply_migrations, schema_current
 from bspgate.store.sql import SqlTx
 
@@ -58,16 +73,28 @@ def sqlite_path(dsn: str) -> str:
 class SqliteStore:
     """The embedded store. `open()` migrates; `close()` drains the writer."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        shared: bool = False,
+        _schema: Callable[[SqlTx], None] | None = None,
+    ) -> None:
         self.path = str(path)
+        self.shared = shared and self.path != ":memory:"
+        self._schema = _schema or _migrate
+        self._raw_table = "inbox" if _schema is not None else "raw_payloads"
+        self.inbox: SqliteStore | None = None
+        if self.shared and _schema is None:
+            self.inbox = SqliteStore(self.path + "-inbox", shared=True, _schema=_inbox_schema)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
 
     @classmethod
-    def from_dsn(cls, dsn: str) -> SqliteStore:
-        return cls(sqlite_path(dsn))
+    def from_dsn(cls, dsn: str, *, shared: bool = False) -> SqliteStore:
+        return cls(sqlite_path(dsn), shared=shared)
 
     async def open(self) -> None:
         if self._thread is not None:
@@ -77,13 +104,17 @@ class SqliteStore:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._thread = threading.Thread(target=self._run, name="bspgate-sqlite-writer", daemon=True)
         self._thread.start()
-        self._queue.put((lambda tx: _migrate(tx), ready, asyncio.get_running_loop()))
+        self._queue.put((self._schema, ready, asyncio.get_running_loop()))
         await ready
         self._reader = _connect(self.path)
+        if self.inbox is not None:
+            await self.inbox.open()
 
     async def close(self) -> None:
         if self._thread is None:
             return
+        if self.inbox is not None:
+            await self.inbox.close()
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
@@ -99,6 +130,29 @@ class SqliteStore:
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put((work, future, loop))
         return await future
+
+    async def accept(self, raw: RawRecord) -> None:
+        """Store one raw payload as received; resolves once it is durable (group commit)."""
+        if self.inbox is not None:
+            await self.inbox.accept(raw)
+            return
+        await self.transaction(_Accept(raw))
+
+    @property
+    def inboxed(self) -> bool:
+        """Received payloads wait in the inbox database, not yet in `raw_payloads`."""
+        return self.inbox is not None
+
+    async def received(self, limit: int) -> list[RawRecord]:
+        """Accepted payloads not yet processed, in arrival order."""
+        if self.inbox is not None:
+            return await self.inbox.read(lambda tx: tx.inbox_raws(limit))
+        return await self.read(lambda tx: tx.received_raws(limit))
+
+    async def settle_received(self, raw_ids: list[str]) -> None:
+        """Processed (committed in the main file): drop them from the inbox."""
+        if self.inbox is not None and raw_ids:
+            await self.inbox.transaction(lambda tx: tx.drop_inbox(raw_ids))
 
     async def read(self, work: Callable[[SqlTx], T]) -> T:
         """Run `work` on the reader connection (consistent snapshot per call)."""
@@ -125,6 +179,7 @@ class SqliteStore:
     def _run(self) -> None:
         conn = _connect(self.path)
         tx = SqlTx(conn)
+        self._lock_file = open(self.path + "-writer.lock", "ab") if self.shared else None  # noqa: SIM115
         try:
             while True:
                 item = self._queue.get()
@@ -140,24 +195,49 @@ class SqliteStore:
                         self._queue.put(None)
                         break
                     batch.append(more)
-                self._commit(conn, tx, batch)
+                if self._lock_file is None:
+                    self._commit(conn, tx, batch)
+                    continue
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+                try:
+                    self._commit(conn, tx, batch)
+                finally:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         finally:
             conn.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
 
     def _commit(self, conn: sqlite3.Connection, tx: SqlTx, batch: list[_Item]) -> None:
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(batch)
+        accepted = [i for i, item in enumerate(batch) if isinstance(item[0], _Accept)]
+        others = [i for i, item in enumerate(batch) if not isinstance(item[0], _Accept)]
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for work, _future, _loop in batch:
+            if accepted:
+                raws = [batch[i][0].raw for i in accepted]  # type: ignore[attr-defined]
+                tx.insert_raws(raws, table=self._raw_table)
+            alone = len(others) == 1 and not accepted
+            for index in others:
+                work = batch[index][0]
+                if alone:  # nothing else to protect: a failure rolls back the transaction
+                    try:
+                        outcomes[index] = (work(tx), None)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK")
+                        outcomes[index] = (None, exc)
+                        break
+                    continue
                 conn.execute("SAVEPOINT job")
                 try:
-                    outcomes.append((work(tx), None))
+                    outcomes[index] = (work(tx), None)
                     conn.execute("RELEASE job")
                 except Exception as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes.append((None, exc))
-            conn.execute("COMMIT")
+                    outcomes[index] = (None, exc)
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -170,8 +250,30 @@ class SqliteStore:
                 loop.call_soon_threadsafe(_settle, future, result, error)
 
 
+class _Accept:
+    """A queued raw payload: the writer inserts all of a batch's with one statement."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: RawRecord) -> None:
+        self.raw = raw
+
+    def __call__(self, tx: SqlTx) -> None:
+        tx.insert_raws([self.raw])
+
+
 def _migrate(tx: SqlTx) -> None:
     apply_migrations(tx, "sqlite")
+
+
+def _inbox_schema(tx: SqlTx) -> None:
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "id TEXT NOT NULL UNIQUE, channel_id TEXT NOT NULL, provider TEXT NOT NULL, "
+        "received_at TEXT NOT NULL, content_type TEXT NOT NULL, body BLOB NOT NULL, "
+        "state TEXT NOT NULL, reason TEXT, event_count INTEGER NOT NULL DEFAULT 0, "
+        "traceparent TEXT)"
+    )
 
 
 def _schema_current(tx: SqlTx) -> bool:

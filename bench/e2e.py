@@ -1,0 +1,239 @@
+"""End to end: provider POST -> subscriber received, at a fixed offered rate.
+
+`bspgate serve` (one subscriber, delivery running, info logs) receives distinct signed Cloud API
+webhooks offered open-loop at a fixed rate (an aiohttp client in this process, a request every
+1/rate s whatever the answers) for `--seconds`; a sink in its own process records when each event
+arrives. A rate holds when every webhook was answered 200, the offered rate was reached, and the
+backlog (posted but not yet received) at the end is no larger than a quarter second of traffic
+once a short grace has passed (it stays flat rather than growing). Rates are tried as fractions of
+the bare durable route's maximum (wrk, 64 connections, `bench/bare.py`, same backend, measured in
+the same run) from low to high until one fails; then the end-to-end latency (p50/p99) is measured
+at half the highest rate that held. Targets: highest rate >= 0.4x the bare maximum on SQLite,
+>= 0.3x on PostgreSQL; at half that rate p50 <= 25 ms and p99 <= 250 ms.
+
+    python -m bench.e2e [--seconds 8] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+import uvloop
+
+from bench.common import (
+    PYTHON,
+    bare_server,
+    body,
+    child,
+    free_port,
+    postgres_database,
+    run_wrk,
+    signature,
+    verdict,
+    wrk_script,
+)
+from bench.ingress import gateway_server
+
+TARGETS = {"sqlite": 0.4, "postgres": 0.3}
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+GRACE = 2.0  # seconds after the last POST for the backlog to drain
+CONTACTS = 2_000
+
+# -- the sink: a raw ASGI app (run under uvicorn in its own process) ----------------------------
+_arrivals: list[tuple[int, float]] = []
+
+
+async def sink(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Records (message number, arrival time) per delivered event; GET /drain hands them over."""
+    if scope["type"] != "http":
+        return
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    payload = b""
+    status = 204
+    if scope["path"] == "/readyz":
+        status = 200
+    elif scope["path"] == "/drain":
+        payload, status = orjson.dumps(_arrivals), 200
+        _arrivals.clear()
+    else:
+        event = orjson.loads(b"".join(chunks))
+        message_id = event["data"]["message"]["id"]
+        _arrivals.append((int(message_id.rsplit("z", 1)[-1]), time.monotonic()))
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": payload})
+
+
+@contextlib.contextmanager
+def sink_server() -> Iterator[str]:
+    port = free_port()
+    command = [
+        PYTHON, "-m", "uvicorn", "bench.e2e:sink", "--port", str(port), "--loop", "uvloop",
+        "--http", "httptools", "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    with child(command, f"http://127.0.0.1:{port}/readyz"):
+        yield f"http://127.0.0.1:{port}"
+
+
+def marked_body(n: int) -> bytes:
+    # the message id ends in "z<n>" so the sink can read the number back
+    return body(n, CONTACTS, contact_base=n // 1_000_000 * CONTACTS).replace(
+        b"OUFFRTAz", b"OUFFRTAzz", 1
+    )
+
+
+@dataclass
+class Step:
+    rate: float
+    offered: float
+    answered_ok: int
+    failed: int
+    backlog: int
+    latencies_ms: list[float]
+
+    def held(self) -> bool:
+        """Every webhook answered 200 and (almost) every event arrived within the grace."""
+        return self.failed == 0 and self.backlog <= max(10, self.rate * 0.25)
+
+    def generator_limited(self) -> bool:
+        """This process could not offer the rate (a busy machine): the search stops there."""
+        return self.offered < 0.95 * self.rate
+
+
+async def offer(gateway: str, sink: str, rate: float, seconds: float, first: int) -> Step:
+    count = int(rate * seconds)
+    bodies = [marked_body(first + i) for i in range(count)]
+    headers = [
+        {"content-type": "application/json", "x-hub-signature-256": signature(b)} for b in bodies
+    ]
+    sent_at: dict[int, float] = {}
+    results = {"ok": 0, "failed": 0}
+    connector = aiohttp.TCPConnector(limit=512)
+    url = f"{gateway}/webhooks/cloud-us"
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def post(i: int) -> None:
+            sent_at[first + i] = time.monotonic()
+            try:
+                async with session.post(url, data=bodies[i], headers=headers[i]) as response:
+                    await response.read()
+                    results["ok" if response.status == 200 else "failed"] += 1
+            except aiohttp.ClientError:
+                results["failed"] += 1
+
+        tasks = []
+        started = time.monotonic()
+        for i in range(count):
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(post(i)))
+        offered = count / max(time.monotonic() - started, 1e-9)
+        await asyncio.gather(*tasks)
+    await asyncio.sleep(GRACE)
+    arrivals = httpx.get(f"{sink}/drain", timeout=30).json()
+    latencies = [(t - sent_at[n]) * 1000 for n, t in arrivals if n in sent_at]
+    return Step(rate, offered, results["ok"], results["failed"], count - len(latencies), latencies)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bare_max(folder: Path, database: str | None, seconds: float) -> float:
+    with bare_server(folder, database) as (url, _pid):
+        run_wrk(url, wrk_script(folder, 2_000, 90_000_000, threads=2), 2)
+        script = wrk_script(folder, int(seconds * 15_000), 91_000_000, threads=2)
+        return run_wrk(url, script, seconds).rps
+
+
+def search(storage: str, folder: Path, sink: str, top: float, seconds: float) -> dict[str, Any]:
+    best: Step | None = None
+    limited = False
+    first = 1_000_000
+    with gateway_server(folder, storage, f"{sink}/hook") as (url, _pid):
+        httpx.get(f"{sink}/drain", timeout=30)
+        for fraction in FRACTIONS:
+            step = uvloop.run(offer(url, sink, top * fraction, seconds, first))
+            first += 1_000_000
+            ok = step.held()
+            print(
+                f"    {fraction:.1f}x = {step.rate:7,.0f}/s offered {step.offered:7,.0f}/s: "
+                f"{step.answered_ok:,} answered, {step.failed} failed, backlog {step.backlog:,} "
+                f"-> {'holds' if ok else 'does not hold'}",
+                flush=True,
+            )
+            if not ok:
+                break
+            best = step
+            if step.generator_limited():
+                limited = True  # the rate that held is what was offered, a lower bound
+                break
+        held = min(best.rate, best.offered) if best else 0.0
+        half = uvloop.run(offer(url, sink, max(held / 2, 10), seconds, first))
+    return {"held": held, "half": half, "limited": limited}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per offered rate")
+    parser.add_argument("--postgres", help="PostgreSQL server URL (a throwaway database is made)")
+    parser.add_argument("--no-sqlite", action="store_true")
+    args = parser.parse_args(argv)
+    print("reproduce: python -m bench.e2e" + " ".join(f" {a}" for a in (argv or sys.argv[1:])))
+    summary = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bspgate-bench-") as tmp,
+        sink_server() as sink,
+        contextlib.ExitStack() as stack,
+    ):
+        folder = Path(tmp)
+        backends = [] if args.no_sqlite else [("sqlite", None)]
+        if args.postgres:
+            backends.append(("postgres", args.postgres))
+        for backend, server in backends:
+            database = stack.enter_context(postgres_database(server)) if server else None
+            top = bare_max(folder, database, args.seconds)
+            print(f"\n{backend}: bare durable route maximum {top:,.0f} req/s (wrk, 64 conns)")
+            storage = database or f"sqlite:///{folder / 'e2e.db'}"
+            found = search(storage, folder, sink, top, args.seconds)
+            half: Step = found["half"]
+            ratio = found["held"] / top
+            p50, p99 = percentile(half.latencies_ms, 0.5), percentile(half.latencies_ms, 0.99)
+            summary.append(
+                f"  {backend}: highest flat rate {found['held']:,.0f}/s = {ratio:.2f}x the bare "
+                f"maximum {top:,.0f} (target >= {TARGETS[backend]}x: "
+                f"{verdict(ratio, TARGETS[backend])}); at {half.rate:,.0f}/s p50 {p50:.1f} ms "
+                f"({verdict(p50, 25, False)} <= 25), p99 {p99:.1f} ms ({verdict(p99, 250, False)}"
+                f" <= 250), {half.backlog} not arrived"
+                + (
+                    "; the load generator could not offer more: a lower bound"
+                    if found["limited"]
+                    else ""
+                )
+            )
+    print("\n" + "\n".join(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The processing stage: accepted raw payloads -> identity, events and outbox rows, in batches.
+
+A webhook is answered `200` once its raw payload is durably stored (state `received`). The
+`Processor` then reads received payloads in arrival order (received_at, id) and derives everything
+else for up to `batch` of them in ONE store transaction (`BatchTx`: one statement per table where
+it can), marking each raw payload processed, quarantined or duplicate in the same transaction.
+So a crash anywhere (also mid-batch) leaves the whole batch `received`, to be processed again from
+the start: nothing acknowledged is lost and nothing is applied twice, per-contact order is arrival
+order, and each raw payload ends up exactly once as events or in quarantine.
+
+- An event failing the canonical schema quarantines its whole payload: the batch is rolled back
+  and run again with that payload quarantined up front (the rest of the batch is unaffected).
+- An unexpected error (a bug) runs the batch one payload per transaction, so only the payload
+  that fails is quarantined, with the error as its reason.
+- On PostgreSQL several replicas run a processor; a transaction-scoped advisory lock lets one of
+  them process at a time (arrival order holds across replicas) and `still_received` drops payloads
+  another replica took meanwhile.
+
+Mapping (pure CPU) runs before the transaction, outside any lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import structlog
+
+from bspgate.config import Channel, Settings
+from bspgate.delivery import operational
+from bspgate.delivery.operational import DriftReporter
+from bspgate.errors import PayloadError, StoreError
+from bspgate.ingress.parse import parse_payload
+from bspgate.mapping.engine import MappingResult, apply_mapping
+from bspgate.mapping.loader import MappingSpec
+from bspgate.metrics import Metrics
+from bspgate.pipeline import Fanout, IngestOutcome, InvalidEvents, failure_reason, ingest
+from bspgate.schema.validate import EventValidator
+from bspgate.store.base import RawRecord, Store
+from bspgate.store.batch import BatchTx
+from bspgate.store.sql import SqlTx
+
+_log = structlog.get_logger("bspgate.processing")
+OUTBOX_CHANNEL = "bspgate_outbox"  # PostgreSQL NOTIFY channel: new outbox rows
+_PROCESS_LOCK = 7_206_102_312  # pg_advisory_xact_lock key: one replica processes at a time
+
+
+def stamp(moment: datetime) -> str:
+    """The one time format of stored times: RFC 3339 UTC with microseconds and `Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What processing needs from the configuration, built once."""
+
+    settings: Settings
+    mappings: dict[str, MappingSpec]
+    validator: EventValidator = field(default_factory=EventValidator)
+
+    def __post_init__(self) -> None:
+        base = self.settings.server.public_url.rstrip("/") + "/v1/schemas"
+        object.__setattr__(self, "fanout", Fanout(self.settings.subscribers, schema_base=base))
+
+    fanout: Fanout = field(init=False)
+
+
+@dataclass(slots=True)
+class Prepared:
+    raw: RawRecord
+    channel: Channel | None
+    mapped: MappingResult
+
+
+def map_raw(rules: Rules, raw: RawRecord, parsed: Any = None) -> Prepared:
+    """Parse (unless `parsed` is given) and map one stored raw payload; never raises."""
+    channel = rules.settings.channel(raw.channel_id)
+    if channel is None or channel.provider not in rules.mappings:
+        issue = "its channel is no longer configured"
+        return Prepared(raw, None, MappingResult(issues=[issue]))
+    return Prepared(
+        raw, channel, map_payload(rules.mappings[channel.provider], channel, raw, parsed)
+    )
+
+
+def map_payload(spec: MappingSpec, channel: Channel, raw: RawRecord, parsed: Any) -> MappingResult:
+    """The mapping step every ingest shares (server, replay, `normalize`); never raises.
+
+    `parsed` is the payload when the caller parsed the body already (None: parse `raw.body`).
+    The mapping sees `raw.received_at` (the one time format, `stamp`) as `received_at`.
+    """
+    try:
+        payload = parsed if parsed is not None else parse_payload(raw.body, spec.parse)
+        return apply_mapping(spec, payload, channel.as_scope(), received_at=raw.received_at)
+    except PayloadError as exc:
+        return MappingResult(issues=[f"unparseable: {exc}"])
+    except Exception as exc:  # a mapping bug must quarantine, never lose, the payload
+        return MappingResult(issues=[f"mapping engine error: {type(exc).__name__}: {exc}"])
+
+
+class Busy(Exception):
+    """Another replica is processing: try again shortly."""
+
+
+class Poisoned(Exception):
+    def __init__(self, raw_id: str, reason: str) -> None:
+        self.raw_id, self.reason = raw_id, reason
+        super().__init__(reason)
+
+
+def process_batch(
+    tx: SqlTx,
+    rules: Rules,
+    batch: list[Prepared],
+    poisoned: dict[str, str],
+    moment: datetime,
+    inboxed: bool = False,
+    replay: bool = False,
+) -> list[IngestOutcome]:
+    """Derive everything for `batch` inside one transaction. Raises `Poisoned`.
+
+    `inboxed`: the payloads come from the SQLite inbox database and are inserted into
+    `raw_payloads` here (with their final state), except those a run before a crash already
+    committed, which are left out. `replay`: stored payloads run again after a mapping fix (any
+    state; one whose events all exist already counts as processed).
+    """
+    if tx.dialect == "postgres" and not replay:
+        # one replica at a time (arrival order); FOR UPDATE turns a payload another replica
+        # processed after this snapshot into a serialization failure (the store retries)
+        if not tx.one("SELECT pg_try_advisory_xact_lock(?)", (_PROCESS_LOCK,))[0]:
+            raise Busy
+        taken = tx.still_received([p.raw.id for p in batch], lock=True)
+        batch = [p for p in batch if p.raw.id in taken]
+    if inboxed:
+        done = tx.existing_raws([p.raw.id for p in batch])
+        batch = [p for p in batch if p.raw.id not in done]
+    now, now_epoch = stamp(moment), moment.timestamp()
+    btx = BatchTx(tx)
+    btx.prefetch_events([d.id for p in batch for d in p.mapped.drafts])
+    bsuids: set[tuple[str, str]] = set()
+    phones: set[tuple[str, str]] = set()
+    for item in batch:
+        if item.channel is None:
+            continue
+        portfolio = item.channel.portfolio
+        for draft in item.mapped.drafts:
+            if btx.event_exists(draft.id):
+                continue  # a duplicate teaches nothing: no lookups for it
+            for section in ("contact", "previous"):
+                named = draft.data.get(section) or {}
+                for key in ("bsuid", "parent_bsuid"):
+                    if named.get(key):
+                        bsuids.add((portfolio, named[key]))
+                if named.get("phone"):
+                    phones.add((portfolio, named["phone"]))
+    btx.prefetch_identities(bsuids, phones)
+    outcomes: list[IngestOutcome] = []
+    for item in batch:
+        raw = item.raw
+        if raw.id in poisoned or item.channel is None:
+            reason = poisoned.get(raw.id) or "; ".join(item.mapped.issues)
+            outcomes.append(IngestOutcome(raw.id, "quarantined", issues=[reason]))
+            # operators asking for bspgate.* hear of it, as `pipeline.quarantine` tells them
+            operational.quarantined(
+                btx, rules.fanout.subscribers, raw, reason, now=now_epoch, stamp=now
+            )
+            continue
+        try:
+            outcome = ingest(
+                btx,
+                channel=item.channel,
+                raw=raw,
+                mapped=item.mapped,
+                validator=rules.validator,
+                fanout=rules.fanout,
+                now=now,
+                now_epoch=now_epoch,
+                store_raw=False,
+            )
+        except InvalidEvents as exc:
+            raise Poisoned(raw.id, exc.reason) from exc
+        if outcome.state == "quarantined":  # operators asking for bspgate.* hear of it
+            why = "; ".join(outcome.issues) or None
+            operational.quarantined(
+                btx, rules.fanout.subscribers, raw, why, now=now_epoch, stamp=now
+            )
+        outcomes.append(outcome)
+    btx.flush()
+    if tx.dialect == "postgres" and any(o.deliveries for o in outcomes):
+        tx.execute(f"NOTIFY {OUTBOX_CHANNEL}")  # every replica's dispatcher (at commit)
+    if replay:
+        for outcome in outcomes:
+            if outcome.state == "duplicate":
+                outcome.state = "processed"
+    finished = [
+        (o.raw_id, o.state, "; ".join(o.issues) or None, len(o.events) + o.duplicates)
+        for o in outcomes
+    ]
+    if inboxed:
+        raws = {p.raw.id: p.raw for p in batch}
+        tx.insert_raws(
+            [
+                replace(raws[raw_id], state=state, reason=reason, event_count=count)
+                for raw_id, state, reason, count in finished
+            ]
+        )
+    else:
+        tx.finish_raws(finished)
+    return outcomes
+
+
+class Processor:
+    """Runs the processing stage over a store until `stop()`; `settle(raw_id)` awaits one."""
+
+    def __init__(
+        self,
+        store: Store,
+        rules: Rules,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        batch: int = 256,
+        idle_poll: float = 0.005,
+        on_deliveries: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store, self.rules, self.clock = store, rules, clock
+        self.metrics = metrics
+        self.drift = DriftReporter(rules.settings.subscribers)
+        self.batch, self.idle_poll = batch, idle_poll
+        self.on_deliveries = on_deliveries
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._waiters: dict[str, asyncio.Future[IngestOutcome]] = {}
+        self._parsed: dict[str, Any] = {}
+        # payloads that could not even be quarantined (the store refused): skipped until restart
+        self._stuck: set[str] = set()
+        self.processed = 0
+        self.running = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def expect(self, raw_id: str, parsed: Any = None) -> asyncio.Future[IngestOutcome]:
+        """A future settled when `raw_id` has been processed (register before storing it).
+
+        `parsed` is the payload the server already parsed from the body: mapped as is, not
+        parsed a second time.
+        """
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        self._waiters[raw_id] = future
+        if parsed is not None:
+            self._parsed[raw_id] = parsed
+        return future
+
+    def forget(self, raw_id: str) -> None:
+        self._waiters.pop(raw_id, None)
+        self._parsed.pop(raw_id, None)
+
+    async def run(self) -> None:
+        """Process until `stop()`; a failing round is logged and retried, never fatal."""
+        self.running = True
+        try:
+            await self._loop()
+        finally:
+            self.running = False
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                done = await self.run_once()
+            except StoreError as exc:
+                _log.warning("processing.store_unavailable", error=str(exc))
+                done = 0
+                await asyncio.sleep(0.5)
+            except Exception:  # keep processing whatever one round hit
+                _log.exception("processing.round_failed")
+                done = 0
+                await asyncio.sleep(0.5)
+            if done == 0 and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll)
+                self._wake.clear()
+
+    async def drain(self) -> int:
+        """Process until nothing is received but unprocessed (tests, shutdown). Answers how many."""
+        total = 0
+        while done := await self.run_once():
+            total += done
+        return total
+
+    async def run_once(self) -> int:
+        raws: list[RawRecord] = await self.store.received(self.batch + len(self._stuck))
+        raws = [raw for raw in raws if raw.id not in self._stuck][: self.batch]
+        if not raws:
+            return 0
+        prepared = [map_raw(self.rules, raw, self._parsed.pop(raw.id, None)) for raw in raws]
+        for item in prepared:
+            if item.mapped.unmapped:
+                # the provider sent fields no rule reads: its format may have changed (names only)
+                provider = item.raw.provider
+                if self.metrics is not None:
+                    for name in item.mapped.unmapped:
+                        self.metrics.unmapped.labels(provider, name[:64]).inc()
+                _log.info("mapping.unmapped_fields", provider=provider, fields=item.mapped.unmapped)
+                if item.channel is not None:  # subscribers asking for bspgate.* hear of it
+                    await self.drift.report(
+                        self.store, item.channel, item.mapped.unmapped, self.clock()
+                    )
+        try:
+            outcomes = await self._transact(prepared)
+        except StoreError:
+            raise
+        except Exception:
+            _log.exception("processing.batch_failed", batch=len(prepared))
+            outcomes = []
+            for item in prepared:  # isolate the payload that fails
+                try:
+                    outcomes += await self._transact([item])
+                except StoreError:
+                    raise
+                except Exception as exc:  # the last resort: the payload is kept, the error named
+                    reason = failure_reason(exc)
+                    _log.error("ingest.failed_quarantined", raw_id=item.raw.id, error=reason)
+                    try:
+                        outcomes += await self._transact([item], {item.raw.id: reason})
+                    except Exception as again:  # it stays received; the others go on
+                        self._stuck.add(item.raw.id)
+                        _log.error("processing.stuck", raw_id=item.raw.id,
+                                   error=failure_reason(again))  # fmt: skip
+        await self.store.settle_received([raw.id for raw in raws])
+        self._settle(outcomes)
+        return len(outcomes)
+
+    async def _transact(
+        self, prepared: list[Prepared], poisoned: dict[str, str] | None = None
+    ) -> list[IngestOutcome]:
+        poisoned = dict(poisoned or {})
+        while True:
+            work = partial(process_batch, rules=self.rules, batch=prepared, poisoned=poisoned,
+                           moment=self.clock(), inboxed=self.store.inboxed)  # fmt: skip
+            try:
+                result: list[IngestOutcome] = await self.store.transaction(work)
+                return result
+            except Poisoned as exc:
+                poisoned[exc.raw_id] = exc.reason  # run again with that payload quarantined
+            except Busy:
+                return []
+
+    def _settle(self, outcomes: list[IngestOutcome]) -> None:
+        deliveries = 0
+        for outcome in outcomes:
+            deliveries += outcome.deliveries
+            waiter = self._waiters.pop(outcome.raw_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(outcome)
+        self.processed += len(outcomes)
+        if self.metrics is not None:
+            for outcome in outcomes:
+                for event in outcome.events:
+                    self.metrics.events.labels(event["type"]).inc()
+        if deliveries and self.on_deliveries is not None:
+            self.on_deliveries()
+
+
+def process_now(
+    tx: Any, rules: Rules, raws: list[RawRecord], moment: datetime
+) -> list[IngestOutcome]:
+    """Process `raws` (already stored as received) in the caller's transaction (replay, tests)."""
+    return process_batch(tx, rules, [map_raw(rules, r) for r in raws], {}, moment)

@@ -1,0 +1,109 @@
+"""What runs beside ingress over one open store: the processing stage and the dispatcher.
+
+`Stage` is the start/stop boundary between the composition root and the parts that work in the
+background: the processor (received raw payloads -> events, identity, outbox) and the dispatcher
+(which owns how it dispatches). `bspgate.worker` runs one in a process of its own under
+`bspgate serve`; `create_app` runs one in-process otherwise. Also here: the store and the
+mappings the settings name, which both processes build alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from bspgate.config import Settings
+from bspgate.delivery.transport import Poster
+from bspgate.delivery.worker import Dispatcher, dispatcher_owner
+from bspgate.mapping.loader import MappingSpec, load_mapping
+from bspgate.metrics import Metrics
+from bspgate.processing import OUTBOX_CHANNEL, Processor, Rules
+from bspgate.store.base import Store
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def open_store(settings: Settings, *, shared: bool = False) -> Store:
+    """The store the settings name (not yet opened); `shared`: two processes write it."""
+    if settings.storage.startswith("sqlite:"):
+        from bspgate.store.sqlite import SqliteStore
+
+        return SqliteStore.from_dsn(settings.storage, shared=shared)
+    from bspgate.store.postgres import PostgresStore
+
+    return PostgresStore(settings.storage)
+
+
+def load_channel_mappings(settings: Settings) -> dict[str, MappingSpec]:
+    """The mappings the configured channels use, compiled (a broken file fails start)."""
+    return {
+        name: load_mapping(settings.mappings_dir, name)
+        for name in sorted({c.provider for c in settings.channels})
+    }
+
+
+class Stage:
+    """Processing and delivery over one open store: what runs beside (or instead of) ingress.
+
+    The start/stop boundary between this composition root and the dispatcher (which owns how it
+    dispatches): `bspgate.worker` runs one in its own process, `create_app` one in-process.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        rules: Rules,
+        settings: Settings,
+        clock: Clock,
+        dispatch: bool,
+        poster: Poster,
+        metrics: Metrics,
+    ) -> None:
+        self.store, self.settings, self.clock, self.poster = store, settings, clock, poster
+        self.dispatcher = (
+            Dispatcher(
+                store,
+                settings.subscribers,
+                poster,
+                metrics,
+                clock=clock,
+                owner=dispatcher_owner(settings),
+            )
+            if dispatch
+            else None
+        )
+        wake = self.dispatcher.wake if self.dispatcher is not None else None
+        if hasattr(store, "listen"):
+            wake = None  # every replica's dispatcher hears the NOTIFY alike (see start)
+        self.processor = Processor(store, rules, clock=clock, on_deliveries=wake, metrics=metrics)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self.dispatcher is not None and self.settings.storage.startswith("sqlite:"):
+            # One process delivers from an SQLite store: deliveries in flight when it last
+            # stopped (even by SIGKILL) are retried at once, with the same webhook-id. PostgreSQL
+            # replicas cannot know whose claim is dead, so there claims expire with their lease.
+            now = self.clock().timestamp()
+            await self.store.transaction(lambda tx: tx.recover_inflight(now))
+        self._tasks.append(asyncio.create_task(self.processor.run(), name="bspgate-processor"))
+        if self.dispatcher is not None and hasattr(self.store, "listen"):
+            loop, wake = asyncio.get_running_loop(), self.dispatcher.wake
+            self.store.listen(OUTBOX_CHANNEL, lambda: loop.call_soon_threadsafe(wake))
+        if self.dispatcher is not None:
+            task = self.dispatcher.start()  # the delivery side's start/stop interface
+            self._tasks.append(task)
+
+    async def stop(self) -> None:
+        self.processor.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, timeout=15)
+        await self.poster.aclose()
