@@ -27,13 +27,16 @@ from tests.test_outbound_providers import (
     ALIAS_PHONE,
     BSUID,
     answer_json,
+    channel_id,
     make_settings,
+    stand_in,
     template,
     text,
 )
 
 NOW = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
-META_URL = "https://graph.test/v23.0/106540352242922/messages"
+CLOUD = channel_id("cloudapi")  # the folder's test channel (mappings/cloudapi/cases/_channel.yaml)
+META_URL = f"{stand_in('cloudapi')}/v23.0/106540352242922/messages"
 AUTH = {"authorization": f"Bearer {API_KEY}"}
 
 
@@ -61,7 +64,7 @@ class Gateway:
         bsuid: str | None = None,
         phone: str | None = None,
         wrote: datetime | None = None,
-        channel: str = "cloud-us",
+        channel: str = CLOUD,
     ) -> str:
         def work(tx: Any) -> str:
             contact = IdentityResolver(tx, "acme", channel, iso(NOW)).observe(
@@ -88,7 +91,7 @@ def gw(tmp_path: Path) -> Iterator[Gateway]:
 
 
 def cloud(send: dict[str, Any]) -> dict[str, Any]:
-    return {**send, "channel": "cloud-us"}
+    return {**send, "channel": CLOUD}
 
 
 def meta_ok(router: respx.MockRouter) -> respx.Route:
@@ -120,7 +123,7 @@ def test_send_answers_202_with_the_contract_fields(gw: Gateway) -> None:
     }
     assert body["id"].startswith("snd_")
     assert (body["channel"], body["provider"], body["addressed_by"]) == (
-        "cloud-us",
+        CLOUD,
         "cloudapi",
         "bsuid",
     )
@@ -180,7 +183,7 @@ def test_retired_bsuid_is_replaced_by_the_current_one(gw: Gateway) -> None:
     contact = gw.person(bsuid=old, phone="+15550009999", wrote=NOW - timedelta(hours=1))
 
     def relink(tx: Any) -> None:
-        IdentityResolver(tx, "acme", "cloud-us", iso(NOW)).relink(Observation(bsuid=new), old, None)
+        IdentityResolver(tx, "acme", CLOUD, iso(NOW)).relink(Observation(bsuid=new), old, None)
 
     gw.transaction(relink)
     with respx.mock(assert_all_called=True) as router:
@@ -277,8 +280,8 @@ def test_timeout_on_an_unkeyed_provider_is_not_retried(gw: Gateway) -> None:
 def test_5xx_on_a_keyed_provider_is_retried(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path)
     with gateway.client:
-        gateway.person(bsuid=BSUID, channel="acs-us")
-        url = "https://acme.communication.azure.test/messages/notifications:send"
+        gateway.person(bsuid=BSUID, channel=channel_id("azure_acs"))
+        url = f"{stand_in('azure_acs')}/messages/notifications:send"
         with respx.mock(assert_all_called=True) as router:
             route = router.post(url__startswith=url).mock(
                 side_effect=[
@@ -286,7 +289,9 @@ def test_5xx_on_a_keyed_provider_is_retried(tmp_path: Path) -> None:
                     httpx.Response(202, json=answer_json("azure_acs")),
                 ]
             )
-            response = gateway.post({**template({"bsuid": BSUID}), "channel": "acs-us"})
+            response = gateway.post(
+                {**template({"bsuid": BSUID}), "channel": channel_id("azure_acs")}
+            )
     assert response.status_code == 202
     assert route.call_count == 2
     first, second = (call.request for call in route.calls)

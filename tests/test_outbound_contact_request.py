@@ -92,12 +92,12 @@ async def test_button_interactive_keeps_its_form(
         "type": "interactive",
         "interactive": {"type": "button", "body": "Pick", "buttons": [{"id": "a", "title": "A"}]},
     }
-    await seed(store, ["cloud-us"])
+    await seed(store, [channel_id("cloudapi")])
     async with httpx.AsyncClient() as client:
         with respx.mock(assert_all_called=True) as router:
             route = mock_provider(router, "cloudapi")
             await service_for(make_settings(tmp_path), store, client).submit(
-                send, channel_id="cloud-us"
+                send, channel_id=channel_id("cloudapi")
             )
     interactive = json.loads(route.calls.last.request.content)["interactive"]
     assert interactive["type"] == "button"

@@ -1,5 +1,8 @@
 """Every provider's send form: the Done-when matrix, with respx standing in for each provider API.
 
+Each provider's test channel is its folder's data (mappings/<p>/cases/_channel.yaml); what stays
+here is what per-folder YAML cannot hold: checks against each provider's official request schema.
+
 For each provider: text to a phone, text to a BSUID, a template to each, an authentication
 template to a BSUID-only contact (refused, no call), one to a contact with a phone alias (goes to
 the phone), and a malformed BSUID (refused). Each captured request is checked against the
@@ -27,6 +30,7 @@ import yaml
 from bspgate import cli
 from bspgate.config import Settings, settings_from_dict
 from bspgate.identity.resolver import IdentityResolver, Observation
+from bspgate.mapping.send_cases import load_channel
 from bspgate.outbound.service import SendService
 from bspgate.store.sqlite import SqliteStore
 from tests.conftest import API_KEY, MAPPINGS, ROOT
@@ -43,47 +47,23 @@ CONTENT_SID = "HX0123456789abcdef0123456789abcdef"
 AZURE_KEY = base64.b64encode(b"azure-access-key-for-tests-0001").decode()
 REGISTRATION = "11111111-1111-1111-1111-111111111111"
 
+# The providers whose official request schemas are encoded below; each one's test channel
+# (secrets, settings) is its folder's cases/_channel.yaml, its API a respx stand-in host.
+PROVIDERS = ["cloudapi", "dialog360", "twilio", "infobip", "azure_acs", "connectly"]
+
+
+def stand_in(provider: str) -> str:
+    return f"https://{provider.replace('_', '-')}.provider.test"
+
+
 CHANNELS: dict[str, dict[str, Any]] = {
-    "cloudapi": {
-        "id": "cloud-us",
-        "secrets": {
-            "app_secret": "app-secret-1",
-            "verify_token": "vt",
-            "access_token": "meta-tok-1",
-        },
-        "settings": {"phone_number_id": "106540352242922", "base_url": "https://graph.test"},
-    },
-    "dialog360": {
-        "id": "d360-us",
-        "secrets": {"api_key": "d360-key-0001", "webhook_secret": "d360-hook-1"},
-        "settings": {"base_url": "https://waba.test"},
-    },
-    "twilio": {
-        "id": "twilio-us",
-        "secrets": {"account_sid": TWILIO_SID, "auth_token": "twilio-token-1"},
-        "settings": {"content_sid_order_update": CONTENT_SID, "content_sid_otp": CONTENT_SID},
-    },
-    "infobip": {
-        "id": "infobip-us",
-        "secrets": {"api_key": "infobip-key-0001", "webhook_secret": "ib-hook-1"},
-        # BSUID sends are unconfirmed for Infobip: off by default, switched on for this channel
-        "settings": {"base_url": "https://xyz.api.infobip.test", "bsuid_send": True},
-    },
-    "azure_acs": {
-        "id": "acs-us",
-        "secrets": {"access_key": AZURE_KEY, "webhook_secret": "acs-hook-1"},
-        "settings": {
-            "endpoint": "https://acme.communication.azure.test",
-            "channel_registration_id": REGISTRATION,
-        },
-    },
-    "connectly": {
-        "id": "connectly-us",
-        "secrets": {"api_key": "connectly-key-1", "webhook_secret": "cn-hook-1"},
-        "settings": {"business_id": "biz-42", "base_url": "https://api.connectly.test"},
-    },
+    provider: {
+        key: value
+        for key, value in load_channel(MAPPINGS, provider, stand_in(provider)).items()
+        if key in ("id", "secrets", "settings")
+    }
+    for provider in PROVIDERS
 }
-PROVIDERS = list(CHANNELS)
 
 
 def config_dict(tmp_path: Path, **channel_overrides: Any) -> dict[str, Any]:
@@ -327,16 +307,6 @@ def addressed(provider: str, body: dict[str, Any], path: str) -> tuple[str, str]
     )
 
 
-PROVIDER_URLS = {
-    "cloudapi": "https://graph.test/v23.0/106540352242922/messages",
-    "dialog360": "https://waba.test/messages",
-    "twilio": f"https://api.twilio.com/2010-04-01/Accounts/{TWILIO_SID}/Messages.json",
-    "infobip": re.compile(r"https://xyz\.api\.infobip\.test/whatsapp/1/message/.*"),
-    "azure_acs": "https://acme.communication.azure.test/messages/notifications:send",
-    "connectly": re.compile(r"https://api\.connectly\.test/v1/businesses/biz-42/send/.*"),
-}
-
-
 def provider_answer(provider: str, request: httpx.Request) -> httpx.Response:
     if provider == "infobip":
         name = "answer_template" if request.url.path.endswith("/template") else "answer_text"
@@ -346,8 +316,7 @@ def provider_answer(provider: str, request: httpx.Request) -> httpx.Response:
 
 
 def mock_provider(router: respx.MockRouter, provider: str) -> respx.Route:
-    url = PROVIDER_URLS[provider]
-    route = router.post(url__regex=url.pattern) if isinstance(url, re.Pattern) else router.post(url)
+    route = router.post(url__startswith=stand_in(provider) + "/")
     route.side_effect = lambda request: provider_answer(provider, request)
     return route
 
@@ -464,15 +433,15 @@ async def test_infobip_refuses_bsuid_only_recipients_by_default(
 
     settings = make_settings(
         tmp_path,
-        infobip={"settings": {"base_url": "https://xyz.api.infobip.test"}},
+        infobip={"settings": {"base_url": stand_in("infobip")}},
     )
-    await seed(store, ["infobip-us"])
+    await seed(store, [channel_id("infobip")])
     async with httpx.AsyncClient() as client:
         with respx.mock(assert_all_called=False) as router:
             route = mock_provider(router, "infobip")
             with pytest.raises(SendError) as caught:
                 await service_for(settings, store, client).submit(
-                    template({"bsuid": BSUID}), channel_id="infobip-us"
+                    template({"bsuid": BSUID}), channel_id=channel_id("infobip")
                 )
     assert caught.value.code == "bsuid_send_unsupported"
     assert route.call_count == 0
@@ -518,7 +487,7 @@ async def test_twilio_body_matches_the_shared_fixture(tmp_path: Path) -> None:
     assert {k: body[k] for k in ("To", "From", "Body")} == {
         k: expected[k] for k in ("To", "From", "Body")
     }
-    assert body["StatusCallback"] == "https://gw.example.com/webhooks/twilio-us"
+    assert body["StatusCallback"] == f"https://gw.example.com/webhooks/{channel_id('twilio')}"
     body = await dry_body(tmp_path, "twilio", template({"phone": LEGACY_PHONE}))
     assert body["ContentSid"] == CONTENT_SID
     assert body["ContentVariables"] == fixture("twilio", "send_template")["ContentVariables"]
@@ -561,7 +530,7 @@ async def test_connectly_campaign_bsuid_needs_the_channel_flag(tmp_path: Path) -
     service = SendService(settings, store=None, client=None, clock=lambda: NOW)
     with pytest.raises(SendError) as caught:
         await service.dry_run(
-            template({"bsuid": BSUID}), channel_id="connectly-us", use_store=False
+            template({"bsuid": BSUID}), channel_id=channel_id("connectly"), use_store=False
         )
     assert caught.value.code == "bsuid_send_unsupported"
     settings = make_settings(
@@ -576,7 +545,7 @@ async def test_connectly_campaign_bsuid_needs_the_channel_flag(tmp_path: Path) -
     )
     service = SendService(settings, store=None, client=None, clock=lambda: NOW)
     outcome = await service.dry_run(
-        template({"bsuid": BSUID}), channel_id="connectly-us", use_store=False
+        template({"bsuid": BSUID}), channel_id=channel_id("connectly"), use_store=False
     )
     assert outcome.body["url"].endswith("/send/campaigns")
     (entry,) = outcome.body["body"]["entries"]
@@ -682,7 +651,15 @@ def test_cli_dry_run_masks_credentials(tmp_path: Path, capsys: pytest.CaptureFix
     path.write_text(json.dumps(text({"bsuid": BSUID})))
     assert (
         cli.main(
-            ["send", "--dry-run", "--config", str(config), "--channel", "twilio-us", str(path)]
+            [
+                "send",
+                "--dry-run",
+                "--config",
+                str(config),
+                "--channel",
+                channel_id("twilio"),
+                str(path),
+            ]
         )
         == 0
     )

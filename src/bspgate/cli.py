@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from bspgate import __version__
+from bspgate.cli_mappings import add_mappings_parsers
 from bspgate.config import Settings, default_config_path, load_settings
 from bspgate.errors import ConfigError, GatewayError, MappingLoadError, PayloadError
 
@@ -257,51 +258,6 @@ def _json_or_text(response: Any) -> Any:
         return response.text[:200] or None
 
 
-def cmd_mappings(args: argparse.Namespace) -> int:
-    from bspgate.mapping.cases import run_case
-    from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names, mapping_root
-    from bspgate.outbound.spec import OUTBOUND_FILE, load_outbound
-
-    root = _mapping_roots(args)
-    listed = root[-1:] if getattr(args, "mappings", None) else root
-    names = [args.provider] if getattr(args, "provider", None) else mapping_names(listed)
-    if not names:
-        return _fail(f"no mappings under {', '.join(str(p) for p in listed)}")
-    failures = 0
-    passed = 0
-    for name in names:
-        try:
-            spec = load_mapping(root, name)
-        except MappingLoadError as exc:
-            sys.stdout.write(f"FAIL {exc}\n")
-            failures += 1
-            continue
-        if args.action == "check":
-            sys.stdout.write(f"ok   {spec.file} ({len(spec.rules)} rules)\n")
-            passed += 1
-            folder = mapping_root(root, name) or root[-1]
-            if (folder / name / OUTBOUND_FILE).is_file():
-                try:
-                    load_outbound(folder, name)
-                except MappingLoadError as exc:
-                    sys.stdout.write(f"FAIL {exc}\n")
-                    failures += 1
-                else:
-                    sys.stdout.write(f"ok   mappings/{name}/{OUTBOUND_FILE}\n")
-                    passed += 1
-            continue
-        for path in iter_case_files(root, name):
-            result = run_case(spec, path)
-            if result.ok:
-                passed += 1
-                sys.stdout.write(f"ok   {result.name}\n")
-            else:
-                failures += 1
-                sys.stdout.write(f"FAIL {result.name}: {result.message}\n")
-    sys.stdout.write(f"{passed} passed, {failures} failed\n")
-    return 1 if failures else 0
-
-
 def cmd_events_tail(args: argparse.Namespace) -> int:
     import httpx
 
@@ -478,13 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mappings = sub.add_parser("mappings", help="validate mapping files or run their cases")
     mappings_sub = mappings.add_subparsers(dest="action", required=True, metavar="ACTION")
-    check = mappings_sub.add_parser("check", parents=[common], help="validate every mapping file")
-    check.add_argument("--mappings", help="check this folder only (default: every configured)")
-    check.set_defaults(func=cmd_mappings)
-    test = mappings_sub.add_parser("test", parents=[common], help="run the golden cases")
-    test.add_argument("provider", nargs="?", help="one mapping name (default: every mapping)")
-    test.add_argument("--mappings", help="test this folder only (default: every configured)")
-    test.set_defaults(func=cmd_mappings)
+    add_mappings_parsers(mappings_sub, common)  # check, test [--update], new (cli_mappings.py)
 
     events = sub.add_parser("events", help="read the canonical event stream")
     events_sub = events.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -64,10 +64,17 @@ class PayloadError(GatewayError):
 
 
 class SignatureError(GatewayError):
-    """Webhook authentication failed. `missing` is True when no credential was sent at all."""
+    """Webhook authentication failed. `missing` is True when no credential was sent at all.
 
-    def __init__(self, message: str, *, missing: bool = False) -> None:
+    `outcome` labels the refusal in the webhook metric: `unauthorized`, or `stale`/`replayed`
+    for a signature timestamp outside its tolerance or a signature already accepted.
+    """
+
+    def __init__(
+        self, message: str, *, missing: bool = False, outcome: str = "unauthorized"
+    ) -> None:
         self.missing = missing
+        self.outcome = outcome
         super().__init__(message)
 
 

@@ -12,8 +12,7 @@ problem. This module holds no SQL and no mapping logic.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
@@ -53,28 +52,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _public_url(gateway: GatewayContext, request: Request) -> str:
     url = gateway.settings.server.public_url.rstrip("/") + request.url.path
     return f"{url}?{request.url.query}" if request.url.query else url
-
-
-_FORM = "application/x-www-form-urlencoded"
-
-
-def _uncovered_body(entries: tuple[dict[str, Any], ...], signed: SignedRequest) -> str | None:
-    """Why a verified body is still refused (415), or None.
-
-    Twilio's signature binds the body only for form content (the fields are signed) or when the
-    URL carries `bodySHA256` (the body's hash is signed); any other body is signed over the URL
-    alone, so anyone holding one signed URL could post any body. Such a body is refused.
-    """
-    if not any(entry.get("scheme") == "twilio" for entry in entries):
-        return None
-    if signed.content_type.startswith(_FORM):
-        return None
-    if "bodySHA256" in parse_qs(urlsplit(signed.url).query):
-        return None
-    return (
-        "Twilio signs this body only as application/x-www-form-urlencoded content or with a "
-        "bodySHA256 query parameter; a body the signature does not cover is refused"
-    )
 
 
 def _unknown_channel(channel_id: str) -> Response:
@@ -122,7 +99,7 @@ async def receive_webhook(request: Request) -> Response:
         log.warning("webhook.unparseable", reason=str(exc), bytes=len(body), stage="verify")
         return problem_response(400, "unparseable_body", "The body cannot be parsed", str(exc))
     except SignatureError as exc:
-        gateway.metrics.webhooks.labels(channel.id, "unauthorized").inc()
+        gateway.metrics.webhooks.labels(channel.id, exc.outcome).inc()
         log.warning("webhook.unauthorized", reason=str(exc))
         return problem_response(
             401,
@@ -142,7 +119,7 @@ async def receive_webhook(request: Request) -> Response:
             headers={"WWW-Authenticate": "Signature"},
         )
     spec = gateway.mappings[channel.provider]
-    uncovered = _uncovered_body(spec.verify, signed)
+    uncovered = gateway.verifiers[channel.id].uncovered_body(signed)
     if uncovered:
         gateway.metrics.webhooks.labels(channel.id, "unsupported_media_type").inc()
         log.warning("webhook.unsigned_body", content_type=signed.content_type[:80])

@@ -8,6 +8,12 @@ that providers without an event time (Twilio) use. Fields that differ per run (`
 `data.contact.id`, `data.raw_id`) may be left out of expected events; when present they are not
 compared. Every expected event, with those fields filled in, must itself satisfy the canonical
 schema.
+A signed case (`signed:`) holds a request exactly as the provider sent it, from the vendor's
+docs or SDK tests: `url`, `headers`, the raw `body` text, `content_type`, the channel `secrets`
+(and `settings`) and optionally `now` (unix seconds: vendor vectors carry old timestamps). The
+mapping's `inbound.verify` declaration must accept it (`expect.verified: true`) and refuse the
+same request with one byte of the body changed; with `expect.events`/`expect.quarantine` the body
+is then normalized as well.
 The pytest suite and `bspgate mappings test` both run cases through `run_case`.
 """
 
@@ -20,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
-from bspgate.errors import CanonicalValidationError
+from bspgate.config import Secret
+from bspgate.errors import CanonicalValidationError, MappingLoadError, PayloadError, SignatureError
+from bspgate.ingress.parse import parse_payload
 from bspgate.mapping.loader import MappingSpec
+from bspgate.mapping.yamlfile import YamlFile
 from bspgate.normalize import Normalizer, demo_channel
 from bspgate.schema.validate import EventValidator
 
@@ -50,14 +58,14 @@ def _fill_variables(expected: dict[str, Any], actual: dict[str, Any]) -> dict[st
     return filled
 
 
-def _diff(expected: Any, actual: Any, path: str = "") -> str | None:
+def diff(expected: Any, actual: Any, path: str = "") -> str | None:
     if isinstance(expected, dict) and isinstance(actual, dict):
         for key in sorted(set(expected) | set(actual)):
             if key not in actual:
                 return f"{path}/{key}: expected {expected[key]!r}, missing"
             if key not in expected:
                 return f"{path}/{key}: unexpected {actual[key]!r}"
-            found = _diff(expected[key], actual[key], f"{path}/{key}")
+            found = diff(expected[key], actual[key], f"{path}/{key}")
             if found:
                 return found
         return None
@@ -65,7 +73,7 @@ def _diff(expected: Any, actual: Any, path: str = "") -> str | None:
         if len(expected) != len(actual):
             return f"{path}: expected {len(expected)} items, got {len(actual)}"
         for index, (e, a) in enumerate(zip(expected, actual, strict=True)):
-            found = _diff(e, a, f"{path}/{index}")
+            found = diff(e, a, f"{path}/{index}")
             if found:
                 return found
         return None
@@ -74,11 +82,84 @@ def _diff(expected: Any, actual: Any, path: str = "") -> str | None:
     return None
 
 
+def case_display(path: Path) -> str:
+    """`mappings/<provider>/cases/<file>` for error messages."""
+    return f"mappings/{path.parent.parent.name}/{path.parent.name}/{path.name}"
+
+
 def load_case(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "input" not in data or "expect" not in data:
-        raise ValueError(f"{path.name}: a case needs `input` and `expect`")
+    """A case file's data; `MappingLoadError` (file and line) for YAML or shape errors."""
+    file = YamlFile(path, case_display(path))
+    data = file.data
+    if not isinstance(data, dict) or "expect" not in data:
+        raise file.error((), "a case needs `expect`")
+    if "input" not in data and "signed" not in data:
+        raise file.error((), "a case needs `input` (a payload) or `signed` (a signed request)")
+    if not isinstance(data["expect"], dict):
+        raise file.error(("expect",), "expect is a mapping (events, quarantine or verified)")
     return data
+
+
+def _signed_channel(spec: MappingSpec, signed: dict[str, Any]) -> Any:
+    secrets = {k: Secret(str(v)) for k, v in (signed.get("secrets") or {}).items()}
+    return demo_channel(spec.name, secrets=secrets, settings=dict(signed.get("settings") or {}))
+
+
+def verify_signed(spec: MappingSpec, signed: dict[str, Any]) -> str | None:
+    """None when the declared verification accepts the request and refuses it tampered."""
+    from bspgate.ingress.verify import ChannelVerifier, SignedRequest
+
+    channel = _signed_channel(spec, signed)
+    now = signed.get("now")
+    clock = (lambda: float(now)) if now is not None else None
+    headers = {str(k).lower(): str(v) for k, v in (signed.get("headers") or {}).items()}
+    body = str(signed.get("body", "")).encode()
+    content_type = str(signed.get("content_type", "application/json"))
+    url = str(signed.get("url", "https://gateway.example/webhooks/demo"))
+
+    def check(raw: bytes) -> SignatureError | None:
+        verifier = (
+            ChannelVerifier(channel, spec.verify, clock=clock)
+            if clock
+            else ChannelVerifier(channel, spec.verify)
+        )
+        try:
+            verifier.verify(SignedRequest("POST", url, headers, raw, content_type))
+        except SignatureError as exc:
+            return exc
+        return None
+
+    refused = check(body)
+    if refused is not None:
+        return f"the declared verification refuses the signed request: {refused}"
+    binds_body = any(
+        entry.get("scheme") in ("hmac", "jwt") and channel.secret(str(entry.get("secret", "")))
+        for entry in spec.verify
+    )
+    if not binds_body:
+        return None  # a shared secret or Basic credential does not cover the body
+    tampered = body[:-1] + bytes([body[-1] ^ 1]) if body else b"x"
+    if check(tampered) is None:
+        return "the declared verification accepts the request with its body changed"
+    return None
+
+
+def normalize_case(spec: MappingSpec, case: dict[str, Any], validator: EventValidator) -> Any:
+    """The case's payload through the mapping: an `IngestOutcome` (events, issues, state)."""
+    channel = demo_channel(spec.name, **(case.get("channel") or {}))
+    signed = case.get("signed")
+    if isinstance(signed, dict):
+        body = str(signed.get("body", "")).encode()
+        payload = parse_payload(body, spec.parse)
+    else:
+        payload = case["input"]
+        body = orjson.dumps(payload)
+    received_at = case.get("received_at")
+    if isinstance(received_at, str):
+        received_at = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+    return Normalizer(spec, channel, validator).normalize(
+        payload, body, "application/json", received_at=received_at
+    )
 
 
 def run_case(spec: MappingSpec, path: Path, validator: EventValidator | None = None) -> CaseResult:
@@ -86,19 +167,21 @@ def run_case(spec: MappingSpec, path: Path, validator: EventValidator | None = N
     name = f"{spec.name}/{path.stem}"
     try:
         case = load_case(path)
-    except (ValueError, yaml.YAMLError) as exc:
+    except MappingLoadError as exc:
         return CaseResult(name, False, str(exc))
-    validator = validator or EventValidator()
-    channel = demo_channel(spec.name, **(case.get("channel") or {}))
-    payload = case["input"]
-    body = orjson.dumps(payload)
-    received_at = case.get("received_at")
-    if isinstance(received_at, str):
-        received_at = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-    outcome = Normalizer(spec, channel, validator).normalize(
-        payload, body, "application/json", received_at=received_at
-    )
     expect = case["expect"]
+    signed = case.get("signed")
+    if isinstance(signed, dict):
+        problem = verify_signed(spec, signed)
+        if problem:
+            return CaseResult(name, False, problem)
+        if "events" not in expect and "quarantine" not in expect:
+            return CaseResult(name, True)
+    validator = validator or EventValidator()
+    try:
+        outcome = normalize_case(spec, case, validator)
+    except PayloadError as exc:
+        return CaseResult(name, False, f"the signed body does not parse: {exc}")
     if "quarantine" in expect:
         reason = "; ".join(outcome.issues)
         if outcome.state != "quarantined":
@@ -121,7 +204,7 @@ def run_case(spec: MappingSpec, path: Path, validator: EventValidator | None = N
             validator.validate(filled)
         except CanonicalValidationError as exc:
             return CaseResult(name, False, f"expected event {index} fails the schema: {exc}")
-        difference = _diff(filled, actual, f"/events/{index}")
+        difference = diff(filled, actual, f"/events/{index}")
         if difference:
             return CaseResult(name, False, difference)
     return CaseResult(name, True)

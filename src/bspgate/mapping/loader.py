@@ -23,9 +23,11 @@ from jmespath.exceptions import JMESPathError
 
 from bspgate.describe import token
 from bspgate.errors import MappingError, MappingLoadError
+from bspgate.mapping.canonical_paths import unknown_field
 from bspgate.mapping.codegen import Builder, compile_condition, compile_rule
 from bspgate.mapping.expression import Getter, compile_expression
 from bspgate.mapping.functions import REGISTRY
+from bspgate.mapping.reads import collect_reads
 from bspgate.mapping.yamlfile import YamlFile, dotted
 
 MAPPING_FILE = "mapping.yaml"
@@ -236,7 +238,7 @@ class _Compiler:
             getter = compile_expression(text)
         except JMESPathError as exc:
             raise self.ctx.error(path, f"invalid expression {text!r}: {exc}") from exc
-        _collect_reads(jmespath.compile(text).parsed, self.reads)  # type: ignore[arg-type]
+        collect_reads(jmespath.compile(text).parsed, self.reads)  # type: ignore[arg-type]
         return getter
 
     def field(self, raw: Any, path: tuple[Any, ...]) -> FieldSpec:
@@ -255,6 +257,12 @@ class _Compiler:
             spec = REGISTRY.get(apply)
             if spec is None or spec[1] > 1:
                 raise self.ctx.error((*path, "apply"), f"{apply!r} is not a one-argument function")
+        if "default" in raw and raw["default"] is None:
+            raise self.ctx.error(
+                (*path, "default"),
+                "`default: null` is no default (a value missing from the map then quarantines "
+                "the event): remove it, or give the value to use",
+            )
         value_map = raw.get("map")
         if isinstance(value_map, str):
             if value_map not in self.maps:
@@ -288,9 +296,17 @@ class _Compiler:
             time=self.field(raw["time"], (*path, "time")),
             fields=tuple(
                 (tuple(name.split(".")), self.field(spec, (*path, "fields", name)))
-                for name, spec in raw["fields"].items()
+                for name, spec in self.canonical(raw, path).items()
             ),
         )
+
+    def canonical(self, raw: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+        """The rule's fields, each a path the canonical event of its type has."""
+        for name in raw["fields"]:
+            problem = unknown_field(raw["type"], name)
+            if problem:
+                raise self.ctx.error((*path, "fields", name), problem)
+        return dict(raw["fields"])
 
     def quarantine(self, raw: dict[str, Any], path: tuple[Any, ...]) -> QuarantineSpec:
         when = raw.get("when")
@@ -343,6 +359,7 @@ def load_mapping(root: Roots, name: str) -> MappingSpec:
     contexts, data = _read_merged(_roots(root), name, ())
     ctx = _Chain(contexts)
     inbound = data.get("inbound") or {}
+    _check_verify(ctx, inbound.get("verify"))
     compiler = _Compiler(ctx, inbound.get("maps") or {})
     rule_names: set[str] = set()
     rules = []
@@ -375,34 +392,12 @@ def load_mapping(root: Roots, name: str) -> MappingSpec:
     )
 
 
-def _collect_reads(node: dict[str, Any], out: set[tuple[str, str]]) -> None:
-    """Record every `binding.field` an expression reads (the head of each plain path)."""
-    if node.get("type") == "subexpression":
-        head = _head_fields(node)
-        if len(head) >= 2:
-            out.add((head[0], head[1]))
-    for child in node.get("children", []):
-        if isinstance(child, dict):
-            _collect_reads(child, out)
+def _check_verify(ctx: _Chain, entries: Any) -> None:
+    """Every verify entry must be a scheme that works as declared (the first error raises)."""
+    from bspgate.ingress.verify import declaration_errors  # ingress depends on mapping, not back
 
-
-def _head_fields(node: dict[str, Any]) -> list[str]:
-    # `a.b.c` parses as subexpression(subexpression(a, b), c): flatten the leading fields
-    if node.get("type") == "field":
-        return [node["value"]]
-    if node.get("type") == "index_expression":  # `errors[0]`: the field before the index
-        return _head_fields(node["children"][0])
-    if node.get("type") != "subexpression":
-        return []
-    names: list[str] = []
-    for child in node.get("children", []):
-        part = _head_fields(child)
-        if not part:
-            break
-        names.extend(part)
-        if child.get("type") != "field" and child.get("type") != "subexpression":
-            break
-    return names
+    for path, message in declaration_errors(entries):
+        raise ctx.error(("inbound", "verify", *path), message)
 
 
 def _iteration_key(steps: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -434,7 +429,7 @@ def load_mappings(root: Roots) -> dict[str, MappingSpec]:
 
 
 def iter_case_files(root: Roots, name: str) -> Iterator[Path]:
-    """The golden case files of one provider, sorted by name."""
+    """The golden case files of one provider, sorted by name (`_*.yaml` hold shared data)."""
     cases = (mapping_root(root, name) or _roots(root)[-1]) / name / "cases"
     if cases.is_dir():
-        yield from sorted(cases.glob("*.yaml"))
+        yield from sorted(p for p in cases.glob("*.yaml") if not p.name.startswith("_"))

@@ -55,7 +55,11 @@ class YamlFile:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
-            raise MappingLoadError(display, line, "", f"invalid YAML: {exc}") from exc
+            # the problem and its context, without PyYAML's `in "<unicode string>"` locations
+            parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+            what = ", ".join(str(p) for p in parts if p) or type(exc).__name__
+            column = f" (column {mark.column + 1})" if mark is not None else ""
+            raise MappingLoadError(display, line, "", f"invalid YAML: {what}{column}") from exc
         self.lines: dict[tuple[Any, ...], int] = {}
         if node is not None:
             _line_index(node, (), self.lines)

@@ -25,6 +25,7 @@ import orjson
 import structlog
 
 from bspgate.errors import SendError
+from bspgate.outbound.oauth import TokenCache
 from bspgate.outbound.rewrite import ProviderRequest
 from bspgate.outbound.spec import OutboundSpec
 
@@ -86,8 +87,13 @@ async def deliver(
     *,
     sleep: Sleep = asyncio.sleep,
     timeout: float = DEFAULT_TIMEOUT,
+    tokens: TokenCache | None = None,
 ) -> ProviderAnswer:
-    """Send `request`; answers the provider's acceptance or raises `SendError` (502)."""
+    """Send `request`; answers the provider's acceptance or raises `SendError` (502).
+
+    An OAuth2 send (`request.oauth`) carries a token from `tokens`; a 401 drops it and the
+    request is repeated once with a fresh token (the provider refused the token, not the send).
+    """
     if request.missing_secrets:
         raise SendError(
             "channel_not_configured",
@@ -96,14 +102,20 @@ async def deliver(
         )
     attempts = spec.retry.attempts if spec.retry.safe else 1
     attempt = 0
+    refreshed = False
+    tokens = tokens if tokens is not None else TokenCache()
     while True:
         attempt += 1
         started = time.perf_counter()
+        headers = request.headers
+        if request.oauth is not None:
+            bearer = await tokens.token(client, request.oauth)
+            headers = {**headers, "Authorization": f"Bearer {bearer}"}
         try:
             response = await client.request(
                 request.method,
                 request.url,
-                headers=request.headers,
+                headers=headers,
                 content=request.content,
                 timeout=timeout,
             )
@@ -143,6 +155,11 @@ async def deliver(
                     retryable=False,
                 )
             return ProviderAnswer(str(message_id), response.status_code, body)
+        if response.status_code == 401 and request.oauth is not None and not refreshed:
+            tokens.drop(request.oauth)  # expired or revoked early: one fresh token, one resend
+            refreshed = True
+            attempt -= 1
+            continue
         error = _rejection(spec, response, body)
         if error.extra.get("retryable") and attempt < attempts:
             await sleep(_backoff(spec, attempt))

@@ -2,7 +2,8 @@
 
 `render_request` builds the template context (the canonical send, `to`, `channel`, `settings`,
 `secrets`, `send`), evaluates `let`, applies `refuse`, renders URL, headers and body, encodes the
-body (JSON or form) and signs it (`auth`: bearer, header key, basic, Azure access-key HMAC).
+body (JSON or form) and signs it (`auth`: bearer, header key, basic, request signing declared
+as data in signing.py, Azure access-key HMAC; OAuth2 tokens are added at send time, oauth.py).
 `ProviderRequest.masked()` is the dry-run view: the same request with every credential masked.
 No I/O and no clock of its own (`now` is passed in); sending is `client.py`.
 """
@@ -25,6 +26,8 @@ from bspgate.config import Channel
 from bspgate.errors import SendError
 from bspgate.mapping.expression import truthy
 from bspgate.outbound.addressing import Address
+from bspgate.outbound.oauth import TokenRequest
+from bspgate.outbound.signing import sign_request
 from bspgate.outbound.spec import OutboundSpec, TypeForm
 
 MASK = "****"
@@ -43,6 +46,7 @@ class ProviderRequest:
     secret_values: tuple[str, ...] = field(default=(), repr=False)
     credential_headers: tuple[str, ...] = ()
     missing_secrets: tuple[str, ...] = ()
+    oauth: TokenRequest | None = None  # a bearer token to fetch at send time (client.py)
 
     def masked(self) -> dict[str, Any]:
         """`{method, url, headers, body}` with credentials masked (dry runs, logs at DEBUG)."""
@@ -134,13 +138,13 @@ def build_context(
     context["secrets"] = {name: channel.secret(name) or None for name in channel.secrets}
     context["send"] = {
         "id": send_id,
-        "uuid": _uuid_from(send_id),
+        "uuid": uuid_from(send_id),
         "first_sent": format_datetime(now.astimezone(UTC), usegmt=True),
     }
     return context
 
 
-def _uuid_from(send_id: str) -> str:
+def uuid_from(send_id: str) -> str:
     # A stable UUID per send (Azure's Repeatability-Request-ID must be one).
     digest = hashlib.sha256(send_id.encode()).hexdigest()
     return f"{digest[:8]}-{digest[8:12]}-4{digest[13:16]}-8{digest[17:20]}-{digest[20:32]}"
@@ -216,6 +220,7 @@ def render_request(
         content = orjson.dumps(body)
         headers.setdefault("Content-Type", "application/json")
     credential_headers = _sign(spec, channel, headers, url, content, now)
+    oauth = _token_request(spec, channel, context)
     secret_values = tuple(
         value for name in channel.secrets if len(value := channel.secret(name)) >= 4
     )
@@ -230,6 +235,22 @@ def render_request(
         secret_values=secret_values,
         credential_headers=credential_headers,
         missing_secrets=missing,
+        oauth=oauth,
+    )
+
+
+def _token_request(
+    spec: OutboundSpec, channel: Channel, context: dict[str, Any]
+) -> TokenRequest | None:
+    auth = spec.auth
+    if auth.get("scheme") != "oauth2_client_credentials" or spec.token_url is None:
+        return None
+    return TokenRequest(
+        token_url=str(spec.token_url.render(context) or ""),
+        client_id=channel.secret(auth["client_id"]),
+        client_secret=channel.secret(auth["client_secret"]),
+        scope=str(auth.get("scope", "")),
+        auth_method=str(auth.get("auth_method", "client_secret_basic")),
     )
 
 
@@ -273,6 +294,16 @@ def _sign(
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
         return ("authorization",)
+    if scheme == "oauth2_client_credentials":
+        # the token is fetched (and cached) when the request is sent: see oauth.py
+        headers["Authorization"] = "Bearer (OAuth2 client-credentials token, fetched at send)"
+        return ("authorization",)
+    if scheme == "hmac_request":
+        signed = sign_request(
+            auth, channel.secret(auth["secret"]), spec.method, url, headers, content, now
+        )
+        headers.update(signed)
+        return (str(auth.get("header", "Authorization")).lower(),)
     if scheme == "azure_hmac":
         headers.update(
             azure_hmac_headers(channel.secret(auth["secret"]), "POST", url, content, now)

@@ -51,6 +51,7 @@ from bspgate.outbound.addressing import (
     resolve_recipient,
 )
 from bspgate.outbound.client import DEFAULT_TIMEOUT, Sleep, deliver
+from bspgate.outbound.oauth import TokenCache
 from bspgate.outbound.rewrite import (
     ProviderRequest,
     bsuid_supported,
@@ -195,6 +196,7 @@ class SendService:
         self.mapping_dirs = (mappings_dir,) if mappings_dir else settings.mapping_dirs
         self.provider_timeout = provider_timeout
         self._specs: dict[str, OutboundSpec] = {}
+        self.tokens = TokenCache()  # OAuth2 access tokens, shared by this gateway's sends
 
     def spec(self, provider: str) -> OutboundSpec:
         """The provider's compiled `outbound.yaml` (a broken file is a 500 naming it)."""
@@ -281,7 +283,12 @@ class SendService:
         assert self.client is not None
         try:
             answer = await deliver(
-                self.client, spec, request, sleep=self.sleep, timeout=self.provider_timeout
+                self.client,
+                spec,
+                request,
+                sleep=self.sleep,
+                timeout=self.provider_timeout,
+                tokens=self.tokens,
             )
         except SendError as exc:
             if _ambiguous(exc):

@@ -21,9 +21,18 @@ import jsonschema
 from bspgate.errors import MappingLoadError
 from bspgate.mapping.expression import Getter
 from bspgate.mapping.yamlfile import YamlFile
+from bspgate.outbound.signing import declaration_errors as signing_errors
 from bspgate.outbound.template import Node, TemplateError, compile_expr, compile_template
 
 OUTBOUND_FILE = "outbound.yaml"
+AUTH_SCHEMES = (
+    "bearer",
+    "header",
+    "basic",
+    "oauth2_client_credentials",
+    "hmac_request",
+    "azure_hmac",
+)
 SEND_TYPES = ("text", "template", "image", "document", "audio", "video", "interactive")
 
 
@@ -101,6 +110,7 @@ class OutboundSpec:
     error_map: Mapping[str, str]
     retry: RetryPolicy
     source: dict[str, Any] = field(repr=False)
+    token_url: Node | None = None  # auth.token_url of oauth2_client_credentials, compiled
 
 
 @cache
@@ -205,6 +215,15 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
         raise MappingLoadError(display, None, "", "no such file: this provider cannot send")
     file = YamlFile(path, display)
     data = _extended(root, file, provider, ())
+    auth_scheme = (data.get("auth") or {}).get("scheme") if isinstance(data, dict) else None
+    if isinstance(data.get("auth"), dict) and auth_scheme not in AUTH_SCHEMES:
+        known = ", ".join(AUTH_SCHEMES)
+        raise file.error(
+            ("auth", "scheme"), f"unknown auth scheme {auth_scheme!r} (known: {known})"
+        )
+    if auth_scheme == "hmac_request":
+        for where, message in signing_errors(data["auth"]):
+            raise file.error(("auth", *where), message)
     errors = sorted(_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         error = jsonschema.exceptions.best_match(errors)
@@ -215,6 +234,10 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
     request = data["request"]
     base_body = request.get("body", {})
     retry = data.get("retry") or {"safe": False}
+    auth = data.get("auth") or {}
+    token_url = (
+        _compile(file, auth["token_url"], ("auth", "token_url")) if "token_url" in auth else None
+    )
     errors_raw = data.get("errors") or {}
     return OutboundSpec(
         provider=provider,
@@ -224,7 +247,8 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
         encoding=request.get("encoding", "json"),
         headers=_lets(file, request.get("headers"), ("request", "headers")),
         base_body=base_body,
-        auth=data.get("auth") or {},
+        auth=auth,
+        token_url=token_url,
         bsuid_send=bool((data.get("capabilities") or {}).get("bsuid_send", False)),
         defaults=dict(data.get("settings") or {}),
         secrets=tuple(data.get("secrets") or ()),

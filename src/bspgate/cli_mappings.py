@@ -1,0 +1,189 @@
+"""`bspgate mappings check|test|new`: the authoring tools for provider folders.
+
+- `check` loads every mapping and send form (schema, expressions, verify and auth schemes,
+  canonical field paths) and reads every case file, naming file and line for each error.
+- `test [PROVIDER] [--update]` runs the golden cases (inbound, signed, send); `--update` first
+  writes the actual output into each case's `expect` for review.
+- `new NAME --from payload.json` writes a skeleton folder: mapping.yaml, outbound.yaml, a test
+  channel and a first case holding the payload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bspgate.errors import MappingLoadError
+
+NAME_PATTERN = "^[a-z][a-z0-9_]*$"
+
+
+def _root(args: argparse.Namespace) -> Path:
+    """The folder `new` writes into: --mappings, else the config's own (last) mappings folder."""
+    return _roots(args)[-1]
+
+
+def _roots(args: argparse.Namespace) -> list[Path]:
+    from bspgate.cli import _mapping_roots  # shipped, then the config's (or --mappings) folders
+
+    return _mapping_roots(args)
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def _check_cases(root: Path, name: str) -> list[str]:
+    from bspgate.mapping.cases import load_case
+    from bspgate.mapping.loader import iter_case_files
+    from bspgate.mapping.send_cases import CHANNEL_FILE, is_send_case, load_send_case
+    from bspgate.mapping.yamlfile import YamlFile
+
+    problems = []
+    channel = root / name / "cases" / CHANNEL_FILE
+    files = [channel] if channel.is_file() else []
+    for path in [*files, *iter_case_files(root, name)]:
+        try:
+            if path.name == CHANNEL_FILE:
+                YamlFile(path, f"mappings/{name}/cases/{path.name}")
+            elif is_send_case(path):
+                load_send_case(path)
+            else:
+                load_case(path)
+        except MappingLoadError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def cmd_mappings(args: argparse.Namespace) -> int:
+    """check / test (with --update) over every provider folder, or the one named."""
+    from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names, mapping_root
+    from bspgate.outbound.spec import OUTBOUND_FILE, load_outbound
+
+    roots = _roots(args)
+    listed = roots[-1:] if getattr(args, "mappings", None) else roots
+    names = [args.provider] if getattr(args, "provider", None) else mapping_names(listed)
+    if not names:
+        sys.stderr.write(f"bspgate: no mappings under {', '.join(map(str, listed))}\n")
+        return 1
+    failures = passed = 0
+    for name in names:
+        try:
+            spec = load_mapping(roots, name)
+        except MappingLoadError as exc:
+            _say(f"FAIL {exc}")
+            failures += 1
+            continue
+        root = mapping_root(roots, name) or roots[-1]
+        if args.action == "check":
+            _say(f"ok   {spec.file} ({len(spec.rules)} rules)")
+            passed += 1
+            if (root / name / OUTBOUND_FILE).is_file():
+                try:
+                    load_outbound(root, name)
+                except MappingLoadError as exc:
+                    _say(f"FAIL {exc}")
+                    failures += 1
+                else:
+                    _say(f"ok   mappings/{name}/{OUTBOUND_FILE}")
+                    passed += 1
+            problems = _check_cases(root, name)
+            for problem in problems:
+                _say(f"FAIL {problem}")
+            failures += len(problems)
+            continue
+        failures, passed = _test(root, spec, iter_case_files(root, name), args, failures, passed)
+    _say(f"{passed} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+def _test(
+    root: Path, spec: Any, paths: Any, args: argparse.Namespace, failures: int, passed: int
+) -> tuple[int, int]:
+    from bspgate.mapping.case_update import update_case
+    from bspgate.mapping.send_cases import run_file
+
+    for path in paths:
+        if getattr(args, "update", False):
+            try:
+                if update_case(root, spec, path):
+                    _say(f"upd  {spec.name}/{path.stem}")
+            except MappingLoadError as exc:
+                _say(f"FAIL {exc}")
+                failures += 1
+                continue
+        result = run_file(root, spec, path)
+        if result.ok:
+            passed += 1
+            _say(f"ok   {result.name}")
+        else:
+            failures += 1
+            _say(f"FAIL {result.name}: {result.message}")
+    return failures, passed
+
+
+def cmd_mappings_new(args: argparse.Namespace) -> int:
+    """Write a skeleton provider folder from one sample payload."""
+    import re
+
+    from bspgate.mapping.skeleton import skeleton_files
+
+    name = args.name
+    if not re.fullmatch(NAME_PATTERN, name):
+        sys.stderr.write(f"bspgate: {name!r}: a provider name is lower-case letters, digits, _\n")
+        return 2
+    root = _root(args)
+    folder = root / name
+    if folder.exists():
+        sys.stderr.write(f"bspgate: {folder} exists; choose another name\n")
+        return 2
+    try:
+        payload = orjson.loads(Path(args.source).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        sys.stderr.write(f"bspgate: {args.source}: not a readable JSON file ({exc})\n")
+        return 2
+    files = skeleton_files(name, payload)
+    for relative, text in files.items():
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        _say(f"wrote mappings/{name}/{relative}")
+    _say(
+        f"next: edit mappings/{name}/mapping.yaml (the TODO lines), then "
+        f"`bspgate mappings test {name} --update` and review the case it writes"
+    )
+    return 0
+
+
+def add_mappings_parsers(mappings_sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register `mappings check|test|new` on the `mappings` subcommand."""
+    check = mappings_sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate every mapping file, send form and case file",
+    )
+    check.add_argument("--mappings", help="mappings folder (default: the config's)")
+    check.set_defaults(func=cmd_mappings)
+    test = mappings_sub.add_parser("test", parents=[common], help="run the golden cases")
+    test.add_argument("provider", nargs="?")
+    test.add_argument("--mappings", help="mappings folder (default: the config's)")
+    test.add_argument(
+        "--update",
+        action="store_true",
+        help="write the actual output into each case's expect first (review the diff)",
+    )
+    test.set_defaults(func=cmd_mappings)
+    new = mappings_sub.add_parser(
+        "new", parents=[common], help="write a skeleton provider folder from a sample payload"
+    )
+    new.add_argument("name", help="provider id (the folder name)")
+    new.add_argument("--from", dest="source", required=True, help="a sample webhook payload (JSON)")
+    new.add_argument("--mappings", help="mappings folder (default: the config's)")
+    new.set_defaults(func=cmd_mappings_new)
+
+
+__all__ = ["add_mappings_parsers", "cmd_mappings", "cmd_mappings_new"]

@@ -1,0 +1,92 @@
+"""`bspgate mappings test --update`: write what a mapping actually produces into its cases.
+
+For an inbound case, `expect` becomes the events the mapping gives now (without the fields that
+differ per run: `subject`, `data.contact.id`, `data.raw_id`), or `quarantine:` with the reason.
+For a send case, `expect.request` becomes the rendered request (method, path, the headers the
+case already lists or `Content-Type`, body; the send id and public URL written back as
+`${send.id}`/`${public_url}`), or `refused:` with the code. A signed-only case is left as it is.
+Cases that pass are not rewritten. The file's leading comment lines are kept; review the diff
+before committing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bspgate.errors import SendError
+from bspgate.mapping.cases import VARIABLE_PATHS, load_case, normalize_case
+from bspgate.mapping.loader import MappingSpec
+from bspgate.mapping.send_cases import (
+    OFFLINE_PUBLIC_URL,
+    is_send_case,
+    load_send_case,
+    render_offline,
+    request_record,
+    tokens,
+)
+from bspgate.schema.validate import EventValidator
+
+
+def _strip_variables(event: dict[str, Any]) -> dict[str, Any]:
+    for path in VARIABLE_PATHS:
+        target: Any = event
+        for part in path[:-1]:
+            target = target.get(part) if isinstance(target, dict) else None
+        if isinstance(target, dict):
+            target.pop(path[-1], None)
+    return event
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    text = path.read_text(encoding="utf-8")
+    header = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    dumped = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    path.write_text("\n".join([*header, dumped]) if header else dumped, encoding="utf-8")
+
+
+def update_case(root: Path, spec: MappingSpec, path: Path) -> bool:
+    """Rewrite a failing case's `expect` with the actual output; True when the file changed.
+
+    A case that passes is left untouched (its phrasing, e.g. a quarantine phrase, is kept).
+    """
+    from bspgate.mapping.send_cases import run_file
+
+    if run_file(root, spec, path).ok:
+        return False
+    before = path.read_text(encoding="utf-8")
+    if is_send_case(path):
+        case = load_send_case(path)
+        try:
+            sent, send_id = asyncio.run(render_offline(root, spec.name, case))
+        except SendError as exc:
+            case["expect"] = {"refused": exc.code}
+        else:
+            listed = list(((case.get("expect") or {}).get("request") or {}).get("headers") or {})
+            values = tokens(send_id, OFFLINE_PUBLIC_URL)
+            expect: dict[str, Any] = {
+                "request": request_record(sent, values, listed or ["content-type"])
+            }
+            if "message_id" in case.get("expect", {}):
+                expect["message_id"] = case["expect"]["message_id"]
+            case["expect"] = expect
+    else:
+        case = load_case(path)
+        if "input" not in case and "events" not in case["expect"]:
+            return False  # a signed-only case: nothing is produced
+        outcome = normalize_case(spec, case, EventValidator())
+        if outcome.state == "quarantined":
+            case["expect"] = {"quarantine": "; ".join(outcome.issues)}
+        else:
+            verified = {"verified": True} if case["expect"].get("verified") else {}
+            events = [_strip_variables(dict(e)) for e in outcome.events]
+            case["expect"] = {**verified, "events": events}
+    _write(path, case)
+    return path.read_text(encoding="utf-8") != before

@@ -1,0 +1,149 @@
+"""`bspgate mappings check|test|new` on copies of the shipped folders with one mistake each.
+
+`check` must catch what only tests used to: an unknown verify or auth scheme, a canonical path
+that does not exist (`message.txt`), `default: null`, and YAML errors in case files, each named
+by file and line. `new --from` writes a folder that loads and runs; `test --update` writes the
+actual output into a failing case, after which it passes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bspgate import cli
+from tests.conftest import MAPPINGS
+
+
+def copy_of(tmp_path: Path, provider: str) -> Path:
+    root = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS / provider, root / provider)
+    return root
+
+
+def check(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(["mappings", "check", "--mappings", str(root)])
+    return code, capsys.readouterr().out
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_shipped_mappings_pass_check(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = check(MAPPINGS, capsys)
+    assert code == 0, out
+
+
+def test_unknown_verify_scheme(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = copy_of(tmp_path, "connectly")
+    edit(root / "connectly" / "mapping.yaml", "- scheme: hmac", "- scheme: hmac_sha256")
+    code, out = check(root, capsys)
+    assert code == 1
+    assert "mappings/connectly/mapping.yaml:16: inbound.verify[0].scheme" in out
+
+
+def test_unknown_message_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = copy_of(tmp_path, "connectly")
+    edit(
+        root / "connectly" / "mapping.yaml",
+        "      encoding: base64\n",
+        "      encoding: base64\n      message: [body, nonce]\n",
+    )
+    code, out = check(root, capsys)
+    assert code == 1
+    assert "inbound.verify[0].message[1]: unknown message part 'nonce'" in out
+
+
+def test_unknown_auth_scheme(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = copy_of(tmp_path, "connectly")
+    edit(root / "connectly" / "outbound.yaml", "scheme: header", "scheme: api_key")
+    code, out = check(root, capsys)
+    assert code == 1
+    assert "mappings/connectly/outbound.yaml:32: auth.scheme: unknown auth scheme 'api_key'" in out
+
+
+def test_canonical_path_that_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(tmp_path, "connectly")
+    edit(root / "connectly" / "mapping.yaml", "        message.text:", "        message.txt:")
+    code, out = check(root, capsys)
+    assert code == 1
+    assert "fields.message.txt: 'message.txt' is not a field of a whatsapp.message.received" in out
+    assert "message.text" in out  # the fields that do exist are listed
+
+
+def test_default_null(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = copy_of(tmp_path, "connectly")
+    edit(
+        root / "connectly" / "mapping.yaml",
+        "          default: unsupported",
+        "          default: null",
+    )
+    code, out = check(root, capsys)
+    assert code == 1
+    assert "default: `default: null` is no default" in out
+
+
+def test_yaml_error_in_a_case_file_names_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(tmp_path, "connectly")
+    (root / "connectly" / "cases" / "broken.yaml").write_text("input:\n  a: 1\n b: [\nexpect: {}\n")
+    code, out = check(root, capsys)
+    assert code == 1
+    assert "mappings/connectly/cases/broken.yaml:3: invalid YAML" in out
+    assert "<unicode string>" not in out
+
+
+def test_new_writes_a_folder_that_loads_and_update_fills_its_cases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "mappings"
+    root.mkdir()
+    payload = {
+        "event": "message",
+        "message": {
+            "messageId": "m-1",
+            "from": "15551234567",
+            "text": "hello",
+            "userId": "US.1234",
+        },
+    }
+    sample = tmp_path / "payload.json"
+    sample.write_text(json.dumps(payload))
+    assert (
+        cli.main(["mappings", "new", "acme", "--from", str(sample), "--mappings", str(root)]) == 0
+    )
+    for name in ("mapping.yaml", "outbound.yaml", "cases/_channel.yaml", "cases/sample.yaml"):
+        assert (root / "acme" / name).is_file()
+    assert "ev.message.messageId" in (root / "acme" / "mapping.yaml").read_text()
+    capsys.readouterr()
+    code, out = check(root, capsys)
+    assert code == 0, out
+    # the skeleton's cases expect nothing yet: they fail until --update writes what is produced
+    assert cli.main(["mappings", "test", "acme", "--mappings", str(root)]) == 1
+    capsys.readouterr()
+    assert cli.main(["mappings", "test", "acme", "--update", "--mappings", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "upd  acme/sample" in out
+    assert "upd  acme/send_text" in out
+    case = (root / "acme" / "cases" / "sample.yaml").read_text()
+    assert "m-1" in case
+    assert "+15551234567" in case
+    assert "path: /TODO/messages" in (root / "acme" / "cases" / "send_text.yaml").read_text()
+    assert cli.main(["mappings", "test", "acme", "--mappings", str(root)]) == 0
+
+
+def test_new_refuses_an_existing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sample = tmp_path / "payload.json"
+    sample.write_text("{}")
+    args = ["mappings", "new", "connectly", "--from", str(sample), "--mappings", str(MAPPINGS)]
+    assert cli.main(args) == 2
+    assert "exists" in capsys.readouterr().err
