@@ -185,20 +185,11 @@ def _take_actual(expected: Any, actual: Any, pinned: str | None, path: tuple[Any
     return expected
 
 
-# Found by this test after main's staged-processing merge: through the server these identity
-# changes of a contact the store has never seen give no event, while the offline run (one
-# in-memory store per case) gives whatsapp.contact.identity_changed. Strict: fixing the
-# divergence (either side) turns these into failures to remove from this list.
-DIVERGENT = {"cloudapi/system_user_changed_number", "cloudapi/system_user_changed_user_id",
-             "cloudapi/user_id_update_change"}  # fmt: skip
 INBOUND_PARAMS = [
     pytest.param(
         p,
         path,
         id=f"{p}/{path.stem}",
-        marks=[pytest.mark.xfail(strict=True, reason="server and offline identity differ")]
-        if f"{p}/{path.stem}" in DIVERGENT
-        else [],
     )
     for p, path in INBOUND
 ]
