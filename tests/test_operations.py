@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined
-from tests.conftest import MAPPINGS
+from tests.conftest import MAPPINGS, make_settings
 from tests.payloads import status_webhook, text_webhook
 from tests.test_delivery import BI, CRM, harness, subscriber
 
@@ -136,6 +136,35 @@ async def test_replay_gives_a_later_subscriber_the_events_it_never_had(tmp_path:
         assert result["added"] == 2
         await _drain(h)
         assert h.receiver.message_ids(BI) == ["wamid.1", "wamid.2"]
+
+
+async def test_replay_to_a_later_subscriber_gives_only_what_its_config_accepts(
+    tmp_path: Path,
+) -> None:
+    async with harness(
+        tmp_path, subscriber("crm", CRM), subscriber("bi", BI, events=["none"])
+    ) as h:
+        await h.ingest(text_webhook("wamid.1"))
+        await h.ingest(text_webhook("wamid.2", timestamp=1767225601, text="second"))
+        await h.ingest(status_webhook("wamid.out", "sent"))
+        # the operator now configures "bi" for received messages, and only for one message id
+        later = make_settings(
+            tmp_path,
+            subscribers=[
+                subscriber(
+                    "bi",
+                    BI,
+                    events=["whatsapp.message.received"],
+                    filter={"data.message.id": {"eq": "wamid.2"}},
+                )
+            ],
+        ).subscribers
+        result = await replay_deliveries(
+            h.gateway.store, ReplayRequest(subscriber_id="bi"), h.clock(), later
+        )
+        assert result["added"] == 1
+        await _drain(h)
+        assert h.receiver.message_ids(BI) == ["wamid.2"]
 
 
 async def test_replay_by_type_and_window_matches_only_those(tmp_path: Path) -> None:

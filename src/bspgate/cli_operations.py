@@ -146,7 +146,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                 progress=_progress,
             )
         else:
-            result = await replay_deliveries(gateway.store, request, gateway.clock())
+            result = await replay_deliveries(
+                gateway.store, request, gateway.clock(), gateway.settings.subscribers
+            )
             result["truncated"] = result.get("matched", 0) >= request.limit
         _print(result)
         sys.stderr.write(_summary(result, args.limit) + "\n")

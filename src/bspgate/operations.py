@@ -17,11 +17,13 @@ from datetime import datetime
 from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 
+from bspgate.pipeline import Fanout
 from bspgate.processing import Poisoned, map_raw, process_batch
 from bspgate.store.base import RawRecord, Store
 from bspgate.times import comparable
 
 if TYPE_CHECKING:
+    from bspgate.config import Subscriber
     from bspgate.context import GatewayContext
 
 DEFAULT_LIMIT = 1000
@@ -111,10 +113,22 @@ class ReplayRequest:
 
 
 async def replay_deliveries(
-    store: Store, request: ReplayRequest, moment: datetime
+    store: Store,
+    request: ReplayRequest,
+    moment: datetime,
+    subscribers: tuple[Subscriber, ...] = (),
 ) -> dict[str, Any]:
-    """Requeue matching deliveries (and fan out to a later subscriber); answers what it did."""
+    """Requeue matching deliveries (and fan out to a later subscriber); answers what it did.
+
+    A subscriber added later gets only the stored events its `events`, `channels` and `filter`
+    accept (from `subscribers`, the configured ones).
+    """
     now, stamp = moment.timestamp(), moment.isoformat()
+    chosen = tuple(s for s in subscribers if s.id == request.subscriber_id)
+    fanout = Fanout(chosen)
+
+    def accepts(event_type: str, channel_id: str, event: dict[str, Any]) -> bool:
+        return not chosen or bool(fanout.matching(event_type, channel_id, event))
 
     def work(tx: Any) -> dict[str, Any]:
         candidates = tx.replay_candidates(
@@ -144,6 +158,7 @@ async def replay_deliveries(
                 now=now,
                 stamp=stamp,
                 limit=request.limit,
+                accepts=accepts,
             )
         return result
 

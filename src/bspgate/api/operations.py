@@ -99,7 +99,9 @@ async def create_replay(request: Request) -> Response:
             )
         else:
             replay = ReplayRequest.from_dict(data, [s.id for s in gateway.settings.subscribers])
-            result = await replay_deliveries(gateway.store, replay, gateway.clock())
+            result = await replay_deliveries(
+                gateway.store, replay, gateway.clock(), gateway.settings.subscribers
+            )
             result["truncated"] = result.get("matched", 0) >= replay.limit
             changed = result.get("requeued") or result.get("added")
             if changed and gateway.dispatcher is not None:

@@ -114,7 +114,9 @@ async def replay_filter(request: Request, form: FormData) -> Response:
             since=str(form.get("since") or "") or None,
             until=str(form.get("until") or "") or None,
         )
-        result = await replay_deliveries(gateway.store, replay, gateway.clock())
+        result = await replay_deliveries(
+            gateway.store, replay, gateway.clock(), gateway.settings.subscribers
+        )
     _wake(request)
     await audit(request, "replay", subscriber or "all", requeued=result.get("requeued", 0))
     return _back(f"{result.get('requeued', 0)} dead letter(s) requeued")

@@ -273,7 +273,9 @@ async def deliver_again(request: Request, form: FormData) -> Response:
     replay = ReplayRequest(
         event_id=event_id, subscriber_id=subscriber, states=("dead", "delivered", "expired")
     )
-    result = await replay_deliveries(gateway.store, replay, gateway.clock())
+    result = await replay_deliveries(
+        gateway.store, replay, gateway.clock(), gateway.settings.subscribers
+    )
     if gateway.dispatcher is not None:
         gateway.dispatcher.wake()
     await audit(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
+
+import orjson
 
 from bspgate.store.base import DeliveryJob
 from bspgate.store.sql_base import SqlBase, _filters
@@ -255,8 +257,10 @@ class OutboxQueries(SqlBase):
         now: float,
         stamp: str,
         limit: int,
+        accepts: Callable[[str, str, dict[str, Any]], bool] | None = None,
     ) -> int:
-        """Outbox rows for stored events a subscriber never had (it was added later)."""
+        """Outbox rows for stored events a subscriber never had (it was added later); with
+        `accepts`, only for the events it accepts (type, channel, event)."""
         clauses, params = _filters(
             [
                 "e.superseded = 0",
@@ -273,13 +277,17 @@ class OutboxQueries(SqlBase):
         )
         params.append(limit)
         rows = self.all(
-            f"SELECT e.seq, e.id, e.contact_id FROM events e WHERE {' AND '.join(clauses)} "
-            "ORDER BY e.seq LIMIT ?",
+            "SELECT e.seq, e.id, e.contact_id, e.type, e.channel_id, e.body FROM events e "
+            f"WHERE {' AND '.join(clauses)} ORDER BY e.seq LIMIT ?",
             params,
         )
-        for seq, event_id_, contact_id in rows:
+        added = 0
+        for seq, event_id_, contact_id, type_, channel_id, body in rows:
+            if accepts is not None and not accepts(type_, channel_id, orjson.loads(body)):
+                continue
             self.insert_delivery(seq, event_id_, subscriber_id, contact_id, "pending", now, stamp)
-        return len(rows)
+            added += 1
+        return added
 
     def recover_inflight(self, now: float) -> int:
         """After a crash of the only process using this store: claims die with it, retry now."""
