@@ -355,3 +355,56 @@ def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["frobnicate"])
     assert exited.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_contacts_merge_joins_two_contacts_and_tells_subscribers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule 11 from the command line: the survivor answers, one signed merged event is stored."""
+    import asyncio
+    import sqlite3
+
+    from tests.payloads import text_webhook
+    from tests.test_delivery import CRM, harness, subscriber
+
+    async def two_people() -> str:
+        async with harness(tmp_path, subscriber("crm", CRM)) as h:
+            await h.ingest(text_webhook("wamid.m1", bsuid="US.7001", phone="15550007001"))
+            await h.ingest(
+                text_webhook("wamid.m2", bsuid="US.7002", phone="15550007002", timestamp=1767225601)
+            )
+            return h.gateway.settings.storage
+
+    storage = asyncio.run(two_people())
+    capsys.readouterr()  # the in-process gateway's own log lines
+    database = storage.removeprefix("sqlite:///")
+    with sqlite3.connect(database) as db:
+        first, second = (r[0] for r in db.execute("SELECT id FROM contacts ORDER BY created_at"))
+    config = tmp_path / "merge.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": storage,
+                "mappings": str(MAPPINGS),
+                "server": {"public_url": "https://gw.example.com"},
+                "channels": [{"id": "cloud-us", "provider": "cloudapi", "portfolio": "acme"}],
+                "subscribers": [{"id": "crm", "url": CRM, "secret": SUBSCRIBER_SECRET}],
+            }
+        )
+    )
+    code, out, err = run(
+        capsys, "contacts", "merge", first, "--from", second, "--by", "ana", "--config", str(config)
+    )
+    assert code == 0, err
+    view = orjson.loads(out)
+    assert view["id"] == first
+    with sqlite3.connect(database) as db:
+        bodies = [orjson.loads(r[0]) for r in db.execute("SELECT body FROM events ORDER BY seq")]
+        queued = db.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE event_id = ?", (bodies[-1]["id"],)
+        ).fetchone()[0]
+    merged = bodies[-1]
+    assert merged["type"] == "whatsapp.contact.merged"
+    assert merged["data"]["merged"] == {"id": second, "by": "operator"}
+    assert merged["dataschema"] == "https://gw.example.com/v1/schemas/whatsapp.contact.merged.json"
+    assert queued == 1

@@ -335,7 +335,7 @@ def cmd_contacts_merge(args: argparse.Namespace) -> int:
 
     from bspgate.app import iso
     from bspgate.identity.operator import OperatorContext, OperatorRefused, operator_merge
-    from bspgate.pipeline import Fanout
+    from bspgate.pipeline import Fanout, schema_base
     from bspgate.schema.validate import EventValidator
     from bspgate.stage import open_store
 
@@ -344,7 +344,7 @@ def cmd_contacts_merge(args: argparse.Namespace) -> int:
     moment = datetime.now(UTC)
     ctx = OperatorContext(
         settings,
-        Fanout(settings.subscribers),
+        Fanout(settings.subscribers, schema_base(settings.server.public_url)),
         EventValidator(),
         iso(moment),
         moment.timestamp(),

@@ -84,6 +84,11 @@ class Fanout:
         ]
 
 
+def schema_base(public_url: str) -> str:
+    """Where the per-type event schemas are served: `dataschema` = {schema_base}/{type}.json."""
+    return public_url.rstrip("/") + "/v1/schemas"
+
+
 def contact_data(contact: ContactRow) -> dict[str, Any]:
     return {
         "id": contact.id,

@@ -39,7 +39,14 @@ from bspgate.ingress.parse import parse_payload
 from bspgate.mapping.engine import MappingResult, apply_mapping
 from bspgate.mapping.loader import MappingSpec
 from bspgate.metrics import Metrics
-from bspgate.pipeline import Fanout, IngestOutcome, InvalidEvents, failure_reason, ingest
+from bspgate.pipeline import (
+    Fanout,
+    IngestOutcome,
+    InvalidEvents,
+    failure_reason,
+    ingest,
+    schema_base,
+)
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import RawRecord, Store
 from bspgate.store.batch import BatchTx
@@ -64,7 +71,7 @@ class Rules:
     validator: EventValidator = field(default_factory=EventValidator)
 
     def __post_init__(self) -> None:
-        base = self.settings.server.public_url.rstrip("/") + "/v1/schemas"
+        base = schema_base(self.settings.server.public_url)
         object.__setattr__(self, "fanout", Fanout(self.settings.subscribers, schema_base=base))
 
     fanout: Fanout = field(init=False)

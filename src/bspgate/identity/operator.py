@@ -17,6 +17,7 @@ from bspgate.config import Channel, Settings
 from bspgate.identity.resolver import IdentityResolver
 from bspgate.ids import event_id
 from bspgate.pipeline import CONTACT_MERGED, Fanout, contact_data
+from bspgate.schema.catalog import describe
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import ContactRow, follow_merged
 
@@ -84,6 +85,7 @@ def _event(
 
 
 def _store(tx: Any, ctx: OperatorContext, event: dict[str, Any], subscribers: list[str]) -> None:
+    describe(event, ctx.fanout.schema_base, None)  # dataschema, as on every event
     ctx.validator.validate(event)
     if tx.event_exists(event["id"]):
         return
