@@ -169,7 +169,7 @@ def add_mappings_parsers(mappings_sub: Any, common: argparse.ArgumentParser) -> 
     check.add_argument("--mappings", help="mappings folder (default: the config's)")
     check.set_defaults(func=cmd_mappings)
     test = mappings_sub.add_parser("test", parents=[common], help="run the golden cases")
-    test.add_argument("provider", nargs="?")
+    test.add_argument("provider", nargs="?", help="one mapping name (default: every mapping)")
     test.add_argument("--mappings", help="mappings folder (default: the config's)")
     test.add_argument(
         "--update",

@@ -19,12 +19,12 @@ from bspgate.api.auth import authenticated
 from bspgate.problems import problem_response
 
 if TYPE_CHECKING:
-    from bspgate.app import Gateway
+    from bspgate.context import GatewayContext
 
 
 @authenticated
 async def get_raw(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: GatewayContext = request.app.state.gateway
     raw_id = request.path_params["raw_id"]
 
     def read(tx: Any) -> dict[str, Any] | None:
