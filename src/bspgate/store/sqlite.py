@@ -119,8 +119,15 @@ class SqliteStore:
         await asyncio.to_thread(self._thread.join)
         self._thread = None
         if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+            # a read may still be running in a worker thread: close only between reads (a
+            # connection closed under a running statement crashes the interpreter)
+            await asyncio.to_thread(self._close_reader)
+
+    def _close_reader(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     async def transaction(self, work: Callable[[SqlTx], T]) -> T:
         """Run `work` in the writer thread; resolves after the batch holding it is committed."""
@@ -159,14 +166,15 @@ class SqliteStore:
         return await asyncio.to_thread(self.read_sync, work)
 
     def read_sync(self, work: Callable[[SqlTx], T]) -> T:
-        if self._reader is None:
-            raise StoreError("the store is not open")
         with self._read_lock:
-            self._reader.execute("BEGIN")
+            reader = self._reader
+            if reader is None:
+                raise StoreError("the store is not open")
+            reader.execute("BEGIN")
             try:
-                return work(SqlTx(self._reader))
+                return work(SqlTx(reader))
             finally:
-                self._reader.execute("ROLLBACK")
+                reader.execute("ROLLBACK")
 
     async def ping(self) -> bool:
         """True when the database answers and its schema is current."""
