@@ -333,7 +333,6 @@ def cmd_contacts_merge(args: argparse.Namespace) -> int:
     import asyncio
     from datetime import UTC, datetime
 
-    from bspgate.app import iso
     from bspgate.identity.operator import OperatorContext, OperatorRefused, operator_merge
     from bspgate.pipeline import Fanout, schema_base
     from bspgate.schema.validate import EventValidator
@@ -342,12 +341,11 @@ def cmd_contacts_merge(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _require_database(settings)
     moment = datetime.now(UTC)
-    ctx = OperatorContext(
+    ctx = OperatorContext.at(
         settings,
         Fanout(settings.subscribers, schema_base(settings.server.public_url)),
         EventValidator(),
-        iso(moment),
-        moment.timestamp(),
+        moment,
         f"cli:{args.by}",
     )
 

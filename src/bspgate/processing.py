@@ -51,15 +51,14 @@ from bspgate.schema.validate import EventValidator
 from bspgate.store.base import RawRecord, Store
 from bspgate.store.batch import BatchTx
 from bspgate.store.sql import SqlTx
+from bspgate.times import iso
 
 _log = structlog.get_logger("bspgate.processing")
 OUTBOX_CHANNEL = "bspgate_outbox"  # PostgreSQL NOTIFY channel: new outbox rows
 _PROCESS_LOCK = 7_206_102_312  # pg_advisory_xact_lock key: one replica processes at a time
 
 
-def stamp(moment: datetime) -> str:
-    """The one time format of stored times: RFC 3339 UTC with microseconds and `Z`."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+stamp = iso  # the one time format of stored times (bspgate.times.iso)
 
 
 @dataclass(frozen=True)

@@ -49,15 +49,11 @@ def _key_name(request: Request, gateway: GatewayContext) -> str:
 
 
 def _context(request: Request, gateway: GatewayContext) -> OperatorContext:
-    moment = gateway.clock()
-    from bspgate.app import iso
-
-    return OperatorContext(
+    return OperatorContext.at(
         gateway.settings,
         gateway.fanout,
         gateway.validator,
-        iso(moment),
-        moment.timestamp(),
+        gateway.clock(),
         _key_name(request, gateway),
     )
 

@@ -183,16 +183,12 @@ async def contact_page(request: Request) -> Response:
 
 def _context(request: Request) -> OperatorContext:
     """The identity operations' context: now, and the signed-in operator as the key name."""
-    from bspgate.app import iso
-
     gateway = gateway_of(request)
-    moment = gateway.clock()
-    return OperatorContext(
+    return OperatorContext.at(
         gateway.settings,
         gateway.fanout,
         gateway.validator,
-        iso(moment),
-        moment.timestamp(),
+        gateway.clock(),
         f"console:{operator(request) or '-'}",
     )
 

@@ -9,6 +9,7 @@ its `raw_id` is null and its channel is the one the contact was last heard on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from bspgate.pipeline import CONTACT_MERGED, Fanout, contact_data
 from bspgate.schema.catalog import describe
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import ContactRow, follow_merged
+from bspgate.times import iso
 
 CONTACT_ERASED = "whatsapp.contact.erased"
 
@@ -40,6 +42,18 @@ class OperatorContext:
     stamp: str  # RFC 3339 UTC, the moment of the request
     epoch: float
     key_name: str  # the API key (or "cli") that asked
+
+    @classmethod
+    def at(
+        cls,
+        settings: Settings,
+        fanout: Fanout,
+        validator: EventValidator,
+        moment: datetime,
+        key_name: str,
+    ) -> OperatorContext:
+        """The context of one operator request made at `moment`."""
+        return cls(settings, fanout, validator, iso(moment), moment.timestamp(), key_name)
 
 
 def _channel_of(tx: Any, ctx: OperatorContext, contact: ContactRow) -> Channel:
