@@ -110,7 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bspgate.logging import configure_logging, uvicorn_log_config
     from bspgate.serving import ServeLock, dev_credentials, is_loopback, lock_path, startup_line
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, cache=True)
     log = structlog.get_logger("bspgate.serve")
     os.environ["BSPGATE_LOG_LEVEL"] = args.log_level  # the worker process logs alike
     settings = _settings(args)

@@ -27,6 +27,9 @@ from bspgate.problems import problem_response
 _log = structlog.get_logger("bspgate.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 REQUEST_ID_HEADER = "x-request-id"
+# set in `scope["state"]` by a route whose own line already says status and duration (the
+# webhook route's `webhook.received`): one line per webhook, not two
+ACCESS_LOGGED = "bspgate.access_logged"
 
 
 class RequestLog:
@@ -58,25 +61,27 @@ class RequestLog:
                 message = {**message, "headers": headers}
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception as exc:
-                # an unexpected error: an RFC 9457 500 carrying this request's id (logged
-                # with the exception's type only; its text may hold payload values)
-                if response_started:
-                    raise
-                response = await server_error(Request(scope), exc)
-                await response(scope, receive, send_with_id)
-            finally:
-                level = "error" if status >= 500 else "info"
-                getattr(_log, level)(
+        # the request id is on every line of this request
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # an unexpected error: an RFC 9457 500 carrying this request's id (logged
+            # with the exception's type only; its text may hold payload values)
+            if response_started:
+                raise
+            response = await server_error(Request(scope), exc)
+            await response(scope, receive, send_with_id)
+        finally:
+            if status >= 500 or not scope.get("state", {}).get(ACCESS_LOGGED):
+                getattr(_log, "error" if status >= 500 else "info")(
                     "http.request",
                     method=scope.get("method"),
                     path=scope.get("path"),
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+            structlog.contextvars.reset_contextvars(**tokens)
 
 
 def _allowed(request: Request) -> list[str]:

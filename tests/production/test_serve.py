@@ -4,6 +4,7 @@ a config in another folder, the working directory somewhere else."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import orjson
@@ -131,3 +132,40 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         assert result.returncode != 0
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_the_worker_yields_the_cpu_to_the_server(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "acme")
+    with serving(config, cwd=tmp_path) as served:
+        server = served.process.pid
+        deadline = time.monotonic() + 20
+        niceness: list[int] = []
+        while time.monotonic() < deadline:  # the worker lowers its priority once it has started
+            children = Path(f"/proc/{server}/task/{server}/children").read_text().split()
+            niceness = [_niceness(int(pid)) for pid in children]
+            if niceness and max(niceness) > _niceness(server):
+                break
+            time.sleep(0.1)
+        # the worker (processing, delivery) runs below the server that answers providers
+        assert niceness, "serve started no worker process"
+        assert max(niceness) > _niceness(server)
+
+
+def test_a_webhook_logs_one_line_and_other_requests_an_access_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "acme")
+    with serving(config, cwd=tmp_path) as served:
+        sent = bspgate("simulate", "cloud-us", str(FIXTURE), "--config", str(config), cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+    lines = [orjson.loads(line) for line in served.stderr.splitlines()]
+    received = [line for line in lines if line["event"] == "webhook.received"]
+    assert len(received) == 1
+    assert received[0]["status"] == 200
+    assert received[0]["request_id"].startswith("req_")
+    access = [line for line in lines if line["event"] == "http.request"]
+    assert not [line for line in access if line["path"].startswith("/webhooks/")]
+    assert [line for line in access if line["path"] == "/healthz"]  # other routes: one line each
