@@ -310,7 +310,12 @@ def wrk_script(
 
 
 def run_wrk(
-    url: str, script: Path, seconds: float, connections: int = 64, threads: int = 2
+    url: str,
+    script: Path,
+    seconds: float,
+    connections: int = 64,
+    threads: int = 2,
+    timeout: float = 2,
 ) -> WrkResult:
     out = subprocess.run(
         [
@@ -318,6 +323,7 @@ def run_wrk(
             f"-t{threads}",
             f"-c{connections}",
             f"-d{max(1, round(seconds))}s",
+            f"--timeout={timeout:g}s",
             "--latency",
             "-s",
             str(script),

@@ -1,9 +1,10 @@
 """End to end: provider POST -> subscriber received, at a fixed offered rate.
 
 `bspgate serve` (one subscriber, delivery running, info logs) receives distinct signed Cloud API
-webhooks offered open-loop at a fixed rate (an aiohttp client in this process, a request every
-1/rate s whatever the answers) for `--seconds`; a sink in its own process records when each event
-arrives. A rate holds when every webhook was answered 200, the offered rate was reached, and the
+webhooks offered open-loop at a fixed rate (wrk with a scheduling script, in its own process: a
+webhook every 1/rate s whatever the answers) for `--seconds`; a sink in its own process records
+when each event arrives. Latency is measured from the moment each webhook was due. A rate holds
+when every webhook was answered 200, the offered rate was reached, and the
 backlog (posted but not yet received) at the end is no larger than a quarter second of traffic
 once a short grace has passed (it stays flat rather than growing). Rates are tried as fractions of
 the bare durable route's maximum (wrk, 64 connections, `bench/bare.py`, same backend, measured in
@@ -17,7 +18,6 @@ at half the highest rate that held. Targets: highest rate >= 0.4x the bare maxim
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 import tempfile
@@ -27,15 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
-import uvloop
 
 from bench.common import (
+    BODY_FORMAT,
     PYTHON,
     bare_server,
-    body,
     child,
     free_port,
     postgres_database,
@@ -47,7 +45,7 @@ from bench.common import (
 from bench.ingress import gateway_server
 
 TARGETS = {"sqlite": 0.4, "postgres": 0.3}
-FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8)
 GRACE = 2.0  # seconds after the last POST for the backlog to drain
 CONTACTS = 2_000
 
@@ -93,9 +91,9 @@ def sink_server() -> Iterator[str]:
 
 def marked_body(n: int) -> bytes:
     # the message id ends in "z<n>" so the sink can read the number back
-    return body(n, CONTACTS, contact_base=n // 1_000_000 * CONTACTS).replace(
-        b"OUFFRTAz", b"OUFFRTAzz", 1
-    )
+    base = n // 1_000_000 * CONTACTS
+    c = base + n % CONTACTS
+    return (marked_format() % (c, c, n)).encode()
 
 
 @dataclass
@@ -116,40 +114,109 @@ class Step:
         return self.offered < 0.95 * self.rate
 
 
-async def offer(gateway: str, sink: str, rate: float, seconds: float, first: int) -> Step:
+# The load generator: wrk (C, its own process) with this script offers distinct signed webhooks
+# open-loop at a fixed rate. Each thread's n-th request is due at `start + n / rate` on the
+# machine's monotonic clock (read through LuaJIT's FFI, the clock Python's `time.monotonic`
+# reads), whatever the answers; `delay()` waits for that moment. The sink's arrival times are on
+# the same clock, so a latency is arrival minus the moment the webhook was due: time spent
+# queued in the generator counts too (no coordinated omission).
+OPEN_LOOP_LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock, bench_timespec *now);
+]]
+local clock = ffi.new("bench_timespec")
+local function now()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) + tonumber(clock.tv_nsec) * 1e-9
+end
+local fmt = [==[%(fmt)s]==]
+local sigs = {%(sigs)s}
+local first, rate, start, count = %(first)d, %(rate).6f, %(start).6f, %(count)d
+local contacts, contact_base, nthreads = %(contacts)d, %(contact_base)d, %(threads)d
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+-- delay() reserves the next slot and queues it; request() sends the oldest queued slot (timers
+-- fire in order). A request() with nothing queued (wrk checks the script by calling it once; a
+-- connection the server closed while idle reconnects at once) sends a /healthz instead.
+reserved, head, tail, queued = 0, 0, 0, {}
+function delay()
+  local n = tid + reserved * nthreads
+  reserved = reserved + 1
+  if n >= count then
+    return 3600000  -- everything offered: idle until wrk's duration ends
+  end
+  queued[tail] = n
+  tail = tail + 1
+  local wait = start + n / rate - now()
+  if wait <= 0 then
+    return 0
+  end
+  return math.floor(wait * 1000 + 0.5)
+end
+function request()
+  if head == tail then
+    return wrk.format("GET", "/healthz")
+  end
+  local i = queued[head]
+  queued[head] = nil
+  head = head + 1
+  local m = first + i
+  local c = contact_base + m %% contacts
+  return wrk.format("POST", "/webhooks/cloud-us",
+    {["content-type"] = "application/json", ["x-hub-signature-256"] = sigs[i + 1]},
+    string.format(fmt, c, c, m))
+end
+"""
+CONNECTIONS = 256  # enough for the highest rate at a few tens of ms per answer
+LEAD = 1.0  # seconds between writing the schedule and its first webhook (wrk's start-up)
+
+
+def marked_format() -> str:
+    return BODY_FORMAT.replace("OUFFRTAz", "OUFFRTAzz", 1)
+
+
+def offer(gateway: str, sink: str, folder: Path, rate: float, seconds: float, first: int) -> Step:
     count = int(rate * seconds)
-    bodies = [marked_body(first + i) for i in range(count)]
-    headers = [
-        {"content-type": "application/json", "x-hub-signature-256": signature(b)} for b in bodies
-    ]
-    sent_at: dict[int, float] = {}
-    results = {"ok": 0, "failed": 0}
-    connector = aiohttp.TCPConnector(limit=512)
-    url = f"{gateway}/webhooks/cloud-us"
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def post(i: int) -> None:
-            sent_at[first + i] = time.monotonic()
-            try:
-                async with session.post(url, data=bodies[i], headers=headers[i]) as response:
-                    await response.read()
-                    results["ok" if response.status == 200 else "failed"] += 1
-            except aiohttp.ClientError:
-                results["failed"] += 1
-
-        tasks = []
-        started = time.monotonic()
-        for i in range(count):
-            delay = started + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(post(i)))
-        offered = count / max(time.monotonic() - started, 1e-9)
-        await asyncio.gather(*tasks)
-    await asyncio.sleep(GRACE)
+    base = first // 1_000_000 * CONTACTS
+    signatures = ",".join(f'"{signature(marked_body(first + i))}"' for i in range(count))
+    start = time.monotonic() + LEAD
+    script = folder / f"e2e-{first}.lua"
+    script.write_text(
+        OPEN_LOOP_LUA
+        % {
+            "fmt": marked_format(),
+            "sigs": signatures,
+            "first": first,
+            "rate": rate,
+            "start": start,
+            "count": count,
+            "contacts": CONTACTS,
+            "contact_base": base,
+            "threads": 2,
+        }
+    )
+    duration = LEAD + seconds + 2  # the last answers arrive within wrk's run
+    result = run_wrk(gateway, script, duration, connections=CONNECTIONS, threads=2, timeout=10)
+    finished = time.monotonic()
+    await_grace = max(0.0, start + seconds + GRACE - finished)
+    time.sleep(await_grace)
     arrivals = httpx.get(f"{sink}/drain", timeout=30).json()
-    latencies = [(t - sent_at[n]) * 1000 for n, t in arrivals if n in sent_at]
-    return Step(rate, offered, results["ok"], results["failed"], count - len(latencies), latencies)
+    due = {first + i: start + i / rate for i in range(count)}
+    latencies = [(t - due[n]) * 1000 for n, t in arrivals if n in due]
+    offered = min(result.requests, count) / seconds
+    return Step(
+        rate,
+        offered,
+        result.requests - result.errors,
+        result.errors,
+        count - len(latencies),
+        latencies,
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -173,7 +240,7 @@ def search(storage: str, folder: Path, sink: str, top: float, seconds: float) ->
     with gateway_server(folder, storage, f"{sink}/hook") as (url, _pid):
         httpx.get(f"{sink}/drain", timeout=30)
         for fraction in FRACTIONS:
-            step = uvloop.run(offer(url, sink, top * fraction, seconds, first))
+            step = offer(url, sink, folder, top * fraction, seconds, first)
             first += 1_000_000
             ok = step.held()
             print(
@@ -189,7 +256,7 @@ def search(storage: str, folder: Path, sink: str, top: float, seconds: float) ->
                 limited = True  # the rate that held is what was offered, a lower bound
                 break
         held = min(best.rate, best.offered) if best else 0.0
-        half = uvloop.run(offer(url, sink, max(held / 2, 10), seconds, first))
+        half = offer(url, sink, folder, max(held / 2, 10), seconds, first)
     return {"held": held, "half": half, "limited": limited}
 
 
