@@ -70,6 +70,23 @@ class Fanout:
         self.subscribers = subscribers
         self.schema_base = schema_base  # events get dataschema = {schema_base}/{type}.json
         self.holds = any(s.require_phone for s in subscribers)
+        # (type, channel) -> subscribers whose `events` and `channels` accept it: the glob
+        # matching runs once per pair, not once per event (a handful of types and channels)
+        self._routes: dict[tuple[str, str], tuple[Subscriber, ...]] = {}
+
+    def _routed(self, event_type: str, channel_id: str) -> tuple[Subscriber, ...]:
+        key = (event_type, channel_id)
+        routed = self._routes.get(key)
+        if routed is None:
+            routed = tuple(
+                s
+                for s in self.subscribers
+                if any(fnmatchcase(event_type, pattern) for pattern in s.events)
+                and ("*" in s.channels or channel_id in s.channels)
+            )
+            if len(self._routes) < 4096:  # bounded: types and channel ids come from config
+                self._routes[key] = routed
+        return routed
 
     def matching(
         self, event_type: str, channel_id: str, event: dict[str, Any] | None = None
@@ -77,10 +94,8 @@ class Fanout:
         """Subscribers for an event; with `event`, each one's `filter:` must hold too."""
         return [
             s
-            for s in self.subscribers
-            if any(fnmatchcase(event_type, pattern) for pattern in s.events)
-            and ("*" in s.channels or channel_id in s.channels)
-            and (s.filter is None or event is None or s.filter.matches(event))
+            for s in self._routed(event_type, channel_id)
+            if s.filter is None or event is None or s.filter.matches(event)
         ]
 
 
