@@ -108,7 +108,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bspgate.app import create_app
     from bspgate.config import local_url
     from bspgate.logging import configure_logging, uvicorn_log_config
-    from bspgate.serving import ServeLock, dev_credentials, is_loopback, lock_path, startup_line
+    from bspgate.serving import (
+        ServeLock,
+        dev_credentials,
+        is_loopback,
+        lock_path,
+        startup_line,
+        tune_gc,
+    )
 
     configure_logging(args.log_level, cache=True)
     log = structlog.get_logger("bspgate.serve")
@@ -131,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         # processing and delivery in a worker process: the second core (docs/performance.md)
         app = create_app(settings, processing="worker")
+        tune_gc()
         log.info("bspgate.started", **startup_line(settings, address))
         if dev:
             log.warning(

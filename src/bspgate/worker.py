@@ -48,6 +48,7 @@ async def _serve(settings: Settings, dispatch: bool, parent: int, metrics_file: 
     from bspgate.delivery.transport import AiohttpPoster
     from bspgate.metrics import Metrics
     from bspgate.processing import Rules
+    from bspgate.serving import tune_gc
     from bspgate.stage import Stage, load_channel_mappings, open_store, utc_now
 
     store = open_store(settings, shared=True)
@@ -60,6 +61,7 @@ async def _serve(settings: Settings, dispatch: bool, parent: int, metrics_file: 
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the server decides when to stop
     await stage.start()
+    tune_gc()
     try:
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
