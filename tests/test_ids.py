@@ -1,0 +1,48 @@
+"""Identifiers: ULIDs as the ULID spec (and python-ulid, the oracle) write them."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from ulid import ULID
+
+from bspgate.ids import new_id, ulid_text
+
+
+@given(
+    milliseconds=st.integers(min_value=0, max_value=2**48 - 1),
+    randomness=st.binary(min_size=10, max_size=10),
+)
+def test_ulid_text_is_the_specs_encoding(milliseconds: int, randomness: bytes) -> None:
+    oracle = ULID.from_bytes(milliseconds.to_bytes(6, "big") + randomness)
+    assert ulid_text(milliseconds, randomness) == str(oracle)
+
+
+@pytest.mark.parametrize("prefix", ["raw", "ct", "dlv", "req"])
+def test_new_ids_parse_as_ulids_of_now(prefix: str) -> None:
+    before = time.time()
+    made = new_id(prefix)
+    after = time.time()
+    head, _, text = made.partition("_")
+    assert head == prefix
+    parsed = ULID.from_str(text)
+    assert before - 0.002 <= parsed.timestamp <= after + 0.002
+
+
+def test_new_ids_differ_and_sort_by_time() -> None:
+    first = [new_id("raw") for _ in range(1000)]
+    assert len(set(first)) == 1000
+    time.sleep(0.002)
+    later = new_id("raw")
+    assert all(earlier < later for earlier in first)
+
+
+def test_the_extremes_encode_like_the_oracle() -> None:
+    for randomness in (bytes(10), b"\xff" * 10, os.urandom(10)):
+        for milliseconds in (0, 2**48 - 1):
+            expected = str(ULID.from_bytes(milliseconds.to_bytes(6, "big") + randomness))
+            assert ulid_text(milliseconds, randomness) == expected
