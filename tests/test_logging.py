@@ -185,3 +185,16 @@ def test_every_level_above_debug_is_redacted(method: str) -> None:
 def test_debug_is_untouched() -> None:
     event = {"phone": f"+{PHONE}", "text": TEXT, "reason": f"call {PHONE}"}
     assert redact("debug", **event) == event
+
+
+def test_values_bspgate_mints_are_left_as_they_are() -> None:
+    line = redact(
+        request_id="req_01M96MFFNKP5W8P51ZX7EV9BD9",
+        traceparent="00-9ef3273ec14ad1e3cb271760932f7df1-69c3f8ebf8661d94-01",
+        raw_id="raw_01M96MFFNWD6WKCC84CRN96J89",
+        reason=f"no contact for {PHONE}",
+    )
+    assert line["request_id"] == "req_01M96MFFNKP5W8P51ZX7EV9BD9"
+    assert line["traceparent"] == "00-9ef3273ec14ad1e3cb271760932f7df1-69c3f8ebf8661d94-01"
+    assert line["raw_id"] == "raw_01M96MFFNWD6WKCC84CRN96J89"
+    assert PHONE not in line["reason"]  # free text is still scanned

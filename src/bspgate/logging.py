@@ -26,7 +26,26 @@ _PII_KEYS = frozenset(
 )
 # 8-15 digits standing alone (not inside a BSUID, an id or an ISO time): a phone number.
 _PHONE_RUN = re.compile(r"(?<![\w.:/-])\+?\d{8,15}(?![\w-])")
-_KEEP = frozenset({"event", "timestamp", "level", "logger"})
+# Keys whose values bspgate itself makes (ids, trace context, names from the config, outcomes):
+# never PII, so not scanned for phone-like digit runs (a ULID or a trace id is full of digits,
+# and scanning them was most of a log line's regex work).
+_KEEP = frozenset(
+    {
+        "event",
+        "timestamp",
+        "level",
+        "logger",
+        "request_id",
+        "traceparent",
+        "raw_id",
+        "event_id",
+        "delivery_id",
+        "channel",
+        "provider",
+        "subscriber",
+        "outcome",
+    }
+)
 MAX_STRING = 1000  # characters of one value
 MAX_ITEMS = 20  # items of one list or dict value
 MAX_LINE = 8192  # characters of one rendered line
