@@ -41,7 +41,8 @@ def traceparent_for(header: str | None) -> str:
         match = _TRACEPARENT.match(header.strip().lower())
         if match and set(match.group(1)) != {"0"} and set(match.group(2)) != {"0"}:
             return header.strip().lower()
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    ids = secrets.token_hex(24)  # trace id (16 bytes) and parent id (8 bytes), one read
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 def describe(event: dict[str, Any], schema_base: str, traceparent: str | None) -> None:
