@@ -348,3 +348,34 @@ def test_metrics_count_webhooks_in_prometheus_format(client: TestClient) -> None
     assert response.headers["content-type"].startswith("text/plain")
     assert 'bspgate_webhooks_total{channel="cloud-us",outcome="processed"} 1.0' in response.text
     assert 'bspgate_events_total{type="whatsapp.message.received"} 1.0' in response.text
+
+
+# -- the webhook route's shortcut (routes.WebhookShortcut) answers as the router would ------------
+def test_a_webhook_under_a_root_path_is_accepted(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path), dispatch=False)
+    body = fixture_bytes("cloudapi", "inbound_text")
+    with TestClient(app, root_path="/gateway") as client:
+        response = client.post(
+            "/gateway/webhooks/cloud-us",
+            content=body,
+            headers={
+                "content-type": "application/json",
+                "x-hub-signature-256": meta_signature(body),
+            },
+        )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"].startswith("req_")
+
+
+def test_a_post_below_a_channel_is_the_routers_404_problem(client: TestClient) -> None:
+    body = fixture_bytes("cloudapi", "inbound_text")
+    response = post_signed(client, body, channel="cloud-us/extra")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert event_count(client) == 0
+
+
+def test_other_methods_on_a_webhook_url_still_reach_the_router(client: TestClient) -> None:
+    response = client.put("/webhooks/cloud-us", content=b"{}")
+    assert response.status_code == 405
+    assert "POST" in response.headers["allow"]

@@ -45,7 +45,7 @@ from bspgate.delivery.worker import Dispatcher
 from bspgate.errors import ConfigError, StoreError
 from bspgate.http import RequestLog, exception_handlers
 from bspgate.ids import new_id
-from bspgate.ingress.routes import receive_webhook, webhook_handshake
+from bspgate.ingress.routes import WebhookShortcut, receive_webhook, webhook_handshake
 from bspgate.ingress.verify import ChannelVerifier
 from bspgate.mapping.loader import MappingSpec
 from bspgate.metrics import Metrics
@@ -265,7 +265,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
-        middleware=[Middleware(RequestLog)],
+        middleware=[Middleware(RequestLog), Middleware(WebhookShortcut)],
     )
     app.state.gateway = gateway
     return app
