@@ -1,11 +1,14 @@
 """The dispatcher: one lane per subscriber, each claiming, POSTing and recording on its own.
 
-A lane (delivery/lane.py) claims due rows of its subscriber up to its free `max_in_flight`
-slots, in one store transaction; each claimed row is POSTed as its own task, and every answer goes
-to one recorder that writes whatever has finished (attempts, outcomes, subscriber health) in one
-transaction, then frees the slots. A slow subscriber therefore holds only its own slots: the
-others' answers are recorded as they come. Per-contact order is enforced by the claim query (only
-the head of a contact's queue is claimable, and a row stays in flight until its result is stored).
+A lane (delivery/lane.py) claims due rows of its subscriber up to its free slots, in one store
+transaction (a healthy lane claims ahead: its next rows are ready when a slot frees); the lane's
+posting coroutines, at most `max_in_flight`, POST them one request each (no task per attempt),
+and every answer goes to one recorder that writes whatever has finished (attempts, outcomes,
+subscriber health) in one transaction, then frees the rows. A slow subscriber therefore holds
+only its own slots: the others' answers are recorded as they come. Per-contact order is enforced
+by the claim query (only the head of a contact's queue is claimable, and a row stays in flight
+until its result is stored). A delivered attempt is logged at DEBUG, with one INFO line per lane
+and round summing them up; every failed attempt is a WARNING line of its own.
 
 Claims carry a lease derived from the subscriber's timeout (always longer, renewed for long
 attempts), the claiming process's `owner` id (stable across a restart: a restarted replica takes
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import socket
@@ -66,6 +70,7 @@ class AttemptResult:
     error: str | None
     retry_after: float | None
     probe: bool = False  # claimed before it was due, to see whether a failing subscriber is back
+    sent: bool = True  # False: released unsent (claimed ahead, then paused or stopping)
 
 
 @dataclass(slots=True)
@@ -141,7 +146,9 @@ class Dispatcher:
         self.disabled: dict[str, str] = {}
         self._stopping = False
         self._results: asyncio.Queue[AttemptResult] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # the lanes' posting coroutines
+        self._recording = False  # the recorder holds results not stored yet
+        self._record_failing = False
         self._last_expiry: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -180,12 +187,20 @@ class Dispatcher:
         renewer = asyncio.create_task(self._renewer())
         try:
             await asyncio.gather(*(self._lane_loop(lane) for lane in self.lanes.values()))
-            while self._tasks or not self._results.empty():
+            # attempts in flight finish and their results are recorded
+            while (
+                any(lane.posting for lane in self.lanes.values())
+                or not self._results.empty()
+                or (self._recording and not self._record_failing)  # not if the store is down
+            ):
                 await asyncio.sleep(0.01)
         finally:
             renewer.cancel()
             recorder.cancel()
-            for task in (renewer, recorder):
+            posters = list(self._tasks)  # idle by now (or the run is being cancelled)
+            for task in (renewer, recorder, *posters):
+                task.cancel()
+            for task in (renewer, recorder, *posters):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
@@ -317,17 +332,62 @@ class Dispatcher:
         return [jobs[at : at + size] for at in range(0, len(jobs), size)]
 
     def _launch(self, lane: Lane, jobs: list[tuple[DeliveryJob, bool]]) -> None:
+        """Queue the claimed requests for the lane's posting coroutines (started as needed)."""
+        if not jobs:
+            return
+        started = time.monotonic()
         for group in self._groups(lane, jobs):
             for job, _probe in group:
-                lane.inflight[job.id] = (job, time.monotonic())
+                lane.inflight[job.id] = (job, started)
             lane.posting += 1
-            task = asyncio.create_task(self._send(lane, group))
+            lane.queue.put_nowait(group)
+        # every queued request gets an idle coroutine, up to `max_in_flight` of them (what limits
+        # the requests open at the subscriber); requests claimed ahead wait for one to be free
+        while lane.idle < lane.queue.qsize() and lane.workers < lane.subscriber.max_in_flight:
+            lane.workers += 1
+            lane.idle += 1  # idle from the start: it takes a request as soon as it runs
+            task = asyncio.create_task(self._poster_loop(lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _poster_loop(self, lane: Lane) -> None:
+        """One of a lane's posting coroutines: the next claimed request, again and again."""
+        queue = lane.queue
+        waiting = True  # counted in `lane.idle` (`_launch` counted it before it ran)
+        try:
+            while True:
+                group = await queue.get()
+                lane.idle -= 1
+                waiting = False
+                # claimed ahead, but a 429 paused the lane meanwhile, or the dispatcher stops
+                if self._stopping or (
+                    lane.paused_until and self.clock().timestamp() < lane.paused_until
+                ):
+                    self._release(lane, group)
+                else:
+                    await self._send(lane, group)
+                lane.idle += 1
+                waiting = True
+        finally:
+            lane.workers -= 1
+            if waiting:
+                lane.idle -= 1
+
+    def _release(self, lane: Lane, group: list[tuple[DeliveryJob, bool]]) -> None:
+        """A request claimed ahead that must not go now: its rows go back unsent."""
+        lane.posting -= 1
+        lane.changed.set()
+        assert self._results is not None
+        for job, probe in group:
+            self._results.put_nowait(AttemptResult(job, None, 0.0, None, None, probe, sent=False))
 
     async def _send(self, lane: Lane, group: list[tuple[DeliveryJob, bool]]) -> None:
         try:
             results = await self._attempt_group(lane, group)
+        except Exception as exc:  # a bug before the POST: still record an attempt, free the row
+            _log.error("delivery.send_failed", subscriber=lane.id, error=repr(exc))
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            results = [AttemptResult(job, None, 0.0, error, None, probe) for job, probe in group]
         finally:
             lane.posting -= 1  # the subscriber answered: its slot is free while we record
             lane.changed.set()
@@ -342,13 +402,17 @@ class Dispatcher:
             results = [await self._results.get()]
             while not self._results.empty() and len(results) < 1024:
                 results.append(self._results.get_nowait())
+            self._recording = True  # `run()` returns only once these are stored
             while True:
                 try:
                     await self._record(results)
+                    self._record_failing = False
                     break
                 except Exception as exc:  # keep the results: the store may come back
                     _log.error("delivery.record_failed", error=repr(exc), results=len(results))
+                    self._record_failing = True
                     await asyncio.sleep(1.0)
+            self._recording = False
 
     async def _renewer(self) -> None:
         while True:
@@ -413,13 +477,18 @@ class Dispatcher:
         traceparent: str | None,
     ) -> tuple[int | None, float, str | None, float | None]:
         """Sign and POST; answers (status, latency ms, error, Retry-After seconds)."""
-        # UTC: standardwebhooks' sign() replaces the tzinfo instead of converting it.
-        moment = self.clock().astimezone(UTC)
+        moment = self.clock()
+        if moment.tzinfo is not UTC:  # Retry-After dates are compared in UTC
+            moment = moment.astimezone(UTC)
+        timestamp = int(moment.timestamp())
+        data = body.encode()  # once: signed and posted as the same bytes
         headers = {
             "content-type": content_type,
             "webhook-id": msg_id,
-            "webhook-timestamp": str(int(moment.timestamp())),
-            "webhook-signature": self._signers[subscriber.id].sign(msg_id, moment, body),
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": self._signers[subscriber.id].sign_bytes(
+                msg_id, timestamp, data, body
+            ),
             "user-agent": "bspgate",
         }
         if traceparent:
@@ -428,7 +497,7 @@ class Dispatcher:
         try:
             answer = await self.poster.post(
                 subscriber.url,
-                body.encode(),
+                data,
                 headers,
                 subscriber.timeout,
                 allow_link_local=subscriber.allow_link_local,
@@ -448,6 +517,10 @@ class Dispatcher:
         rows (a contact's next event becomes claimable once this one's result is stored)."""
         moment = self.clock().astimezone(UTC)
         now, stamp = moment.timestamp(), moment.isoformat()
+        # released unsent (claimed ahead, then paused or stopping): pending again, no attempt
+        unsent = [result.job for result in results if not result.sent]
+        if unsent:
+            results = [result for result in results if result.sent]
         outcomes = [self._outcome(result) for result in results]
         healthy: dict[str, bool] = {}
         for outcome in outcomes:
@@ -465,33 +538,60 @@ class Dispatcher:
                 ]
             )
             tx.finish_deliveries([self._finish_row(o, now, stamp) for o in outcomes])
+            if unsent:
+                tx.release_claims([(job.id, job.token) for job in unsent])
             disabled, recovered = self._health(tx, healthy, was_failing, outcomes, now, stamp)
             return disabled, self._report(tx, outcomes, disabled, recovered, failing_since, stamp)
 
         disabled, told = await self.store.transaction(record)
+        for job in unsent:
+            lane = self.lanes[job.subscriber_id]
+            lane.inflight.pop(job.id, None)
+            lane.changed.set()
         # the transaction committed: now the lanes, the metrics and the log
+        counted: dict[tuple[str, str], int] = {}
+        delivered: dict[str, list[float]] = {}  # latencies of delivered attempts, per lane
+        # A delivered attempt is logged at DEBUG (one line each) and summed up in one INFO line
+        # per lane and round: a line per success was a tenth of the dispatcher's CPU. A failed
+        # attempt keeps its own WARNING line (retried or dead): operators need every one.
+        each = _log.is_enabled_for(logging.DEBUG)
         for outcome in outcomes:
             result = outcome.result
             lane = self.lanes[result.job.subscriber_id]
             lane.inflight.pop(result.job.id, None)
-            lane.changed.set()
             if result.status == 429:  # slow down this subscriber alone, as long as it asks
                 pause = min(result.retry_after or 1.0, MAX_RETRY_AFTER)
                 lane.paused_until = max(lane.paused_until, now + pause)
-            self.metrics.deliveries.labels(lane.id, outcome.state).inc()
-            # a failed attempt is a warning (retried or dead), a delivered one info
-            (_log.info if outcome.state == "delivered" else _log.warning)(
-                "delivery.attempt",
-                delivery_id=result.job.id,
-                event_id=result.job.event_id,
-                subscriber=lane.id,
-                status=result.status,
-                outcome=outcome.state,
-                attempt=outcome.attempts,
-                latency_ms=round(result.latency_ms, 2),
-                error=result.error,
-                probe=result.probe or None,
+            key = (lane.id, outcome.state)
+            counted[key] = counted.get(key, 0) + 1
+            ok = outcome.state == "delivered"
+            if ok:
+                delivered.setdefault(lane.id, []).append(result.latency_ms)
+            if each or not ok:
+                (_log.debug if ok else _log.warning)(
+                    "delivery.attempt",
+                    delivery_id=result.job.id,
+                    event_id=result.job.event_id,
+                    subscriber=lane.id,
+                    status=result.status,
+                    outcome=outcome.state,
+                    attempt=outcome.attempts,
+                    latency_ms=round(result.latency_ms, 2),
+                    error=result.error,
+                    probe=result.probe or None,
+                )
+        for (sub_id, state), number in counted.items():
+            self.metrics.deliveries.labels(sub_id, state).inc(number)
+        for sub_id, latencies in delivered.items():
+            _log.info(
+                "delivery.delivered",
+                subscriber=sub_id,
+                deliveries=len(latencies),
+                latency_ms_max=round(max(latencies), 2),
+                latency_ms_mean=round(sum(latencies) / len(latencies), 2),
             )
+        for lane_id in {sub_id for sub_id, _ in counted}:
+            self.lanes[lane_id].changed.set()
         for sub_id, ok in healthy.items():
             # a 429 is a busy subscriber, not a broken one: it pauses the lane, not the breaker
             failed = sum(
