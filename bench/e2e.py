@@ -254,8 +254,10 @@ def search(storage: str, folder: Path, sink: str, top: float, seconds: float) ->
             first += 1_000_000
             ok = step.held()
             print(
-                f"    {fraction:.1f}x = {step.rate:7,.0f}/s offered {step.offered:7,.0f}/s: "
-                f"{step.answered_ok:,} answered, {step.failed} failed, backlog {step.backlog:,} "
+                f"    {fraction:.2f}x = {step.rate:7,.0f}/s offered {step.offered:7,.0f}/s: "
+                f"{step.answered_ok:,} answered, {step.failed} failed, backlog {step.backlog:,}, "
+                f"p50 {percentile(step.latencies_ms, 0.5):,.0f} ms, "
+                f"p99 {percentile(step.latencies_ms, 0.99):,.0f} ms "
                 f"-> {'holds' if ok else 'does not hold'}",
                 flush=True,
             )
