@@ -18,6 +18,7 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -36,6 +37,7 @@ _PR_SET_PDEATHSIG = 1
 # a burst passes. Under a flood the backlog grows instead of the providers' answer times; at any
 # rate the machine sustains, nothing waits (docs/performance.md measures both).
 WORKER_NICENESS = 10
+WORKER_SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
 
 
 def _die_with_parent() -> None:
@@ -82,6 +84,11 @@ def worker_main(
     _die_with_parent()
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
+    # Two threads take turns on the GIL here: the event loop (mapping, posting) and the store's
+    # writer (every statement of processing, claims and records). A thread that wants the GIL
+    # back after a statement waits for the other to give it up, by default for up to 5 ms each
+    # time: with many short statements a round, that wait was most of the writer's time.
+    sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
     from bspgate.logging import configure_logging
 
     configure_logging(log_level, cache=True)
