@@ -53,3 +53,29 @@ async def test_close_stops_the_checkpoint_threads(tmp_path: Path) -> None:
     assert checkpointers() == running + 2
     await store.close()
     assert checkpointers() == running
+
+
+@pytest.mark.anyio
+async def test_metrics_count_the_payloads_waiting_in_the_inbox(tmp_path: Path) -> None:
+    from bspgate.app import store_counts
+    from bspgate.store.base import RawRecord
+
+    store = SqliteStore(tmp_path / "gw.db", shared=True)  # as under `bspgate serve`
+    await store.open()
+    try:
+        for number in range(3):
+            await store.accept(
+                RawRecord(
+                    id=f"raw_{number}",
+                    channel_id="cloud-us",
+                    provider="cloudapi",
+                    received_at="2026-12-06T00:00:00.000000Z",
+                    content_type="application/json",
+                    body=b"{}",
+                    state="received",
+                )
+            )
+        counts, _oldest = await store_counts(store)
+    finally:
+        await store.close()
+    assert counts["raw_received"] == 3
