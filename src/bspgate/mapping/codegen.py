@@ -1,27 +1,38 @@
-"""Compiles a mapping rule into one straight-line Python function (the hot path of mapping).
+"""Compiles mapping rules into straight-line Python functions (the hot path of mapping).
 
-A rule's expressions are mostly plain paths (`msg.text.body`), `||`/`&&` chains, comparisons with
-string literals and the named transforms (`e164`). Evaluated one closure at a time they cost
-several times what the same work costs written out, so each rule becomes one generated function:
-bindings in locals, each path an inline chain of `.get`, the data dict built as a literal.
+A rule's expressions are mostly plain paths (`msg.text.body`), `||`/`&&`/`!` chains, comparisons
+with string literals, `contains([...], x)` and the named transforms (`e164`). Evaluated one
+closure at a time they cost several times what the same work costs written out, so each rule
+becomes one generated function: bindings in locals, each path read once into a local (a getter
+per object), JMESPath truthiness inline, value maps as a dict lookup, the data dict built as a
+literal, and a sub-object (`message.location`) skipped whole when the object it reads is null.
+The for_each walk of a mapping (`compile_walk`) and the quarantine conditions of one item
+(`compile_checks`) are generated the same way.
 
 Safety: nothing from a mapping file is put into the generated source as code. Names, keys and
 literals go in as `repr()`; functions, value maps, constants and any expression this compiler
-does not translate (projections, filters, JMESPath built-ins) stay compiled closures, called from
-the generated code. Semantics: the generated paths assume objects where objects are expected; a
+does not translate (projections, filters, expression references) stay compiled closures, called
+from the generated code. JMESPath built-ins (`contains`, `starts_with`, `to_string`, …) are
+called through the interpreter's own function table, with only the usual argument types of
+`contains` and `starts_with` answered inline, so their results and type errors are the
+interpreter's. Semantics: the generated paths assume objects where objects are expected; a
 payload with, say, a string where an object should be raises AttributeError inside the fast path,
 and the engine then evaluates that item with the closures, which implement JMESPath exactly.
-`tests/test_codegen.py` checks both give the same result on every case and on arbitrary JSON.
+`tests/test_codegen.py` and `tests/test_codegen_builtins.py` check both give the same result on
+every case and on arbitrary JSON.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import jmespath
+from jmespath.exceptions import JMESPathError
 
-from bspgate.mapping.expression import truthy
+from bspgate.errors import MappingError
+from bspgate.mapping.expression import FUNCTIONS, _field_names, truthy
 from bspgate.mapping.functions import REGISTRY
 from bspgate.mapping.shapes import SCALARS, SUBOBJECTS, sections
 
@@ -29,6 +40,13 @@ Built = tuple[Any, Any, dict[str, Any]]
 Builder = Callable[[dict[str, Any]], Any]
 FALLBACK = object()  # the fast path met an unexpected type: evaluate with the closures
 _EMPTY: dict[str, Any] = {}
+_FALSY: tuple[Any, ...] = (
+    "",
+    [],
+    {},
+)  # with None and False, JMESPath's false values (`in`: identity, then ==)
+_MISSING = object()
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*$")  # generated code that is just a local's name
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -47,11 +65,39 @@ def _equal(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
+def _call(name: str, args: list[Any]) -> Any:
+    # JMESPath's own function table (with ours registered): what the interpreter calls
+    return FUNCTIONS.call_function(name, args)
+
+
+def _contains(subject: Any, search: Any) -> Any:
+    if type(subject) is list:
+        return search in subject
+    return _call("contains", [subject, search])  # a string subject, or the type error
+
+
+def _starts_with(subject: Any, prefix: Any) -> Any:
+    if type(subject) is str and type(prefix) is str:
+        return subject.startswith(prefix)
+    return _call("starts_with", [subject, prefix])  # the interpreter's type error
+
+
 class _Writer:
     def __init__(self, bindings: dict[str, str]) -> None:
         self.lines: list[str] = []
         self.constants: dict[str, Any] = {}
         self.bindings = bindings  # scope name -> local variable
+        self.loaded = dict(bindings)  # read from the scope on entry (when the body uses them)
+        # Paths read off a binding (`msg.system`, then `msg.system.type`) are hoisted into locals,
+        # each computed once: `paths` maps (getter, key) to the local, `pending` holds the
+        # assignments, written before the statement that first needs them. A hoisted read has no
+        # effect, so reading it before a short-circuit would have skipped it changes nothing but
+        # the cost; the one error it can meet (AttributeError: a path through a string, list or
+        # number) sends the item to the closures, which implement JMESPath exactly.
+        self.paths: dict[tuple[str, str], str] = {}
+        self.pending: list[str] = []
+        self._reads = 0
+        self.shift = 0  # extra indentation of emitted lines (inside a `group`'s `else:`)
         self._temps = 0
         self.booleans: set[str] = set()  # generated expressions that are always True or False
 
@@ -65,7 +111,121 @@ class _Writer:
         return f"t{self._temps}"
 
     def emit(self, line: str, indent: int = 2) -> None:
-        self.lines.append("    " * indent + line)
+        margin = "    " * (2 + self.shift)
+        self.lines.extend(margin + hoisted for hoisted in self.pending)
+        self.pending.clear()
+        self.lines.append("    " * (indent + self.shift) + line)
+
+    def group(self, fields: list[tuple[str, Any]]) -> None:
+        """Fields of one sub-object (`message.location.*`), skipped when their roots are null.
+
+        Applies when every candidate is a plain path `binding.a…` (no function, map or
+        default): with `binding.a` null (or the binding, for `binding.a`), every candidate is
+        null, so every field is. The usual payload lacks most sub-objects (a text message has
+        no location, media, reply, reaction), and this skips all of their reads.
+        """
+        roots: dict[str, None] = {}
+        for _target, spec in fields:
+            for text in spec.texts:
+                names = _field_names(jmespath.compile(text).parsed)  # type: ignore[arg-type]
+                binding = self.bindings.get(names[0]) if names else None
+                if binding is None or len(names) < 2:  # type: ignore[arg-type]
+                    roots.clear()
+                    break
+                if len(names) == 2:  # type: ignore[arg-type]
+                    roots[binding] = None
+                else:
+                    roots[self.read(f"g{binding[1:]}", names[1])] = None  # type: ignore[index]
+            else:
+                continue
+            break
+        if not roots:
+            for target, spec in fields:
+                self.field(target, spec)
+            return
+        self.emit(f"if {' and '.join(f'{root} is None' for root in roots)}:")
+        self.emit(" = ".join(target for target, _spec in fields) + " = None", 3)
+        self.emit("else:")
+        known = dict(self.paths)
+        self.shift += 1
+        for target, spec in fields:
+            self.field(target, spec)
+        self.shift -= 1
+        self.paths = known  # paths read inside the `else:` are not assigned on the other branch
+
+    def groupable(self, spec: Any) -> bool:
+        """A field `group` may skip: plain candidates, nothing applied, mapped or defaulted."""
+        return (
+            not spec.is_constant
+            and spec.value_map is None
+            and spec.apply is None
+            and spec.default is None
+            and bool(spec.texts)
+            and len(spec.texts) == len(spec.candidates)
+        )
+
+    def getter(self, current: str) -> str | None:
+        """The getter of a binding or hoisted path local (None: `current` is an expression)."""
+        if current in self.bindings.values():
+            return f"g{current[1:]}"
+        if current in self.paths.values():
+            return f"g{current}"
+        return None
+
+    def read(self, getter: str, name: str) -> str:
+        """A local holding `getter(name)`, assigned before the statement being written."""
+        local = self.paths.get((getter, name))
+        if local is None:
+            self._reads += 1  # never reused: a group forgets its paths, not their names
+            local = self.paths[(getter, name)] = f"p{self._reads}"
+            self.pending.append(f"{local} = {getter}({name!r})")
+            self.pending.append(f"g{local} = ({local} or _E).get")
+        return local
+
+    def rebound(self) -> None:
+        """A `let` reassigned a binding: paths hoisted from its old value are stale."""
+        self.paths.clear()
+
+    def hold(self, code: str) -> tuple[str, str]:
+        """(a name for `code`'s value, what binds it): a local is its own name."""
+        if _NAME.match(code):
+            return code, code
+        held = self.temp()
+        return held, f"({held} := {code})"
+
+    def truth(self, code: str) -> str:
+        """`code`'s JMESPath truthiness inline (a call of `truthy` costs more than the test)."""
+        if code in self.booleans:
+            return code
+        held, bind = self.hold(code)
+        return f"({bind} is not None and {held} is not False and {held} not in _F)"
+
+    def falsity(self, code: str) -> str:
+        """`not truthy(code)`, inline."""
+        if code in self.booleans:
+            return f"(not {code})"
+        held, bind = self.hold(code)
+        return f"({bind} is None or {held} is False or {held} in _F)"
+
+    def body(self) -> list[str]:
+        """The lines, after the entry reads of the bindings (and getters) the lines use."""
+        # drop the getters of hoisted paths no read uses (most paths are leaves)
+        lines = [
+            line
+            for line in self.lines
+            if not (found := re.match(r"\s*(g[pb]?\d+) = ", line))
+            or re.search(rf"\b{found.group(1)}\(", "\n".join(self.lines)) is not None
+        ]
+        text = "\n".join(lines)
+        prelude = []
+        for name, local in self.loaded.items():
+            getter = "g" + local[1:]
+            uses_getter = re.search(rf"\b{getter}\b", text) is not None
+            if uses_getter or re.search(rf"\b{local}\b", text):
+                prelude.append(f"        {local} = scope.get({name!r})")
+            if uses_getter:
+                prelude.append(f"        {getter} = ({local} or _E).get")
+        return prelude + lines
 
     # -- expressions ------------------------------------------------------------------------
     def source(self, node: dict[str, Any], current: str | None) -> str | None:
@@ -76,6 +236,12 @@ class _Writer:
             name = node["value"]
             if current is None:  # a name of the scope: a binding, or nothing
                 return self.bindings.get(name, f"scope.get({name!r})")
+            getter = self.getter(current)
+            if getter is not None:
+                # a binding's (or a hoisted path's) getter, made once per call: `.get` of the
+                # object, or of `_E` for null, "", 0, …; a truthy non-object has no `.get`, and
+                # its AttributeError hands the item to the closures
+                return self.read(getter, name)
             return f"({current} or _E).get({name!r})"
         if kind == "subexpression":
             out = current
@@ -101,15 +267,20 @@ class _Writer:
                 code = f"({left} {'or' if kind == 'or_expression' else 'and'} {right})"
                 self.booleans.add(code)
                 return code
-            held = self.temp()
+            if left in self.booleans:  # True or False needs no truthiness test
+                if kind == "or_expression":
+                    return f"(True if {left} else {right})"
+                return f"({right} if {left} else False)"
+            held, bind = self.hold(left)
+            test = f"({bind} is not None and {held} is not False and {held} not in _F)"
             if kind == "or_expression":
-                return f"({held} if truthy({held} := {left}) else {right})"
-            return f"({right} if truthy({held} := {left}) else {held})"
+                return f"({held} if {test} else {right})"
+            return f"({right} if {test} else {held})"
         if kind == "not_expression":
             inner = self.source(children[0], current)
             if inner is None:
                 return None
-            code = f"(not {inner})" if inner in self.booleans else f"(not truthy({inner}))"
+            code = self.falsity(inner)
             self.booleans.add(code)
             return code
         if kind == "comparator" and node["value"] in ("eq", "ne"):
@@ -129,7 +300,68 @@ class _Writer:
             if any(arg is None for arg in args):
                 return None
             return f"{self.const(func)}({', '.join(args)})"  # type: ignore[arg-type]
+        if kind == "function_expression":
+            return self.builtin(node["value"], children, current)
+        if kind in ("multi_select_list", "multi_select_dict"):
+            return self.multi_select(kind, children, current)
         return None
+
+    def builtin(self, name: str, children: list[dict[str, Any]], current: str | None) -> str | None:
+        """A JMESPath built-in function (`contains`, `starts_with`, …), as the interpreter runs it.
+
+        The interpreter evaluates the arguments in order, then calls `call_function` of its
+        function table (type checks, arity, then the function). The generated code does the same:
+        the usual argument types of `contains` and `starts_with` are answered inline, anything
+        else goes to that very `call_function` (`_call`), so results and errors are the same.
+        """
+        if name == "contains" and len(children) == 2:
+            subject, search = children
+            found = self.source(search, current)
+            if found is None:
+                return None
+            items = subject["children"] if subject["type"] == "multi_select_list" else None
+            if current is None and items is not None and all(i["type"] == "literal" for i in items):
+                # `contains(['a', 'b'], x)`: the list is built from literals off the scope (never
+                # null), so it is a constant; a tuple's `in` is a list's (identity, then ==).
+                code = f"({found} in {self.const(tuple(i['value'] for i in items))})"
+            else:
+                within = self.source(subject, current)
+                if within is None:
+                    return None
+                code = f"_contains({within}, {found})"
+            self.booleans.add(code)  # `in` answers True or False; a type error raises
+            return code
+        args = [self.source(child, current) for child in children]
+        if any(arg is None for arg in args):
+            return None  # an expression reference (`sort_by(a, &b)`): left to the interpreter
+        if name == "starts_with" and len(args) == 2:
+            code = f"_starts_with({args[0]}, {args[1]})"
+            self.booleans.add(code)
+            return code
+        return f"_call({name!r}, [{', '.join(args)}])"  # type: ignore[arg-type]
+
+    def multi_select(
+        self, kind: str, children: list[dict[str, Any]], current: str | None
+    ) -> str | None:
+        """`[a, b]` and `{k: a}`: a new list/dict of the items evaluated on the current value.
+
+        JMESPath gives null for a multi-select on null; the scope itself is a dict, never null.
+        """
+        held = None if current is None else self.temp()
+        items = []
+        for child in children:
+            if kind == "multi_select_dict":  # key_val_pair: the key, one child expression
+                code = self.source(child["children"][0], held)
+                items.append(None if code is None else f"{child['value']!r}: {code}")
+            else:
+                items.append(self.source(child, held))
+        if any(item is None for item in items):
+            return None
+        joined = ", ".join(items)  # type: ignore[arg-type]
+        built = f"[{joined}]" if kind == "multi_select_list" else f"{{{joined}}}"
+        if held is None:
+            return built
+        return f"(None if ({held} := {current}) is None else {built})"
 
     def expression(self, text: str, closure: Callable[[Any], Any]) -> str:
         node: Any = jmespath.compile(text).parsed
@@ -142,9 +374,32 @@ class _Writer:
             self.emit(f"{target} = {self.const(spec.constant)}")
             return
         texts: tuple[str, ...] = spec.texts
-        if spec.value_map is not None or len(texts) != len(spec.candidates) or not texts:
+        if len(texts) != len(spec.candidates) or not texts:
             self.emit(f"{target} = {self.const(spec.run)}(scope)")
             return
+        if spec.value_map is not None:
+            # As FieldSpec.run: the first non-empty candidate (no default), then the map. A
+            # string found in the map is answered here; the rest (numbers read as text, `*`,
+            # the default, a miss) by the spec's own `map_value`.
+            self.candidates(target, spec, "None")
+            found = self.temp()
+            default = "None" if spec.default is None else self.const(spec.default)
+            self.emit(f"if {target} is None:")
+            self.emit(f"{target} = {default}", 3)
+            self.emit(
+                f"elif type({target}) is str and "
+                f"({found} := {self.const(spec.value_map)}.get({target}, _M)) is not _M:"
+            )
+            self.emit(f"{target} = {found}", 3)
+            self.emit("else:")
+            self.emit(f"{target} = {self.const(spec.map_value)}({target})", 3)
+            return
+        default = "None" if spec.default is None else self.const(spec.default)
+        self.candidates(target, spec, default)
+
+    def candidates(self, target: str, spec: Any, default: str) -> None:
+        """`target` = the first candidate neither null nor "" (after `apply`), else `default`."""
+        texts: tuple[str, ...] = spec.texts
         apply = self.const(REGISTRY[spec.apply][0]) if spec.apply else None
         for index, (text, closure) in enumerate(zip(texts, spec.candidates, strict=True)):
             code = self.expression(text, closure)
@@ -155,7 +410,6 @@ class _Writer:
             else:
                 self.emit(f"if {target} is None or {target} == '':")
                 self.emit(f"{target} = {code}", 3)
-        default = "None" if spec.default is None else self.const(spec.default)
         self.emit(f"if {target} is None or {target} == '':")
         self.emit(f"{target} = {default}", 3)
 
@@ -165,15 +419,65 @@ def compile_condition(
 ) -> Callable[[dict[str, Any]], bool]:
     """A `when` as one generated function; an unexpected type falls back to the closure."""
     writer = _Writer({name: f"b{i}" for i, name in enumerate(dict.fromkeys(names))})
-    for name, local in writer.bindings.items():
-        writer.emit(f"{local} = scope.get({name!r})")
     condition = writer.expression(text, closure)
-    test = condition if condition in writer.booleans else f"truthy({condition})"
-    writer.emit(f"return {test}")
+    writer.emit(f"return {writer.truth(condition)}")
     check: Callable[[dict[str, Any]], bool] = _define(
         "check", writer, "return truthy(SLOW(scope))", {"SLOW": closure}, f"condition {text!r}"
     )
     return check
+
+
+def _held(closure: Callable[[Any], Any], scope: dict[str, Any]) -> bool:
+    # a quarantine condition by its closure; one that cannot be evaluated holds (the item is
+    # named, never silently dropped)
+    try:
+        return truthy(closure(scope))
+    except (MappingError, JMESPathError):
+        return True
+
+
+def _mask(closures: tuple[Callable[[Any], Any] | None, ...], scope: dict[str, Any]) -> int:
+    return sum(1 << bit for bit, c in enumerate(closures) if c is None or _held(c, scope))
+
+
+def compile_checks(
+    conditions: list[tuple[str, Callable[[Any], Any]] | None], names: list[str], label: str
+) -> Callable[[dict[str, Any]], int]:
+    """The quarantine conditions of one for_each item as one generated function.
+
+    Answers a bit mask: bit i set when condition i holds (None: no condition, always holds).
+    The conditions share the reads of the item (`change.field`, `change.value`), hoisted once;
+    each is evaluated in its own `try`, with the semantics of evaluating it alone: an unexpected
+    type falls back to its closure, an error (MappingError, JMESPathError) means it holds.
+    """
+    writer = _Writer({name: f"b{i}" for i, name in enumerate(dict.fromkeys(names))})
+    tests = [None if c is None else writer.truth(writer.expression(c[0], c[1])) for c in conditions]
+    writer.emit("m = 0")  # after the hoisted reads: one unexpected type there, and all fall back
+    for bit, (test, condition) in enumerate(zip(tests, conditions, strict=True)):
+        if test is None or condition is None:
+            writer.emit(f"m |= {1 << bit}")
+            continue
+        writer.emit("try:")
+        writer.emit(f"if {test}:", 3)
+        writer.emit(f"m |= {1 << bit}", 4)
+        writer.emit("except AttributeError:")
+        writer.emit(f"if _held({writer.const(condition[1])}, scope):", 3)
+        writer.emit(f"m |= {1 << bit}", 4)
+        writer.emit("except _ERRORS:")
+        writer.emit(f"m |= {1 << bit}", 3)
+    writer.emit("return m")
+    closures = tuple(None if c is None else c[1] for c in conditions)
+    checks: Callable[[dict[str, Any]], int] = _define(
+        "checks",
+        writer,
+        "return _mask(CLOSURES, scope)",
+        {"_held": _held, "_mask": _mask, "CLOSURES": closures, "_ERRORS": _ERRORS},
+        f"checks {label}",
+    )
+    return checks
+
+
+_ERRORS = (MappingError, JMESPathError)
 
 
 def _define(
@@ -182,14 +486,20 @@ def _define(
     """Compile the writer's lines as `def name(scope)`, AttributeError answered by a fallback."""
     source = (
         f"def {name}(scope):\n    try:\n"
-        + "\n".join(writer.lines)
+        + "\n".join(writer.body())
         + f"\n    except AttributeError:\n        {on_type_error}\n"
     )
     namespace: dict[str, Any] = {
         "truthy": truthy,
         "_E": _EMPTY,
+        "_G": _EMPTY.get,
+        "_F": _FALSY,
+        "_M": _MISSING,
         "_index": _index,
         "_equal": _equal,
+        "_call": _call,
+        "_contains": _contains,
+        "_starts_with": _starts_with,
         **extra,
         **writer.constants,
     }
@@ -222,19 +532,32 @@ def compile_rule(rule: Any) -> Builder | None:
     names = ["payload", "channel", "received_at", *(name for name, _getter in rule.for_each)]
     bindings = {name: f"b{i}" for i, name in enumerate(dict.fromkeys(names))}
     writer = _Writer(bindings)
-    for name, local in bindings.items():
-        writer.emit(f"{local} = scope.get({name!r})")
     if rule.when is not None:
         condition = writer.expression(rule.when_text, rule.when)
-        test = condition if condition in writer.booleans else f"truthy({condition})"
-        writer.emit(f"if not {test}:")
+        writer.emit(f"if not {writer.truth(condition)}:")
         writer.emit("return None", 3)
     for name, spec in rule.let:
+        if name in writer.bindings:
+            writer.rebound()
         local = writer.bindings.setdefault(name, f"b{len(writer.bindings)}")
         writer.field(local, spec)
         writer.emit(f"scope[{name!r}] = {local}")
-    for index, (_path, spec) in enumerate(rule.fields):
-        writer.field(f"v{index}", spec)
+        writer.emit(f"g{local[1:]} = ({local} or _E).get")
+    # sub-objects whose fields all qualify are written as groups, at their first field's place
+    groups: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+    for index, (path, spec) in enumerate(rule.fields):
+        if len(path) == 3:
+            groups.setdefault((path[0], path[1]), []).append((f"v{index}", spec))
+    for index, (path, spec) in enumerate(rule.fields):
+        members = groups.get((path[0], path[1])) if len(path) == 3 else None
+        if members is None:
+            writer.field(f"v{index}", spec)
+        elif members[0][0] == f"v{index}":
+            if all(writer.groupable(member) for _target, member in members):
+                writer.group(members)
+            else:
+                for target, member in members:
+                    writer.field(target, member)
     writer.field("key", rule.key)
     writer.field("time", rule.time)
     parts = []
@@ -264,3 +587,34 @@ def compile_rule(rule: Any) -> Builder | None:
         "build", writer, "return FALLBACK", {"FALLBACK": FALLBACK}, f"rule {rule.name}"
     )
     return built
+
+
+def compile_walk(
+    steps: tuple[tuple[int, str, str, Callable[[Any], Any]], ...], label: str
+) -> Callable[[dict[str, Any]], list[Any] | None]:
+    """The for_each walk of a mapping (see loader.IterationPlan) as one generated function.
+
+    `steps` are the plan's nodes, parents first: (parent node or -1, name, expression, closure).
+    The function gives what `engine._levels` gives (per node its (position, scope) items, the
+    root scope last), or None when a path met an unexpected type: the engine then walks with
+    the closures.
+    """
+    writer = _Writer({})
+    writer.emit("R = [((), scope)]")
+    for node, (parent, name, text, getter) in enumerate(steps):
+        writer.emit(f"L{node} = []")
+        writer.emit(f"for P, scope in {'R' if parent < 0 else f'L{parent}'}:")
+        writer.emit(f"v = {writer.expression(text, getter)}", 3)
+        writer.emit("if v is None:", 3)
+        writer.emit("continue", 4)
+        writer.emit("i = 0", 3)
+        writer.emit("for x in v if isinstance(v, list) else (v,):", 3)
+        writer.emit("n = scope.copy()", 4)
+        writer.emit(f"n[{name!r}] = x", 4)
+        writer.emit(f"L{node}.append(((*P, i), n))", 4)
+        writer.emit("i += 1", 4)
+    writer.emit(f"return [{''.join(f'L{node}, ' for node in range(len(steps)))}R]")
+    walk: Callable[[dict[str, Any]], list[Any] | None] = _define(
+        "walk", writer, "return None", {}, f"walk {label}"
+    )
+    return walk

@@ -19,7 +19,7 @@ from bspgate.ids import event_id
 from bspgate.mapping.codegen import FALLBACK
 from bspgate.mapping.expression import truthy
 from bspgate.mapping.functions import REGISTRY, NotAnIdentifier
-from bspgate.mapping.loader import MappingSpec, RuleSpec
+from bspgate.mapping.loader import IterationPlan, MappingSpec, RuleSpec
 from bspgate.mapping.shapes import SCALARS, SUBOBJECTS, sections
 
 
@@ -64,6 +64,13 @@ def _draft(
         if built is not FALLBACK:
             key, time, data = built
             return _finish(rule, channel_id, position, key, time, data)
+    return _interpret(rule, channel_id, position, scope)
+
+
+def _interpret(
+    rule: RuleSpec, channel_id: str, position: tuple[int, ...], scope: dict[str, Any]
+) -> Draft | None:
+    """The rule evaluated with its closures (no generated function, or it fell back)."""
     # `when` sees the for_each bindings only: it runs before `let`, so skipped items cost little.
     if rule.when is not None and not truthy(rule.when(scope)):
         return None
@@ -101,14 +108,16 @@ def _finish(
     if not isinstance(time, str):
         raise MappingError("the event time is missing", rule=rule.name)
     key_text = str(key)
+    # positional (id, type, key, time, rule, position, data): keywords cost a dict per draft
+    event_type = rule.event_type
     return Draft(
-        id=event_id(channel_id, rule.event_type, key_text),
-        type=rule.event_type,
-        key=key_text,
-        time=time,
-        rule=rule.name,
-        position=position,
-        data=data,
+        event_id(channel_id, event_type, key_text),
+        event_type,
+        key_text,
+        time,
+        rule.name,
+        position,
+        data,
     )
 
 
@@ -126,7 +135,8 @@ def _drift(
     # bound it; `scope` is the rule's own scope after its draft was built
     for binding, known in watched.items():
         item = scope.get(binding)
-        if isinstance(item, dict):
+        # the usual item has only known fields: one C-level superset test answers it
+        if isinstance(item, dict) and not known.issuperset(item):
             for key in item:
                 if key not in known:
                     name = f"{binding}.{key}"
@@ -158,13 +168,30 @@ def _locate(rule: RuleSpec, scope: dict[str, Any]) -> str | None:
     return None
 
 
-def _holds(condition: Any, scope: dict[str, Any]) -> bool:
-    if condition is None:
-        return True
-    try:
-        return truthy(condition(scope))
-    except (MappingError, JMESPathError):
-        return True
+def _levels(plan: IterationPlan, root: dict[str, Any]) -> list[Any]:
+    """The scopes of every for_each prefix (plan node) of one payload, the root scope last.
+
+    Each node's items are walked once, however many rules iterate them; nodes come parents
+    first, so one pass in order fills them all (every node is some rule's or quarantine's).
+    """
+    levels: list[Any] = [None] * len(plan.steps)
+    levels.append([((), root)])  # node -1: the root scope
+    node = 0
+    for parent, name, getter in plan.steps:
+        level = []
+        for position, scope in levels[parent]:
+            value = getter(scope)
+            if value is None:
+                continue
+            index = 0  # a counter, not enumerate(): most arrays here hold one item
+            for item in value if isinstance(value, list) else (value,):
+                inner = scope.copy()
+                inner[name] = item
+                level.append(((*position, index), inner))
+                index += 1  # noqa: SIM113 - enumerate() costs an object per array
+        levels[node] = level
+        node += 1
+    return levels
 
 
 def apply_mapping(
@@ -177,38 +204,31 @@ def apply_mapping(
     only for providers that send none (Twilio), and `null` when the caller gives none.
     """
     result = MappingResult()
+    plan = spec.plan
     root = {"payload": payload, "channel": channel, "received_at": received_at}
-    ordered: list[tuple[tuple[tuple[int, int], ...], int, Draft]] = []
-    iterations: dict[tuple[tuple[str, str], ...], list[tuple[tuple[int, ...], dict[str, Any]]]] = {}
-
-    def scopes(
-        steps: tuple[tuple[str, Any], ...], key: tuple[tuple[str, str], ...]
-    ) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
-        # rules (and quarantine rules) walk each for_each prefix once: `entry`, then
-        # `entry.changes`, are shared by the rules that go on to messages[] or statuses[]
-        if key in iterations:
-            return iterations[key]
-        if not key:
-            return [((), root)]
-        parents = scopes(steps[:-1], key[:-1])
-        name, getter = steps[-1]
-        out: list[tuple[tuple[int, ...], dict[str, Any]]] = []
-        for position, scope in parents:
-            value = getter(scope)
-            items = value if isinstance(value, list) else ([] if value is None else [value])
-            for index, item in enumerate(items):
-                inner = dict(scope)
-                inner[name] = item
-                out.append(((*position, index), inner))
-        iterations[key] = out
-        return out
-
-    for rule_index, rule in enumerate(spec.rules):
-        for position, scope in scopes(rule.for_each, rule.iteration_key):
+    levels = plan.walk(root) if plan.walk is not None else None
+    if levels is None:  # no generated walk, or it met an unexpected type: the closures walk
+        levels = _levels(plan, root)
+    found: list[tuple[int, RuleSpec, tuple[int, ...], Draft]] = []
+    channel_id = channel["id"]
+    for rule_index, rule, node, watched, build, copy in plan.rule_steps:
+        items = levels[node]
+        if not items:
+            continue
+        for position, scope in items:
             try:
-                # a copy: `let` bindings belong to this rule only
-                local = dict(scope)
-                draft = _draft(rule, channel["id"], position, local)
+                # a copy when the rule binds `let` names: they belong to this rule only
+                local = scope.copy() if copy else scope
+                if build is not None:  # the generated function; _draft when it falls back
+                    built = build(local)
+                    if built is None:
+                        continue
+                    if built is FALLBACK:
+                        draft = _interpret(rule, channel_id, position, local)
+                    else:
+                        draft = _finish(rule, channel_id, position, *built)
+                else:
+                    draft = _draft(rule, channel_id, position, local)
             except (MappingError, JMESPathError) as exc:
                 if isinstance(exc, NotAnIdentifier) and exc.where is None:
                     exc = exc.at(_locate(rule, scope) or "a field")
@@ -217,20 +237,31 @@ def apply_mapping(
                 result.issues.append(f"rule {rule.name} item {where or '-'}: {reason}")
                 continue
             if draft is not None:
-                ordered.append((_order(rule, position), rule_index, draft))
-                if spec.drift:
-                    _drift(spec.drift, rule, local, result.unmapped)
-    for quarantine in spec.quarantine:
-        for position, scope in scopes(quarantine.for_each, quarantine.iteration_key):
-            if _holds(quarantine.when, scope):
-                where = "/".join(str(p) for p in position)
-                result.issues.append(f"{quarantine.name} item {where or '-'}: {quarantine.reason}")
-    ordered.sort(key=lambda item: (item[0], item[1]))
-    seen: set[str] = set()
-    for _position, _rule, draft in ordered:
-        if draft.id not in seen:
-            seen.add(draft.id)
-            result.drafts.append(draft)
+                found.append((rule_index, rule, position, draft))
+                if watched:
+                    _drift(watched, rule, local, result.unmapped)
+    # quarantine: one generated function per for_each node answers every rule iterating it
+    flagged: list[tuple[int, tuple[int, ...], int]] = []
+    for node, checks in plan.quarantine_checks:
+        for position, scope in levels[node]:
+            mask = checks(scope)
+            if mask:
+                flagged.append((node, position, mask))
+    if flagged:  # issues in rule order, then item order, as the rules are written
+        for node, bit, name, reason in plan.quarantine_bits:
+            for at, position, mask in flagged:
+                if at == node and mask & bit:
+                    where = "/".join(str(p) for p in position)
+                    result.issues.append(f"{name} item {where or '-'}: {reason}")
+    if len(found) == 1:  # the usual webhook: one event, in order and unique already
+        result.drafts.append(found[0][3])
+    elif found:
+        found.sort(key=lambda item: (_order(item[1], item[2]), item[0]))
+        seen: set[str] = set()
+        for _rule_index, _rule, _position, draft in found:
+            if draft.id not in seen:
+                seen.add(draft.id)
+                result.drafts.append(draft)
     if not result.drafts and not result.issues:
         result.issues.append("no rule of the mapping matched this payload")
     return result

@@ -38,6 +38,8 @@ def _make_function_class() -> type[jp_functions.Functions]:
 
 
 _FUNCTIONS = _make_function_class()()
+# The interpreter's function table (JMESPath's built-ins and ours): codegen calls built-ins in it.
+FUNCTIONS: jp_functions.Functions = _FUNCTIONS
 _OPTIONS = jmespath.Options(custom_functions=_FUNCTIONS)
 
 

@@ -10,7 +10,7 @@ mapping's file and replaces what this one gives, key by key (lists are replaced 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
@@ -24,7 +24,13 @@ from jmespath.exceptions import JMESPathError
 from bspgate.describe import token
 from bspgate.errors import MappingError, MappingLoadError
 from bspgate.mapping.canonical_paths import unknown_field
-from bspgate.mapping.codegen import Builder, compile_condition, compile_rule
+from bspgate.mapping.codegen import (
+    Builder,
+    compile_checks,
+    compile_condition,
+    compile_rule,
+    compile_walk,
+)
 from bspgate.mapping.expression import Getter, compile_expression
 from bspgate.mapping.functions import REGISTRY
 from bspgate.mapping.reads import collect_reads
@@ -77,6 +83,10 @@ class FieldSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", _specialise(self))
+
+    def map_value(self, value: Any) -> Any:
+        """A non-null candidate value through the value map (`*`, then the default, or raises)."""
+        return _map_value(self, value)
 
 
 _MISSING = object()
@@ -165,9 +175,108 @@ class QuarantineSpec:
 
     name: str
     for_each: tuple[tuple[str, Getter], ...]
-    when: Getter | None
+    when: Callable[[dict[str, Any]], bool] | None  # compile_condition's check: True or False
     reason: str
     iteration_key: tuple[tuple[str, str], ...] = ()
+    when_text: str = ""  # `when` as written, and its closure (for codegen.compile_checks)
+    condition: Getter | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class IterationPlan:
+    """Every distinct for_each prefix of a mapping's rules as one tree, numbered at load.
+
+    Rules (and quarantine rules) iterating alike share one walk per payload (`entry`, then
+    `entry.changes`, for messages[] and statuses[] alike). Numbering the prefixes once keeps
+    the engine from hashing and comparing the steps as tuples of strings on every payload.
+    """
+
+    steps: tuple[tuple[int, str, Getter], ...]  # node -> (parent node, -1 the root; name; getter)
+    rules: tuple[int, ...]  # the node of each rule's items (-1: the root scope itself)
+    quarantine: tuple[int, ...]  # the same for each quarantine rule
+    # per rule, the drift-watched bindings its scope can hold (root names, for_each, let)
+    watched: tuple[dict[str, frozenset[str]], ...]
+    # what the engine reads per rule, gathered once: (index, rule, node, watched, build, copy)
+    # where `copy` says the rule binds `let` names (its scope is copied, not shared)
+    rule_steps: tuple[
+        tuple[int, RuleSpec, int, dict[str, frozenset[str]], Builder | None, bool], ...
+    ] = ()
+    # the quarantine rules by node, in order of first appearance: (node, the generated
+    # compile_checks function giving a bit mask of the rules that hold for an item)
+    quarantine_checks: tuple[tuple[int, Callable[[dict[str, Any]], int]], ...] = ()
+    # per quarantine rule, in order: (node, its bit in that node's mask, name, reason)
+    quarantine_bits: tuple[tuple[int, int, str, str], ...] = ()
+    # the walk as one generated function (codegen.compile_walk): the root scope -> the levels
+    walk: Callable[[dict[str, Any]], list[Any] | None] | None = None
+
+
+_ROOT_NAMES = ("payload", "channel", "received_at")
+
+
+def _plan(
+    rules: Sequence[RuleSpec],
+    quarantine: Sequence[QuarantineSpec],
+    drift: dict[str, frozenset[str]],
+    label: str,
+) -> IterationPlan:
+    nodes: dict[tuple[tuple[str, str], ...], int] = {}
+    steps: list[tuple[int, str, Getter]] = []
+    texts: list[str] = []
+
+    def node(key: tuple[tuple[str, str], ...], getters: tuple[tuple[str, Getter], ...]) -> int:
+        parent = -1
+        for depth in range(len(key)):
+            prefix = key[: depth + 1]
+            if prefix not in nodes:
+                nodes[prefix] = len(steps)
+                name, getter = getters[depth]
+                steps.append((parent, name, getter))
+                texts.append(key[depth][1])
+            parent = nodes[prefix]
+        return parent
+
+    watched = []
+    for rule in rules:
+        bound = {*_ROOT_NAMES, *(name for name, _ in rule.for_each), *(n for n, _ in rule.let)}
+        watched.append({b: known for b, known in drift.items() if b in bound})
+    rule_nodes = tuple(node(rule.iteration_key, rule.for_each) for rule in rules)
+    quarantine_nodes = tuple(node(q.iteration_key, q.for_each) for q in quarantine)
+    by_node: dict[int, list[QuarantineSpec]] = {}
+    bits = []  # per rule: its node, its bit among the rules of that node, name, reason
+    for q, at in zip(quarantine, quarantine_nodes, strict=True):
+        members = by_node.setdefault(at, [])
+        bits.append((at, 1 << len(members), q.name, q.reason))
+        members.append(q)
+    return IterationPlan(
+        rules=rule_nodes,
+        quarantine=quarantine_nodes,
+        steps=tuple(steps),
+        watched=tuple(watched),
+        rule_steps=tuple(
+            (index, rule, rule_nodes[index], watched[index], rule.build, bool(rule.let))
+            for index, rule in enumerate(rules)
+        ),
+        quarantine_checks=tuple(
+            (node, _checks(members, f"{label} {node}")) for node, members in by_node.items()
+        ),
+        quarantine_bits=tuple(bits),
+        walk=compile_walk(
+            tuple(
+                (parent, name, text, getter)
+                for (parent, name, getter), text in zip(steps, texts, strict=True)
+            ),
+            label,
+        ),
+    )
+
+
+def _checks(members: list[QuarantineSpec], label: str) -> Callable[[dict[str, Any]], int]:
+    names = [*_ROOT_NAMES, *(name for name, _getter in members[0].for_each)]
+    conditions = [
+        (q.when_text, q.condition) if q.when_text and q.condition is not None else None
+        for q in members
+    ]
+    return compile_checks(conditions, names, label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +294,11 @@ class MappingSpec:
     source: dict[str, Any] = field(repr=False)
     # drift watch: binding -> every first-level field a rule reads or the mapping declares known
     drift: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
+    plan: IterationPlan = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        plan = _plan(self.rules, self.quarantine, self.drift, self.name)
+        object.__setattr__(self, "plan", plan)
 
     @property
     def outbound(self) -> dict[str, Any]:
@@ -318,6 +432,8 @@ class _Compiler:
             iteration_key=_iteration_key(raw["for_each"]),
             when=compile_condition(when, condition, names) if when and condition else None,
             reason=raw["reason"],
+            when_text=when or "",
+            condition=condition,
         )
 
 
