@@ -51,7 +51,6 @@ from bspgate.mapping.loader import MappingSpec
 from bspgate.metrics import Metrics
 from bspgate.pipeline import Fanout, IngestOutcome
 from bspgate.processing import Processor, Rules, stamp
-from bspgate.retention import Purger
 from bspgate.schema import catalog as schema_catalog
 from bspgate.schema.validate import EventValidator
 from bspgate.stage import Stage, load_channel_mappings, open_store, utc_now
@@ -241,18 +240,9 @@ def create_app(
         )
         await stage.start()
         gateway.processor, gateway.dispatcher = stage.processor, stage.dispatcher
-        purger = None
-        purging = None
-        if dispatch and settings.retention.enabled:
-            purger = Purger(gateway.store, settings.retention, gateway.metrics, clock)
-            purging = asyncio.create_task(purger.run(), name="bspgate-retention")
         try:
             yield
         finally:
-            if purger is not None and purging is not None:
-                purger.stop()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(purging, timeout=15)
             await stage.stop()
             if owns_client:
                 await gateway.client.aclose()

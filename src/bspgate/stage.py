@@ -1,9 +1,10 @@
 """What runs beside ingress over one open store: the processing stage and the dispatcher.
 
 `Stage` is the start/stop boundary between the composition root and the parts that work in the
-background: the processor (received raw payloads -> events, identity, outbox) and the dispatcher
-(which owns how it dispatches). `bspgate.worker` runs one in a process of its own under
-`bspgate serve`; `create_app` runs one in-process otherwise. Also here: the store and the
+background: the processor (received raw payloads -> events, identity, outbox), the dispatcher
+(which owns how it dispatches) and, with `retention:` set, the purger of expired rows.
+`bspgate.worker` runs one in a process of its own under `bspgate serve`; `create_app` runs one
+in-process otherwise. Also here: the store and the
 mappings the settings name, which both processes build alike.
 """
 
@@ -20,6 +21,7 @@ from bspgate.delivery.worker import Dispatcher, dispatcher_owner
 from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
 from bspgate.processing import OUTBOX_CHANNEL, Processor, Rules
+from bspgate.retention import Purger
 from bspgate.store.base import Store
 
 Clock = Callable[[], datetime]
@@ -82,6 +84,13 @@ class Stage:
         if hasattr(store, "listen"):
             wake = None  # every replica's dispatcher hears the NOTIFY alike (see start)
         self.processor = Processor(store, rules, clock=clock, on_deliveries=wake, metrics=metrics)
+        # expired rows are purged where deliveries run (one place per store under `serve`: its
+        # worker process; with PostgreSQL, every replica, each deleting in small batches)
+        self.purger = (
+            Purger(store, settings.retention, metrics, clock)
+            if dispatch and settings.retention.enabled
+            else None
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -98,11 +107,15 @@ class Stage:
         if self.dispatcher is not None:
             task = self.dispatcher.start()  # the delivery side's start/stop interface
             self._tasks.append(task)
+        if self.purger is not None:
+            self._tasks.append(asyncio.create_task(self.purger.run(), name="bspgate-retention"))
 
     async def stop(self) -> None:
         self.processor.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.purger is not None:
+            self.purger.stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, timeout=15)

@@ -169,3 +169,36 @@ def test_a_webhook_logs_one_line_and_other_requests_an_access_line(tmp_path: Pat
     access = [line for line in lines if line["event"] == "http.request"]
     assert not [line for line in access if line["path"].startswith("/webhooks/")]
     assert [line for line in access if line["path"] == "/healthz"]  # other routes: one line each
+
+
+def test_serve_purges_expired_rows_when_retention_is_set(tmp_path: Path) -> None:
+    import sqlite3
+
+    import httpx
+
+    config = write_config(tmp_path / "acme")
+    with serving(config, cwd=tmp_path):
+        sent = bspgate("simulate", "cloud-us", str(FIXTURE), "--config", str(config), cwd=tmp_path)
+        assert orjson.loads(sent.stdout)["outcome"] == "processed"
+    database = tmp_path / "acme" / "data" / "gw.db"
+    with sqlite3.connect(database) as conn:  # the webhook is two years old now
+        conn.execute("UPDATE raw_payloads SET received_at = '2024-01-01T00:00:00.000000Z'")
+        conn.execute("UPDATE events SET stored_at = '2024-01-01T00:00:00.000000Z'")
+    config = write_config(
+        tmp_path / "acme", retention={"events": "30d", "raw_payloads": "30d", "interval": "1s"}
+    )
+
+    def purged(base: str) -> float:
+        text = httpx.get(base + "/metrics", timeout=5).text
+        lines = [line for line in text.splitlines() if line.startswith("bspgate_retention_purged")]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    with serving(config, cwd=tmp_path) as served:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and purged(served.base) < 2:
+            time.sleep(0.2)  # the worker purges, and reports through /metrics
+        counted = purged(served.base)
+    assert counted >= 2  # the event and its raw payload
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM raw_payloads").fetchone()[0] == 0
