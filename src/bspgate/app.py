@@ -222,7 +222,7 @@ def create_app(
             from bspgate.worker import WorkerProcess
 
             worker = WorkerProcess(settings, dispatch=dispatch)
-            gateway.metrics.peer = worker.metrics_file  # /metrics adds the worker's counts
+            gateway.metrics.peers = worker.metrics_files  # /metrics adds the workers' counts
             worker.start()
             try:
                 yield

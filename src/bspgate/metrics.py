@@ -1,8 +1,8 @@
 """Prometheus metrics of one gateway instance (a registry per app: no module-level singletons).
 
-`bspgate serve` counts in two processes (the server and its worker, see `bspgate.worker`): the
-worker writes its rendered metrics to a file every second (`write_to`), and the server's
-`/metrics` merges them in (`peer`): samples of one name and labels are added up.
+`bspgate serve` counts in three processes (the server and its workers, see `bspgate.worker`):
+each worker writes its rendered metrics to a file every half second (`write_to`), and the
+server's `/metrics` merges them in (`peers`): samples of one name and labels are added up.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class Metrics:
             registry=self.registry,
         )
 
-        self.peer: Path | None = None  # another process's rendered metrics, merged in
+        self.peers: list[Path] = []  # other processes' rendered metrics, merged in
 
     def count_unmapped(self, provider: str, field: str) -> None:
         """Count a field no rule reads; past `MAX_UNMAPPED_SERIES` names, as field="other".
@@ -97,9 +97,9 @@ class Metrics:
         self.unmapped.labels(*key).inc()
 
     def render(self) -> bytes:
-        if self.peer is None:
+        if not self.peers:
             return generate_latest(self.registry)
-        return generate_latest(_Merged(self.registry, self.peer))
+        return generate_latest(_Merged(self.registry, self.peers))
 
     def write_to(self, path: Path) -> None:
         """Write this registry's rendering to `path` atomically (for the other process)."""
@@ -111,29 +111,31 @@ class Metrics:
 class _Merged:
     """A collector over a registry and another process's rendering, samples added up."""
 
-    def __init__(self, registry: CollectorRegistry, peer: Path) -> None:
-        self.registry, self.peer = registry, peer
+    def __init__(self, registry: CollectorRegistry, peers: list[Path]) -> None:
+        self.registry, self.peers = registry, peers
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.parser import text_string_to_metric_families
 
         families = {family.name: family for family in self.registry.collect()}
-        text = ""
-        with contextlib.suppress(OSError):
-            text = self.peer.read_text()
-        for theirs in text_string_to_metric_families(text):
-            ours = families.get(theirs.name)
-            if ours is None:
-                families[theirs.name] = theirs
-                continue
-            index = {
-                (s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(ours.samples)
-            }
-            for sample in theirs.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                if key in index:
-                    mine = ours.samples[index[key]]
-                    ours.samples[index[key]] = mine._replace(value=mine.value + sample.value)
-                else:
-                    ours.samples.append(sample)
+        for peer in self.peers:
+            text = ""
+            with contextlib.suppress(OSError):
+                text = peer.read_text()
+            for theirs in text_string_to_metric_families(text):
+                ours = families.get(theirs.name)
+                if ours is None:
+                    families[theirs.name] = theirs
+                    continue
+                index = {
+                    (s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(ours.samples)
+                }
+                for sample in theirs.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    if key in index:
+                        mine = ours.samples[index[key]]
+                        ours.samples[index[key]] = mine._replace(value=mine.value + sample.value)
+                    else:
+                        index[key] = len(ours.samples)
+                        ours.samples.append(sample)
         yield from families.values()

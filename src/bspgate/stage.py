@@ -66,7 +66,14 @@ class Stage:
         dispatch: bool,
         poster: Poster,
         metrics: Metrics,
+        *,
+        process: bool = True,
+        on_deliveries: Callable[[], None] | None = None,
     ) -> None:
+        """`process`/`dispatch`: which of the two this stage runs (`serve` gives each its own
+        process). `on_deliveries`: what tells a dispatcher elsewhere that processing stored
+        deliveries (a `bspgate.wake.WakeSender`); this stage's own dispatcher is told directly.
+        """
         self.store, self.settings, self.clock, self.poster = store, settings, clock, poster
         self.dispatcher = (
             Dispatcher(
@@ -80,10 +87,14 @@ class Stage:
             if dispatch
             else None
         )
-        wake = self.dispatcher.wake if self.dispatcher is not None else None
+        wake = self.dispatcher.wake if self.dispatcher is not None else on_deliveries
         if hasattr(store, "listen"):
             wake = None  # every replica's dispatcher hears the NOTIFY alike (see start)
-        self.processor = Processor(store, rules, clock=clock, on_deliveries=wake, metrics=metrics)
+        self.processor = (
+            Processor(store, rules, clock=clock, on_deliveries=wake, metrics=metrics)
+            if process
+            else None
+        )
         # expired rows are purged where deliveries run (one place per store under `serve`: its
         # worker process; with PostgreSQL, every replica, each deleting in small batches)
         self.purger = (
@@ -100,7 +111,9 @@ class Stage:
             # replicas cannot know whose claim is dead, so there claims expire with their lease.
             now = self.clock().timestamp()
             await self.store.transaction(lambda tx: tx.recover_inflight(now))
-        self._tasks.append(asyncio.create_task(self.processor.run(), name="bspgate-processor"))
+        if self.processor is not None:
+            processing = asyncio.create_task(self.processor.run(), name="bspgate-processor")
+            self._tasks.append(processing)
         if self.dispatcher is not None and hasattr(self.store, "listen"):
             loop, wake = asyncio.get_running_loop(), self.dispatcher.wake
             self.store.listen(OUTBOX_CHANNEL, lambda: loop.call_soon_threadsafe(wake))
@@ -111,7 +124,8 @@ class Stage:
             self._tasks.append(asyncio.create_task(self.purger.run(), name="bspgate-retention"))
 
     async def stop(self) -> None:
-        self.processor.stop()
+        if self.processor is not None:
+            self.processor.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self.purger is not None:

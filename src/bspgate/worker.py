@@ -1,13 +1,16 @@
-"""The worker process of `bspgate serve`: processing and delivery on a core of their own.
+"""The worker processes of `bspgate serve`: processing and delivery, each in a process of its own.
 
-`WorkerProcess(settings).start()` spawns a fresh interpreter (multiprocessing "spawn") that opens
-the same store (`shared=True` on SQLite: the two processes take turns writing through a file
-lock), and runs the app's `Stage` (the processor deriving events from received raw payloads, and
-the dispatcher delivering them) until told to stop. It never outlives the server: it asks the
-kernel for SIGKILL when its parent dies (Linux) and also watches its parent's pid, so a SIGKILLed
-server leaves no orphan writing to the store. A worker that dies is started again; what it was
-doing was one transaction, rolled back, and is done again from the start. It runs at a lower CPU
-priority than the server (`WORKER_NICENESS`): under a burst, accepting webhooks comes first.
+`WorkerProcess(settings).start()` spawns fresh interpreters (multiprocessing "spawn") that open
+the same store (`shared=True` on SQLite: the processes take turns writing through a file lock)
+and run a `Stage` each: one the processor (received raw payloads -> identity, events, outbox
+rows), one the dispatcher (and the retention purger). Each has its own GIL: in one process the
+two took turns on one interpreter and capped end-to-end throughput (docs/performance.md). The
+processor tells the dispatcher about new outbox rows through `bspgate.wake` (SQLite) or
+PostgreSQL's `NOTIFY`. A worker never outlives the server: it asks the kernel for SIGKILL when
+its parent dies (Linux) and also watches its parent's pid, so a SIGKILLed server leaves no orphan
+writing to the store. A worker that dies is started again; what it was doing was one
+transaction, rolled back, and is done again from the start. Workers run at a lower CPU priority
+than the server (`WORKER_NICENESS`): under a burst, accepting webhooks comes first.
 """
 
 from __future__ import annotations
@@ -46,48 +49,70 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-async def _serve(settings: Settings, dispatch: bool, parent: int, metrics_file: str) -> None:
+PROCESS, DELIVER = "process", "deliver"  # the workers' roles
+
+
+async def _serve(settings: Settings, role: str, parent: int, folder: str) -> None:
     from bspgate.delivery.transport import AiohttpPoster
     from bspgate.metrics import Metrics
     from bspgate.processing import Rules
     from bspgate.serving import tune_gc
     from bspgate.stage import Stage, load_channel_mappings, open_store, utc_now
+    from bspgate.wake import WakeListener, WakeSender
 
     store = open_store(settings, shared=True)
     await store.open()
     rules = Rules(settings, load_channel_mappings(settings))
     metrics = Metrics()
-    stage = Stage(store, rules, settings, utc_now, dispatch, AiohttpPoster(), metrics)
+    wake_path = Path(folder) / "wake.sock"
+    sender = WakeSender(wake_path) if role == PROCESS else None
+    stage = Stage(
+        store,
+        rules,
+        settings,
+        utc_now,
+        role == DELIVER,
+        AiohttpPoster(),
+        metrics,
+        process=role == PROCESS,
+        on_deliveries=sender,
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the server decides when to stop
+    listener = None
+    if stage.dispatcher is not None and not hasattr(store, "listen"):
+        listener = WakeListener(wake_path, stage.dispatcher.wake)
     await stage.start()
     tune_gc()
+    metrics_file = Path(folder) / f"{role}.prom"
     try:
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=0.5)
             if os.getppid() != parent:
                 break  # the server is gone
-            metrics.write_to(Path(metrics_file))
+            metrics.write_to(metrics_file)
     finally:
         await stage.stop()
+        if listener is not None:
+            listener.close()
+        if sender is not None:
+            sender.close()
         await store.close()
-        metrics.write_to(Path(metrics_file))
+        metrics.write_to(metrics_file)
 
 
-def worker_main(
-    settings: Settings, dispatch: bool, parent: int, log_level: str, metrics_file: str
-) -> None:
-    """The entry point of the spawned process."""
+def worker_main(settings: Settings, role: str, parent: int, log_level: str, folder: str) -> None:
+    """The entry point of a spawned worker."""
     _die_with_parent()
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
-    # Two threads take turns on the GIL here: the event loop (mapping, posting) and the store's
-    # writer (every statement of processing, claims and records). A thread that wants the GIL
-    # back after a statement waits for the other to give it up, by default for up to 5 ms each
-    # time: with many short statements a round, that wait was most of the writer's time.
+    # Two threads take turns on the GIL in a worker: the event loop (mapping, posting) and the
+    # store's writer (every statement of processing, claims and records). A thread that wants
+    # the GIL back after a statement waits for the other to give it up, by default for up to
+    # 5 ms each time: with many short statements a round, that wait was most of the writer's time.
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
     from bspgate.logging import configure_logging
 
@@ -95,60 +120,67 @@ def worker_main(
     try:
         import uvloop
 
-        uvloop.run(_serve(settings, dispatch, parent, metrics_file))
+        uvloop.run(_serve(settings, role, parent, folder))
     except ImportError:  # pragma: no cover (uvloop is a dependency of uvicorn[standard])
-        asyncio.run(_serve(settings, dispatch, parent, metrics_file))
+        asyncio.run(_serve(settings, role, parent, folder))
 
 
 class WorkerProcess:
-    """Starts, supervises (restarts) and stops the worker process."""
+    """Starts, supervises (restarts) and stops the worker processes: processing, and delivery
+    unless `dispatch` is off."""
 
     def __init__(self, settings: Settings, *, dispatch: bool = True, log_level: str = "") -> None:
-        self.settings, self.dispatch = settings, dispatch
+        self.settings = settings
+        self.roles = [PROCESS, DELIVER] if dispatch else [PROCESS]
         self.log_level = log_level or os.environ.get("BSPGATE_LOG_LEVEL", "info")
-        self._process: BaseProcess | None = None
+        self._processes: dict[str, BaseProcess] = {}
         self._stopping = threading.Event()
         self._watch: threading.Thread | None = None
         self._folder = tempfile.TemporaryDirectory(prefix="bspgate-worker-")
-        self.metrics_file = Path(self._folder.name) / "worker.prom"
 
-    def _spawn(self) -> None:
+    @property
+    def metrics_files(self) -> list[Path]:
+        """Each worker's rendered metrics (written every 0.5 s), for `/metrics` to merge in."""
+        return [Path(self._folder.name) / f"{role}.prom" for role in self.roles]
+
+    def _spawn(self, role: str) -> None:
         context: Any = multiprocessing.get_context("spawn")
-        self._process = context.Process(
+        process = context.Process(
             target=worker_main,
-            args=(
-                self.settings,
-                self.dispatch,
-                os.getpid(),
-                self.log_level,
-                str(self.metrics_file),
-            ),
-            name="bspgate-worker",
+            args=(self.settings, role, os.getpid(), self.log_level, self._folder.name),
+            name=f"bspgate-{role}",
             daemon=True,
         )
-        self._process.start()
+        process.start()
+        self._processes[role] = process
 
     def start(self) -> None:
-        self._spawn()
+        for role in self.roles:
+            self._spawn(role)
         self._watch = threading.Thread(target=self._supervise, daemon=True, name="bspgate-watch")
         self._watch.start()
 
     def _supervise(self) -> None:
         while not self._stopping.wait(0.5):
-            if self._process is not None and not self._process.is_alive():
-                _log.error("worker.died", exitcode=self._process.exitcode)
+            for role, process in list(self._processes.items()):
+                if process.is_alive():
+                    continue
+                _log.error("worker.died", role=role, exitcode=process.exitcode)
                 time.sleep(0.5)
                 if not self._stopping.is_set():
-                    self._spawn()
+                    self._spawn(role)
 
     def stop(self, timeout: float = 20.0) -> None:
         self._stopping.set()
-        if self._process is None:
-            return
-        if self._process.is_alive() and self._process.pid is not None:
-            os.kill(self._process.pid, signal.SIGTERM)
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
+        if self._watch is not None:
+            self._watch.join()
+        for process in self._processes.values():
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self._processes.values():
+            process.join(max(deadline - time.monotonic(), 0.1))
+            if process.is_alive():
+                process.kill()
+                process.join(5)
         self._folder.cleanup()
