@@ -41,6 +41,8 @@ from bspgate.delivery.transport import AiohttpPoster
 from bspgate.delivery.worker import Dispatcher
 from bspgate.logging import configure_logging
 from bspgate.metrics import Metrics
+from bspgate.serving import tune_gc
+from bspgate.worker import WORKER_SWITCH_INTERVAL
 
 TARGETS = {"SQLite": 0.5, "PostgreSQL": 0.4}
 LANE_TARGET = 1.2
@@ -99,8 +101,13 @@ async def bare_loop(url: str, count: int) -> float:
 
 async def dispatcher_rate(store: Any, url: str, start: int, count: int) -> float:
     """Events/s of bspgate's dispatcher draining `count` freshly queued deliveries."""
-    before = (await store.read(lambda tx: tx.counts())).get("deliveries_delivered", 0)
+    counts = await store.read(lambda tx: tx.counts())
+    before = counts.get("deliveries_delivered", 0)
+    # deliveries a gateway run left pending (bench/growth measures after an ingress run whose
+    # worker was still catching up) are drained too, and counted
+    leftover = counts.get("deliveries_pending", 0)
     await fill_outbox(store, start, count, max(1, count // 4), due=time.time() - 1)
+    count += leftover
     poster = AiohttpPoster()  # what `bspgate serve` delivers through
     try:
         # as `bspgate serve` runs it: the dispatcher's own loop (overlapping rounds)
@@ -239,11 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lane-events", type=int, default=2000)
     parser.add_argument("--skip-scenarios", action="store_true", help="throughput only")
     args = parser.parse_args(argv)
-    # Log as `bspgate serve` does (one JSON line per attempt at info), into /dev/null: the
-    # rendering is the gateway's cost, the terminal is not.
+    # Log as `bspgate serve` does (a summary line per lane and round at info, failures one line
+    # each), into /dev/null: the rendering is the gateway's cost, the terminal is not.
     devnull = stack_devnull()
     configure_logging(args.log_level)
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=devnull))
+    # and switch threads as the worker process of `bspgate serve` does (the bare loop has no
+    # second thread: nothing changes for it), with its garbage-collector settings
+    sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
+    tune_gc()  # the worker freezes its long-lived heap once started; both sides run after this
     print(f"delivery: {args.events:,} events per run, {args.runs} runs, concurrency {CONCURRENCY}")
     print("reproduce: python -m bench.delivery" + " ".join(f" {a}" for a in (argv or sys.argv[1:])))
     with tempfile.TemporaryDirectory(prefix="bspgate-bench-") as tmp, receiver() as url:

@@ -190,7 +190,18 @@ def marked_format() -> str:
     return BODY_FORMAT.replace("OUFFRTAz", "OUFFRTAzz", 1)
 
 
+def settle(sink: str, limit: float = 120.0) -> None:
+    """Wait until no event has arrived for a second: a step starts with no backlog left behind
+    by the one before (which may have failed by falling behind)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        if not httpx.get(f"{sink}/drain", timeout=30).json():
+            return
+
+
 def offer(gateway: str, sink: str, folder: Path, rate: float, seconds: float, first: int) -> Step:
+    settle(sink)
     count = int(rate * seconds)
     base = first // 1_000_000 * CONTACTS
     signatures = ",".join(f'"{signature(marked_body(first + i))}"' for i in range(count))

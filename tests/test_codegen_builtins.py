@@ -12,9 +12,7 @@ generated per item against each condition's closure.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from functools import cache
 from typing import Any
 
 import jmespath
@@ -35,6 +33,7 @@ from bspgate.mapping.engine import _levels, apply_mapping
 from bspgate.mapping.expression import _OPTIONS, compile_expression, truthy
 from bspgate.mapping.loader import MappingSpec, load_mapping, mapping_names
 from tests.conftest import MAPPINGS
+from tests.test_codegen import _closures_only, _spec
 
 EXPRESSIONS = [
     "contains(['a', 'b', ''], s)",
@@ -163,17 +162,6 @@ def test_no_shipped_expression_falls_back_but_filters() -> None:
             # a closure called from generated code is `K<n>(scope)`; only a filter is left
             if re.search(r"K\d+\(scope\)", body):
                 assert name == "azure_acs", (name, source)  # its `[?…]` filter
-
-
-@cache
-def _spec(name: str) -> MappingSpec:
-    return load_mapping(MAPPINGS, name)
-
-
-def _closures_only(spec: MappingSpec) -> MappingSpec:
-    return dataclasses.replace(
-        spec, rules=tuple(dataclasses.replace(rule, build=None) for rule in spec.rules)
-    )
 
 
 def _result(spec: MappingSpec, payload: Any) -> Any:
