@@ -47,6 +47,7 @@ from bench.ingress import gateway_server
 TARGETS = {"sqlite": 0.4, "postgres": 0.3}
 FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8)
 GRACE = 2.0  # seconds after the last POST for the last events to arrive
+BISECT = 2  # steps between the last fraction that held and the first that did not
 LAG_LIMIT_MS = 1000.0  # p99 webhook -> subscriber within a step; more means a growing backlog
 CONTACTS = 2_000
 
@@ -254,30 +255,48 @@ def bare_max(folder: Path, database: str | None, seconds: float) -> float:
         return run_wrk(url, script, seconds).rps
 
 
+def _report(fraction: float, step: Step, ok: bool) -> None:
+    print(
+        f"    {fraction:.3f}x = {step.rate:7,.0f}/s offered {step.offered:7,.0f}/s: "
+        f"{step.answered_ok:,} answered, {step.failed} failed, backlog {step.backlog:,}, "
+        f"p50 {percentile(step.latencies_ms, 0.5):,.0f} ms, "
+        f"p99 {percentile(step.latencies_ms, 0.99):,.0f} ms "
+        f"-> {'holds' if ok else 'does not hold'}",
+        flush=True,
+    )
+
+
 def search(storage: str, folder: Path, sink: str, top: float, seconds: float) -> dict[str, Any]:
+    """Up the fractions until one fails, then halve the gap to the last that held, `BISECT`
+    times (the fractions alone are 5% of the bare maximum apart)."""
     best: Step | None = None
     limited = False
     first = 1_000_000
     with gateway_server(folder, storage, f"{sink}/hook") as (url, _pid):
         httpx.get(f"{sink}/drain", timeout=30)
+        low, high = 0.0, None
         for fraction in FRACTIONS:
             step = offer(url, sink, folder, top * fraction, seconds, first)
             first += 1_000_000
             ok = step.held()
-            print(
-                f"    {fraction:.2f}x = {step.rate:7,.0f}/s offered {step.offered:7,.0f}/s: "
-                f"{step.answered_ok:,} answered, {step.failed} failed, backlog {step.backlog:,}, "
-                f"p50 {percentile(step.latencies_ms, 0.5):,.0f} ms, "
-                f"p99 {percentile(step.latencies_ms, 0.99):,.0f} ms "
-                f"-> {'holds' if ok else 'does not hold'}",
-                flush=True,
-            )
+            _report(fraction, step, ok)
             if not ok:
+                high = fraction
                 break
-            best = step
+            best, low = step, fraction
             if step.generator_limited():
                 limited = True  # the rate that held is what was offered, a lower bound
                 break
+        for _ in range(BISECT if high is not None and not limited else 0):
+            fraction = (low + high) / 2  # type: ignore[operator]
+            step = offer(url, sink, folder, top * fraction, seconds, first)
+            first += 1_000_000
+            ok = step.held()
+            _report(fraction, step, ok)
+            if ok:
+                best, low = step, fraction
+            else:
+                high = fraction
         held = min(best.rate, best.offered) if best else 0.0
         half = offer(url, sink, folder, max(held / 2, 10), seconds, first)
     return {"held": held, "half": half, "limited": limited}
