@@ -211,9 +211,9 @@ def bspgate_serve(config: Path, port: int) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def postgres_database(url: str) -> Iterator[str]:
+def postgres_database(url: str, suffix: str = "") -> Iterator[str]:
     """A throwaway database on the server `url` names (dropped on exit); yields its URL."""
-    name = f"bspgate_bench_{os.getpid()}"
+    name = f"bspgate_bench_{os.getpid()}{suffix}"
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
