@@ -9,10 +9,10 @@ backlog stayed flat: 99% of events arrived within a second of their webhook (a b
 is latency that grows). Rates are tried as fractions of
 the bare durable route's maximum (wrk, 64 connections, `bench/bare.py`, same backend, measured in
 the same run) from low to high until one fails, then bisected twice; the end-to-end latency
-(p50/p99) is measured at half the highest rate that held, on a fresh gateway and store (the steady
-state, not the recovery from the overload the search ended on). Targets: highest rate >= 0.4x
-the bare maximum on SQLite, >= 0.3x on PostgreSQL; at half that rate p50 <= 25 ms and
-p99 <= 250 ms.
+(p50/p99) is measured at half the highest rate that held. Every rate runs on a fresh gateway
+and store: its steady state, not the recovery from an overload the step before ended on.
+Targets: highest rate >= 0.4x the bare maximum on SQLite, >= 0.3x on PostgreSQL; at half that
+rate p50 <= 25 ms and p99 <= 250 ms.
 
     python -m bench.e2e [--seconds 8] [--postgres postgresql://postgres@127.0.0.1:5432/test]
 """
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,25 @@ def bare_max(folder: Path, database: str | None, seconds: float) -> float:
         return run_wrk(url, script, seconds).rps
 
 
+Fresh = Callable[[], contextlib.AbstractContextManager[str]]
+
+
+def _fresh_stores(folder: Path, server: str | None) -> Fresh:
+    """Makes a new, empty store each call: an SQLite file, or a PostgreSQL database."""
+    made = itertools.count()
+
+    @contextlib.contextmanager
+    def fresh() -> Iterator[str]:
+        number = next(made)
+        if server:
+            with postgres_database(server, f"_{number}") as url:
+                yield url
+        else:
+            yield f"sqlite:///{folder / f'e2e-{number}.db'}"
+
+    return fresh
+
+
 def _report(fraction: float, step: Step, ok: bool) -> None:
     print(
         f"    {fraction:.3f}x = {step.rate:7,.0f}/s offered {step.offered:7,.0f}/s: "
@@ -268,47 +288,40 @@ def _report(fraction: float, step: Step, ok: bool) -> None:
     )
 
 
-def search(storage: str, folder: Path, sink: str, top: float, seconds: float) -> dict[str, Any]:
+def search(fresh: Fresh, folder: Path, sink: str, top: float, seconds: float) -> dict[str, Any]:
     """Up the fractions until one fails, then halve the gap to the last that held, `BISECT`
-    times (the fractions alone are 5% of the bare maximum apart)."""
+    times (the fractions alone are 5% of the bare maximum apart). Every rate runs on a fresh
+    gateway and store: its steady state, not the recovery from the rate before it."""
     best: Step | None = None
     limited = False
-    first = 1_000_000
-    with gateway_server(folder, storage, f"{sink}/hook") as (url, _pid):
-        httpx.get(f"{sink}/drain", timeout=30)
-        low, high = 0.0, None
-        for fraction in FRACTIONS:
-            step = offer(url, sink, folder, top * fraction, seconds, first)
-            first += 1_000_000
-            ok = step.held()
-            _report(fraction, step, ok)
-            if not ok:
-                high = fraction
-                break
+    low, high = 0.0, None
+
+    def run(fraction: float) -> bool:
+        nonlocal best, low, high, limited
+        step = step_at(fresh, folder, sink, top * fraction, seconds)
+        ok = step.held()
+        _report(fraction, step, ok)
+        if ok:
             best, low = step, fraction
-            if step.generator_limited():
-                limited = True  # the rate that held is what was offered, a lower bound
-                break
-        for _ in range(BISECT if high is not None and not limited else 0):
-            fraction = (low + high) / 2  # type: ignore[operator]
-            step = offer(url, sink, folder, top * fraction, seconds, first)
-            first += 1_000_000
-            ok = step.held()
-            _report(fraction, step, ok)
-            if ok:
-                best, low = step, fraction
-            else:
-                high = fraction
-        held = min(best.rate, best.offered) if best else 0.0
+            limited = step.generator_limited()  # what was offered is then a lower bound
+        else:
+            high = fraction
+        return ok
+
+    for fraction in FRACTIONS:
+        if not run(fraction) or limited:
+            break
+    for _ in range(BISECT if high is not None and not limited else 0):
+        run((low + high) / 2)  # type: ignore[operator]
+    held = min(best.rate, best.offered) if best else 0.0
     return {"held": held, "limited": limited}
 
 
-def latency_at(storage: str, folder: Path, sink: str, rate: float, seconds: float) -> Step:
-    """The steady state at `rate`: a fresh gateway on a fresh store (not one still catching up
-    with the overload the search ended on)."""
-    with gateway_server(folder, storage, f"{sink}/hook") as (url, _pid):
+def step_at(fresh: Fresh, folder: Path, sink: str, rate: float, seconds: float) -> Step:
+    """One offered rate on a fresh gateway and store."""
+    with fresh() as storage, gateway_server(folder, storage, f"{sink}/hook") as (url, _pid):
         settle(sink)
-        return offer(url, sink, folder, rate, seconds, 90_000_000)
+        return offer(url, sink, folder, rate, seconds, 1_000_000)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,14 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             database = stack.enter_context(postgres_database(server)) if server else None
             top = bare_max(folder, database, args.seconds)
             print(f"\n{backend}: bare durable route maximum {top:,.0f} req/s (wrk, 64 conns)")
-            storage = database or f"sqlite:///{folder / 'e2e.db'}"
-            found = search(storage, folder, sink, top, args.seconds)
-            fresh = (
-                stack.enter_context(postgres_database(server, "_half"))
-                if server
-                else f"sqlite:///{folder / 'e2e-half.db'}"
-            )
-            half = latency_at(fresh, folder, sink, max(found["held"] / 2, 10), args.seconds)
+            fresh = _fresh_stores(folder, server)
+            found = search(fresh, folder, sink, top, args.seconds)
+            half = step_at(fresh, folder, sink, max(found["held"] / 2, 10), args.seconds)
             ratio = found["held"] / top
             p50, p99 = percentile(half.latencies_ms, 0.5), percentile(half.latencies_ms, 0.99)
             summary.append(

@@ -230,8 +230,8 @@ class Processor:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         # payloads per transaction: enough to amortize statements and commits; few enough that
-        # the dispatcher's claims and records, queued behind it on the same writer, wait
-        # milliseconds, not tens of them (256 held deliveries back a second under load)
+        # the dispatcher's claims and records waiting for the same writer wait milliseconds, not
+        # tens of them (`Stage` chooses per backend)
         batch: int = 64,
         idle_poll: float = 0.005,
         on_deliveries: Callable[[], None] | None = None,

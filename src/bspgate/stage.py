@@ -90,8 +90,11 @@ class Stage:
         wake = self.dispatcher.wake if self.dispatcher is not None else on_deliveries
         if hasattr(store, "listen"):
             wake = None  # every replica's dispatcher hears the NOTIFY alike (see start)
+        # SQLite: batches of 64, since the dispatcher waits for the file's write lock while a
+        # batch holds it; PostgreSQL: 256, since there a batch costs round trips, not a lock
+        batch = 64 if settings.storage.startswith("sqlite:") else 256
         self.processor = (
-            Processor(store, rules, clock=clock, on_deliveries=wake, metrics=metrics)
+            Processor(store, rules, clock=clock, batch=batch, on_deliveries=wake, metrics=metrics)
             if process
             else None
         )
