@@ -37,8 +37,7 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def _read_body(request: Request, declared: str | None, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
     # ASGI messages read directly: `request.stream()` is an async generator, whose per-request
@@ -88,10 +87,13 @@ async def receive_webhook(request: Request) -> Response:
         return _unknown_channel(channel_id)
     started = time.perf_counter()
     # W3C trace context: carried onto the events and their deliveries, and on this path's logs
-    traceparent = traceparent_for(request.headers.get("traceparent"))
+    headers = _headers(request)  # once: the body limit, the trace context and the verifier read it
+    traceparent = traceparent_for(headers.get("traceparent"))
     log = _log.bind(channel=channel.id, provider=channel.provider, traceparent=traceparent)
     try:
-        body = await _read_body(request, gateway.settings.server.max_body_bytes)
+        body = await _read_body(
+            request, headers.get("content-length"), gateway.settings.server.max_body_bytes
+        )
     except _TooLarge:
         gateway.metrics.webhooks.labels(channel.id, "too_large").inc()
         return problem_response(
@@ -102,7 +104,6 @@ async def receive_webhook(request: Request) -> Response:
         )
     except ClientDisconnect:
         return Response(status_code=400)
-    headers = _headers(request)
     content_type = headers.get("content-type", "")
     signed = SignedRequest(
         method=request.method,
