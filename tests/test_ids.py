@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
 
+from bspgate import ids
 from bspgate.ids import new_id, ulid_text
 
 
@@ -46,3 +48,33 @@ def test_the_extremes_encode_like_the_oracle() -> None:
         for milliseconds in (0, 2**48 - 1):
             expected = str(ULID.from_bytes(milliseconds.to_bytes(6, "big") + randomness))
             assert ulid_text(milliseconds, randomness) == expected
+
+
+def test_random_bytes_never_hand_out_the_same_bytes_twice() -> None:
+    # across several refills of the 4 KiB pool, and for a take larger than the pool
+    taken = [ids.random_bytes(10) for _ in range(2_000)] + [ids.random_bytes(5_000)]
+    assert all(len(chunk) == 10 for chunk in taken[:-1])
+    assert len(taken[-1]) == 5_000
+    assert len(set(taken)) == len(taken)
+
+
+def test_random_bytes_are_safe_across_threads() -> None:
+    def mint() -> list[bytes]:
+        return [ids.random_bytes(10) for _ in range(5_000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        chunks = [c for batch in pool.map(lambda _: mint(), range(4)) for c in batch]
+    assert len(set(chunks)) == len(chunks) == 20_000
+
+
+def test_a_forked_child_does_not_repeat_its_parents_bytes() -> None:
+    ids.random_bytes(10)  # the pool is filled before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what it mints next, to the parent
+        os.write(write, ids.random_bytes(10))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 10)
+    os.waitpid(pid, 0)
+    assert child != ids.random_bytes(10)

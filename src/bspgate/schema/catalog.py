@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import secrets
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bspgate.ids import random_bytes
 from bspgate.problems import problem_response
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -41,7 +41,7 @@ def traceparent_for(header: str | None) -> str:
         match = _TRACEPARENT.match(header.strip().lower())
         if match and set(match.group(1)) != {"0"} and set(match.group(2)) != {"0"}:
             return header.strip().lower()
-    ids = secrets.token_hex(24)  # trace id (16 bytes) and parent id (8 bytes), one read
+    ids = random_bytes(24).hex()  # trace id (16 bytes) and parent id (8 bytes)
     return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
