@@ -248,6 +248,10 @@ class Processor:
         self._parsed: dict[str, Any] = {}
         # payloads that could not even be quarantined (the store refused): skipped until restart
         self._stuck: set[str] = set()
+        # processed, their inbox rows (SQLite under `serve`) being deleted while the next batch
+        # runs: skipped by the next reads until the delete commits
+        self._settling: set[str] = set()
+        self._settle_tasks: set[asyncio.Task[None]] = set()
         self.processed = 0
         self.running = False
 
@@ -280,7 +284,13 @@ class Processor:
         try:
             await self._loop()
         finally:
+            await self.settled()
             self.running = False
+
+    async def settled(self) -> None:
+        """Wait for the inbox deletes still running (shutdown, tests)."""
+        while self._settle_tasks:
+            await asyncio.gather(*self._settle_tasks, return_exceptions=True)
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -304,11 +314,13 @@ class Processor:
         total = 0
         while done := await self.run_once():
             total += done
+        await self.settled()
         return total
 
     async def run_once(self) -> int:
-        raws: list[RawRecord] = await self.store.received(self.batch + len(self._stuck))
-        raws = [raw for raw in raws if raw.id not in self._stuck][: self.batch]
+        skipped = self._stuck | self._settling
+        raws: list[RawRecord] = await self.store.received(self.batch + len(skipped))
+        raws = [raw for raw in raws if raw.id not in skipped][: self.batch]
         if not raws:
             return 0
         prepared = [map_raw(self.rules, raw, self._parsed.pop(raw.id, None)) for raw in raws]
@@ -345,9 +357,31 @@ class Processor:
                         self._stuck.add(item.raw.id)
                         _log.error("processing.stuck", raw_id=item.raw.id,
                                    error=failure_reason(again))  # fmt: skip
-        await self.store.settle_received([raw.id for raw in raws])
+        self._settle_inbox([raw.id for raw in raws])
         self._settle(outcomes)
         return len(outcomes)
+
+    def _settle_inbox(self, raw_ids: list[str]) -> None:
+        """Delete processed payloads from the inbox while the next batch is read and mapped.
+
+        The batch is committed already; the delete only tidies the inbox (a payload found in
+        both after a crash is only deleted), so the next round need not wait for its commit.
+        """
+        if not self.store.inboxed:
+            return
+        self._settling.update(raw_ids)
+
+        async def settle() -> None:
+            try:
+                await self.store.settle_received(raw_ids)
+            except Exception as exc:  # read again next round: found processed, deleted then
+                _log.warning("processing.inbox_delete_failed", error=failure_reason(exc))
+            finally:
+                self._settling.difference_update(raw_ids)
+
+        task = asyncio.create_task(settle())
+        self._settle_tasks.add(task)
+        task.add_done_callback(self._settle_tasks.discard)
 
     async def _transact(
         self, prepared: list[Prepared], poisoned: dict[str, str] | None = None
