@@ -1,6 +1,6 @@
 """Generated code for JMESPath built-ins, multi-selects and `!` agrees with the interpreter.
 
-`codegen.py` now writes `contains` (a literal list as a constant, any other subject through the
+`codewriter.py` now writes `contains` (a literal list as a constant, any other subject through the
 interpreter's own function table), `starts_with`, every other built-in (`to_string`, …) as a
 call of that table, `[a, b]` and `{k: a}`, and inline truthiness for `!`, `&&` and `||`. Each is
 compared here with `jmespath`'s interpreter (our functions registered) on ordinary and odd
@@ -25,10 +25,10 @@ from bspgate.errors import MappingError
 from bspgate.mapping.codegen import (
     FALLBACK,
     _define,
-    _Writer,
     compile_checks,
     compile_condition,
 )
+from bspgate.mapping.codewriter import _Writer
 from bspgate.mapping.engine import _levels, apply_mapping
 from bspgate.mapping.expression import _OPTIONS, compile_expression, truthy
 from bspgate.mapping.loader import MappingSpec, load_mapping, mapping_names
