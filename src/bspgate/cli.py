@@ -117,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tune_gc,
     )
 
-    configure_logging(args.log_level, cache=True)
+    configure_logging(args.log_level, cache=True, buffered=True)
     log = structlog.get_logger("bspgate.serve")
     os.environ["BSPGATE_LOG_LEVEL"] = args.log_level  # the worker process logs alike
     settings = _settings(args)

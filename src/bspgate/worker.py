@@ -114,15 +114,17 @@ def worker_main(settings: Settings, role: str, parent: int, log_level: str, fold
     # the GIL back after a statement waits for the other to give it up, by default for up to
     # 5 ms each time: with many short statements a round, that wait was most of the writer's time.
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
-    from bspgate.logging import configure_logging
+    from bspgate.logging import configure_logging, flush_logs
 
-    configure_logging(log_level, cache=True)
+    configure_logging(log_level, cache=True, buffered=True)
     try:
         import uvloop
 
         uvloop.run(_serve(settings, role, parent, folder))
     except ImportError:  # pragma: no cover (uvloop is a dependency of uvicorn[standard])
         asyncio.run(_serve(settings, role, parent, folder))
+    finally:
+        flush_logs()  # a spawned process leaves through os._exit: no atexit handlers run
 
 
 class WorkerProcess:
