@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from bspgate import processing
 from bspgate.app import load_channel_mappings
 from bspgate.ids import new_id
 from bspgate.processing import Processor, Rules
@@ -118,5 +119,36 @@ async def test_a_failed_inbox_delete_is_done_again_without_processing_twice(
         assert await _inbox_ids(store) == []
         assert (await _counts(store)).get("events") == events
         assert (await _counts(store)).get("raw_processed") == 3
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_payload_that_can_be_neither_processed_nor_quarantined_stays_in_the_inbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStore(tmp_path / "gw.db", shared=True)
+    await store.open()
+    try:
+        raws = [_raw(n) for n in range(3)]
+        for raw in raws:
+            await store.accept(raw)
+        broken = raws[1].id
+        real = processing.process_batch
+
+        def failing(tx: Any, *args: Any, **kwargs: Any) -> Any:
+            if any(item.raw.id == broken for item in kwargs["batch"]):
+                raise RuntimeError("a bug, and the quarantine insert fails the same way")
+            return real(tx, *args, **kwargs)
+
+        monkeypatch.setattr(processing, "process_batch", failing)
+        processor = _processor(tmp_path, store, batch=10)
+        assert await asyncio.wait_for(processor.run_once(), 10) == 2
+        await processor.settled()
+        # the other two are processed and gone from the inbox; the stuck one is kept there,
+        # skipped until a restart reads it again
+        assert await _inbox_ids(store) == [broken]
+        assert (await _counts(store)).get("raw_processed") == 2
+        assert await processor.run_once() == 0
     finally:
         await store.close()

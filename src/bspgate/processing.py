@@ -357,7 +357,8 @@ class Processor:
                         self._stuck.add(item.raw.id)
                         _log.error("processing.stuck", raw_id=item.raw.id,
                                    error=failure_reason(again))  # fmt: skip
-        self._settle_inbox([raw.id for raw in raws])
+        # a stuck payload is still only in the inbox: deleting it there would lose it
+        self._settle_inbox([raw.id for raw in raws if raw.id not in self._stuck])
         self._settle(outcomes)
         return len(outcomes)
 
