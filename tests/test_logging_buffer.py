@@ -27,8 +27,8 @@ from tests.production.helpers import serving, write_config
 @pytest.fixture(autouse=True)
 def default_structlog() -> Iterator[None]:
     yield
+    configure_logging("info")  # unbuffered again: the buffer's writer is closed
     structlog.reset_defaults()
-    flush_logs()
 
 
 def _events(text: str) -> list[str]:
@@ -91,6 +91,18 @@ def test_configured_buffered_logging_keeps_levels_apart(
     log.info("delivery.delivered")
     flush_logs()
     assert _events(capsys.readouterr().err) == ["delivery.delivered"]
+
+
+def test_configuring_unbuffered_again_writes_what_waits_and_stops_buffering(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info", json=True, buffered=True)
+    structlog.get_logger("test").info("waiting")
+    configure_logging("info", json=True)
+    assert _events(capsys.readouterr().err) == ["waiting"]
+    assert bspgate_logging._writer is None
+    structlog.get_logger("test").info("at once")
+    assert _events(capsys.readouterr().err) == ["at once"]
 
 
 def test_uvicorns_lines_keep_their_place_among_bspgates(

@@ -259,13 +259,15 @@ def flush_logs() -> None:
         _writer.flush()
 
 
+atexit.register(flush_logs)  # a normal exit writes what waits (no-op when nothing is buffered)
+
+
 def _buffered_writer() -> LineWriter:
     global _writer
     if _writer is None or _writer.stream is not sys.stderr:
         if _writer is not None:
             _writer.close()
         _writer = LineWriter(sys.stderr)
-        atexit.register(flush_logs)
     return _writer
 
 
@@ -284,10 +286,14 @@ def configure_logging(
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     if json is None:
         json = not sys.stderr.isatty()
+    global _writer
     factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
     if buffered:
         logger = _BufferedLogger(_buffered_writer())
         factory = lambda *_args: logger  # noqa: E731 (one logger for every name)
+    elif _writer is not None:  # configured again unbuffered (tests): every line at once now
+        _writer.close()
+        _writer = None
     structlog.configure(
         processors=_processors(json),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
