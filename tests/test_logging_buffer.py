@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from bspgate import logging as bspgate_logging
-from bspgate.logging import FLUSH_EVERY, LineHandler, LineWriter, configure_logging, flush_logs
+from bspgate.logging import LineHandler, LineWriter, configure_logging, flush_logs
 from tests.production.helpers import serving, write_config
 
 
@@ -133,4 +133,3 @@ def test_serve_writes_every_buffered_line_when_it_stops(tmp_path: Path) -> None:
     events = _events(served.stderr)
     assert "bspgate.started" in events
     assert events.count("http.request") >= 5  # the health checks' access lines
-    assert FLUSH_EVERY < 1

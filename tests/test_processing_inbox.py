@@ -62,6 +62,15 @@ async def _counts(store: SqliteStore) -> dict[str, Any]:
     return await store.read(lambda tx: tx.counts())
 
 
+async def _accepted(store: SqliteStore, count: int) -> list[RawRecord]:
+    """Open `store` and accept `count` payloads into its inbox, as the server does."""
+    await store.open()
+    raws = [_raw(n) for n in range(count)]
+    for raw in raws:
+        await store.accept(raw)
+    return raws
+
+
 def _processor(tmp_path: Path, store: SqliteStore, batch: int) -> Processor:
     settings = make_settings(tmp_path)
     return Processor(store, Rules(settings, load_channel_mappings(settings)), batch=batch)
@@ -72,11 +81,8 @@ async def test_the_next_batch_runs_while_the_last_ones_inbox_rows_are_deleted(
     tmp_path: Path,
 ) -> None:
     store = SlowInbox(tmp_path / "gw.db")
-    await store.open()
+    raws = await _accepted(store, 6)
     try:
-        raws = [_raw(n) for n in range(6)]
-        for raw in raws:
-            await store.accept(raw)
         processor = _processor(tmp_path, store, batch=3)
         # two batches back to back, the first one's delete still waiting (a processor that
         # waited for it would not return)
@@ -100,11 +106,8 @@ async def test_a_failed_inbox_delete_is_done_again_without_processing_twice(
     tmp_path: Path,
 ) -> None:
     store = SlowInbox(tmp_path / "gw.db")
-    await store.open()
+    await _accepted(store, 3)
     try:
-        raws = [_raw(n) for n in range(3)]
-        for raw in raws:
-            await store.accept(raw)
         processor = _processor(tmp_path, store, batch=10)
         assert await asyncio.wait_for(processor.run_once(), 10) == 3
         store.fail = True
@@ -128,11 +131,8 @@ async def test_a_payload_that_can_be_neither_processed_nor_quarantined_stays_in_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = SqliteStore(tmp_path / "gw.db", shared=True)
-    await store.open()
+    raws = await _accepted(store, 3)
     try:
-        raws = [_raw(n) for n in range(3)]
-        for raw in raws:
-            await store.accept(raw)
         broken = raws[1].id
         real = processing.process_batch
 

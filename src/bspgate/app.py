@@ -172,9 +172,7 @@ async def store_counts(store: Store) -> tuple[dict[str, int], str | None]:
     counts, oldest = await store.read(lambda tx: (tx.counts(), tx.oldest_undelivered()))
     inbox = getattr(store, "inbox", None)
     if inbox is not None:
-        counts["raw_received"] = await inbox.read(
-            lambda tx: tx.one("SELECT COUNT(*) FROM inbox")[0]
-        )
+        counts["raw_received"] = await inbox.read(lambda tx: tx.inbox_count())
     return counts, oldest
 
 

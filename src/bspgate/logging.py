@@ -278,15 +278,14 @@ def configure_logging(
 
     `json`: default, JSON unless stderr is a terminal. `buffered`: INFO and DEBUG lines go
     through a `LineWriter` (`serve` and its workers; see the module docstring). `cache`: each
-    logger keeps the
-    configuration it first logged with (saves a re-bind per line on the hot paths of `serve` and
-    its worker); off by default, since a logger used before a later `configure` (tests capturing
-    logs) would keep the old one.
+    logger keeps the configuration it first logged with (saves a re-bind per line on the hot
+    paths of `serve` and its workers); off by default, since a logger used before a later
+    `configure` (tests capturing logs) would keep the old one.
     """
+    global _writer
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     if json is None:
         json = not sys.stderr.isatty()
-    global _writer
     factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
     if buffered:
         logger = _BufferedLogger(_buffered_writer())

@@ -4,8 +4,8 @@
 background: the processor (received raw payloads -> events, identity, outbox), the dispatcher
 (which owns how it dispatches) and, with `retention:` set, the purger of expired rows.
 `bspgate.worker` runs one in a process of its own under `bspgate serve`; `create_app` runs one
-in-process otherwise. Also here: the store and the
-mappings the settings name, which both processes build alike.
+in-process otherwise. Also here: the store and the mappings the settings name, which every
+process builds alike.
 """
 
 from __future__ import annotations

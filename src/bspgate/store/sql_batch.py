@@ -120,6 +120,10 @@ class BatchQueries(SqlBase):
         rows = self.all(f"SELECT {_RAW_COLUMNS} FROM inbox ORDER BY seq LIMIT ?", (limit,))
         return [RawRecord(*[*r[:5], bytes(r[5]), *r[6:]]) for r in rows]
 
+    def inbox_count(self) -> int:
+        """Payloads waiting in the SQLite inbox database (accepted, not yet processed)."""
+        return int(self.one("SELECT COUNT(*) FROM inbox")[0])
+
     def drop_inbox(self, raw_ids: Sequence[str]) -> None:
         for part in chunks(raw_ids):
             self.execute(f"DELETE FROM inbox WHERE id IN ({', '.join('?' * len(part))})", part)
