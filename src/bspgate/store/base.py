@@ -14,6 +14,14 @@ from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
+# Group commit at moderate rates (`serve`: the SQLite inbox, PostgreSQL's accepts): a flush that
+# finds fewer than `LINGER_BELOW` webhooks waiting waits `ACCEPT_LINGER` seconds for more before
+# it commits. Each commit is an fsync and a wake-up of a thread; at 700-1,800 webhooks/s most
+# commits held one or two webhooks, and the server spent a fifth of its CPU on them
+# (docs/performance.md). Under saturation batches are larger and nothing waits.
+ACCEPT_LINGER = 0.002
+LINGER_BELOW = 16
+
 
 @dataclass(slots=True)
 class ContactRow:

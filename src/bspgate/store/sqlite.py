@@ -35,6 +35,7 @@ import fcntl
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +43,7 @@ from typing import Any, TypeVar
 import structlog
 
 from bspgate.errors import StoreError
-from bspgate.store.base import RawRecord
+from bspgate.store.base import ACCEPT_LINGER, LINGER_BELOW, RawRecord
 from bspgate.store.migrate import apply_migrations, schema_current
 from bspgate.store.sql import SqlTx
 
@@ -53,13 +54,17 @@ _log = structlog.get_logger("bspgate.store")
 _Item = tuple[Callable[[SqlTx], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+_Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _settle_all(answers: list[_Answer]) -> None:
+    for future, result, error in answers:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 _WAL_LIMIT = 64 * 2**20  # bytes the WAL file is cut back to after a complete checkpoint
@@ -121,14 +126,18 @@ class SqliteStore:
         *,
         shared: bool = False,
         _schema: Callable[[SqlTx], None] | None = None,
+        linger: float = 0.0,
     ) -> None:
         self.path = str(path)
+        self._linger = linger
         self.shared = shared and self.path != ":memory:"
         self._schema = _schema or _migrate
         self._raw_table = "inbox" if _schema is not None else "raw_payloads"
         self.inbox: SqliteStore | None = None
         if self.shared and _schema is None:
-            self.inbox = SqliteStore(self.path + "-inbox", shared=True, _schema=_inbox_schema)
+            self.inbox = SqliteStore(
+                self.path + "-inbox", shared=True, _schema=_inbox_schema, linger=ACCEPT_LINGER
+            )
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -242,15 +251,11 @@ class SqliteStore:
                 if item is None:
                     break
                 batch = [item]
-                while len(batch) < _BATCH:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        self._queue.put(None)
-                        break
-                    batch.append(more)
+                self._take(batch)
+                if self._linger and len(batch) < LINGER_BELOW and isinstance(item[0], _Accept):
+                    # a few webhooks at a time: wait a moment for more to share the commit
+                    time.sleep(self._linger)
+                    self._take(batch)
                 if self._lock_file is None:
                     self._commit(conn, tx, batch)
                     continue
@@ -263,6 +268,18 @@ class SqliteStore:
             conn.close()
             if self._lock_file is not None:
                 self._lock_file.close()
+
+    def _take(self, batch: list[_Item]) -> None:
+        """Add what is queued now to `batch` (up to `_BATCH`); leaves the stop sentinel queued."""
+        while len(batch) < _BATCH:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if more is None:
+                self._queue.put(None)
+                return
+            batch.append(more)
 
     def _commit(self, conn: sqlite3.Connection, tx: SqlTx, batch: list[_Item]) -> None:
         outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(batch)
@@ -300,10 +317,14 @@ class SqliteStore:
             _log.error("store.commit_failed", error=str(exc), batch=len(batch))
             failure = StoreError(f"commit failed: {exc}")
             outcomes = [(None, failure)] * len(batch)
+        # one hand-over per event loop, not per caller: each wakes that loop
+        answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
         for (_work, future, loop), (result, error) in zip(batch, outcomes, strict=True):
+            answers.setdefault(loop, []).append((future, result, error))
+        for loop, settled in answers.items():
             # RuntimeError: the caller's loop is gone (shutdown); nothing waits for the answer
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, future, result, error)
+                loop.call_soon_threadsafe(_settle_all, settled)
 
 
 class _Accept:
