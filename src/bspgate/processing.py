@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -55,6 +56,10 @@ from bspgate.times import iso
 
 _log = structlog.get_logger("bspgate.processing")
 OUTBOX_CHANNEL = "bspgate_outbox"  # PostgreSQL NOTIFY channel: new outbox rows
+# `serve`'s workers: the shortest time between the starts of two processing rounds that found
+# less than a full batch. Every round costs its statements, a commit and an fsync however few
+# payloads it holds; at moderate rates rounds held a handful each (docs/performance.md).
+ROUND_LINGER = 0.005
 _PROCESS_LOCK = 7_206_102_312  # pg_advisory_xact_lock key: one replica processes at a time
 
 
@@ -236,11 +241,15 @@ class Processor:
         idle_poll: float = 0.005,
         on_deliveries: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
+        linger: float = 0.0,
     ) -> None:
+        """`linger`: after a round that found fewer than `batch` payloads, the next round starts
+        no sooner than this many seconds after it began (`serve`: `ROUND_LINGER`), so payloads
+        arriving meanwhile share its transaction instead of each paying a commit."""
         self.store, self.rules, self.clock = store, rules, clock
         self.metrics = metrics
         self.drift = DriftReporter(rules.settings.subscribers)
-        self.batch, self.idle_poll = batch, idle_poll
+        self.batch, self.idle_poll, self.linger = batch, idle_poll, linger
         self.on_deliveries = on_deliveries
         self._wake = asyncio.Event()
         self._stopping = False
@@ -294,6 +303,7 @@ class Processor:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            began = time.monotonic()
             try:
                 done = await self.run_once()
             except StoreError as exc:
@@ -304,6 +314,9 @@ class Processor:
                 _log.exception("processing.round_failed")
                 done = 0
                 await asyncio.sleep(0.5)
+            rest = self.linger - (time.monotonic() - began)
+            if 0 < done < self.batch and rest > 0 and not self._stopping:
+                await asyncio.sleep(rest)
             if done == 0 and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll)

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 
 from bspgate.config import Settings
 from bspgate.delivery.transport import Poster
-from bspgate.delivery.worker import Dispatcher, dispatcher_owner
+from bspgate.delivery.worker import DELIVERY_LINGER, Dispatcher, dispatcher_owner
 from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
-from bspgate.processing import OUTBOX_CHANNEL, Processor, Rules
+from bspgate.processing import OUTBOX_CHANNEL, ROUND_LINGER, Processor, Rules
 from bspgate.retention import Purger
 from bspgate.store.base import Store
 
@@ -36,7 +36,7 @@ def open_store(settings: Settings, *, shared: bool = False) -> Store:
     if settings.storage.startswith("sqlite:"):
         from bspgate.store.sqlite import SqliteStore
 
-        return SqliteStore.from_dsn(settings.storage, shared=shared)
+        return SqliteStore.from_dsn(settings.storage, shared=shared)  # its inbox lingers
     from bspgate.store.postgres import PostgresStore
 
     return PostgresStore(settings.storage)
@@ -69,10 +69,14 @@ class Stage:
         *,
         process: bool = True,
         on_deliveries: Callable[[], None] | None = None,
+        linger: bool = False,
     ) -> None:
         """`process`/`dispatch`: which of the two this stage runs (`serve` gives each its own
         process). `on_deliveries`: what tells a dispatcher elsewhere that processing stored
         deliveries (a `bspgate.wake.WakeSender`); this stage's own dispatcher is told directly.
+        `linger`: rounds and claims that find little wait a few milliseconds for more
+        (`ROUND_LINGER`, `DELIVERY_LINGER`): `serve`'s workers trade that latency for fewer
+        commits; in-process stages (tests, `create_app`) answer as soon as they can.
         """
         self.store, self.settings, self.clock, self.poster = store, settings, clock, poster
         self.dispatcher = (
@@ -83,6 +87,7 @@ class Stage:
                 metrics,
                 clock=clock,
                 owner=dispatcher_owner(settings),
+                linger=DELIVERY_LINGER if linger else 0.0,
             )
             if dispatch
             else None
@@ -94,7 +99,15 @@ class Stage:
         # batch holds it; PostgreSQL: 256, since there a batch costs round trips, not a lock
         batch = 64 if settings.storage.startswith("sqlite:") else 256
         self.processor = (
-            Processor(store, rules, clock=clock, batch=batch, on_deliveries=wake, metrics=metrics)
+            Processor(
+                store,
+                rules,
+                clock=clock,
+                batch=batch,
+                on_deliveries=wake,
+                metrics=metrics,
+                linger=ROUND_LINGER if linger else 0.0,
+            )
             if process
             else None
         )

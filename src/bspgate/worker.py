@@ -76,6 +76,7 @@ async def _serve(settings: Settings, role: str, parent: int, folder: str) -> Non
         metrics,
         process=role == PROCESS,
         on_deliveries=sender,
+        linger=True,
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

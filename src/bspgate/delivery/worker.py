@@ -53,6 +53,10 @@ from bspgate.store.base import DeliveryJob
 _log = structlog.get_logger("bspgate.delivery")
 CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+# `serve`'s delivery worker: see `Dispatcher`'s `linger`. At moderate rates claims found a few
+# rows each and the recorder committed one or two results at a time (docs/performance.md).
+DELIVERY_LINGER = 0.003
+_RECORD_BELOW = 16
 EXPIRE_EVERY = 60.0  # seconds between sweeps of held deliveries that never gained a phone
 
 
@@ -129,7 +133,12 @@ class Dispatcher:
         idle_poll: float = 1.0,
         owner: str | None = None,
         lease: float | None = None,
+        linger: float = 0.0,
     ) -> None:
+        """`linger` (`serve`: `DELIVERY_LINGER`): a lane whose last claim was not full claims
+        again no sooner than this many seconds after it, and the recorder, finding fewer than
+        `_RECORD_BELOW` results, waits as long for more, so rows share claims and commits."""
+        self.linger = linger
         self.store = store
         self.subscribers = {s.id: s for s in subscribers}
         # `lease` overrides the lease derived from each subscriber's timeout (tests only)
@@ -230,13 +239,20 @@ class Dispatcher:
     # -- lanes ------------------------------------------------------------------------------------
     async def _lane_loop(self, lane: Lane) -> None:
         refill = max(1, lane.subscriber.max_in_flight // 4)
+        partial_at = None  # when the last claim that was not full began
         while not self._stopping:
+            if partial_at is not None:
+                rest = self.linger - (time.monotonic() - partial_at)
+                if rest > 0:
+                    await asyncio.sleep(rest)
+                partial_at = None
             lane.changed.clear()
             if lane.posting and lane.free < refill:
                 # claim in batches: wait until a quarter of the slots are free (or all answer)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lane.changed.wait(), timeout=self.idle_poll)
                 continue
+            claimed_at = time.monotonic()
             try:
                 jobs = await self._claim(lane, self.batch)
                 size = lane.subscriber.batch_max
@@ -259,6 +275,8 @@ class Dispatcher:
                 wait = min(wait, max(lane.seconds_to_send(now), 0.005))
             if len(jobs) == self.batch and lane.free:
                 continue  # a full claim: there may be more due, claim again at once
+            if jobs and self.linger:
+                partial_at = claimed_at
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lane.changed.wait(), timeout=wait)
 
@@ -400,6 +418,8 @@ class Dispatcher:
         assert self._results is not None
         while True:
             results = [await self._results.get()]
+            if self.linger and self._results.qsize() < _RECORD_BELOW - 1:
+                await asyncio.sleep(self.linger)  # more answers arrive meanwhile
             while not self._results.empty() and len(results) < 1024:
                 results.append(self._results.get_nowait())
             self._recording = True  # `run()` returns only once these are stored
