@@ -22,7 +22,7 @@ from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
 from bspgate.processing import OUTBOX_CHANNEL, ROUND_LINGER, Processor, Rules
 from bspgate.retention import Purger
-from bspgate.store.base import Store
+from bspgate.store.base import ACCEPT_LINGER, Store
 
 Clock = Callable[[], datetime]
 
@@ -39,7 +39,7 @@ def open_store(settings: Settings, *, shared: bool = False) -> Store:
         return SqliteStore.from_dsn(settings.storage, shared=shared)  # its inbox lingers
     from bspgate.store.postgres import PostgresStore
 
-    return PostgresStore(settings.storage)
+    return PostgresStore(settings.storage, linger=ACCEPT_LINGER if shared else 0.0)
 
 
 def load_channel_mappings(settings: Settings) -> dict[str, MappingSpec]:

@@ -35,9 +35,10 @@ import structlog
 from psycopg_pool import ConnectionPool
 
 from bspgate.errors import StoreError
-from bspgate.store.base import RawRecord
+from bspgate.store.base import LINGER_BELOW, RawRecord
 from bspgate.store.migrate import apply_migrations, schema_current
 from bspgate.store.sql import SqlTx
+from bspgate.store.sql_batch import ROWS
 
 T = TypeVar("T")
 _RETRIES = 10
@@ -58,7 +59,17 @@ def _configure(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 class PostgresStore:
     """The shared store. `dsn` is a `postgresql://` URL; `max_size` connections (and threads)."""
 
-    def __init__(self, dsn: str, *, max_size: int = 8, connect_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_size: int = 8,
+        connect_timeout: float = 30.0,
+        linger: float = 0.0,
+    ) -> None:
+        """`linger` (`serve`: `base.ACCEPT_LINGER`): a flush that finds fewer than `LINGER_BELOW`
+        webhooks waiting waits this many seconds for more to share its transaction."""
+        self._linger = linger
         self.dsn = dsn.replace("postgres://", "postgresql://", 1)
         self._connect_timeout = connect_timeout  # how long open() waits for the server
         self._pool: ConnectionPool | None = None
@@ -116,16 +127,16 @@ class PostgresStore:
             await asyncio.to_thread(self._pool.close)
             self._pool = None
 
-    def _run(self, work: Callable[[SqlTx], T], read_only: bool) -> T:
+    def _run(self, work: Callable[[SqlTx], T], read_only: bool, alone: bool = False) -> T:
         if self._pool is None:
             raise StoreError("the store is not open")
         for attempt in range(_RETRIES):
             try:
-                with (
-                    self._pool.connection() as conn,
-                    conn.transaction(force_rollback=read_only),
-                ):
-                    return work(SqlTx(conn, "format"))
+                with self._pool.connection() as conn:
+                    if alone:
+                        return _autocommitted(conn, work)
+                    with conn.transaction(force_rollback=read_only):
+                        return work(SqlTx(conn, "format"))
             except _CONFLICTS as exc:
                 if attempt == _RETRIES - 1:
                     raise StoreError(f"transaction kept conflicting: {exc}") from exc
@@ -137,11 +148,16 @@ class PostgresStore:
                 raise StoreError(f"PostgreSQL failed: {exc}") from exc
         raise StoreError("unreachable")  # pragma: no cover
 
-    async def _submit(self, work: Callable[[SqlTx], T], read_only: bool) -> T:
+    async def _submit(self, work: Callable[[SqlTx], T], read_only: bool, alone: bool = False) -> T:
         if self._executor is None:
             raise StoreError("the store is not open")
-        call = functools.partial(self._run, work, read_only)
+        call = functools.partial(self._run, work, read_only, alone)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def statement(self, work: Callable[[SqlTx], T]) -> T:
+        """`work` that runs ONE statement: outside a transaction (autocommit), which saves the
+        BEGIN and the COMMIT, two of its three round trips. A single statement is atomic alone."""
+        return await self._submit(work, False, alone=True)
 
     async def transaction(self, work: Callable[[SqlTx], T]) -> T:
         return await self._submit(work, False)
@@ -174,7 +190,7 @@ class PostgresStore:
 
     async def received(self, limit: int) -> list[RawRecord]:
         """Accepted payloads not yet processed, in arrival order."""
-        return await self.read(lambda tx: tx.received_raws(limit))
+        return await self.statement(lambda tx: tx.received_raws(limit))  # polled: one SELECT
 
     async def settle_received(self, raw_ids: list[str]) -> None:
         """Nothing to do: processing updated the rows in place."""
@@ -196,10 +212,12 @@ class PostgresStore:
     async def _flush_accepts(self) -> None:
         try:
             while self._accepts:
-                batch, self._accepts = self._accepts[:512], self._accepts[512:]
+                if self._linger and len(self._accepts) < LINGER_BELOW:
+                    await asyncio.sleep(self._linger)  # a moment for more to share the commit
+                batch, self._accepts = self._accepts[:ROWS], self._accepts[ROWS:]
                 raws = [raw for raw, _ in batch]
-                try:
-                    await self.transaction(functools.partial(SqlTx.insert_raws, raws=raws))
+                try:  # one multi-row INSERT (`ROWS` at most): a statement alone
+                    await self.statement(functools.partial(SqlTx.insert_raws, raws=raws))
                 except Exception as exc:  # every waiter hears it: none was acknowledged
                     for _, future in batch:
                         if not future.done():
@@ -219,6 +237,14 @@ class PostgresStore:
             return await self.read(_schema_current)
         except Exception:  # the readiness probe reports, it does not raise
             return False
+
+
+def _autocommitted(conn: psycopg.Connection[tuple[object, ...]], work: Callable[[SqlTx], T]) -> T:
+    conn.autocommit = True
+    try:
+        return work(SqlTx(conn, "format"))
+    finally:
+        conn.autocommit = False  # what every other use of a pooled connection expects
 
 
 def _migrate(tx: SqlTx) -> None:

@@ -15,16 +15,14 @@ from bspgate.store.base import ContactRow, RawRecord
 from bspgate.store.sql_base import _C_COLUMNS as _CONTACT
 from bspgate.store.sql_base import SqlBase
 
-_ROWS = (
-    400  # rows per multi-row statement (<= 10 columns: well under SQLite's and psycopg's limits)
-)
+ROWS = 400  # rows per multi-row statement (<= 10 columns: well under SQLite's and psycopg's limits)
 _RAW_COLUMNS = (
     "id, channel_id, provider, received_at, content_type, body, state, reason, event_count, "
     "traceparent"
 )
 
 
-def chunks(rows: Sequence[Any], size: int = _ROWS) -> Iterator[Sequence[Any]]:
+def chunks(rows: Sequence[Any], size: int = ROWS) -> Iterator[Sequence[Any]]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
 
