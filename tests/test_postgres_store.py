@@ -135,3 +135,81 @@ async def test_racing_first_messages_of_one_bsuid_make_one_contact(postgres_dsn:
         assert count == 1
     finally:
         await store.close()
+
+
+# -- fewer round trips: one statement alone, pipelined writes ------------------------------------
+def _raw(n: int) -> Any:
+    from bspgate.store.base import RawRecord
+
+    return RawRecord(
+        id=f"raw_{n:026d}",
+        channel_id="cloud-us",
+        provider="cloudapi",
+        received_at=NOW,
+        content_type="application/json",
+        body=b"{}",
+        state="received",
+    )
+
+
+async def test_a_statement_alone_leaves_the_pooled_connection_transactional(
+    postgres_dsn: str,
+) -> None:
+    # one connection: what the autocommitted poll used is what the next transaction gets
+    store = PostgresStore(postgres_dsn, max_size=1)
+    await store.open()
+    try:
+        await store.accept(_raw(1))  # one multi-row INSERT, autocommitted
+        assert [raw.id for raw in await store.received(10)] == [_raw(1).id]
+        assert await store.transaction(lambda tx: tx.conn.autocommit) is False
+
+        def half_then_fail(tx: SqlTx) -> None:
+            tx.insert_raws([_raw(2)])
+            raise RuntimeError("after the first statement")
+
+        with pytest.raises(RuntimeError):
+            await store.transaction(half_then_fail)
+        # rolled back as a whole: the connection was not left in autocommit
+        assert [raw.id for raw in await store.received(10)] == [_raw(1).id]
+    finally:
+        await store.close()
+
+
+async def test_more_accepts_than_one_statement_holds_all_arrive(postgres_dsn: str) -> None:
+    from bspgate.store.sql_batch import ROWS
+
+    store = PostgresStore(postgres_dsn, linger=0.05)
+    await store.open()
+    try:
+        await asyncio.gather(*(store.accept(_raw(n)) for n in range(ROWS + 5)))
+        assert len(await store.received(ROWS * 2)) == ROWS + 5
+    finally:
+        await store.close()
+
+
+async def test_a_failing_statement_in_a_pipeline_rolls_back_the_transaction(
+    postgres_dsn: str,
+) -> None:
+    store = PostgresStore(postgres_dsn)
+    await store.open()
+    try:
+
+        def pipelined(tx: SqlTx) -> None:
+            with tx.pipelined():
+                tx.insert_raws([_raw(1)])
+                tx.insert_raws([_raw(1)])  # the same id again: refused at the block's end
+
+        with pytest.raises(StoreError):  # retried as a conflict, then given up
+            await store.transaction(pipelined)
+        assert await store.received(10) == []
+
+        def fine(tx: SqlTx) -> int:
+            with tx.pipelined():
+                tx.insert_raws([_raw(2)])
+                tx.insert_raws([_raw(3)])
+                rows = tx.all("SELECT id FROM raw_payloads ORDER BY id")  # reads what precedes
+            return len(rows)
+
+        assert await store.transaction(fine) == 2
+    finally:
+        await store.close()
