@@ -67,6 +67,7 @@ def test_ingest_logs_one_line_per_webhook(tmp_path: Path) -> None:
     assert line["log_level"] == "info"
     assert line["channel"] == "cloud-us"
     assert line["provider"] == "cloudapi"
+    assert line["traceparent"].startswith("00-")  # a new trace context: none was sent
     assert line["events"] == 1
     assert line["outcome"] == "processed"
     assert line["latency_ms"] >= 0

@@ -81,6 +81,18 @@ class Metrics:
         )
 
         self.peers: list[Path] = []  # other processes' rendered metrics, merged in
+        # channels and outcomes are both from closed sets (the configured channels, the answers)
+        self._webhook_children: dict[tuple[str, str], Any] = {}
+
+    def count_webhook(self, channel: str, outcome: str) -> None:
+        """One webhook answered: `webhooks{channel, outcome}` + 1 (the labelled child cached:
+        `labels()` validates and locks on every call, a few µs of every webhook)."""
+        child = self._webhook_children.get((channel, outcome))
+        if child is None:
+            child = self._webhook_children[(channel, outcome)] = self.webhooks.labels(
+                channel, outcome
+            )
+        child.inc()
 
     def count_unmapped(self, provider: str, field: str) -> None:
         """Count a field no rule reads; past `MAX_UNMAPPED_SERIES` names, as field="other".

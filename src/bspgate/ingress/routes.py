@@ -12,7 +12,7 @@ problem. This module holds no SQL and no mapping logic.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
@@ -28,6 +28,7 @@ from bspgate.problems import problem_response
 from bspgate.schema.catalog import traceparent_for
 
 if TYPE_CHECKING:
+    from bspgate.config import Channel
     from bspgate.context import GatewayContext
 
 _log = structlog.get_logger("bspgate.ingress")
@@ -73,6 +74,11 @@ def _headers(request: Request) -> dict[str, str]:
     }
 
 
+def _logger(channel: Channel, traceparent: str) -> Any:
+    """The logger of a webhook's rarer lines (refusals, handshakes), bound when one is logged."""
+    return _log.bind(channel=channel.id, provider=channel.provider, traceparent=traceparent)
+
+
 def _unknown_channel(channel_id: str) -> Response:
     return problem_response(
         404, "unknown_channel", "Unknown channel", f"no channel {channel_id!r} is configured"
@@ -89,13 +95,12 @@ async def receive_webhook(request: Request) -> Response:
     # W3C trace context: carried onto the events and their deliveries, and on this path's logs
     headers = _headers(request)  # once: the body limit, the trace context and the verifier read it
     traceparent = traceparent_for(headers.get("traceparent"))
-    log = _log.bind(channel=channel.id, provider=channel.provider, traceparent=traceparent)
     try:
         body = await _read_body(
             request, headers.get("content-length"), gateway.settings.server.max_body_bytes
         )
     except _TooLarge:
-        gateway.metrics.webhooks.labels(channel.id, "too_large").inc()
+        gateway.metrics.count_webhook(channel.id, "too_large")
         return problem_response(
             413,
             "body_too_large",
@@ -117,12 +122,14 @@ async def receive_webhook(request: Request) -> Response:
     except PayloadError as exc:
         # the signature covers the form fields, and the body holds no readable form (invalid
         # UTF-8, more than 1,000 fields): nothing can be checked, nothing is stored
-        gateway.metrics.webhooks.labels(channel.id, "unparseable").inc()
-        log.warning("webhook.unparseable", reason=str(exc), bytes=len(body), stage="verify")
+        gateway.metrics.count_webhook(channel.id, "unparseable")
+        _logger(channel, traceparent).warning(
+            "webhook.unparseable", reason=str(exc), bytes=len(body), stage="verify"
+        )
         return problem_response(400, "unparseable_body", "The body cannot be parsed", str(exc))
     except SignatureError as exc:
-        gateway.metrics.webhooks.labels(channel.id, exc.outcome).inc()
-        log.warning("webhook.unauthorized", reason=str(exc))
+        gateway.metrics.count_webhook(channel.id, exc.outcome)
+        _logger(channel, traceparent).warning("webhook.unauthorized", reason=str(exc))
         return problem_response(
             401,
             "invalid_signature",
@@ -131,8 +138,8 @@ async def receive_webhook(request: Request) -> Response:
             headers={"WWW-Authenticate": "Signature"},
         )
     except Exception as exc:  # a verifier bug must refuse, never answer 5xx, never accept
-        gateway.metrics.webhooks.labels(channel.id, "unauthorized").inc()
-        log.error("webhook.verify_failed", error=type(exc).__name__)
+        gateway.metrics.count_webhook(channel.id, "unauthorized")
+        _logger(channel, traceparent).error("webhook.verify_failed", error=type(exc).__name__)
         return problem_response(
             401,
             "invalid_signature",
@@ -143,28 +150,32 @@ async def receive_webhook(request: Request) -> Response:
     spec = gateway.mappings[channel.provider]
     uncovered = gateway.verifiers[channel.id].uncovered_body(signed)
     if uncovered:
-        gateway.metrics.webhooks.labels(channel.id, "unsupported_media_type").inc()
-        log.warning("webhook.unsigned_body", content_type=signed.content_type[:80])
+        gateway.metrics.count_webhook(channel.id, "unsupported_media_type")
+        _logger(channel, traceparent).warning(
+            "webhook.unsigned_body", content_type=signed.content_type[:80]
+        )
         return problem_response(415, "unsupported_media_type", "Body not covered", uncovered)
     try:
         payload = parse_payload(body, spec.parse)
     except PayloadError as exc:
-        gateway.metrics.webhooks.labels(channel.id, "unparseable").inc()
-        log.warning("webhook.unparseable", reason=str(exc), bytes=len(body))
+        gateway.metrics.count_webhook(channel.id, "unparseable")
+        _logger(channel, traceparent).warning(
+            "webhook.unparseable", reason=str(exc), bytes=len(body)
+        )
         return problem_response(400, "unparseable_body", "The body cannot be parsed", str(exc))
     validation: Response | None = None
     if "eventgrid_validation" in spec.handshakes:
         validation = handshake.eventgrid_validation(dict(signed.headers), payload)
         if validation is not None:
-            log.info("webhook.handshake", kind="eventgrid_validation")
+            _logger(channel, traceparent).info("webhook.handshake", kind="eventgrid_validation")
             if validation.status_code != 200 or not handshake.holds_other_events(payload):
                 return validation
             # v1.1: real events batched with the validation are ingested, then it is answered
     try:
         outcome = await gateway.ingest(channel, payload, body, content_type, traceparent)
     except StoreError as exc:
-        gateway.metrics.webhooks.labels(channel.id, "store_unavailable").inc()
-        log.error("webhook.store_unavailable", error=str(exc))
+        gateway.metrics.count_webhook(channel.id, "store_unavailable")
+        _logger(channel, traceparent).error("webhook.store_unavailable", error=str(exc))
         return problem_response(
             503,
             "store_unavailable",
@@ -173,13 +184,16 @@ async def receive_webhook(request: Request) -> Response:
             headers={"Retry-After": "5"},
         )
     elapsed = time.perf_counter() - started
-    gateway.metrics.webhooks.labels(channel.id, outcome.state).inc()
+    gateway.metrics.count_webhook(channel.id, outcome.state)
     gateway.metrics.ingest_seconds.observe(elapsed)
     # a quarantine is a warning: an operator has a payload to look at
     # this line is the request's access line too (status and latency): `RequestLog` adds none
     request.scope.setdefault("state", {})[ACCESS_LOGGED] = True
-    (log.warning if outcome.state == "quarantined" else log.info)(
+    (_log.warning if outcome.state == "quarantined" else _log.info)(
         "webhook.received",
+        channel=channel.id,  # as `_logger` binds them, without a bound logger per webhook
+        provider=channel.provider,
+        traceparent=traceparent,
         status=200,
         outcome=outcome.state,
         raw_id=outcome.raw_id,
@@ -193,7 +207,20 @@ async def receive_webhook(request: Request) -> Response:
         if stored:
             validation.headers["bspgate-raw-id"] = outcome.raw_id
         return validation
-    return Response(status_code=200, headers={"bspgate-raw-id": outcome.raw_id} if stored else None)
+    return _Stored(outcome.raw_id if stored else None)
+
+
+class _Stored(Response):
+    """The `200` of a stored webhook (its raw payload's id in `bspgate-raw-id`, no body): the
+    same headers as `Response(headers=...)`, without its header machinery on every webhook."""
+
+    def __init__(self, raw_id: str | None) -> None:
+        self.status_code = 200
+        self.body = b""
+        self.background = None
+        self.raw_headers = [(b"content-length", b"0")]
+        if raw_id is not None:
+            self.raw_headers.insert(0, (b"bspgate-raw-id", raw_id.encode()))
 
 
 _PREFIX = "/webhooks/"
