@@ -38,7 +38,7 @@ from bench.common import PYTHON, SUBSCRIBER_SECRET, child, free_port, postgres_d
 from bench.fill import event_body, fill_outbox
 from bspgate.config import settings_from_dict
 from bspgate.delivery.transport import AiohttpPoster
-from bspgate.delivery.worker import Dispatcher
+from bspgate.delivery.worker import DELIVERY_LINGER, Dispatcher
 from bspgate.logging import configure_logging
 from bspgate.metrics import Metrics
 from bspgate.serving import tune_gc
@@ -113,7 +113,13 @@ async def dispatcher_rate(store: Any, url: str, start: int, count: int) -> float
         # as `bspgate serve` runs it: the dispatcher's own loop (overlapping rounds)
         metrics = Metrics()
         dispatcher = Dispatcher(
-            store, subscribers(url), poster, metrics, batch=CONCURRENCY, idle_poll=0.01
+            store,
+            subscribers(url),
+            poster,
+            metrics,
+            batch=CONCURRENCY,
+            idle_poll=0.01,
+            linger=DELIVERY_LINGER,  # as `bspgate serve`'s delivery worker
         )
         sample = {"subscriber": "crm", "outcome": "delivered"}
         started, cpu = time.perf_counter(), time.process_time()
@@ -183,7 +189,7 @@ async def time_until(store: Any, subs: Any, count: int, fill: tuple[str, ...]) -
     """Seconds until subscriber `crm` has all `count` deliveries (the others may lag)."""
     await fill_outbox(store, 0, count, max(1, count // 4), time.time() - 1, fill)
     poster = AiohttpPoster()
-    dispatcher = Dispatcher(store, subs, poster, Metrics(), idle_poll=0.05)
+    dispatcher = Dispatcher(store, subs, poster, Metrics(), idle_poll=0.05, linger=DELIVERY_LINGER)
     started = time.perf_counter()
     task = dispatcher.start()
     try:
