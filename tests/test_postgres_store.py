@@ -137,7 +137,7 @@ async def test_racing_first_messages_of_one_bsuid_make_one_contact(postgres_dsn:
         await store.close()
 
 
-# -- fewer round trips: one statement alone, pipelined writes ------------------------------------
+# -- fewer round trips: one statement alone ------------------------------------------------------
 def _raw(n: int) -> Any:
     from bspgate.store.base import RawRecord
 
@@ -183,33 +183,5 @@ async def test_more_accepts_than_one_statement_holds_all_arrive(postgres_dsn: st
     try:
         await asyncio.gather(*(store.accept(_raw(n)) for n in range(ROWS + 5)))
         assert len(await store.received(ROWS * 2)) == ROWS + 5
-    finally:
-        await store.close()
-
-
-async def test_a_failing_statement_in_a_pipeline_rolls_back_the_transaction(
-    postgres_dsn: str,
-) -> None:
-    store = PostgresStore(postgres_dsn)
-    await store.open()
-    try:
-
-        def pipelined(tx: SqlTx) -> None:
-            with tx.pipelined():
-                tx.insert_raws([_raw(1)])
-                tx.insert_raws([_raw(1)])  # the same id again: refused at the block's end
-
-        with pytest.raises(StoreError):  # retried as a conflict, then given up
-            await store.transaction(pipelined)
-        assert await store.received(10) == []
-
-        def fine(tx: SqlTx) -> int:
-            with tx.pipelined():
-                tx.insert_raws([_raw(2)])
-                tx.insert_raws([_raw(3)])
-                rows = tx.all("SELECT id FROM raw_payloads ORDER BY id")  # reads what precedes
-            return len(rows)
-
-        assert await store.transaction(fine) == 2
     finally:
         await store.close()

@@ -201,30 +201,27 @@ def process_batch(
                 btx, rules.fanout.subscribers, raw, why, now=now_epoch, stamp=now
             )
         outcomes.append(outcome)
-    # the writes, sent together on PostgreSQL (one round trip, not one per statement):
-    # nothing below reads a row count, and the events' RETURNING waits for what precedes it
-    with tx.pipelined():
-        btx.flush()
-        if tx.dialect == "postgres" and any(o.deliveries for o in outcomes):
-            tx.execute(f"NOTIFY {OUTBOX_CHANNEL}")  # every replica's dispatcher (at commit)
-        if replay:
-            for outcome in outcomes:
-                if outcome.state == "duplicate":
-                    outcome.state = "processed"
-        finished = [
-            (o.raw_id, o.state, "; ".join(o.issues) or None, len(o.events) + o.duplicates)
-            for o in outcomes
-        ]
-        if inboxed:
-            raws = {p.raw.id: p.raw for p in batch}
-            tx.insert_raws(
-                [
-                    replace(raws[raw_id], state=state, reason=reason, event_count=count)
-                    for raw_id, state, reason, count in finished
-                ]
-            )
-        else:
-            tx.finish_raws(finished)
+    btx.flush()
+    if tx.dialect == "postgres" and any(o.deliveries for o in outcomes):
+        tx.execute(f"NOTIFY {OUTBOX_CHANNEL}")  # every replica's dispatcher (at commit)
+    if replay:
+        for outcome in outcomes:
+            if outcome.state == "duplicate":
+                outcome.state = "processed"
+    finished = [
+        (o.raw_id, o.state, "; ".join(o.issues) or None, len(o.events) + o.duplicates)
+        for o in outcomes
+    ]
+    if inboxed:
+        raws = {p.raw.id: p.raw for p in batch}
+        tx.insert_raws(
+            [
+                replace(raws[raw_id], state=state, reason=reason, event_count=count)
+                for raw_id, state, reason, count in finished
+            ]
+        )
+    else:
+        tx.finish_raws(finished)
     return outcomes
 
 

@@ -551,15 +551,13 @@ class Dispatcher:
         failing_since = {s: self.lanes[s].failing_since for s in was_failing}
 
         def record(tx: Any) -> tuple[dict[str, str], set[str]]:
-            with tx.pipelined():  # PostgreSQL: both in one round trip (no count is read)
-                tx.record_attempts(
-                    [
-                        (o.result.job.id, stamp, o.result.status, o.result.latency_ms,
-                         o.result.error)
-                        for o in outcomes
-                    ]
-                )  # fmt: skip
-                tx.finish_deliveries([self._finish_row(o, now, stamp) for o in outcomes])
+            tx.record_attempts(
+                [
+                    (o.result.job.id, stamp, o.result.status, o.result.latency_ms, o.result.error)
+                    for o in outcomes
+                ]
+            )
+            tx.finish_deliveries([self._finish_row(o, now, stamp) for o in outcomes])
             if unsent:
                 tx.release_claims([(job.id, job.token) for job in unsent])
             disabled, recovered = self._health(tx, healthy, was_failing, outcomes, now, stamp)

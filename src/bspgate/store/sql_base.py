@@ -7,10 +7,9 @@ groups live beside it (`sql_contacts`, `sql_outbox`, `sql_sends`) and `sql.SqlTx
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from bspgate.ids import new_id
 from bspgate.store.base import ContactRow, RawRecord, follow_merged, phone_holder_at
@@ -53,15 +52,6 @@ class SqlBase:
         if self._format:
             sql = sql.replace("?", "%s")
         return self.conn.execute(sql, params)
-
-    def pipelined(self) -> contextlib.AbstractContextManager[Any]:
-        """A block of statements sent together on PostgreSQL (psycopg's pipeline mode): one
-        round trip where each would wait for its answer. Reading rows (`fetch*`) inside waits for
-        what was sent so far; a statement's `rowcount` is not known until the block ends, so
-        use it only for statements whose count nothing reads. Elsewhere: statements as usual."""
-        if self._format:
-            return cast("contextlib.AbstractContextManager[Any]", self.conn.pipeline())
-        return contextlib.nullcontext()
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.execute(sql, params).fetchone()
