@@ -237,3 +237,21 @@ async def test_serves_workers_linger_and_in_process_stages_do_not(tmp_path: Path
         assert stage.dispatcher is not None
         assert (stage.processor.linger > 0) is linger
         assert (stage.dispatcher.linger > 0) is linger
+
+
+async def test_stopping_while_the_recorder_waits_still_records(tmp_path: Path) -> None:
+    # an answer taken by the recorder, which then waits for more: a stop must not drop it
+    # (the row would stay in flight and be sent again after a restart)
+    async with harness(tmp_path) as h:
+        dispatcher: Dispatcher = h.dispatcher
+        dispatcher.linger, dispatcher.idle_poll = 0.5, 0.01
+        await h.ingest(text_webhook("wamid.1", bsuid=bsuid(1), phone=None))
+        task = dispatcher.start()
+        for _ in range(500):
+            if h.receiver.requests:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the answer is with the recorder, which waits
+        dispatcher.stop()
+        await asyncio.wait_for(task, 10)
+        assert [row["state"] for row in await h.deliveries()] == ["delivered"]

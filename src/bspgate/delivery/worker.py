@@ -418,11 +418,11 @@ class Dispatcher:
         assert self._results is not None
         while True:
             results = [await self._results.get()]
+            self._recording = True  # `run()` returns only once these are stored
             if self.linger and self._results.qsize() < _RECORD_BELOW - 1:
                 await asyncio.sleep(self.linger)  # more answers arrive meanwhile
             while not self._results.empty() and len(results) < 1024:
                 results.append(self._results.get_nowait())
-            self._recording = True  # `run()` returns only once these are stored
             while True:
                 try:
                     await self._record(results)
