@@ -18,7 +18,9 @@ from bspgate.identity.resolver import IdentityResolver, Observation
 from bspgate.store.base import ContactRow
 from bspgate.store.postgres import PostgresStore
 from bspgate.store.sql import SqlTx
+from bspgate.store.sql_batch import ROWS
 from tests.store.pg import migrated_tx, with_database, with_search_path
+from tests.test_processing_inbox import _raw
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 NOW = "2026-04-02T10:00:00Z"
@@ -138,20 +140,6 @@ async def test_racing_first_messages_of_one_bsuid_make_one_contact(postgres_dsn:
 
 
 # -- fewer round trips: one statement alone ------------------------------------------------------
-def _raw(n: int) -> Any:
-    from bspgate.store.base import RawRecord
-
-    return RawRecord(
-        id=f"raw_{n:026d}",
-        channel_id="cloud-us",
-        provider="cloudapi",
-        received_at=NOW,
-        content_type="application/json",
-        body=b"{}",
-        state="received",
-    )
-
-
 async def test_a_statement_alone_leaves_the_pooled_connection_transactional(
     postgres_dsn: str,
 ) -> None:
@@ -159,25 +147,24 @@ async def test_a_statement_alone_leaves_the_pooled_connection_transactional(
     store = PostgresStore(postgres_dsn, max_size=1)
     await store.open()
     try:
-        await store.accept(_raw(1))  # one multi-row INSERT, autocommitted
-        assert [raw.id for raw in await store.received(10)] == [_raw(1).id]
+        first, second = _raw(1), _raw(2)
+        await store.accept(first)  # one multi-row INSERT, autocommitted
+        assert [raw.id for raw in await store.received(10)] == [first.id]
         assert await store.transaction(lambda tx: tx.conn.autocommit) is False
 
         def half_then_fail(tx: SqlTx) -> None:
-            tx.insert_raws([_raw(2)])
+            tx.insert_raws([second])
             raise RuntimeError("after the first statement")
 
         with pytest.raises(RuntimeError):
             await store.transaction(half_then_fail)
-        # rolled back as a whole: the connection was not left in autocommit
-        assert [raw.id for raw in await store.received(10)] == [_raw(1).id]
+        # a transaction after an autocommitted statement still rolls back as a whole
+        assert [raw.id for raw in await store.received(10)] == [first.id]
     finally:
         await store.close()
 
 
 async def test_more_accepts_than_one_statement_holds_all_arrive(postgres_dsn: str) -> None:
-    from bspgate.store.sql_batch import ROWS
-
     store = PostgresStore(postgres_dsn, linger=0.05)
     await store.open()
     try:
