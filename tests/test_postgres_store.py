@@ -113,6 +113,107 @@ def test_claim_skips_a_contact_whose_head_another_replica_holds(postgres_dsn: st
     assert [job.event_id for job in theirs] == ["evt1"]
 
 
+class _Counting:
+    """A connection that counts the statements sent through it."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn, self.statements = conn, 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self.statements += 1
+        return self.conn.execute(sql, params)
+
+
+def _claim_setup(dsn: str) -> None:
+    """evt0..evt3 for contacts ct0..ct3, all pending and due; then evt1's lease expired, evt2
+    not due yet, and 'late' queued for ct0 behind evt0."""
+    with migrated_tx(dsn) as setup:
+        _pending_rows(setup, 4)
+        setup.execute(
+            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
+            "VALUES ('late', 'whatsapp.message.received', 'ch', 'ct0', ?, ?, 'raw', '{}')",
+            (NOW, NOW),
+        )
+        seq = setup.one("SELECT seq FROM events WHERE id = 'late'")[0]
+        setup.insert_delivery(seq, "late", "crm", "ct0", "pending", 0.0, NOW)
+        setup.execute("UPDATE deliveries SET state = 'inflight', lease_until = 50.0, "
+                      "claim_token = 'old' WHERE event_id = 'evt1'")  # fmt: skip
+        setup.execute("UPDATE deliveries SET next_attempt_at = 500.0 WHERE event_id = 'evt2'")
+        setup.conn.commit()
+
+
+def test_plain_claim_is_one_statement_with_claim_dues_answer(postgres_dsn: str) -> None:
+    _claim_setup(postgres_dsn)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        counting = _Counting(conn)
+        tx = SqlTx(counting, "format")
+        disabled, jobs = tx.claim_lane(
+            100.0, 60.0, 10, {"crm"}, subscriber_id="crm", owner="me", token="me/1"
+        )
+        assert counting.statements == 1
+        # the expired lease first, then the due rows oldest first; not evt2 (not due) and not
+        # 'late' (ct0's evt0 is ahead of it)
+        assert disabled is None
+        assert [job.event_id for job in jobs] == ["evt1", "evt0", "evt3"]
+        assert {job.token for job in jobs} == {"me/1"}
+        rows = conn.execute(
+            "SELECT event_id, state, claim_owner, claim_token, lease_until FROM deliveries "
+            "ORDER BY event_seq"
+        ).fetchall()
+    assert rows == [
+        ("evt0", "inflight", "me", "me/1", 160.0),
+        ("evt1", "inflight", "me", "me/1", 160.0),
+        ("evt2", "pending", None, None, None),
+        ("evt3", "inflight", "me", "me/1", 160.0),
+        ("late", "pending", None, None, None),
+    ]
+
+
+def test_plain_claim_takes_no_more_than_asked_expired_first(postgres_dsn: str) -> None:
+    _claim_setup(postgres_dsn)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        _, jobs = SqlTx(conn, "format").claim_lane(
+            100.0, 60.0, 2, set(), subscriber_id="crm", owner="me", token="me/1"
+        )
+        # unordered: 'late' needs no wait, but the limit stops at two
+        assert [job.event_id for job in jobs] == ["evt1", "evt0"]
+        claimed = conn.execute("SELECT COUNT(*) FROM deliveries WHERE claim_owner = 'me'")
+        assert claimed.fetchone() == (2,)
+
+
+def test_plain_claim_of_a_disabled_subscriber_takes_nothing(postgres_dsn: str) -> None:
+    _claim_setup(postgres_dsn)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO subscriber_state (subscriber_id, disabled_at, reason, updated_at) "
+            "VALUES ('crm', %s, 'gone', %s)",
+            (NOW, NOW),
+        )
+        disabled, jobs = SqlTx(conn, "format").claim_lane(
+            100.0, 60.0, 10, {"crm"}, subscriber_id="crm", owner="me", token="me/1"
+        )
+        assert (disabled, jobs) == ("gone", [])
+        claimed = conn.execute("SELECT COUNT(*) FROM deliveries WHERE claim_owner = 'me'")
+        assert claimed.fetchone() == (0,)
+
+
+def test_plain_claim_skips_rows_another_replica_is_claiming(postgres_dsn: str) -> None:
+    with migrated_tx(postgres_dsn) as setup:
+        _pending_rows(setup, 6)
+        setup.conn.commit()
+    with (
+        psycopg.connect(postgres_dsn) as first,
+        psycopg.connect(postgres_dsn, autocommit=True) as second,
+    ):
+        mine = SqlTx(first, "format").claim_due(100.0, 60.0, 2, {"crm"})  # not yet committed
+        _, theirs = SqlTx(second, "format").claim_lane(
+            100.0, 60.0, 10, {"crm"}, subscriber_id="crm", owner="other", token="other/1"
+        )
+        first.commit()
+    assert [job.event_id for job in mine] == ["evt0", "evt1"]
+    assert [job.event_id for job in theirs] == ["evt2", "evt3", "evt4", "evt5"]
+
+
 async def test_racing_first_messages_of_one_bsuid_make_one_contact(postgres_dsn: str) -> None:
     # Both transactions look the BSUID up before either creates it (the barrier), so one must
     # lose at commit or on the upsert and be retried, then find the winner's contact.

@@ -117,9 +117,24 @@ class _Claim:
             jobs = tx.claim_due(*args, **who, probe=True)
         return None, [(job, job.due > now) for job in jobs]
 
+    @property
+    def plain(self) -> bool:
+        """No sweep of held rows and no probe: `run_plain` does all of it in one statement."""
+        return not self.expire and not self.probe_ok
+
+    def run_plain(self, tx: Any) -> tuple[str | None, list[tuple[DeliveryJob, bool]]]:
+        lane, now = self.lane, self.now
+        ordered = {lane.id} if lane.subscriber.ordering == "per_contact" else set()
+        disabled, jobs = tx.claim_lane(
+            now, lane.lease, self.free, ordered, subscriber_id=lane.id, owner=self.owner,
+            token=self.token,
+        )  # fmt: skip
+        return disabled, [(job, job.due > now) for job in jobs]
+
 
 class Dispatcher:
-    """Delivers the outbox. `store` needs `transaction()`; `clock()` returns aware datetimes."""
+    """Delivers the outbox. `store` needs `transaction()` and `statement()`; `clock()` returns
+    aware datetimes."""
 
     def __init__(
         self,
@@ -286,7 +301,10 @@ class Dispatcher:
         if plan is None:
             return []
         outcome: tuple[str | None, list[tuple[DeliveryJob, bool]]]
-        outcome = await self.store.transaction(plan.run)
+        if plan.plain:  # one statement on PostgreSQL; SQLite's writer runs it as before
+            outcome = await self.store.statement(plan.run_plain)
+        else:
+            outcome = await self.store.transaction(plan.run)
         return self._claimed(plan, *outcome)
 
     def _plan(self, lane: Lane, most: int) -> _Claim | None:

@@ -195,6 +195,11 @@ class SqliteStore:
         self._queue.put((work, future, loop))
         return await future
 
+    async def statement(self, work: Callable[[SqlTx], T]) -> T:
+        """`work` that runs one statement on PostgreSQL (`PostgresStore.statement`): here the
+        writer runs it as a transaction like any other (one writer, no round trips to save)."""
+        return await self.transaction(work)
+
     async def accept(self, raw: RawRecord) -> None:
         """Store one raw payload as received; resolves once it is durable (group commit)."""
         if self.inbox is not None:
