@@ -57,7 +57,6 @@ async def test_close_stops_the_checkpoint_threads(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_metrics_count_the_payloads_waiting_in_the_inbox(tmp_path: Path) -> None:
-    from bspgate.app import store_counts
     from bspgate.store.base import RawRecord
 
     store = SqliteStore(tmp_path / "gw.db", shared=True)  # as under `bspgate serve`
@@ -75,7 +74,7 @@ async def test_metrics_count_the_payloads_waiting_in_the_inbox(tmp_path: Path) -
                     state="received",
                 )
             )
-        counts, _oldest = await store_counts(store)
+        counts, _oldest = await store.queue_counts()
     finally:
         await store.close()
     assert counts["raw_received"] == 3

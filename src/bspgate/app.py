@@ -163,23 +163,10 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready" if ready else "unavailable"}, 200 if ready else 503)
 
 
-async def store_counts(store: Store) -> tuple[dict[str, int], str | None]:
-    """Rows by state for `/metrics`, and the oldest undelivered event's time.
-
-    On SQLite under `serve`, payloads accepted but not yet processed wait in the inbox database
-    (not in `raw_payloads`): they are counted there, as `raw_received`, the processing backlog.
-    """
-    counts, oldest = await store.read(lambda tx: (tx.counts(), tx.oldest_undelivered()))
-    inbox = getattr(store, "inbox", None)
-    if inbox is not None:
-        counts["raw_received"] = await inbox.read(lambda tx: tx.inbox_count())
-    return counts, oldest
-
-
 async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     with contextlib.suppress(StoreError):
-        counts, oldest = await store_counts(gateway.store)
+        counts, oldest = await gateway.store.queue_counts()
         for key, value in counts.items():
             gateway.metrics.queue.labels(key).set(value)
         age = 0.0

@@ -179,6 +179,8 @@ class Store(Protocol):
     outside a transaction (two round trips fewer), on SQLite as a transaction. The staged
     ingest adds `accept` (store a raw payload as received, durably), `received` (what waits
     for processing, in arrival order) and `settle_received` (after processing committed).
+    `queue_counts` answers rows by state, the payloads waiting for processing among them
+    (`raw_received`), and the oldest undelivered event's time (`/metrics`).
     """
 
     @property
@@ -194,3 +196,4 @@ class Store(Protocol):
     async def accept(self, raw: RawRecord) -> None: ...
     async def received(self, limit: int) -> list[RawRecord]: ...
     async def settle_received(self, raw_ids: list[str]) -> None: ...
+    async def queue_counts(self) -> tuple[dict[str, int], str | None]: ...

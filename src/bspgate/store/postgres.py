@@ -195,6 +195,10 @@ class PostgresStore:
     async def settle_received(self, raw_ids: list[str]) -> None:
         """Nothing to do: processing updated the rows in place."""
 
+    async def queue_counts(self) -> tuple[dict[str, int], str | None]:
+        """Rows by state (received payloads among them) and the oldest undelivered event's time."""
+        return await self.read(lambda tx: (tx.counts(), tx.oldest_undelivered()))
+
     async def accept(self, raw: RawRecord) -> None:
         """Store one raw payload as received; resolves once committed.
 

@@ -223,6 +223,14 @@ class SqliteStore:
         if self.inbox is not None and raw_ids:
             await self.inbox.transaction(lambda tx: tx.drop_inbox(raw_ids))
 
+    async def queue_counts(self) -> tuple[dict[str, int], str | None]:
+        """Rows by state and the oldest undelivered event's time. Under `serve` the payloads
+        accepted but not yet processed wait in the inbox database, and are counted there."""
+        counts, oldest = await self.read(lambda tx: (tx.counts(), tx.oldest_undelivered()))
+        if self.inbox is not None:
+            counts["raw_received"] = await self.inbox.read(lambda tx: tx.inbox_count())
+        return counts, oldest
+
     async def read(self, work: Callable[[SqlTx], T]) -> T:
         """Run `work` on the reader connection (consistent snapshot per call)."""
         return await asyncio.to_thread(self.read_sync, work)
