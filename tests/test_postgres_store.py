@@ -137,8 +137,10 @@ def _claim_setup(dsn: str) -> None:
         seq = setup.one("SELECT seq FROM events WHERE id = 'late'")[0]
         setup.insert_delivery(seq, "late", "crm", "ct0", "pending", 0.0, NOW)
         setup.execute("UPDATE deliveries SET state = 'inflight', lease_until = 50.0, "
-                      "claim_token = 'old' WHERE event_id = 'evt1'")  # fmt: skip
+                      "claim_token = 'old', attempts = 2 WHERE event_id = 'evt1'")  # fmt: skip
         setup.execute("UPDATE deliveries SET next_attempt_at = 500.0 WHERE event_id = 'evt2'")
+        # a delivery with a body of its own (an operational event's) sends that, not the event's
+        setup.execute("UPDATE deliveries SET body = '{\"own\": 1}' WHERE event_id = 'evt3'")
         setup.conn.commit()
 
 
@@ -156,6 +158,11 @@ def test_plain_claim_is_one_statement_with_claim_dues_answer(postgres_dsn: str) 
         assert disabled is None
         assert [job.event_id for job in jobs] == ["evt1", "evt0", "evt3"]
         assert {job.token for job in jobs} == {"me/1"}
+        assert [(job.attempts, job.due, job.body) for job in jobs] == [
+            (2, 0.0, "{}"),
+            (0, 0.0, "{}"),
+            (0, 0.0, '{"own": 1}'),
+        ]
         rows = conn.execute(
             "SELECT event_id, state, claim_owner, claim_token, lease_until FROM deliveries "
             "ORDER BY event_seq"
@@ -175,10 +182,29 @@ def test_plain_claim_takes_no_more_than_asked_expired_first(postgres_dsn: str) -
         _, jobs = SqlTx(conn, "format").claim_lane(
             100.0, 60.0, 2, set(), subscriber_id="crm", owner="me", token="me/1"
         )
-        # unordered: 'late' needs no wait, but the limit stops at two
-        assert [job.event_id for job in jobs] == ["evt1", "evt0"]
+        assert [job.event_id for job in jobs] == ["evt1", "evt0"]  # the limit stops at two
         claimed = conn.execute("SELECT COUNT(*) FROM deliveries WHERE claim_owner = 'me'")
         assert claimed.fetchone() == (2,)
+        # unordered: 'late' does not wait for ct0's evt0
+        _, rest = SqlTx(conn, "format").claim_lane(
+            100.0, 60.0, 10, set(), subscriber_id="crm", owner="me", token="me/2"
+        )
+        assert [job.event_id for job in rest] == ["evt3", "late"]
+
+
+def test_plain_claim_of_a_failing_but_enabled_subscriber_claims(postgres_dsn: str) -> None:
+    _claim_setup(postgres_dsn)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO subscriber_state (subscriber_id, failing_since, updated_at) "
+            "VALUES ('crm', 90.0, %s)",
+            (NOW,),
+        )
+        disabled, jobs = SqlTx(conn, "format").claim_lane(
+            100.0, 60.0, 10, {"crm"}, subscriber_id="crm", owner="me", token="me/1"
+        )
+    assert disabled is None
+    assert [job.event_id for job in jobs] == ["evt1", "evt0", "evt3"]
 
 
 def test_plain_claim_of_a_disabled_subscriber_takes_nothing(postgres_dsn: str) -> None:

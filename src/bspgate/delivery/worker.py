@@ -1,7 +1,8 @@
 """The dispatcher: one lane per subscriber, each claiming, POSTing and recording on its own.
 
 A lane (delivery/lane.py) claims due rows of its subscriber up to its free slots, in one store
-transaction (a healthy lane claims ahead: its next rows are ready when a slot frees); the lane's
+transaction, or one statement on PostgreSQL (a healthy lane claims ahead: its next rows are ready
+when a slot frees); the lane's
 posting coroutines, at most `max_in_flight`, POST them one request each (no task per attempt),
 and every answer goes to one recorder that writes whatever has finished (attempts, outcomes,
 subscriber health) in one transaction, then frees the rows. A slow subscriber therefore holds
@@ -300,6 +301,9 @@ class Dispatcher:
         plan = self._plan(lane, most)
         if plan is None:
             return []
+        return await self._run_claim(plan)
+
+    async def _run_claim(self, plan: _Claim) -> list[tuple[DeliveryJob, bool]]:
         outcome: tuple[str | None, list[tuple[DeliveryJob, bool]]]
         if plan.plain:  # one statement on PostgreSQL; SQLite's writer runs it as before
             outcome = await self.store.statement(plan.run_plain)
@@ -353,10 +357,7 @@ class Dispatcher:
         plan = self._plan(lane, 1)
         if plan is None:
             return []
-        plan = replace(plan, free=min(plan.free, most))
-        outcome: tuple[str | None, list[tuple[DeliveryJob, bool]]]
-        outcome = await self.store.transaction(plan.run)
-        return self._claimed(plan, *outcome)
+        return await self._run_claim(replace(plan, free=min(plan.free, most)))
 
     def _groups(
         self, lane: Lane, jobs: list[tuple[DeliveryJob, bool]]
