@@ -92,17 +92,22 @@ def test_concurrent_claims_take_disjoint_rows(postgres_dsn: str) -> None:
     assert not {job.id for job in mine} & {job.id for job in theirs}
 
 
+def _queue_late_for_ct0(tx: SqlTx) -> None:
+    """A second event, 'late', for contact ct0: pending and due, behind ct0's first."""
+    tx.execute(
+        "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
+        "VALUES ('late', 'whatsapp.message.received', 'ch', 'ct0', ?, ?, 'raw', '{}')",
+        (NOW, NOW),
+    )
+    seq = tx.one("SELECT seq FROM events WHERE id = 'late'")[0]
+    tx.insert_delivery(seq, "late", "crm", "ct0", "pending", 0.0, NOW)
+
+
 def test_claim_skips_a_contact_whose_head_another_replica_holds(postgres_dsn: str) -> None:
     with migrated_tx(postgres_dsn) as setup:
         _pending_rows(setup, 2)
         # a second event for contact ct0 must wait for the first, even while it is locked
-        setup.execute(
-            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
-            "VALUES ('late', 'whatsapp.message.received', 'ch', 'ct0', ?, ?, 'raw', '{}')",
-            (NOW, NOW),
-        )
-        seq = setup.one("SELECT seq FROM events WHERE id = 'late'")[0]
-        setup.insert_delivery(seq, "late", "crm", "ct0", "pending", 0.0, NOW)
+        _queue_late_for_ct0(setup)
         setup.conn.commit()
     with psycopg.connect(postgres_dsn) as first, psycopg.connect(postgres_dsn) as second:
         mine = SqlTx(first, "format").claim_due(100.0, 60.0, 1, {"crm"})
@@ -129,13 +134,7 @@ def _claim_setup(dsn: str) -> None:
     not due yet, and 'late' queued for ct0 behind evt0."""
     with migrated_tx(dsn) as setup:
         _pending_rows(setup, 4)
-        setup.execute(
-            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
-            "VALUES ('late', 'whatsapp.message.received', 'ch', 'ct0', ?, ?, 'raw', '{}')",
-            (NOW, NOW),
-        )
-        seq = setup.one("SELECT seq FROM events WHERE id = 'late'")[0]
-        setup.insert_delivery(seq, "late", "crm", "ct0", "pending", 0.0, NOW)
+        _queue_late_for_ct0(setup)
         setup.execute("UPDATE deliveries SET state = 'inflight', lease_until = 50.0, "
                       "claim_token = 'old', attempts = 2 WHERE event_id = 'evt1'")  # fmt: skip
         setup.execute("UPDATE deliveries SET next_attempt_at = 500.0 WHERE event_id = 'evt2'")
@@ -192,35 +191,30 @@ def test_plain_claim_takes_no_more_than_asked_expired_first(postgres_dsn: str) -
         assert [job.event_id for job in rest] == ["evt3", "late"]
 
 
-def test_plain_claim_of_a_failing_but_enabled_subscriber_claims(postgres_dsn: str) -> None:
+@pytest.mark.parametrize(
+    ("disabled_at", "reason", "answer"),
+    [
+        # failing but enabled (a state row without disabled_at): claims as usual
+        (None, None, (None, ["evt1", "evt0", "evt3"])),
+        (NOW, "gone", ("gone", [])),  # disabled: says why, claims nothing
+    ],
+)
+def test_plain_claim_reads_the_subscribers_state(
+    postgres_dsn: str, disabled_at: str | None, reason: str | None, answer: tuple[Any, Any]
+) -> None:
     _claim_setup(postgres_dsn)
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO subscriber_state (subscriber_id, failing_since, updated_at) "
-            "VALUES ('crm', 90.0, %s)",
-            (NOW,),
+            "INSERT INTO subscriber_state (subscriber_id, disabled_at, reason, failing_since, "
+            "updated_at) VALUES ('crm', %s, %s, 90.0, %s)",
+            (disabled_at, reason, NOW),
         )
         disabled, jobs = SqlTx(conn, "format").claim_lane(
             100.0, 60.0, 10, {"crm"}, subscriber_id="crm", owner="me", token="me/1"
         )
-    assert disabled is None
-    assert [job.event_id for job in jobs] == ["evt1", "evt0", "evt3"]
-
-
-def test_plain_claim_of_a_disabled_subscriber_takes_nothing(postgres_dsn: str) -> None:
-    _claim_setup(postgres_dsn)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO subscriber_state (subscriber_id, disabled_at, reason, updated_at) "
-            "VALUES ('crm', %s, 'gone', %s)",
-            (NOW, NOW),
-        )
-        disabled, jobs = SqlTx(conn, "format").claim_lane(
-            100.0, 60.0, 10, {"crm"}, subscriber_id="crm", owner="me", token="me/1"
-        )
-        assert (disabled, jobs) == ("gone", [])
         claimed = conn.execute("SELECT COUNT(*) FROM deliveries WHERE claim_owner = 'me'")
-        assert claimed.fetchone() == (0,)
+        assert claimed.fetchone() == (len(answer[1]),)
+    assert (disabled, [job.event_id for job in jobs]) == answer
 
 
 def test_plain_claim_skips_rows_another_replica_is_claiming(postgres_dsn: str) -> None:
