@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -18,24 +17,14 @@ import pytest
 from bspgate.store.migrate import apply_migrations
 from bspgate.store.sql import SqlTx
 from tests.store.pg import migrated_tx
-
-
-class _Recording:
-    """A connection that keeps every statement it runs (text, parameters)."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn, self.seen = conn, []
-
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        self.seen.append((sql, params))
-        return self.conn.execute(sql, params)
+from tests.store.recording import Recording
 
 
 def test_sqlite_claim_probes_open_deliveries(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
     conn.execute("BEGIN")
     apply_migrations(SqlTx(conn), "sqlite")
-    recording = _Recording(conn)
+    recording = Recording(conn)
     SqlTx(recording).claim_due(100.0, 60.0, 10, {"crm"}, subscriber_id="crm", token="t")
     conn.execute("COMMIT")
     plans = [
@@ -54,7 +43,7 @@ def test_postgres_claim_probes_open_deliveries(postgres_dsn: str) -> None:
     with migrated_tx(postgres_dsn) as setup:
         setup.conn.commit()
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        recording = _Recording(conn)
+        recording = Recording(conn)
         SqlTx(recording, "format").claim_lane(
             100.0, 60.0, 10, {"crm"}, subscriber_id="crm", owner="me", token="t"
         )

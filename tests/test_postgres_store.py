@@ -20,6 +20,7 @@ from bspgate.store.postgres import PostgresStore
 from bspgate.store.sql import SqlTx
 from bspgate.store.sql_batch import ROWS
 from tests.store.pg import migrated_tx, with_database, with_search_path
+from tests.store.recording import Recording
 from tests.test_processing_inbox import _raw
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
@@ -118,17 +119,6 @@ def test_claim_skips_a_contact_whose_head_another_replica_holds(postgres_dsn: st
     assert [job.event_id for job in theirs] == ["evt1"]
 
 
-class _Counting:
-    """A connection that counts the statements sent through it."""
-
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn, self.statements = conn, 0
-
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        self.statements += 1
-        return self.conn.execute(sql, params)
-
-
 def _claim_setup(dsn: str) -> None:
     """evt0..evt3 for contacts ct0..ct3, all pending and due; then evt1's lease expired, evt2
     not due yet, and 'late' queued for ct0 behind evt0."""
@@ -146,12 +136,12 @@ def _claim_setup(dsn: str) -> None:
 def test_plain_claim_is_one_statement_with_claim_dues_answer(postgres_dsn: str) -> None:
     _claim_setup(postgres_dsn)
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        counting = _Counting(conn)
-        tx = SqlTx(counting, "format")
+        recording = Recording(conn)
+        tx = SqlTx(recording, "format")
         disabled, jobs = tx.claim_lane(
             100.0, 60.0, 10, {"crm"}, subscriber_id="crm", owner="me", token="me/1"
         )
-        assert counting.statements == 1
+        assert len(recording.seen) == 1
         # the expired lease first, then the due rows oldest first; not evt2 (not due) and not
         # 'late' (ct0's evt0 is ahead of it)
         assert disabled is None

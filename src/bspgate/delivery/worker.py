@@ -2,11 +2,11 @@
 
 A lane (delivery/lane.py) claims due rows of its subscriber up to its free slots, in one store
 transaction, or one statement on PostgreSQL (a healthy lane claims ahead: its next rows are ready
-when a slot frees); the lane's
-posting coroutines, at most `max_in_flight`, POST them one request each (no task per attempt),
-and every answer goes to one recorder that writes whatever has finished (attempts, outcomes,
-subscriber health) in one transaction, then frees the rows. A slow subscriber therefore holds
-only its own slots: the others' answers are recorded as they come. Per-contact order is enforced
+when a slot frees); the lane's posting coroutines, at most `max_in_flight`, POST them one
+request each (no task per attempt), and every answer goes to one recorder that writes whatever
+has finished (attempts, outcomes, subscriber health) in one transaction, then frees the rows. A
+slow subscriber therefore holds only its own slots: the others' answers are recorded as they
+come. Per-contact order is enforced
 by the claim query (only the head of a contact's queue is claimable, and a row stays in flight
 until its result is stored). A delivered attempt is logged at DEBUG, with one INFO line per lane
 and round summing them up; every failed attempt is a WARNING line of its own.
@@ -90,7 +90,8 @@ class _Outcome:
 
 @dataclass(frozen=True, slots=True)
 class _Claim:
-    """One lane's claim, planned outside the transaction and run inside it."""
+    """One lane's claim, planned outside the store and run in it (`run`: a transaction;
+    `run_plain`: one statement on PostgreSQL)."""
 
     lane: Lane
     now: float
@@ -109,14 +110,18 @@ class _Claim:
             return str(state.get("reason")), []
         if self.expire:
             tx.expire_held(lane.id, now - lane.subscriber.hold_for, self.stamp)
-        ordered = {lane.id} if lane.subscriber.ordering == "per_contact" else set()
         # open: one row at a time (a due one, else an early probe); closed: the free slots
-        args = (now, lane.lease, 1 if lane.is_open else self.free, ordered)
+        args = (now, lane.lease, 1 if lane.is_open else self.free, self.ordered)
         who = {"subscriber_id": lane.id, "owner": self.owner, "token": self.token}
         jobs = tx.claim_due(*args, **who)
         if not jobs and self.probe_ok:
             jobs = tx.claim_due(*args, **who, probe=True)
         return None, [(job, job.due > now) for job in jobs]
+
+    @property
+    def ordered(self) -> set[str]:
+        """Subscribers whose rows wait for their contact's earlier ones: this lane's, or none."""
+        return {self.lane.id} if self.lane.subscriber.ordering == "per_contact" else set()
 
     @property
     def plain(self) -> bool:
@@ -125,9 +130,8 @@ class _Claim:
 
     def run_plain(self, tx: Any) -> tuple[str | None, list[tuple[DeliveryJob, bool]]]:
         lane, now = self.lane, self.now
-        ordered = {lane.id} if lane.subscriber.ordering == "per_contact" else set()
         disabled, jobs = tx.claim_lane(
-            now, lane.lease, self.free, ordered, subscriber_id=lane.id, owner=self.owner,
+            now, lane.lease, self.free, self.ordered, subscriber_id=lane.id, owner=self.owner,
             token=self.token,
         )  # fmt: skip
         return disabled, [(job, job.due > now) for job in jobs]
