@@ -15,7 +15,8 @@ from standardwebhooks import Webhook
 
 from tests.conftest import SUBSCRIBER_SECRET
 from tests.payloads import text_webhook
-from tests.test_delivery import CRM, Harness, harness, subscriber
+from tests.test_delivery import ALICE, BOB, CRM, Harness, harness, subscriber
+from tests.test_delivery_claims import twin
 
 OPS = "https://ops.example.com/bspgate"
 pytestmark = [pytest.mark.anyio, pytest.mark.store]
@@ -59,6 +60,35 @@ async def test_a_recovery_is_announced(tmp_path: Path) -> None:
         assert event["type"] == "bspgate.subscriber.recovered"
         assert event["data"]["subscriber"] == "crm"
         assert event["data"]["failing_since"] is not None
+
+
+async def test_a_recovery_from_a_streak_another_dispatcher_saw_is_announced(
+    tmp_path: Path,
+) -> None:
+    # Another replica saw the failures (or this one did, before a restart): the streak is in
+    # the store only. A round of successes is one statement only while nothing is failing
+    # there, so this dispatcher's first success still ends the streak and announces it.
+    async with harness(tmp_path, *with_ops()) as h:
+        h.receiver.script[CRM] = [503, 503]
+        await h.ingest(text_webhook("wamid.1", bsuid=ALICE, phone=None))
+        await h.ingest(text_webhook("wamid.2", bsuid=BOB, phone=None))
+        assert await twin(h, "replica-a").run_once() == 2  # both failed: a streak begins
+        assert await streak(h) is not None
+        assert h.dispatcher.lanes["crm"].failing_since is None  # not known here
+        h.clock.advance(10)
+        assert await h.dispatcher.run_once() == 2  # both delivered
+        assert await streak(h) is None
+        await h.dispatcher.run_once()
+        (event,) = ops_events(h)
+        assert event["type"] == "bspgate.subscriber.recovered"
+        assert event["data"]["subscriber"] == "crm"
+
+
+async def streak(h: Harness) -> float | None:
+    row = await h.gateway.store.read(
+        lambda tx: tx.one("SELECT failing_since FROM subscriber_state WHERE subscriber_id = 'crm'")
+    )
+    return None if row is None else row[0]
 
 
 async def test_a_dead_letter_is_announced(tmp_path: Path) -> None:

@@ -15,3 +15,8 @@ class Recording:
     def execute(self, sql: str, params: Any = ()) -> Any:
         self.seen.append((sql, params))
         return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        rows = list(rows)
+        self.seen.append((sql, rows))
+        return self.conn.executemany(sql, rows)

@@ -531,6 +531,60 @@ class OutboxQueries(SqlBase):
             rows,
         )
 
+    def record_delivered(
+        self,
+        attempts: Sequence[Sequence[Any]],
+        finished: Sequence[Sequence[Any]],
+        subscribers: Sequence[str],
+    ) -> bool:
+        """A round where every attempt was delivered: its attempts (as `record_attempts`) and
+        outcomes (as `finish_deliveries`), written only while none of `subscribers` is
+        failing in the store. Answers False, having written nothing, when one is: a success
+        then ends a failure streak, and the full record (`clear_failing`, `pull_forward`, the
+        recovered event) must run in a transaction.
+
+        On PostgreSQL it is ONE statement, run outside a transaction (the full record was five
+        round trips: BEGIN, attempts, outcomes, the failure streak, COMMIT). Every part reads
+        the same snapshot, so the guard and the writes agree.
+        """
+        if self.dialect != "postgres":
+            if self._failing(subscribers):
+                return False
+            self.record_attempts(attempts)
+            self.finish_deliveries(finished)
+            return True
+        ids, stamps, statuses, latencies, errors = _columns(attempts)
+        states, counts, due, codes, reasons, updated, rows, tokens = _columns(finished)
+        row = self.one(
+            "WITH failing AS (SELECT 1 FROM subscriber_state WHERE subscriber_id = ANY(?::text[]) "
+            "AND failing_since IS NOT NULL), "
+            "tried AS (INSERT INTO attempts (delivery_id, at, status, latency_ms, error) "
+            "SELECT * FROM unnest(?::text[], ?::text[], ?::int[], ?::float8[], ?::text[]) "
+            "WHERE NOT EXISTS (SELECT 1 FROM failing)), "
+            "done AS (UPDATE deliveries AS d SET state = v.state, attempts = v.attempts, "
+            "next_attempt_at = v.due, lease_until = NULL, claim_token = NULL, "
+            "last_status = v.status, last_error = v.error, updated_at = v.stamp "
+            "FROM unnest(?::text[], ?::int[], ?::float8[], ?::int[], ?::text[], ?::text[], "
+            "?::text[], ?::text[]) AS v(state, attempts, due, status, error, stamp, id, token) "
+            "WHERE d.id = v.id AND d.state = 'inflight' "
+            "AND COALESCE(d.claim_token, '') = v.token AND NOT EXISTS (SELECT 1 FROM failing)) "
+            "SELECT NOT EXISTS (SELECT 1 FROM failing)",
+            (list(subscribers), ids, stamps, _ints(statuses), _floats(latencies), errors,
+             states, _ints(counts), _floats(due), _ints(codes), reasons, updated, rows, tokens),
+        )  # fmt: skip
+        return bool(row and row[0])
+
+    def _failing(self, subscribers: Sequence[str]) -> bool:
+        marks = ", ".join("?" * len(subscribers))
+        return (
+            self.one(
+                f"SELECT 1 FROM subscriber_state WHERE subscriber_id IN ({marks}) "
+                "AND failing_since IS NOT NULL LIMIT 1",
+                tuple(subscribers),
+            )
+            is not None
+        )
+
     def release_claims(self, rows: Sequence[tuple[str, str]]) -> None:
         """(delivery_id, token) claims given back unsent: pending again with the attempts and
         due time they had (a dispatcher claimed ahead, then was paused by a 429 or stopped)."""
