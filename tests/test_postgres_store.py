@@ -19,6 +19,7 @@ from bspgate.store.base import ContactRow
 from bspgate.store.postgres import PostgresStore
 from bspgate.store.sql import SqlTx
 from bspgate.store.sql_batch import ROWS
+from tests.store.outbox import pending_rows
 from tests.store.pg import migrated_tx, with_database, with_search_path
 from tests.store.recording import Recording
 from tests.test_processing_inbox import _raw
@@ -67,20 +68,9 @@ async def test_reads_never_persist_writes(postgres_dsn: str) -> None:
         await store.close()
 
 
-def _pending_rows(tx: SqlTx, count: int) -> None:
-    for n in range(count):
-        tx.execute(
-            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
-            "VALUES (?, 'whatsapp.message.received', 'ch', ?, ?, ?, 'raw', '{}')",
-            (f"evt{n}", f"ct{n}", NOW, NOW),
-        )
-        seq = tx.one("SELECT seq FROM events WHERE id = ?", (f"evt{n}",))[0]
-        tx.insert_delivery(seq, f"evt{n}", "crm", f"ct{n}", "pending", 0.0, NOW)
-
-
 def test_concurrent_claims_take_disjoint_rows(postgres_dsn: str) -> None:
     with migrated_tx(postgres_dsn) as setup:
-        _pending_rows(setup, 10)
+        pending_rows(setup, 10)
         setup.conn.commit()
     with psycopg.connect(postgres_dsn) as first, psycopg.connect(postgres_dsn) as second:
         # the first claim is still uncommitted while the second runs: its rows are locked
@@ -106,7 +96,7 @@ def _queue_late_for_ct0(tx: SqlTx) -> None:
 
 def test_claim_skips_a_contact_whose_head_another_replica_holds(postgres_dsn: str) -> None:
     with migrated_tx(postgres_dsn) as setup:
-        _pending_rows(setup, 2)
+        pending_rows(setup, 2)
         # a second event for contact ct0 must wait for the first, even while it is locked
         _queue_late_for_ct0(setup)
         setup.conn.commit()
@@ -123,7 +113,7 @@ def _claim_setup(dsn: str) -> None:
     """evt0..evt3 for contacts ct0..ct3, all pending and due; then evt1's lease expired, evt2
     not due yet, and 'late' queued for ct0 behind evt0."""
     with migrated_tx(dsn) as setup:
-        _pending_rows(setup, 4)
+        pending_rows(setup, 4)
         _queue_late_for_ct0(setup)
         setup.execute("UPDATE deliveries SET state = 'inflight', lease_until = 50.0, "
                       "claim_token = 'old', attempts = 2 WHERE event_id = 'evt1'")  # fmt: skip
@@ -209,7 +199,7 @@ def test_plain_claim_reads_the_subscribers_state(
 
 def test_plain_claim_skips_rows_another_replica_is_claiming(postgres_dsn: str) -> None:
     with migrated_tx(postgres_dsn) as setup:
-        _pending_rows(setup, 6)
+        pending_rows(setup, 6)
         setup.conn.commit()
     with (
         psycopg.connect(postgres_dsn) as first,

@@ -19,10 +19,10 @@ import pytest
 
 from bspgate.store.migrate import apply_migrations
 from bspgate.store.sql import SqlTx
+from tests.store.outbox import NOW, pending_rows
 from tests.store.pg import migrated_tx
 from tests.store.recording import Recording
 
-NOW = "2026-04-02T10:00:00Z"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -52,14 +52,7 @@ def tx_for(backend: str, recording: Recording) -> SqlTx:
 
 def claimed_rows(tx: SqlTx) -> None:
     """evt0..evt2 for contacts ct0..ct2, in flight under the claim token 'me/1'."""
-    for n in range(3):
-        tx.execute(
-            "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
-            "VALUES (?, 'whatsapp.message.received', 'ch', ?, ?, ?, 'raw', '{}')",
-            (f"evt{n}", f"ct{n}", NOW, NOW),
-        )
-        seq = tx.one("SELECT seq FROM events WHERE id = ?", (f"evt{n}",))[0]
-        tx.insert_delivery(seq, f"evt{n}", "crm", f"ct{n}", "pending", 0.0, NOW)
+    pending_rows(tx, 3)
     tx.execute(
         "UPDATE deliveries SET state = 'inflight', lease_until = 160.0, claim_owner = 'me', "
         "claim_token = 'me/1'"
