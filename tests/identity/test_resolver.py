@@ -433,6 +433,26 @@ def test_rule9_a_late_pair_of_a_retired_bsuid_takes_the_number_from_an_older_own
     assert tx.phone_owner_at("acme", P2, at(9)).id == newer.id
 
 
+def test_rule9_a_late_legacy_payload_between_two_holders_is_the_later_ones(tx: Any) -> None:
+    resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    resolver(tx, now=at(2)).observe(Observation(bsuid=B1, phone=P2), at(2))  # P1 given up
+    later = resolver(tx, now=at(5)).observe(Observation(bsuid=B2, phone=P1), at(5))
+    # a legacy payload from P1 at 10:03, when nobody held it, arrives after all that
+    legacy = resolver(tx, now=at(6)).observe(Observation(phone=P1), at(3))
+    assert legacy.id == later.id  # not a second holder of P1 (it failed the unique alias)
+    assert tx.contact_by_phone("acme", P1).id == later.id
+    assert tx.phone_owner_at("acme", P1, at(3)) is None  # nobody held it then
+    assert tx.phone_owner_at("acme", P1, at(3), next_after_gap=True).id == later.id
+    # arrival order changes nothing: on time, it made a phone-only contact that B2 joined
+    on_time = MemoryTx()
+    resolver(on_time, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    resolver(on_time, now=at(2)).observe(Observation(bsuid=B1, phone=P2), at(2))
+    early = resolver(on_time, now=at(3)).observe(Observation(phone=P1), at(3))
+    assert resolver(on_time, now=at(5)).observe(Observation(bsuid=B2, phone=P1), at(5)).id == (
+        early.id
+    )
+
+
 def test_rule9_a_stale_change_records_its_phone_as_past(tx: Any) -> None:
     contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
     resolver(tx, now=at(2)).relink(Observation(bsuid=B3, phone=P3), B2, None, at(6))

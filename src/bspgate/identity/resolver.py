@@ -127,7 +127,9 @@ class IdentityResolver:
                 if seen.phone:
                     contact = self._pair_retired(contact, seen.bsuid, seen.phone, at)
         elif seen.phone:
-            contact = self.tx.phone_owner_at(self.portfolio, seen.phone, at)
+            # rule 9: whose number it was at `at`; between two holders, the later one's
+            # (`phone_holder_at`): a new contact must not take a number someone holds since
+            contact = self.tx.phone_owner_at(self.portfolio, seen.phone, at, next_after_gap=True)
             known = replace(contact) if contact is not None else None
             if contact is None:
                 contact = self.tx.create_contact(self.portfolio, self.now)

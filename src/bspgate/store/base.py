@@ -44,18 +44,30 @@ class ContactRow:
 MAX_MERGE_HOPS = 16
 
 
-def phone_holder_at(rows: list[tuple[str, str, str | None, str | None]], at: str) -> str | None:
+def phone_holder_at(
+    rows: list[tuple[str, str, str | None, str | None]], at: str, *, next_after_gap: bool = False
+) -> str | None:
     """Who held a phone at event time `at`, from its alias rows (contact id, state, taught at,
     ended at; in insertion order): the alias whose time span holds `at`; before every span, the
-    first holder; after the last one ended, nobody (the number was given up)."""
+    first holder; after the last one ended, nobody (the number was given up).
+
+    Between two spans (a holder gave the number up, a later one took it) nobody held it; with
+    `next_after_gap` the answer is then the later holder, as before every span. A legacy
+    payload of that time is theirs: had it arrived on time, it would have made a phone-only
+    contact that the later holder's BSUID then joined (rule 4 or 8).
+    """
     spans = sorted(
         (since or "", index, contact_id, None if state == "active" else (until or ""))
         for index, (contact_id, state, since, until) in enumerate(rows)
     )
+    later = None
     for since, _index, contact_id, until in reversed(spans):
         if since <= at:
-            return contact_id if until is None or until >= at else None
-    return spans[0][2] if spans else None
+            if until is None or until >= at:
+                return contact_id
+            return later if next_after_gap else None
+        later = contact_id
+    return later
 
 
 def follow_merged(
@@ -138,7 +150,9 @@ class StoreTx(Protocol):
         reason: str,
         evidence: str | None = None,
     ) -> None: ...
-    def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None: ...
+    def phone_owner_at(
+        self, portfolio: str, phone: str, at: str, *, next_after_gap: bool = False
+    ) -> ContactRow | None: ...
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool: ...
     def record_past_phone(
         self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str

@@ -239,9 +239,11 @@ class BatchTx:
                 self._phone_owner[key] = None
         self.tx.end_phone(contact_id, phone, now, state, reason, evidence)
 
-    def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None:
+    def phone_owner_at(
+        self, portfolio: str, phone: str, at: str, *, next_after_gap: bool = False
+    ) -> ContactRow | None:
         self._insert_new()
-        return self.tx.phone_owner_at(portfolio, phone, at)
+        return self.tx.phone_owner_at(portfolio, phone, at, next_after_gap=next_after_gap)
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
         return self.tx.phone_taught_after(portfolio, phone, at, contact_id)

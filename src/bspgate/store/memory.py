@@ -142,13 +142,15 @@ class MemoryTx:
             if (row["contact_id"], row["phone"], row["state"]) == (contact_id, phone, "active"):
                 row.update(state=state, reason=reason, ended_evidence=evidence)
 
-    def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None:
+    def phone_owner_at(
+        self, portfolio: str, phone: str, at: str, *, next_after_gap: bool = False
+    ) -> ContactRow | None:
         rows = [
             (r["contact_id"], r["state"], r["evidence_at"], r["ended_evidence"])
             for r in self.phone_history
             if (r["portfolio"], r["phone"]) == (portfolio, phone)
         ]
-        holder = phone_holder_at(rows, at)
+        holder = phone_holder_at(rows, at, next_after_gap=next_after_gap)
         return self._follow(holder) if holder else None
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:

@@ -179,14 +179,16 @@ class SqlBase:
             (state, now, reason, evidence, contact_id, phone),
         )
 
-    def phone_owner_at(self, portfolio: str, phone: str, at: str) -> ContactRow | None:
+    def phone_owner_at(
+        self, portfolio: str, phone: str, at: str, *, next_after_gap: bool = False
+    ) -> ContactRow | None:
         """Who held `phone` at event time `at` (rule 9; see `phone_holder_at`)."""
         rows = self.all(
             "SELECT contact_id, state, evidence_at, ended_evidence FROM contact_phones "
             "WHERE portfolio = ? AND phone = ? ORDER BY id",
             (portfolio, phone),
         )
-        holder = phone_holder_at([tuple(r) for r in rows], at)
+        holder = phone_holder_at([tuple(r) for r in rows], at, next_after_gap=next_after_gap)
         return self._follow(self.contact(holder)) if holder else None
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
