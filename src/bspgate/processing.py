@@ -26,7 +26,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -150,7 +150,6 @@ def process_batch(
     if inboxed:
         done = tx.existing_raws([p.raw.id for p in batch])
         batch = [p for p in batch if p.raw.id not in done]
-    now, now_epoch = stamp(moment), moment.timestamp()
     btx = BatchTx(tx)
     btx.prefetch_events([d.id for p in batch for d in p.mapped.drafts])
     bsuids: set[tuple[str, str]] = set()
@@ -171,7 +170,12 @@ def process_batch(
                     phones.add((portfolio, named["phone"]))
     btx.prefetch_identities(bsuids, phones)
     outcomes: list[IngestOutcome] = []
-    for item in batch:
+    for index, item in enumerate(batch):
+        # One after another, in arrival order, as when each is processed alone: each payload
+        # has its own moment, a microsecond after the one before, so what it creates is newer
+        # than what they created (a merge keeps the contact created first, rule 8).
+        at = moment + timedelta(microseconds=index)
+        now, now_epoch = stamp(at), at.timestamp()
         raw = item.raw
         if raw.id in poisoned or item.channel is None:
             reason = poisoned.get(raw.id) or "; ".join(item.mapped.issues)
