@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from bspgate.ids import new_id
+from bspgate.store.base import RawRecord
 from tests.conftest import meta_signature
 
 PHONE_NUMBER_ID = "106540352242922"
@@ -73,3 +75,16 @@ def signed(payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     """The JSON body and the headers Meta would send with it (test app secret)."""
     body = orjson.dumps(payload)
     return body, {"content-type": "application/json", "x-hub-signature-256": meta_signature(body)}
+
+
+def raw_record(n: int, body: bytes, channel_id: str = "cloud-us") -> RawRecord:
+    """A Cloud API payload as the server stores it on arrival (received, not yet processed)."""
+    return RawRecord(
+        id=new_id("raw"),
+        channel_id=channel_id,
+        provider="cloudapi",
+        received_at=f"2026-01-01T00:00:{n:02d}.000000Z",
+        content_type="application/json",
+        body=body,
+        state="received",
+    )

@@ -12,6 +12,7 @@ reader needs (a dotted config key, a mapping file and rule, a payload pointer). 
     ├── SignatureError              a webhook's signature is missing (401) or does not match (401)
     ├── CanonicalValidationError    an event fails the canonical JSON Schema
     ├── StoreError                  the store failed or its schema is behind
+    │   └── StoreConflict           ... a transaction kept losing to others (retries exhausted)
     ├── DeliveryError               a downstream delivery failed (`retryable` says whether to retry)
     └── SendError                   a send is refused (422) or the provider rejected it (502)
 """
@@ -88,6 +89,12 @@ class CanonicalValidationError(GatewayError):
 
 class StoreError(GatewayError):
     """The store failed (connection, migration, constraint that retries could not settle)."""
+
+
+class StoreConflict(StoreError):
+    """A transaction kept conflicting (a unique key, serialization, deadlock) through every
+    retry. Between replicas that is a race lost ten times over; within one writer it is the
+    work itself, run after run: the caller may then isolate what it was doing."""
 
 
 class DeliveryError(GatewayError):

@@ -35,7 +35,7 @@ import structlog
 from bspgate.config import Channel, Settings
 from bspgate.delivery import operational
 from bspgate.delivery.operational import DriftReporter
-from bspgate.errors import PayloadError, StoreError
+from bspgate.errors import PayloadError, StoreConflict, StoreError
 from bspgate.ingress.parse import parse_payload
 from bspgate.mapping.engine import MappingResult, apply_mapping
 from bspgate.mapping.loader import MappingSpec
@@ -355,29 +355,48 @@ class Processor:
                     )
         try:
             outcomes = await self._transact(prepared)
+        except Busy:
+            return 0  # another replica is processing: these wait for the next round, in order
+        except StoreConflict as exc:
+            # PostgreSQL: one replica processes at a time, so a conflict that outlived every
+            # retry is in a payload's own work (a unique key it breaks), not a race: isolate it
+            _log.error("processing.batch_conflicting", batch=len(prepared),
+                       error=failure_reason(exc))  # fmt: skip
+            outcomes = await self._isolate(prepared)
         except StoreError:
             raise
         except Exception:
             _log.exception("processing.batch_failed", batch=len(prepared))
-            outcomes = []
-            for item in prepared:  # isolate the payload that fails
-                try:
-                    outcomes += await self._transact([item])
-                except StoreError:
-                    raise
-                except Exception as exc:  # the last resort: the payload is kept, the error named
-                    reason = failure_reason(exc)
-                    _log.error("ingest.failed_quarantined", raw_id=item.raw.id, error=reason)
-                    try:
-                        outcomes += await self._transact([item], {item.raw.id: reason})
-                    except Exception as again:  # it stays received; the others go on
-                        self._stuck.add(item.raw.id)
-                        _log.error("processing.stuck", raw_id=item.raw.id,
-                                   error=failure_reason(again))  # fmt: skip
+            outcomes = await self._isolate(prepared)
         # a stuck payload is still only in the inbox: deleting it there would lose it
         self._settle_inbox([raw.id for raw in raws if raw.id not in self._stuck])
         self._settle(outcomes)
         return len(outcomes)
+
+    async def _isolate(self, prepared: list[Prepared]) -> list[IngestOutcome]:
+        """One payload at a time, in order: only the one that fails is quarantined."""
+        outcomes: list[IngestOutcome] = []
+        for item in prepared:
+            try:
+                outcomes += await self._transact([item])
+                continue
+            except Busy:
+                break  # another replica took over: the rest wait for a round, in order
+            except StoreConflict as exc:
+                reason = failure_reason(exc)
+            except StoreError:
+                raise
+            except Exception as exc:  # the last resort: the payload is kept, the error named
+                reason = failure_reason(exc)
+            _log.error("ingest.failed_quarantined", raw_id=item.raw.id, error=reason)
+            try:
+                outcomes += await self._transact([item], {item.raw.id: reason})
+            except Busy:
+                break
+            except Exception as again:  # it stays received; the others go on
+                self._stuck.add(item.raw.id)
+                _log.error("processing.stuck", raw_id=item.raw.id, error=failure_reason(again))
+        return outcomes
 
     def _settle_inbox(self, raw_ids: list[str]) -> None:
         """Delete processed payloads from the inbox while the next batch is read and mapped.
@@ -413,8 +432,6 @@ class Processor:
                 return result
             except Poisoned as exc:
                 poisoned[exc.raw_id] = exc.reason  # run again with that payload quarantined
-            except Busy:
-                return []
 
     def _settle(self, outcomes: list[IngestOutcome]) -> None:
         deliveries = 0

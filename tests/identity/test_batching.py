@@ -13,28 +13,15 @@ import orjson
 import pytest
 
 from bspgate.app import load_channel_mappings
-from bspgate.ids import new_id
 from bspgate.processing import Processor, Rules
-from bspgate.store.base import RawRecord
 from bspgate.store.sqlite import SqliteStore
 from tests.conftest import make_settings
 from tests.identity.payloads import cloud_message
+from tests.payloads import raw_record
 
 pytestmark = pytest.mark.anyio
 BSUID = "US.13491208655302741918"
 PHONE = "15551234567"
-
-
-def _raw(n: int, body: bytes) -> RawRecord:
-    return RawRecord(
-        id=new_id("raw"),
-        channel_id="cloud-us",
-        provider="cloudapi",
-        received_at=f"2026-01-01T00:00:{n:02d}.000000Z",
-        content_type="application/json",
-        body=body,
-        state="received",
-    )
 
 
 async def _contacts_after(tmp_path: Path, batch: int) -> tuple[dict[str, str | None], list[str]]:
@@ -50,7 +37,7 @@ async def _contacts_after(tmp_path: Path, batch: int) -> tuple[dict[str, str | N
     await store.open()
     try:
         for n, body in enumerate(bodies):
-            await store.accept(_raw(n, body))
+            await store.accept(raw_record(n, body))
         processor = Processor(store, Rules(settings, load_channel_mappings(settings)), batch=batch)
         assert await processor.drain() == 3
         contacts = await store.read(lambda tx: tx.all("SELECT id, merged_into FROM contacts"))

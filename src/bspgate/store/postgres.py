@@ -34,7 +34,7 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
-from bspgate.errors import StoreError
+from bspgate.errors import StoreConflict, StoreError
 from bspgate.store.base import LINGER_BELOW, RawRecord
 from bspgate.store.migrate import apply_migrations, schema_current
 from bspgate.store.sql import SqlTx
@@ -139,7 +139,9 @@ class PostgresStore:
                         return work(SqlTx(conn, "format"))
             except _CONFLICTS as exc:
                 if attempt == _RETRIES - 1:
-                    raise StoreError(f"transaction kept conflicting: {exc}") from exc
+                    raise StoreConflict(
+                        f"transaction kept conflicting ({type(exc).__name__}): {exc}"
+                    ) from exc
                 self.conflicts += 1
                 _log.debug("store.retry_conflict", attempt=attempt + 1, error=type(exc).__name__)
                 # jittered, growing pause: racing replicas retry out of step

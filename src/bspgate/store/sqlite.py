@@ -310,8 +310,9 @@ class SqliteStore:
                     try:
                         outcomes[index] = (work(tx), None)
                     except Exception as exc:
-                        conn.execute("ROLLBACK")
-                        outcomes[index] = (None, exc)
+                        if conn.in_transaction:  # SQLite ended it already on a full disk
+                            conn.execute("ROLLBACK")
+                        outcomes[index] = (None, _failed(exc))
                         break
                     continue
                 conn.execute("SAVEPOINT job")
@@ -321,7 +322,7 @@ class SqliteStore:
                 except Exception as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes[index] = (None, exc)
+                    outcomes[index] = (None, _failed(exc))
             if conn.in_transaction:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -354,6 +355,17 @@ class _Accept:
 
 def _migrate(tx: SqlTx) -> None:
     apply_migrations(tx, "sqlite")
+
+
+def _failed(exc: Exception) -> Exception:
+    """What a transaction's caller gets for `exc`: SQLite failing (a full disk, an I/O error)
+    as a `StoreError`, so it is retried later, never taken for the work's own fault (the
+    processor would quarantine a valid payload for it); anything else as it was raised."""
+    if isinstance(exc, sqlite3.OperationalError):
+        failure = StoreError(f"SQLite failed: {exc}")
+        failure.__cause__ = exc
+        return failure
+    return exc
 
 
 def _inbox_schema(tx: SqlTx) -> None:
