@@ -13,6 +13,7 @@ import orjson
 import pytest
 from standardwebhooks import Webhook
 
+from bspgate.times import parse_time
 from tests.conftest import SUBSCRIBER_SECRET
 from tests.payloads import text_webhook
 from tests.test_delivery import ALICE, BOB, CRM, Harness, harness, subscriber
@@ -73,7 +74,8 @@ async def test_a_recovery_from_a_streak_another_dispatcher_saw_is_announced(
         await h.ingest(text_webhook("wamid.1", bsuid=ALICE, phone=None))
         await h.ingest(text_webhook("wamid.2", bsuid=BOB, phone=None))
         assert await twin(h, "replica-a").run_once() == 2  # both failed: a streak begins
-        assert await streak(h) is not None
+        began = await streak(h)
+        assert began is not None
         assert h.dispatcher.lanes["crm"].failing_since is None  # not known here
         h.clock.advance(10)
         assert await h.dispatcher.run_once() == 2  # both delivered
@@ -82,6 +84,8 @@ async def test_a_recovery_from_a_streak_another_dispatcher_saw_is_announced(
         (event,) = ops_events(h)
         assert event["type"] == "bspgate.subscriber.recovered"
         assert event["data"]["subscriber"] == "crm"
+        # when the streak began, as the store knew it (this dispatcher did not)
+        assert parse_time(event["data"]["failing_since"]).timestamp() == pytest.approx(began)
 
 
 async def streak(h: Harness) -> float | None:

@@ -157,6 +157,10 @@ async def test_a_429_with_retry_after_slows_that_subscriber_alone(tmp_path: Path
         h.receiver.script[CRM] = [httpx.Response(429, headers={"retry-after": "30"})]
         await h.ingest(text_webhook("wamid.1", bsuid=ALICE, phone=None))
         assert await h.dispatcher.run_once() == 2
+        states = await h.gateway.store.read(lambda tx: tx.subscriber_states())
+        # nor in the store: a 429 starts no failure streak (which would end in a "recovered"
+        # event, pull retries forward and, after a day of 429s, disable the subscriber)
+        assert (states.get("crm") or {}).get("failing_since") is None
         await h.ingest(text_webhook("wamid.2", bsuid=BOB, phone=None))
         assert await h.dispatcher.run_once() == 1  # bi only: crm is paused
         assert h.receiver.message_ids(BI) == ["wamid.1", "wamid.2"]

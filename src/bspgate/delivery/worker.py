@@ -567,6 +567,8 @@ class Dispatcher:
         outcomes = [self._outcome(result) for result in results]
         healthy: dict[str, bool] = {}
         for outcome in outcomes:
+            if outcome.result.status == 429:
+                continue  # a busy subscriber, not a broken one: no verdict on its health
             sub_id = outcome.result.job.subscriber_id
             healthy[sub_id] = healthy.get(sub_id, False) or outcome.state == "delivered"
         was_failing = {s for s in healthy if self.lanes[s].failing_since is not None}
@@ -583,8 +585,8 @@ class Dispatcher:
             tx.finish_deliveries(finished)
             if unsent:
                 tx.release_claims([(job.id, job.token) for job in unsent])
-            disabled, recovered = self._health(tx, healthy, was_failing, outcomes, now, stamp)
-            return disabled, self._report(tx, outcomes, disabled, recovered, failing_since, stamp)
+            disabled, recovered = self._health(tx, healthy, failing_since, outcomes, now, stamp)
+            return disabled, self._report(tx, outcomes, disabled, recovered, stamp)
 
         # The usual round: every attempt delivered, no lane failing. Nothing to report, so it
         # is one statement (`record_delivered`), unless the store knows of a failure streak
@@ -670,8 +672,7 @@ class Dispatcher:
         tx: Any,
         outcomes: list[_Outcome],
         disabled: dict[str, str],
-        recovered: set[str],
-        failing_since: dict[str, float | None],
+        recovered: dict[str, float | None],
         stamp: str,
     ) -> set[str]:
         """Operational events for what this record did; answers the subscribers told."""
@@ -683,8 +684,7 @@ class Dispatcher:
             data = {"subscriber": sub_id, "reason": reason, "disabled_at": stamp}
             told.update(emit(tx, subs, "bspgate.subscriber.disabled", sub_id, data,
                              now=now, stamp=stamp))  # fmt: skip
-        for sub_id in recovered:
-            since = failing_since.get(sub_id)
+        for sub_id, since in recovered.items():
             data = {
                 "subscriber": sub_id,
                 "failing_since": datetime.fromtimestamp(since, UTC).isoformat() if since else None,
@@ -731,30 +731,31 @@ class Dispatcher:
         self,
         tx: Any,
         healthy: dict[str, bool],
-        was_failing: set[str],
+        failing_since: dict[str, float | None],
         outcomes: list[_Outcome],
         now: float,
         stamp: str,
-    ) -> tuple[dict[str, str], set[str]]:
+    ) -> tuple[dict[str, str], dict[str, float | None]]:
         """Per subscriber: recovery (pull retries forward) or the failure streak (disable).
-        Answers the subscribers disabled (with why) and those that recovered."""
+        `failing_since`: the streaks this dispatcher knows of (its lanes'). Answers the
+        subscribers disabled (with why), and those that recovered with when their streak
+        began (this dispatcher's knowledge, else the store's: another replica's streak)."""
         gone = {o.result.job.subscriber_id for o in outcomes if o.state == "gone"}
         disabled: dict[str, str] = {}
-        recovered: set[str] = set()
+        recovered: dict[str, float | None] = {}
         for sub_id, ok in healthy.items():
             if ok:
-                if tx.clear_failing(sub_id, stamp) or sub_id in was_failing:
+                ended = tx.clear_failing(sub_id, stamp)
+                if ended is not None or sub_id in failing_since:
                     tx.pull_forward(sub_id, now, stamp)
-                    recovered.add(sub_id)
+                    recovered[sub_id] = failing_since.get(sub_id) or ended
                 continue
-            failing_since = tx.subscriber_result(sub_id, False, now, stamp)
+            streak = tx.subscriber_result(sub_id, False, now, stamp)
             reason = None
             if sub_id in gone:
                 reason = "the subscriber answered 410 Gone"
-            elif failing_since is not None and (
-                now - failing_since >= self.subscribers[sub_id].disable_after
-            ):
-                since = datetime.fromtimestamp(failing_since, UTC).isoformat()
+            elif streak is not None and now - streak >= self.subscribers[sub_id].disable_after:
+                since = datetime.fromtimestamp(streak, UTC).isoformat()
                 reason = f"every delivery failed since {since}"
             if reason is not None and sub_id not in self.disabled:
                 tx.disable_subscriber(sub_id, reason, stamp)

@@ -326,14 +326,21 @@ class OutboxQueries(SqlBase):
             subscriber_id, stamp, "disabled_at = NULL, reason = NULL, failing_since = NULL", ()
         )
 
-    def clear_failing(self, subscriber_id: str, stamp: str) -> bool:
-        """A success: True when it ends a failure streak (the subscriber just recovered)."""
-        cursor = self.execute(
-            "UPDATE subscriber_state SET failing_since = NULL, updated_at = ? "
+    def clear_failing(self, subscriber_id: str, stamp: str) -> float | None:
+        """A success: when the failure streak it ends began (None: there was none)."""
+        row = self.one(
+            "SELECT failing_since FROM subscriber_state "
             "WHERE subscriber_id = ? AND failing_since IS NOT NULL",
+            (subscriber_id,),
+        )
+        if row is None:
+            return None
+        self.execute(
+            "UPDATE subscriber_state SET failing_since = NULL, updated_at = ? "
+            "WHERE subscriber_id = ?",
             (stamp, subscriber_id),
         )
-        return int(cursor.rowcount) == 1
+        return float(row[0])
 
     def subscriber_result(
         self, subscriber_id: str, ok: bool, now: float, stamp: str
