@@ -275,14 +275,17 @@ class Dispatcher:
             claimed_at = time.monotonic()
             try:
                 jobs = await self._claim(lane, self.batch)
-                size = lane.subscriber.batch_max
-                if size and 0 < len(jobs) < size and not self._stopping:
-                    # a batch waits `batch.wait` to fill (it holds one event per contact)
-                    await asyncio.sleep(lane.subscriber.batch_wait)
-                    jobs += await self._top_up(lane, size - len(jobs))
             except Exception as exc:  # the store may be briefly unavailable: try again
                 _log.error("delivery.claim_failed", subscriber=lane.id, error=repr(exc))
                 jobs = []
+            size = lane.subscriber.batch_max
+            if size and 0 < len(jobs) < size and not self._stopping:
+                # a batch waits `batch.wait` to fill (it holds one event per contact)
+                await asyncio.sleep(lane.subscriber.batch_wait)
+                try:
+                    jobs += await self._top_up(lane, size - len(jobs))
+                except Exception as exc:  # what the first claim took is in flight: it goes
+                    _log.error("delivery.claim_failed", subscriber=lane.id, error=repr(exc))
             self._launch(lane, jobs)
             if self._stopping:
                 break
