@@ -70,9 +70,9 @@ async def test_a_payload_that_always_conflicts_is_quarantined_and_the_rest_go_on
 
 
 async def test_a_full_disk_is_waited_out_not_taken_for_the_payloads_fault(tmp_path: Path) -> None:
-    # SQLite ends the transaction itself on a full disk: the store's own ROLLBACK then failed
-    # ("no transaction is active"), and SQLite's other failures (an I/O error) reached the
-    # processor as the payload's own error, to be quarantined for it
+    # SQLite ends the transaction itself on a full disk: the store's own ROLLBACK then failed,
+    # and the processor was told "cannot rollback - no transaction is active". Failures that
+    # leave the transaction open (an I/O error) reached it as the payload's own error.
     store = SqliteStore(tmp_path / "gateway.db")
     await store.open()
     try:

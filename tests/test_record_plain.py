@@ -19,9 +19,11 @@ import pytest
 
 from bspgate.store.migrate import apply_migrations
 from bspgate.store.sql import SqlTx
+from tests.payloads import text_webhook
 from tests.store.outbox import NOW, pending_rows
 from tests.store.pg import migrated_tx
 from tests.store.recording import Recording
+from tests.test_delivery import harness
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -124,3 +126,21 @@ def test_a_failure_streak_in_the_store_leaves_the_round_to_the_full_record(
         assert tx.one("SELECT COUNT(*) FROM attempts")[0] == (1 if recorded else 0)
         assert states(tx)[0][1] == ("delivered" if recorded else "inflight")
         assert tx.one("SELECT failing_since FROM subscriber_state")[0] == 90.0  # untouched
+
+
+@pytest.mark.anyio
+async def test_the_dispatcher_records_a_round_of_successes_as_one_statement(
+    tmp_path: Path,
+) -> None:
+    # SQLite's writer runs it as one transaction; what it ran shows which path was taken
+    async with harness(tmp_path) as h:
+        await h.ingest(text_webhook("wamid.1"))
+        seen: list[str] = []
+        await h.gateway.store.transaction(lambda tx: tx.conn.set_trace_callback(seen.append))
+        try:
+            assert await h.dispatcher.run_once() == 1
+        finally:
+            await h.gateway.store.transaction(lambda tx: tx.conn.set_trace_callback(None))
+        assert (await h.only_delivery())["state"] == "delivered"
+        assert any("failing_since IS NOT NULL LIMIT 1" in sql for sql in seen)  # the guard
+        assert not any("SELECT failing_since FROM subscriber_state" in sql for sql in seen)

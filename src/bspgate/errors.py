@@ -12,7 +12,7 @@ reader needs (a dotted config key, a mapping file and rule, a payload pointer). 
     ├── SignatureError              a webhook's signature is missing (401) or does not match (401)
     ├── CanonicalValidationError    an event fails the canonical JSON Schema
     ├── StoreError                  the store failed or its schema is behind
-    │   └── StoreConflict           ... a transaction kept losing to others (retries exhausted)
+    │   └── StoreConflict           ... a transaction broke a unique key on every retry
     ├── DeliveryError               a downstream delivery failed (`retryable` says whether to retry)
     └── SendError                   a send is refused (422) or the provider rejected it (502)
 """
@@ -92,9 +92,10 @@ class StoreError(GatewayError):
 
 
 class StoreConflict(StoreError):
-    """A transaction kept conflicting (a unique key, serialization, deadlock) through every
-    retry. Between replicas that is a race lost ten times over; within one writer it is the
-    work itself, run after run: the caller may then isolate what it was doing."""
+    """A transaction broke a unique key on every retry. A race with another replica is lost
+    once or twice; ten times over it is the work itself, run after run, and the caller may
+    isolate what it was doing. (Serialization failures and deadlocks that outlive the retries
+    stay a plain `StoreError`: races, waited out.)"""
 
 
 class DeliveryError(GatewayError):

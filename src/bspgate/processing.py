@@ -358,8 +358,8 @@ class Processor:
         except Busy:
             return 0  # another replica is processing: these wait for the next round, in order
         except StoreConflict as exc:
-            # PostgreSQL: one replica processes at a time, so a conflict that outlived every
-            # retry is in a payload's own work (a unique key it breaks), not a race: isolate it
+            # PostgreSQL: a unique key broken on every retry is a payload's own work (one
+            # replica processes at a time), not a race: isolate it
             _log.error("processing.batch_conflicting", batch=len(prepared),
                        error=failure_reason(exc))  # fmt: skip
             outcomes = await self._isolate(prepared)
@@ -385,6 +385,7 @@ class Processor:
             except StoreConflict as exc:
                 reason = failure_reason(exc)
             except StoreError:
+                self._settle(outcomes)  # those before it are committed: answer their waiters
                 raise
             except Exception as exc:  # the last resort: the payload is kept, the error named
                 reason = failure_reason(exc)

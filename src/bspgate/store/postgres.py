@@ -139,9 +139,10 @@ class PostgresStore:
                         return work(SqlTx(conn, "format"))
             except _CONFLICTS as exc:
                 if attempt == _RETRIES - 1:
-                    raise StoreConflict(
-                        f"transaction kept conflicting ({type(exc).__name__}): {exc}"
-                    ) from exc
+                    what = f"transaction kept conflicting ({type(exc).__name__}): {exc}"
+                    if isinstance(exc, psycopg.errors.UniqueViolation):
+                        raise StoreConflict(what) from exc  # the work's own key, run after run
+                    raise StoreError(what) from exc  # lost races: wait, then run it again
                 self.conflicts += 1
                 _log.debug("store.retry_conflict", attempt=attempt + 1, error=type(exc).__name__)
                 # jittered, growing pause: racing replicas retry out of step

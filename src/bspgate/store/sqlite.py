@@ -320,6 +320,8 @@ class SqliteStore:
                     outcomes[index] = (work(tx), None)
                     conn.execute("RELEASE job")
                 except Exception as exc:
+                    if not conn.in_transaction:
+                        raise  # SQLite ended the whole transaction (a full disk): all fail
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     outcomes[index] = (None, _failed(exc))
@@ -357,11 +359,18 @@ def _migrate(tx: SqlTx) -> None:
     apply_migrations(tx, "sqlite")
 
 
+# SQLite's own failures (result code names), not the work's: a bad statement is the work's
+_STORE_FAULTS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_NOMEM",
+                 "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PROTOCOL", "SQLITE_CORRUPT",
+                 "SQLITE_NOTADB")  # fmt: skip
+
+
 def _failed(exc: Exception) -> Exception:
     """What a transaction's caller gets for `exc`: SQLite failing (a full disk, an I/O error)
     as a `StoreError`, so it is retried later, never taken for the work's own fault (the
     processor would quarantine a valid payload for it); anything else as it was raised."""
-    if isinstance(exc, sqlite3.OperationalError):
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if isinstance(exc, sqlite3.Error) and name.startswith(_STORE_FAULTS):
         failure = StoreError(f"SQLite failed: {exc}")
         failure.__cause__ = exc
         return failure
