@@ -320,8 +320,8 @@ class SqliteStore:
                     outcomes[index] = (work(tx), None)
                     conn.execute("RELEASE job")
                 except Exception as exc:
-                    if not conn.in_transaction:
-                        raise  # SQLite ended the whole transaction (a full disk): all fail
+                    if not conn.in_transaction:  # SQLite ended it (a full disk): all fail
+                        raise sqlite3.DatabaseError(f"the transaction ended: {exc}") from exc
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     outcomes[index] = (None, _failed(exc))
