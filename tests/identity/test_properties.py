@@ -1,9 +1,10 @@
 """Property: random life stories, against a ground-truth model of who each person is.
 
 A story has 1-3 people in one portfolio. Each starts with a BSUID and a phone (some first by phone
-only, before BSUIDs; some first by username, BSUID only), writes messages (with phone, or with it
-hidden), changes number (announced by an identity-change event, or not), takes a number another
-person gave up (recycled), and has webhooks retried. Every payload carries its event time; the
+only, before BSUIDs; some first by username, BSUID only), writes messages (with phone, with it
+hidden, or by phone only through a legacy provider), changes number (announced by an
+identity-change event, or not), takes a number another person gave up (recycled), and has
+webhooks retried. Every payload carries its event time; the
 payloads arrive shuffled. The truth is a *lineage*: the identifiers one person had between
 unannounced changes (a provider that announces nothing cannot link them, contract rule 6).
 
@@ -74,7 +75,12 @@ def build_story(rng: random.Random) -> Story:
         return counters["lineage"]
 
     free: list[str] = []  # numbers given up, which someone else may take (recycled)
-    never_recycle: set[str] = set()  # numbers used by phone-only (legacy) payloads
+    # Numbers used by phone-only (legacy) payloads are never recycled, and recycled numbers
+    # never go to a legacy provider: a legacy payload from a number's new holder that arrives
+    # before anything else of theirs can only land on the old holder (an unannounced change
+    # gives the gateway nothing to tell them apart by), whatever the rules.
+    never_recycle: set[str] = set()
+    recycled: set[str] = set()
     people: list[dict[str, Any]] = []
     for _ in range(rng.randint(1, 3)):
         person = {"lineage": lineage(), "bsuid": fresh("bsuid"), "phone": fresh("phone")}
@@ -104,10 +110,14 @@ def build_story(rng: random.Random) -> Story:
     for _ in range(rng.randint(3, 18)):
         person = rng.choice(people)
         roll = rng.random()
-        if roll < 0.5:
+        if roll < 0.45:
             say(person, True, True)
-        elif roll < 0.75:
+        elif roll < 0.65:
             say(person, True, False)  # phone hidden
+        elif roll < 0.75:
+            if person["phone"] not in recycled:  # a legacy provider, later on: phone only
+                never_recycle.add(person["phone"])
+                say(person, False, True)
         else:  # a number change: a new BSUID with a new (maybe recycled) number
             if person["phone"] not in never_recycle:
                 free.append(person["phone"])
@@ -115,6 +125,7 @@ def build_story(rng: random.Random) -> Story:
             phone = rng.choice(taken) if taken and rng.random() < 0.6 else fresh("phone")
             if phone in free:
                 free.remove(phone)
+                recycled.add(phone)
             previous, new = person["bsuid"], fresh("bsuid")
             if rng.random() < 0.6:  # announced: same person, same contact
                 story.payloads.append(

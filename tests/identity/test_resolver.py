@@ -453,6 +453,20 @@ def test_rule9_a_late_legacy_payload_between_two_holders_is_the_later_ones(tx: A
     )
 
 
+def test_rule9_a_legacy_payload_finds_an_alias_held_beside_a_late_past_one(tx: Any) -> None:
+    holder = resolver(tx, now=at(1)).observe(Observation(bsuid=B3, phone=P1), at(3))
+    resolver(tx, now=at(2)).observe(Observation(bsuid=B3, phone=P1), at(9))  # seen again
+    resolver(tx, now=at(3)).relink(Observation(bsuid=B2), B1, None, at(5))
+    # B1's pair with P1 at 10:04, learned late: P1 stays B3's (newer evidence); for B1's
+    # contact it is a past alias, 10:04-10:05, which starts after B3's alias does
+    resolver(tx, now=at(4)).observe(Observation(bsuid=B1, phone=P1), at(4))
+    assert tx.contact_by_phone("acme", P1).id == holder.id
+    # at 10:06 the past alias had ended, and B3's still held: not a second holder of P1
+    legacy = resolver(tx, now=at(5)).observe(Observation(phone=P1), at(6))
+    assert legacy.id == holder.id
+    assert tx.phone_owner_at("acme", P1, at(6)).id == holder.id
+
+
 def test_rule9_a_stale_change_records_its_phone_as_past(tx: Any) -> None:
     contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))
     resolver(tx, now=at(2)).relink(Observation(bsuid=B3, phone=P3), B2, None, at(6))

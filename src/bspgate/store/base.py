@@ -60,14 +60,15 @@ def phone_holder_at(
         (since or "", index, contact_id, None if state == "active" else (until or ""))
         for index, (contact_id, state, since, until) in enumerate(rows)
     )
-    later = None
-    for since, _index, contact_id, until in reversed(spans):
-        if since <= at:
-            if until is None or until >= at:
-                return contact_id
-            return later if next_after_gap else None
-        later = contact_id
-    return later
+    holding = [s for s in spans if s[0] <= at and (s[3] is None or s[3] >= at)]
+    if holding:
+        # the newest evidence that held it then (a past span learned late may start after
+        # an alias that is still active)
+        return holding[-1][2]
+    later = [s for s in spans if s[0] > at]
+    if later and (next_after_gap or len(later) == len(spans)):
+        return later[0][2]  # the next holder (before every span: the first)
+    return None
 
 
 def follow_merged(
