@@ -273,3 +273,32 @@ async def test_more_accepts_than_one_statement_holds_all_arrive(postgres_dsn: st
         assert len(await store.received(ROWS * 2)) == ROWS + 5
     finally:
         await store.close()
+
+
+def test_operational_events_commit_in_the_order_of_their_numbers(postgres_dsn: str) -> None:
+    # they share one pseudo contact: a later number committed first would be delivered first
+    with migrated_tx(postgres_dsn) as setup:
+        setup.conn.commit()
+
+    def event(event_id: str) -> dict[str, Any]:
+        return {"id": event_id, "type": "bspgate.mapping.drift", "time": NOW}
+
+    with psycopg.connect(postgres_dsn) as first, psycopg.connect(postgres_dsn) as second:
+        earlier = SqlTx(first, "format").insert_operational_event(event("ops_1"), "{}", NOW)
+        numbers: list[int] = []
+        done = threading.Event()
+
+        def another_writer() -> None:
+            numbers.append(
+                SqlTx(second, "format").insert_operational_event(event("ops_2"), "{}", NOW)
+            )
+            second.commit()
+            done.set()
+
+        thread = threading.Thread(target=another_writer)
+        thread.start()
+        assert not done.wait(0.5)  # it waits for the first writer's commit
+        first.commit()
+        assert done.wait(10)
+        thread.join()
+    assert numbers[0] > earlier

@@ -17,6 +17,7 @@ _AS = (
     "d.next_attempt_at AS next_attempt_at"
 )
 PROBE_AFTER = 2  # attempts a row must have had before a failing lane probes with it early
+OPS_EVENTS_LOCK = 7_206_102_313  # pg_advisory_xact_lock key: operational events in seq order
 
 
 def _no_earlier_open(dialect: str) -> str:
@@ -256,7 +257,16 @@ class OutboxQueries(SqlBase):
         return found
 
     def insert_operational_event(self, event: dict[str, Any], body: str, now: str) -> int:
-        """A `bspgate.*` event (no channel, raw payload or real contact)."""
+        """A `bspgate.*` event (no channel, raw payload or real contact).
+
+        They share one pseudo contact, so a `per_contact` subscriber gets them in `seq` order.
+        On PostgreSQL several transactions write them (each replica's recorder, processing,
+        the drift reporter), and a sequence hands out numbers before commit: a later number
+        could commit, and be delivered, first. A transaction-scoped lock taken here makes
+        them commit in the order of their numbers.
+        """
+        if self.dialect == "postgres":
+            self.execute("SELECT pg_advisory_xact_lock(?)", (OPS_EVENTS_LOCK,))
         row = self.one(
             "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
             "VALUES (?, ?, '', ?, ?, ?, '', ?) RETURNING seq",
