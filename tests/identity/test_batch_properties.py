@@ -1,0 +1,122 @@
+"""Property: the processing worker's batches resolve identity as one payload at a time does.
+
+Under load many payloads share one transaction, where identity lookups go through the batch's
+cache (`store/batch.py`) and contacts share the batch's clock; alone, each payload is its own
+transaction. The random life stories of `test_properties.py` (people, legacy providers,
+number changes, recycled numbers, retries), sent as Cloud API webhooks in a shuffled arrival
+order, must group every message onto the same contacts and leave every phone with the same
+holder, whatever the batch size. Real SQLite files, the real processor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bspgate.app import load_channel_mappings
+from bspgate.processing import Processor, Rules
+from bspgate.store.base import follow_merged
+from bspgate.store.sqlite import SqliteStore
+from tests.conftest import make_settings
+from tests.identity.payloads import cloud_message, cloud_user_changed_user_id
+from tests.identity.test_properties import Payload, build_story
+from tests.payloads import raw_record
+
+# each example processes a story twice on SQLite; more for a long local run
+EXAMPLES = int(os.environ.get("BSPGATE_BATCH_EXAMPLES", "60"))
+
+
+def _step(at: str) -> int:
+    """A story's event time (seconds after midnight) as the webhook's timestamp step."""
+    hours, minutes, seconds = at[11:19].split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+
+
+def _webhooks(order: list[Payload]) -> list[tuple[str, bytes]]:
+    """(message id, body) per payload in `order`; a retry is the same webhook again."""
+    ids: dict[int, str] = {}
+    out = []
+    for payload in order:
+        msg_id = ids.setdefault(id(payload), f"wamid.{len(ids)}")
+        step = _step(payload.at)
+        if payload.kind == "change":
+            assert payload.bsuid
+            assert payload.previous_bsuid
+            body = cloud_user_changed_user_id(msg_id, payload.previous_bsuid, payload.bsuid, step)
+        else:
+            phone = payload.phone.lstrip("+") if payload.phone else None
+            body = cloud_message(msg_id, phone=phone, bsuid=payload.bsuid, step=step)
+        out.append((msg_id, body))
+    return out
+
+
+async def _outcome(folder: Path, webhooks: list[tuple[str, bytes]], batch: int) -> Any:
+    """Process `webhooks` in order, `batch` at a time: (message groups, phone holders), in
+    labels independent of contact ids."""
+    settings = make_settings(folder)
+    store = SqliteStore(folder / f"batch-{batch}.db")
+    await store.open()
+    try:
+        for n, (_, body) in enumerate(webhooks):
+            await store.accept(raw_record(n % 60, body))
+        processor = Processor(store, Rules(settings, load_channel_mappings(settings)), batch=batch)
+        await processor.drain()
+
+        def read(tx: Any) -> tuple[dict[str, tuple[str, str]], dict[str, str | None]]:
+            def live(contact_id: str) -> str:
+                found = follow_merged(tx.contact(contact_id), tx.contact)
+                assert found is not None
+                return str(found.id)
+
+            contact_of = {}  # message -> (the contact its event named, that contact now)
+            for (body,) in tx.all(
+                "SELECT body FROM events WHERE type = 'whatsapp.message.received'"
+            ):
+                data = orjson.loads(body)["data"]
+                named = data["contact"]["id"]
+                contact_of[data["message"]["id"]] = (named, live(named))
+            holders = {}
+            for (phone,) in tx.all("SELECT DISTINCT phone FROM contact_phones"):
+                owner = tx.contact_by_phone(settings.channels[0].portfolio, phone)
+                holders[phone] = None if owner is None else live(owner.id)
+            return contact_of, holders
+
+        contact_of, holders = await store.read(read)
+    finally:
+        await store.close()
+    # Contact ids differ between runs: name each contact by the first message (in arrival
+    # order) whose event named that very contact. After a merge that is the message that made
+    # the survivor, so a run that kept the other contact names its group differently.
+    label: dict[str, str] = {}
+    for msg_id, _ in webhooks:
+        if msg_id in contact_of:
+            label.setdefault(contact_of[msg_id][0], msg_id)
+    groups = {msg_id: label.get(now, "?") for msg_id, (_, now) in contact_of.items()}
+    phones = {phone: None if c is None else label.get(c, "?") for phone, c in holders.items()}
+    return groups, phones
+
+
+def check(seed: int) -> None:
+    rng = random.Random(seed)
+    story = build_story(rng)
+    order = list(story.payloads)
+    rng.shuffle(order)
+    webhooks = _webhooks(order)
+    with tempfile.TemporaryDirectory() as folder:
+        alone = asyncio.run(_outcome(Path(folder), webhooks, 1))
+        together = asyncio.run(_outcome(Path(folder), webhooks, rng.choice((4, 64))))
+    assert together == alone
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_batches_resolve_identity_as_one_payload_at_a_time(seed: int) -> None:
+    check(seed)
