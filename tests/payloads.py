@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from bspgate.ids import new_id
 from bspgate.store.base import RawRecord
+from bspgate.times import iso
 from tests.conftest import meta_signature
 
 PHONE_NUMBER_ID = "106540352242922"
@@ -78,12 +80,13 @@ def signed(payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
 
 
 def raw_record(n: int, body: bytes, channel_id: str = "cloud-us") -> RawRecord:
-    """A Cloud API payload as the server stores it on arrival (received, not yet processed)."""
+    """A Cloud API payload as the server stores it on arrival (received, not yet processed),
+    the `n`th to arrive (received `n` seconds after a fixed moment)."""
     return RawRecord(
         id=new_id("raw"),
         channel_id=channel_id,
         provider="cloudapi",
-        received_at=f"2026-01-01T00:00:{n:02d}.000000Z",
+        received_at=iso(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=n)),
         content_type="application/json",
         body=body,
         state="received",

@@ -14,21 +14,26 @@ import asyncio
 import os
 import random
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bspgate.app import load_channel_mappings
 from bspgate.processing import Processor, Rules
 from bspgate.store.base import follow_merged
+from bspgate.store.postgres import PostgresStore
 from bspgate.store.sqlite import SqliteStore
 from tests.conftest import make_settings
 from tests.identity.payloads import cloud_message, cloud_user_changed_user_id
 from tests.identity.test_properties import Payload, build_story
 from tests.payloads import raw_record
+from tests.store.pg import fresh_schema
 
 # each example processes a story twice on SQLite; more for a long local run
 EXAMPLES = int(os.environ.get("BSPGATE_BATCH_EXAMPLES", "60"))
@@ -58,15 +63,14 @@ def _webhooks(order: list[Payload]) -> list[tuple[str, bytes]]:
     return out
 
 
-async def _outcome(folder: Path, webhooks: list[tuple[str, bytes]], batch: int) -> Any:
-    """Process `webhooks` in order, `batch` at a time: (message groups, phone holders), in
-    labels independent of contact ids."""
+async def _outcome(store: Any, folder: Path, webhooks: list[tuple[str, bytes]], batch: int) -> Any:
+    """Process `webhooks` in order, `batch` at a time, on an empty `store`: (message groups,
+    phone holders), in labels independent of contact ids."""
     settings = make_settings(folder)
-    store = SqliteStore(folder / f"batch-{batch}.db")
     await store.open()
     try:
         for n, (_, body) in enumerate(webhooks):
-            await store.accept(raw_record(n % 60, body))
+            await store.accept(raw_record(n, body))
         processor = Processor(store, Rules(settings, load_channel_mappings(settings)), batch=batch)
         await processor.drain()
 
@@ -104,19 +108,41 @@ async def _outcome(folder: Path, webhooks: list[tuple[str, bytes]], batch: int) 
     return groups, phones
 
 
-def check(seed: int) -> None:
+def check(seed: int, empty_store: Callable[[Path], AbstractContextManager[Any]]) -> None:
     rng = random.Random(seed)
     story = build_story(rng)
     order = list(story.payloads)
     rng.shuffle(order)
     webhooks = _webhooks(order)
-    with tempfile.TemporaryDirectory() as folder:
-        alone = asyncio.run(_outcome(Path(folder), webhooks, 1))
-        together = asyncio.run(_outcome(Path(folder), webhooks, rng.choice((4, 64))))
+    batch = rng.choice((4, 64))
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        with empty_store(folder / "alone.db") as store:
+            alone = asyncio.run(_outcome(store, folder, webhooks, 1))
+        with empty_store(folder / "together.db") as store:
+            together = asyncio.run(_outcome(store, folder, webhooks, batch))
     assert together == alone
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(min_value=0, max_value=2**32 - 1))
 def test_batches_resolve_identity_as_one_payload_at_a_time(seed: int) -> None:
-    check(seed)
+    check(seed, lambda path: nullcontext(SqliteStore(path)))
+
+
+@pytest.mark.postgres
+@settings(
+    max_examples=max(EXAMPLES // 6, 5),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_batches_resolve_identity_as_one_payload_at_a_time_on_postgres(
+    postgres_database: str, seed: int
+) -> None:
+    @contextmanager
+    def empty_store(_path: Path) -> Iterator[Any]:
+        with fresh_schema(postgres_database) as dsn:
+            yield PostgresStore(dsn)
+
+    check(seed, empty_store)
