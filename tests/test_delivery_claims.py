@@ -7,6 +7,7 @@ every pending retry forward; an operator can retry a subscriber now (`/v1` and t
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,21 @@ async def test_a_stale_attempt_never_overwrites_a_newer_result(tmp_path: Path) -
         assert row["attempts"] == 1
         # both attempts are history, but only the current claim decided the outcome
         assert sorted(a["status"] for a in await h.attempts(row["id"])) == [200, 500]
+
+
+async def test_a_stale_attempt_leaves_the_newer_claim_of_its_row_in_flight(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        await h.ingest(text_webhook("wamid.1"))
+        mine = twin(h, "replica-a", lease=5.0)
+        lane = mine.lanes["crm"]
+        ((old, _probe),) = await mine._claim(lane, 10)
+        h.clock.advance(6)  # its lease ran out while the POST was still open (renewal failed)
+        ((new, _probe),) = await mine._claim(lane, 10)  # this replica claims the row again
+        assert (new.id, new.token != old.token) == (old.id, True)
+        lane.inflight[new.id] = (new, time.monotonic())  # the new attempt is being posted
+        await mine._record([AttemptResult(old, 500, 8000.0, "HTTP 500", None)])  # the old answer
+        # the new attempt is still in flight: its lease is renewed, its slot still taken
+        assert lane.inflight[new.id][0].token == new.token
 
 
 async def test_a_restarted_replica_takes_back_its_own_claims_at_once(tmp_path: Path) -> None:

@@ -129,6 +129,13 @@ class Lane:
         wait = self.last_probe + probe_interval(now - self.failing_since) - now
         return max(wait, 0.0)
 
+    def settle(self, job: DeliveryJob) -> None:
+        """`job`'s attempt is recorded: it is no longer in flight, unless its row was claimed
+        again since (a newer claim of the same delivery, whose lease must still be renewed)."""
+        held = self.inflight.get(job.id)
+        if held is not None and held[0].token == job.token:
+            del self.inflight[job.id]
+
     def result(self, ok: bool, now: float, failed: int = 1) -> bool:
         """Count answers (any success, or `failed` failures); True on a recovery."""
         if ok:

@@ -608,7 +608,7 @@ class Dispatcher:
             disabled, told = await self.store.transaction(record)
         for job in unsent:
             lane = self.lanes[job.subscriber_id]
-            lane.inflight.pop(job.id, None)
+            lane.settle(job)
             lane.changed.set()
         # the transaction committed: now the lanes, the metrics and the log
         counted: dict[tuple[str, str], int] = {}
@@ -620,7 +620,7 @@ class Dispatcher:
         for outcome in outcomes:
             result = outcome.result
             lane = self.lanes[result.job.subscriber_id]
-            lane.inflight.pop(result.job.id, None)
+            lane.settle(result.job)
             if result.status == 429:  # slow down this subscriber alone, as long as it asks
                 pause = min(result.retry_after or 1.0, MAX_RETRY_AFTER)
                 lane.paused_until = max(lane.paused_until, now + pause)
