@@ -52,3 +52,44 @@ def test_postgres_claim_probes_open_deliveries(postgres_dsn: str) -> None:
         plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params))
     assert "deliveries_open" in plan
     assert "deliveries_order" not in plan
+
+
+def test_no_index_repeats_the_leading_columns_of_another(tmp_path: Path) -> None:
+    # every index is written on every insert: one whose columns lead another index of the same
+    # table (deliveries_event before migration 010) costs each row a write and buys nothing
+    conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+    conn.execute("BEGIN")
+    apply_migrations(SqlTx(conn), "sqlite")
+    conn.execute("COMMIT")
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    redundant = []
+    for table in tables:
+        indexes = {
+            name: [col[2] for col in conn.execute(f"PRAGMA index_info('{name}')")]
+            for _, name, _, _, partial in conn.execute(f"PRAGMA index_list('{table}')")
+            if not partial  # a partial index covers other rows: no repeat of a full one
+        }
+        for name, columns in indexes.items():
+            for other, wider in indexes.items():
+                if other != name and wider[: len(columns)] == columns:
+                    redundant.append(f"{name} {columns} leads {other} {wider}")
+    assert redundant == []
+    conn.close()
+
+
+def test_lookups_by_event_use_the_unique_index(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+    conn.execute("BEGIN")
+    apply_migrations(SqlTx(conn), "sqlite")
+    conn.execute("COMMIT")
+    for sql in (
+        "SELECT id FROM deliveries WHERE event_id IN (?, ?)",  # the retention purge
+        "SELECT 1 FROM events e WHERE NOT EXISTS (SELECT 1 FROM deliveries d "
+        "WHERE d.event_id = e.id AND d.state IN ('pending', 'inflight', 'held'))",
+    ):
+        plan = " | ".join(
+            str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, ["a"] * sql.count("?"))
+        )
+        assert "SEARCH d" in plan.replace("SEARCH deliveries", "SEARCH d"), plan
+        assert "(event_id=?" in plan, plan
+    conn.close()
