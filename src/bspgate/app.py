@@ -167,8 +167,7 @@ async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     with contextlib.suppress(StoreError):
         counts, oldest = await gateway.store.queue_counts()
-        for key, value in counts.items():
-            gateway.metrics.queue.labels(key).set(value)
+        gateway.metrics.set_store_rows(counts)
         age = 0.0
         if oldest is not None:
             age = max((gateway.clock() - datetime.fromisoformat(oldest)).total_seconds(), 0.0)

@@ -23,6 +23,15 @@ from prometheus_client import (
 )
 
 MAX_UNMAPPED_SERIES = 200  # distinct (provider, field) label pairs; the rest count as "other"
+# `store_rows{state}` series shown from the start: the queues an operator alerts on
+WATCHED_STORE_STATES = (
+    "raw_received",
+    "raw_quarantined",
+    "deliveries_pending",
+    "deliveries_inflight",
+    "deliveries_held",
+    "deliveries_dead",
+)
 
 
 class Metrics:
@@ -80,6 +89,9 @@ class Metrics:
             registry=self.registry,
         )
 
+        # what an operator watches is present from the start (at 0), and a state whose rows are
+        # all gone reads 0 again, not the last count seen (the store counts present states only)
+        self._store_states = set(WATCHED_STORE_STATES)
         self.peers: list[Path] = []  # other processes' rendered metrics, merged in
         # channels and outcomes are both from closed sets (the configured channels, the answers)
         self._webhook_children: dict[tuple[str, str], Any] = {}
@@ -93,6 +105,14 @@ class Metrics:
                 channel, outcome
             )
         child.inc()
+
+    def set_store_rows(self, counts: dict[str, int]) -> None:
+        """`store_rows{state}` from the store's counts of the states that have rows."""
+        for state in self._store_states - counts.keys():
+            self.queue.labels(state).set(0)
+        for state, number in counts.items():
+            self.queue.labels(state).set(number)
+        self._store_states |= counts.keys()
 
     def count_unmapped(self, provider: str, field: str) -> None:
         """Count a field no rule reads; past `MAX_UNMAPPED_SERIES` names, as field="other".

@@ -184,6 +184,19 @@ def test_metrics_show_queue_depth_and_oldest_undelivered_age(client: TestClient)
     assert float(line.split()[-1]) >= 0.0
 
 
+def test_a_queue_emptied_reads_zero_not_its_last_count(client: TestClient) -> None:
+    text = client.get("/metrics").text  # the watched queues are there before any row
+    assert 'bspgate_store_rows{state="deliveries_held"} 0.0' in text
+    assert 'bspgate_store_rows{state="raw_received"} 0.0' in text
+    _post(client, cloud_message("wamid.1", bsuid=B1))  # "bi" needs a phone: held
+    assert 'bspgate_store_rows{state="deliveries_held"} 1.0' in client.get("/metrics").text
+    _post(client, cloud_message("wamid.2", phone=PHONE, bsuid=B1))  # the phone releases it
+    assert [d["state"] for d in _deliveries(client, "bi")] == ["pending", "pending"]
+    text = client.get("/metrics").text
+    assert 'bspgate_store_rows{state="deliveries_held"} 0.0' in text
+    assert 'bspgate_store_rows{state="deliveries_pending"} 4.0' in text
+
+
 @pytest.mark.parametrize(
     "query",
     [
