@@ -16,6 +16,7 @@ import pytest
 
 from bspgate.delivery.lane import OPEN_AFTER, lease_for
 from bspgate.delivery.worker import AttemptResult, Dispatcher
+from bspgate.times import iso, parse_time
 from tests.conftest import API_KEY
 from tests.payloads import text_webhook
 from tests.test_delivery import ALICE, BOB, CRM, Harness, harness, subscriber
@@ -182,6 +183,39 @@ async def test_retry_now_through_the_api(tmp_path: Path) -> None:
         assert missing.status_code == 404
 
 
+async def test_the_subscriber_list_shows_why_its_queue_waits(tmp_path: Path) -> None:
+    # what an engineer paged for a stuck queue asks first: is it failing, since when, how much
+    # waits and when is the next try (times in the one format of bspgate's answers)
+    async with harness(tmp_path) as h:
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=h.app),
+            base_url="http://gw",
+            headers={"authorization": f"Bearer {API_KEY}"},
+        )
+        (quiet,) = (await client.get("/v1/subscribers")).json()["data"]
+        assert quiet["failing_since"] is None
+        assert quiet["backlog"] == {
+            "pending": 0, "inflight": 0, "held": 0, "dead": 0,
+            "next_attempt_at": None, "oldest_open_at": None,
+        }  # fmt: skip
+        h.receiver.script[CRM] = [503, 503]
+        failed_at = h.clock()
+        await h.ingest(text_webhook("wamid.1", bsuid=ALICE))
+        await h.ingest(text_webhook("wamid.2", bsuid=BOB))
+        assert await h.dispatcher.run_once() == 2  # both fail
+        (crm,) = (await client.get("/v1/subscribers")).json()["data"]
+        assert crm["enabled"] is True
+        assert crm["failing_since"] == iso(failed_at)
+        backlog = crm["backlog"]
+        waiting = [d for d in await h.deliveries() if d["state"] == "pending"]
+        assert len(waiting) >= 2  # the two that failed (and what waits behind them)
+        assert (backlog["pending"], backlog["inflight"], backlog["dead"]) == (len(waiting), 0, 0)
+        # the earliest due: an event waiting behind a failed one of its contact is due already
+        assert backlog["next_attempt_at"] == iso(failed_at)
+        assert parse_time(backlog["oldest_open_at"]) <= failed_at
+        assert backlog["oldest_open_at"].endswith("Z")
+
+
 def test_retry_now_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import asyncio
 
@@ -207,3 +241,8 @@ def test_retry_now_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[st
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert orjson.loads(last) == {"id": "crm", "retrying": 1}
     assert main(["subscribers", "retry", "nobody", "--config", str(path)]) == 1
+    capsys.readouterr()
+    assert main(["subscribers", "list", "--config", str(path)]) == 0
+    listed = orjson.loads(capsys.readouterr().out)
+    assert listed["backlog"]["pending"] == 1
+    assert listed["failing_since"].endswith("Z")

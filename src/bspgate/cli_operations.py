@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from bspgate.masking import mask_url
-
 if TYPE_CHECKING:
     from bspgate.app import Gateway
     from bspgate.config import Settings
@@ -161,7 +159,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
-    from bspgate.operations import retry_subscriber, set_subscriber
+    from bspgate.operations import retry_subscriber, set_subscriber, subscriber_view
 
     async def work(gateway: Gateway) -> int:
         known = {s.id for s in settings.subscribers}
@@ -176,16 +174,12 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
             await set_subscriber(
                 gateway.store, args.subscriber, args.action == "enable", gateway.clock()
             )
-        states = await gateway.store.read(lambda tx: tx.subscriber_states())
+        states, backlogs = await gateway.store.read(
+            lambda tx: (tx.subscriber_states(), tx.subscriber_backlog())
+        )
         for subscriber in settings.subscribers:
-            state = states.get(subscriber.id) or {}
             _print(
-                {
-                    "id": subscriber.id,
-                    "url": mask_url(subscriber.url),
-                    "enabled": not state.get("disabled_at"),
-                    "reason": state.get("reason"),
-                }
+                subscriber_view(subscriber, states.get(subscriber.id), backlogs.get(subscriber.id))
             )
         return 0
 

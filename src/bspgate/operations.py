@@ -17,10 +17,11 @@ from datetime import datetime
 from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 
+from bspgate.masking import mask_url
 from bspgate.pipeline import Fanout
 from bspgate.processing import Poisoned, map_raw, process_batch
 from bspgate.store.base import RawRecord, Store
-from bspgate.times import comparable
+from bspgate.times import comparable, iso_epoch, normalized
 
 if TYPE_CHECKING:
     from bspgate.config import Subscriber
@@ -259,6 +260,41 @@ async def set_subscriber(
         await store.transaction(lambda tx: tx.enable_subscriber(subscriber_id, stamp))
     else:
         await store.transaction(lambda tx: tx.disable_subscriber(subscriber_id, reason, stamp))
+
+
+def subscriber_view(
+    subscriber: Subscriber, state: dict[str, Any] | None, backlog: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A subscriber as `GET /v1/subscribers` and `bspgate subscribers list` show it: enabled or
+    why not, since when it has been failing, and its backlog (times in RFC 3339)."""
+    state, backlog = state or {}, backlog or {}
+    return {
+        "id": subscriber.id,
+        "url": mask_url(subscriber.url),
+        "events": list(subscriber.events),
+        "channels": list(subscriber.channels),
+        "enabled": not state.get("disabled_at"),
+        "disabled_at": _stamp(state.get("disabled_at")),
+        "reason": state.get("reason"),
+        "failing_since": _stamp(state.get("failing_since")),
+        "backlog": {
+            **{key: int(backlog.get(key) or 0) for key in ("pending", "inflight", "held", "dead")},
+            "next_attempt_at": _stamp(backlog.get("next_attempt_at")),
+            "oldest_open_at": _stamp(backlog.get("oldest_open_at")),
+        },
+    }
+
+
+def _stamp(value: str | float | None) -> str | None:
+    """A stored time (epoch seconds, or text) in the one format of bspgate's answers."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return iso_epoch(value)
+    try:
+        return normalized(value)
+    except ValueError:  # not ours to reject: show it as stored
+        return value
 
 
 async def retry_subscriber(store: Any, subscriber_id: str, moment: datetime) -> int:

@@ -25,6 +25,7 @@ TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 TEXT = {"type": "string"}
 NULLABLE_TEXT = {"type": ["string", "null"]}
+COUNT = {"type": "integer", "minimum": 0}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -234,6 +235,23 @@ def _schemas() -> dict[str, Any]:
                 "disabled_at": NULLABLE_TIME,
                 "reason": NULLABLE_TEXT,
                 "failing_since": NULLABLE_TIME,
+                "backlog": _obj(
+                    ["pending", "inflight", "held", "dead", "next_attempt_at", "oldest_open_at"],
+                    {
+                        "pending": COUNT,
+                        "inflight": COUNT,
+                        "held": COUNT,
+                        "dead": COUNT,
+                        "next_attempt_at": {
+                            **NULLABLE_TIME,
+                            "description": "when the next pending delivery is due",
+                        },
+                        "oldest_open_at": {
+                            **NULLABLE_TIME,
+                            "description": "creation of the oldest pending, in-flight or held one",
+                        },
+                    },
+                ),
             },
         ),
         "SubscriberSwitch": _obj(["id", "enabled"], {"id": TEXT, "enabled": {"type": "boolean"}}),

@@ -21,7 +21,6 @@ from starlette.routing import Route
 
 from bspgate.api.answers import TimedJSON
 from bspgate.api.auth import authenticated
-from bspgate.masking import mask_url
 from bspgate.operations import (
     ReplayRequest,
     UnknownReference,
@@ -29,6 +28,7 @@ from bspgate.operations import (
     replay_quarantined,
     retry_subscriber,
     set_subscriber,
+    subscriber_view,
 )
 from bspgate.problems import problem_response
 
@@ -141,21 +141,13 @@ async def list_quarantined(request: Request) -> Response:
 @authenticated
 async def list_subscribers(request: Request) -> Response:
     gateway = _gateway(request)
-    states = await gateway.store.read(lambda tx: tx.subscriber_states())
+    states, backlogs = await gateway.store.read(
+        lambda tx: (tx.subscriber_states(), tx.subscriber_backlog())
+    )
     return TimedJSON(
         {
             "data": [
-                {
-                    "id": s.id,
-                    "url": mask_url(s.url),
-                    "events": list(s.events),
-                    "channels": list(s.channels),
-                    "enabled": not (states.get(s.id) or {}).get("disabled_at"),
-                    **{
-                        k: (states.get(s.id) or {}).get(k)
-                        for k in ("disabled_at", "reason", "failing_since")
-                    },
-                }
+                subscriber_view(s, states.get(s.id), backlogs.get(s.id))
                 for s in gateway.settings.subscribers
             ]
         }

@@ -40,18 +40,8 @@ def audit_entries(tx: Any, limit: int = 200, before: int | None = None) -> list[
 # -- overview ----------------------------------------------------------------------------------
 def outbox_summary(tx: Any) -> dict[str, Any]:
     """Open and dead deliveries per subscriber and state, next attempt, oldest open row."""
-    per: dict[str, dict[str, Any]] = {}
-    totals = dict.fromkeys((*OPEN_STATES, "dead"), 0)
-    rows = tx.all(
-        "SELECT subscriber_id, state, COUNT(*), MIN(next_attempt_at) FROM deliveries "
-        "WHERE state IN ('pending', 'inflight', 'held', 'dead') GROUP BY subscriber_id, state"
-    )
-    for subscriber_id, state, count, next_at in rows:
-        entry = per.setdefault(subscriber_id, {"next_attempt_at": None})
-        entry[state] = int(count)
-        totals[state] += int(count)
-        if state == "pending" and next_at is not None:
-            entry["next_attempt_at"] = float(next_at)
+    per: dict[str, dict[str, Any]] = tx.subscriber_backlog()
+    totals = {state: sum(e[state] for e in per.values()) for state in (*OPEN_STATES, "dead")}
     quarantined = tx.one("SELECT COUNT(*) FROM raw_payloads WHERE state = 'quarantined'")[0]
     return {
         "per_subscriber": per,

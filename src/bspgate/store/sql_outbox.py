@@ -313,6 +313,25 @@ class OutboxQueries(SqlBase):
         keys = ("disabled_at", "reason", "failing_since", "updated_at")
         return {row[0]: dict(zip(keys, row[1:], strict=True)) for row in rows}
 
+    def subscriber_backlog(self) -> dict[str, dict[str, Any]]:
+        """Open and dead deliveries per subscriber: how many in each state, when the next
+        pending one is due (epoch seconds) and when the oldest open one was created."""
+        rows = self.all(
+            "SELECT subscriber_id, state, COUNT(*), MIN(next_attempt_at), MIN(created_at) "
+            "FROM deliveries WHERE state IN ('pending', 'inflight', 'held', 'dead') "
+            "GROUP BY subscriber_id, state"
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for subscriber_id, state, count, next_at, created in rows:
+            entry = out.setdefault(subscriber_id, dict(_EMPTY_BACKLOG))
+            entry[state] = int(count)
+            if state == "pending" and next_at is not None:
+                entry["next_attempt_at"] = float(next_at)
+            if state != "dead" and created is not None:
+                oldest = entry["oldest_open_at"]
+                entry["oldest_open_at"] = min(oldest, str(created)) if oldest else str(created)
+        return out
+
     def _upsert_subscriber(
         self, subscriber_id: str, stamp: str, assignments: str, values: Sequence[Any]
     ) -> None:
@@ -729,6 +748,12 @@ class OutboxQueries(SqlBase):
         for state, number in self.all("SELECT state, COUNT(*) FROM raw_payloads GROUP BY state"):
             out[f"raw_{state}"] = int(number)
         return out
+
+
+_EMPTY_BACKLOG: dict[str, Any] = {
+    "pending": 0, "inflight": 0, "held": 0, "dead": 0,
+    "next_attempt_at": None, "oldest_open_at": None,
+}  # fmt: skip
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
