@@ -8,9 +8,11 @@ when every webhook was answered 200, the offered rate was reached, every event a
 backlog stayed flat: 99% of events arrived within a second of their webhook (a backlog that grows
 is latency that grows). Rates are tried as fractions of
 the bare durable route's maximum (wrk, 64 connections, `bench/bare.py`, same backend, measured in
-the same run) from low to high until one fails, then bisected twice; the end-to-end latency
-(p50/p99) is measured at half the highest rate that held. Every rate runs on a fresh gateway
-and store: its steady state, not the recovery from an overload the step before ended on.
+the same run) from low to high until one fails, then bisected twice; the bare route is measured
+again after the search and the ratio is taken against the higher of its two maxima; the
+end-to-end latency (p50/p99) is measured at half the highest rate that held. Every rate runs
+on a fresh gateway and store: its steady state, not the recovery from an overload the step
+before ended on.
 Targets: highest rate >= 0.4x the bare maximum on SQLite, >= 0.3x on PostgreSQL; at half that
 rate p50 <= 25 ms and p99 <= 250 ms.
 
@@ -343,11 +345,16 @@ def main(argv: list[str] | None = None) -> int:
             backends.append(("postgres", args.postgres))
         for backend, server in backends:
             database = stack.enter_context(postgres_database(server)) if server else None
-            top = bare_max(folder, database, args.seconds)
-            print(f"\n{backend}: bare durable route maximum {top:,.0f} req/s (wrk, 64 conns)")
+            first = bare_max(folder, database, args.seconds)
+            print(f"\n{backend}: bare durable route maximum {first:,.0f} req/s (wrk, 64 conns)")
             fresh = _fresh_stores(folder, server)
-            found = search(fresh, folder, sink, top, args.seconds)
+            found = search(fresh, folder, sink, first, args.seconds)
             half = step_at(fresh, folder, sink, max(found["held"] / 2, 10), args.seconds)
+            # the machine drifts during a search of minutes: the baseline is measured again
+            # after it, and the ratio taken against the higher of the two (never flattering)
+            again = bare_max(folder, database, args.seconds)
+            print(f"  bare durable route maximum after the search: {again:,.0f} req/s")
+            top = max(first, again)
             ratio = found["held"] / top
             p50, p99 = percentile(half.latencies_ms, 0.5), percentile(half.latencies_ms, 0.99)
             summary.append(
