@@ -21,7 +21,7 @@ from bspgate.masking import mask_url
 from bspgate.pipeline import Fanout
 from bspgate.processing import Poisoned, map_raw, process_batch
 from bspgate.store.base import RawRecord, Store
-from bspgate.times import comparable, iso_epoch, normalized
+from bspgate.times import comparable, rfc3339_fields
 
 if TYPE_CHECKING:
     from bspgate.config import Subscriber
@@ -268,33 +268,24 @@ def subscriber_view(
     """A subscriber as `GET /v1/subscribers` and `bspgate subscribers list` show it: enabled or
     why not, since when it has been failing, and its backlog (times in RFC 3339)."""
     state, backlog = state or {}, backlog or {}
-    return {
-        "id": subscriber.id,
-        "url": mask_url(subscriber.url),
-        "events": list(subscriber.events),
-        "channels": list(subscriber.channels),
-        "enabled": not state.get("disabled_at"),
-        "disabled_at": _stamp(state.get("disabled_at")),
-        "reason": state.get("reason"),
-        "failing_since": _stamp(state.get("failing_since")),
-        "backlog": {
-            **{key: int(backlog.get(key) or 0) for key in ("pending", "inflight", "held", "dead")},
-            "next_attempt_at": _stamp(backlog.get("next_attempt_at")),
-            "oldest_open_at": _stamp(backlog.get("oldest_open_at")),
-        },
-    }
-
-
-def _stamp(value: str | float | None) -> str | None:
-    """A stored time (epoch seconds, or text) in the one format of bspgate's answers."""
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return iso_epoch(value)
-    try:
-        return normalized(value)
-    except ValueError:  # not ours to reject: show it as stored
-        return value
+    view: dict[str, Any] = rfc3339_fields(
+        {
+            "id": subscriber.id,
+            "url": mask_url(subscriber.url),
+            "events": list(subscriber.events),
+            "channels": list(subscriber.channels),
+            "enabled": not state.get("disabled_at"),
+            "disabled_at": state.get("disabled_at"),
+            "reason": state.get("reason"),
+            "failing_since": state.get("failing_since"),
+            "backlog": {
+                **{k: int(backlog.get(k) or 0) for k in ("pending", "inflight", "held", "dead")},
+                "next_attempt_at": backlog.get("next_attempt_at"),
+                "oldest_open_at": backlog.get("oldest_open_at"),
+            },
+        }
+    )
+    return view
 
 
 async def retry_subscriber(store: Any, subscriber_id: str, moment: datetime) -> int:

@@ -225,7 +225,7 @@ def _schemas() -> dict[str, Any]:
             },
         ),
         "Subscriber": _obj(
-            ["id", "url", "enabled"],
+            ["id", "url", "enabled", "backlog"],
             {
                 "id": TEXT,
                 "url": {"type": "string", "description": "credentials masked"},
