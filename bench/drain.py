@@ -29,7 +29,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import postgres_database, run_wrk, wrk_script
-from bench.e2e import bare_max, settle, sink_server
+from bench.e2e import backends, bare_max, settle, workspace
 from bench.ingress import gateway_server
 
 LIMIT = 300.0  # seconds a drain may take before the run is reported as stuck
@@ -156,17 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     print("reproduce: python -m bench.drain" + " ".join(f" {a}" for a in (argv or sys.argv[1:])))
     summary = []
     stuck = False
-    with (
-        tempfile.TemporaryDirectory(prefix="bspgate-bench-") as tmp,
-        sink_server() as sink,
-        contextlib.ExitStack() as stack,
-    ):
-        folder = Path(tmp)
-        backends = [] if args.no_sqlite else [("sqlite", None)]
-        if args.postgres:
-            backends.append(("postgres", args.postgres))
+    with workspace() as (folder, sink, stack):
         offset = 0
-        for backend, server in backends:
+        for backend, server in backends(args):
             database = stack.enter_context(postgres_database(server)) if server else None
             top = bare_max(folder, database, 8.0)
             print(f"\n{backend}: bare durable route maximum {top:,.0f} req/s (wrk, 64 conns)")

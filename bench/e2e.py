@@ -96,6 +96,25 @@ def sink_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+@contextlib.contextmanager
+def workspace() -> Iterator[tuple[Path, str, contextlib.ExitStack]]:
+    """A temporary folder, the sink's URL, and a stack for throwaway databases."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bspgate-bench-") as tmp,
+        sink_server() as sink,
+        contextlib.ExitStack() as stack,
+    ):
+        yield Path(tmp), sink, stack
+
+
+def backends(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(name, PostgreSQL server URL or None) per backend asked for on the command line."""
+    chosen: list[tuple[str, str | None]] = [] if args.no_sqlite else [("sqlite", None)]
+    if args.postgres:
+        chosen.append(("postgres", args.postgres))
+    return chosen
+
+
 def marked_body(n: int) -> bytes:
     # the message id ends in "z<n>" so the sink can read the number back
     base = n // 1_000_000 * CONTACTS
@@ -334,16 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print("reproduce: python -m bench.e2e" + " ".join(f" {a}" for a in (argv or sys.argv[1:])))
     summary = []
-    with (
-        tempfile.TemporaryDirectory(prefix="bspgate-bench-") as tmp,
-        sink_server() as sink,
-        contextlib.ExitStack() as stack,
-    ):
-        folder = Path(tmp)
-        backends = [] if args.no_sqlite else [("sqlite", None)]
-        if args.postgres:
-            backends.append(("postgres", args.postgres))
-        for backend, server in backends:
+    with workspace() as (folder, sink, stack):
+        for backend, server in backends(args):
             database = stack.enter_context(postgres_database(server)) if server else None
             first = bare_max(folder, database, args.seconds)
             print(f"\n{backend}: bare durable route maximum {first:,.0f} req/s (wrk, 64 conns)")
