@@ -93,3 +93,19 @@ def test_lookups_by_event_use_the_unique_index(tmp_path: Path) -> None:
         # the UNIQUE (event_id, subscriber_id) index, not one of its own
         assert "INDEX sqlite_autoindex_deliveries_2 (event_id=?" in plan, plan
     conn.close()
+
+
+def test_deliveries_of_one_event_in_one_state_search_the_event(tmp_path: Path) -> None:
+    # `GET /v1/deliveries?event_id=...&state=dead`: ordered by seq, SQLite walked every dead
+    # row (deliveries_claim) looking for the event's few
+    conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+    conn.execute("BEGIN")
+    apply_migrations(SqlTx(conn), "sqlite")
+    conn.execute("COMMIT")
+    recording = Recording(conn)
+    SqlTx(recording).deliveries(state="dead", subscriber_id=None, event_id="evt_1", limit=50)
+    ((sql, params),) = recording.seen
+    plan = " | ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+    assert "INDEX sqlite_autoindex_deliveries_2 (event_id=?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+    conn.close()

@@ -683,10 +683,13 @@ class OutboxQueries(SqlBase):
                 params.append(value)
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
         params.append(limit)
+        # one event's rows share its seq: ordered by subscriber, they come straight from the
+        # UNIQUE (event_id, subscriber_id) index (by seq, SQLite walked every row in `state`)
+        order = "subscriber_id" if event_id else "event_seq DESC"
         rows = self.all(
             "SELECT id, event_id, subscriber_id, contact_id, state, attempts, next_attempt_at, "
             f"last_status, last_error, created_at, updated_at FROM deliveries {where} "
-            "ORDER BY event_seq DESC LIMIT ?",
+            f"ORDER BY {order} LIMIT ?",
             params,
         )
         keys = (
