@@ -343,7 +343,7 @@ def _operations() -> dict[str, Any]:
         "/v1/deliveries": {
             "get": op(
                 "listDeliveries",
-                "Deliveries to subscribers",
+                "Deliveries to subscribers, newest event first (one event's: by subscriber)",
                 _json(_page("Delivery"), "the deliveries"),
                 [400],
                 params=[
