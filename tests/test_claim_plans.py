@@ -109,3 +109,18 @@ def test_deliveries_of_one_event_in_one_state_search_the_event(tmp_path: Path) -
     assert "INDEX sqlite_autoindex_deliveries_2 (event_id=?)" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
     conn.close()
+
+
+def test_a_subscribers_backlog_is_counted_in_an_index(tmp_path: Path) -> None:
+    # `GET /v1/subscribers`, `bspgate subscribers list` and the console's overview: a dead-letter
+    # queue of millions must be counted in `deliveries_lane`, not read row by row
+    conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+    conn.execute("BEGIN")
+    apply_migrations(SqlTx(conn), "sqlite")
+    conn.execute("COMMIT")
+    recording = Recording(conn)
+    SqlTx(recording).subscriber_backlog(["crm"])
+    ((sql, params),) = recording.seen  # nothing open: no second statement for the times
+    plan = " | ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+    assert "COVERING INDEX deliveries_lane (subscriber_id=? AND state=?)" in plan, plan
+    conn.close()

@@ -175,7 +175,7 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
                 gateway.store, args.subscriber, args.action == "enable", gateway.clock()
             )
         states, backlogs = await gateway.store.read(
-            lambda tx: (tx.subscriber_states(), tx.subscriber_backlog())
+            lambda tx: (tx.subscriber_states(), tx.subscriber_backlog(sorted(known)))
         )
         for subscriber in settings.subscribers:
             _print(

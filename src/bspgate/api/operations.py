@@ -142,7 +142,10 @@ async def list_quarantined(request: Request) -> Response:
 async def list_subscribers(request: Request) -> Response:
     gateway = _gateway(request)
     states, backlogs = await gateway.store.read(
-        lambda tx: (tx.subscriber_states(), tx.subscriber_backlog())
+        lambda tx: (
+            tx.subscriber_states(),
+            tx.subscriber_backlog([s.id for s in gateway.settings.subscribers]),
+        )
     )
     return TimedJSON(
         {

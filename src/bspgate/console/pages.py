@@ -49,7 +49,11 @@ async def overview(request: Request) -> Response:
         minutes = 15
     recent = activity(request).recent(minutes)
     summary, stats, states = await gateway.store.read(
-        lambda tx: (queries.outbox_summary(tx), queries.attempt_stats(tx), tx.subscriber_states())
+        lambda tx: (
+            queries.outbox_summary(tx, [s.id for s in gateway.settings.subscribers]),
+            queries.attempt_stats(tx),
+            tx.subscriber_states(),
+        )
     )
     now = gateway.clock()
     channels = []

@@ -38,10 +38,10 @@ def audit_entries(tx: Any, limit: int = 200, before: int | None = None) -> list[
 
 
 # -- overview ----------------------------------------------------------------------------------
-def outbox_summary(tx: Any) -> dict[str, Any]:
+def outbox_summary(tx: Any, subscriber_ids: list[str]) -> dict[str, Any]:
     """Open and dead deliveries per subscriber and state, next attempt, oldest open row."""
-    per: dict[str, dict[str, Any]] = tx.subscriber_backlog()
-    totals = {state: sum(e[state] for e in per.values()) for state in (*OPEN_STATES, "dead")}
+    per: dict[str, dict[str, Any]] = tx.subscriber_backlog(subscriber_ids)
+    totals: dict[str, int] = tx.outbox_totals()  # a subscriber no longer configured counts too
     quarantined = tx.one("SELECT COUNT(*) FROM raw_payloads WHERE state = 'quarantined'")[0]
     return {
         "per_subscriber": per,

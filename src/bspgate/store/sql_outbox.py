@@ -313,24 +313,42 @@ class OutboxQueries(SqlBase):
         keys = ("disabled_at", "reason", "failing_since", "updated_at")
         return {row[0]: dict(zip(keys, row[1:], strict=True)) for row in rows}
 
-    def subscriber_backlog(self) -> dict[str, dict[str, Any]]:
-        """Open and dead deliveries per subscriber: how many in each state, when the next
-        pending one is due (epoch seconds) and when the oldest open one was created."""
-        rows = self.all(
-            "SELECT subscriber_id, state, COUNT(*), MIN(next_attempt_at), MIN(created_at) "
-            "FROM deliveries WHERE state IN ('pending', 'inflight', 'held', 'dead') "
-            "GROUP BY subscriber_id, state"
-        )
+    def subscriber_backlog(self, subscriber_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Open and dead deliveries of each subscriber: how many in each state, when the next
+        pending one is due (epoch seconds) and when the oldest open one was created.
+
+        Per subscriber, so the counts are read from `deliveries_lane` alone (a dead-letter
+        queue of millions is counted in its index, not read row by row); the times come from
+        the open rows only."""
         out: dict[str, dict[str, Any]] = {}
-        for subscriber_id, state, count, next_at, created in rows:
-            entry = out.setdefault(subscriber_id, dict(_EMPTY_BACKLOG))
-            entry[state] = int(count)
-            if state == "pending" and next_at is not None:
-                entry["next_attempt_at"] = float(next_at)
-            if state != "dead" and created is not None:
-                oldest = entry["oldest_open_at"]
-                entry["oldest_open_at"] = min(oldest, str(created)) if oldest else str(created)
+        for subscriber_id in subscriber_ids:
+            entry = out[subscriber_id] = dict(_EMPTY_BACKLOG)
+            for state, count in self.all(
+                "SELECT state, COUNT(*) FROM deliveries WHERE subscriber_id = ? AND state IN "
+                "('pending', 'inflight', 'held', 'dead') GROUP BY state",
+                (subscriber_id,),
+            ):
+                entry[state] = int(count)
+            if entry["pending"] or entry["inflight"] or entry["held"]:
+                due, oldest = self.one(
+                    "SELECT MIN(CASE WHEN state = 'pending' THEN next_attempt_at END), "
+                    "MIN(created_at) FROM deliveries WHERE subscriber_id = ? AND state IN "
+                    "('pending', 'inflight', 'held')",
+                    (subscriber_id,),
+                )
+                entry["next_attempt_at"] = None if due is None else float(due)
+                entry["oldest_open_at"] = None if oldest is None else str(oldest)
         return out
+
+    def outbox_totals(self) -> dict[str, int]:
+        """Open and dead deliveries by state, whichever subscriber (from `deliveries_claim`)."""
+        totals = dict.fromkeys(("pending", "inflight", "held", "dead"), 0)
+        for state, count in self.all(
+            "SELECT state, COUNT(*) FROM deliveries "
+            "WHERE state IN ('pending', 'inflight', 'held', 'dead') GROUP BY state"
+        ):
+            totals[state] = int(count)
+        return totals
 
     def _upsert_subscriber(
         self, subscriber_id: str, stamp: str, assignments: str, values: Sequence[Any]
