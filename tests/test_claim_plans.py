@@ -9,7 +9,9 @@ The plans are asserted because the answer is the same either way: only the cost 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -54,13 +56,33 @@ def test_postgres_claim_probes_open_deliveries(postgres_dsn: str) -> None:
     assert "deliveries_order" not in plan
 
 
-def test_no_index_repeats_the_leading_columns_of_another(tmp_path: Path) -> None:
-    # every index is written on every insert: one whose columns lead another index of the same
-    # table (deliveries_event before migration 010) costs each row a write and buys nothing
+@pytest.fixture
+def migrated(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """An SQLite database with every migration applied (autocommit)."""
     conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
     conn.execute("BEGIN")
     apply_migrations(SqlTx(conn), "sqlite")
     conn.execute("COMMIT")
+    yield conn
+    conn.close()
+
+
+def _plan(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> str:
+    return " | ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+
+def _only_plan(conn: sqlite3.Connection, run: Callable[[SqlTx], object]) -> str:
+    """The plan of the one statement `run` makes."""
+    recording = Recording(conn)
+    run(SqlTx(recording))
+    ((sql, params),) = recording.seen
+    return _plan(conn, sql, params)
+
+
+def test_no_index_repeats_the_leading_columns_of_another(migrated: sqlite3.Connection) -> None:
+    # every index is written on every insert: one whose columns lead another index of the same
+    # table (deliveries_event before migration 010) costs each row a write and buys nothing
+    conn = migrated
     tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     redundant = []
     for table in tables:
@@ -74,53 +96,35 @@ def test_no_index_repeats_the_leading_columns_of_another(tmp_path: Path) -> None
                 if other != name and wider[: len(columns)] == columns:
                     redundant.append(f"{name} {columns} leads {other} {wider}")
     assert redundant == []
-    conn.close()
 
 
-def test_lookups_by_event_use_the_unique_index(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
-    conn.execute("BEGIN")
-    apply_migrations(SqlTx(conn), "sqlite")
-    conn.execute("COMMIT")
+def test_lookups_by_event_use_the_unique_index(migrated: sqlite3.Connection) -> None:
     for sql in (
         "SELECT id FROM deliveries WHERE event_id IN (?, ?)",  # the retention purge
         "SELECT 1 FROM events e WHERE NOT EXISTS (SELECT 1 FROM deliveries d "
         "WHERE d.event_id = e.id AND d.state IN ('pending', 'inflight', 'held'))",
     ):
-        plan = " | ".join(
-            str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, ["a"] * sql.count("?"))
-        )
+        plan = _plan(migrated, sql, ["a"] * sql.count("?"))
         # the UNIQUE (event_id, subscriber_id) index, not one of its own
         assert "INDEX sqlite_autoindex_deliveries_2 (event_id=?" in plan, plan
-    conn.close()
 
 
-def test_deliveries_of_one_event_in_one_state_search_the_event(tmp_path: Path) -> None:
+def test_deliveries_of_one_event_in_one_state_search_the_event(
+    migrated: sqlite3.Connection,
+) -> None:
     # `GET /v1/deliveries?event_id=...&state=dead`: ordered by seq, SQLite walked every dead
     # row (deliveries_claim) looking for the event's few
-    conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
-    conn.execute("BEGIN")
-    apply_migrations(SqlTx(conn), "sqlite")
-    conn.execute("COMMIT")
-    recording = Recording(conn)
-    SqlTx(recording).deliveries(state="dead", subscriber_id=None, event_id="evt_1", limit=50)
-    ((sql, params),) = recording.seen
-    plan = " | ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+    plan = _only_plan(
+        migrated,
+        lambda tx: tx.deliveries(state="dead", subscriber_id=None, event_id="evt_1", limit=50),
+    )
     assert "INDEX sqlite_autoindex_deliveries_2 (event_id=?)" in plan, plan
     assert "TEMP B-TREE" not in plan, plan
-    conn.close()
 
 
-def test_a_subscribers_backlog_is_counted_in_an_index(tmp_path: Path) -> None:
+def test_a_subscribers_backlog_is_counted_in_an_index(migrated: sqlite3.Connection) -> None:
     # `GET /v1/subscribers`, `bspgate subscribers list` and the console's overview: a dead-letter
     # queue of millions must be counted in `deliveries_lane`, not read row by row
-    conn = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
-    conn.execute("BEGIN")
-    apply_migrations(SqlTx(conn), "sqlite")
-    conn.execute("COMMIT")
-    recording = Recording(conn)
-    SqlTx(recording).subscriber_backlog(["crm"])
-    ((sql, params),) = recording.seen  # nothing open: no second statement for the times
-    plan = " | ".join(str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+    # (nothing open: no second statement, for the times of open rows)
+    plan = _only_plan(migrated, lambda tx: tx.subscriber_backlog(["crm"]))
     assert "COVERING INDEX deliveries_lane (subscriber_id=? AND state=?)" in plan, plan
-    conn.close()
