@@ -214,6 +214,18 @@ async def test_the_subscriber_list_shows_why_its_queue_waits(tmp_path: Path) -> 
         assert backlog["next_attempt_at"] == iso(failed_at)
         assert parse_time(backlog["oldest_open_at"]) <= failed_at
         assert backlog["oldest_open_at"].endswith("Z")
+        # the same backlog on /metrics, for alerts per subscriber
+        h.clock.advance(30)
+        text = (await client.get("/metrics")).text
+        pending = f'bspgate_subscriber_backlog{{state="pending",subscriber="crm"}} {len(waiting)}.0'
+        assert pending in text
+        assert 'bspgate_subscriber_backlog{state="dead",subscriber="crm"} 0.0' in text
+        (age,) = [
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith('bspgate_subscriber_oldest_open_seconds{subscriber="crm"}')
+        ]
+        assert 30.0 <= age < 60.0
 
 
 def test_retry_now_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -172,6 +172,9 @@ async def metrics(request: Request) -> Response:
         if oldest is not None:
             age = max((gateway.clock() - datetime.fromisoformat(oldest)).total_seconds(), 0.0)
         gateway.metrics.oldest_undelivered.set(age)
+        ids = [s.id for s in gateway.settings.subscribers]
+        backlogs = await gateway.store.read(lambda tx: tx.subscriber_backlog(ids))
+        gateway.metrics.set_subscriber_backlogs(backlogs, gateway.clock().timestamp())
     return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

@@ -22,6 +22,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from bspgate.times import parse_time
+
 MAX_UNMAPPED_SERIES = 200  # distinct (provider, field) label pairs; the rest count as "other"
 # `store_rows{state}` series shown from the start: the queues an operator alerts on
 WATCHED_STORE_STATES = (
@@ -88,6 +90,18 @@ class Metrics:
             ["state"],
             registry=self.registry,
         )
+        self.subscriber_backlog = Gauge(
+            "bspgate_subscriber_backlog",
+            "Deliveries of a subscriber by state (pending, inflight, held, dead)",
+            ["subscriber", "state"],
+            registry=self.registry,
+        )
+        self.subscriber_oldest_open = Gauge(
+            "bspgate_subscriber_oldest_open_seconds",
+            "Age of a subscriber's oldest pending, in-flight or held delivery (0: none)",
+            ["subscriber"],
+            registry=self.registry,
+        )
 
         # what an operator watches is present from the start (at 0), and a state whose rows are
         # all gone reads 0 again, not the last count seen (the store counts present states only)
@@ -113,6 +127,18 @@ class Metrics:
         for state, number in counts.items():
             self.queue.labels(state).set(number)
         self._store_states |= counts.keys()
+
+    def set_subscriber_backlogs(self, backlogs: dict[str, dict[str, Any]], now: float) -> None:
+        """Each configured subscriber's backlog (`OutboxQueries.subscriber_backlog`): counts by
+        state, and how old its oldest open delivery is (`now` in epoch seconds)."""
+        for subscriber, backlog in backlogs.items():
+            for state in ("pending", "inflight", "held", "dead"):
+                self.subscriber_backlog.labels(subscriber, state).set(backlog[state])
+            age = 0.0
+            if backlog["oldest_open_at"]:
+                with contextlib.suppress(ValueError):  # a time not ours to read: 0
+                    age = max(now - parse_time(backlog["oldest_open_at"]).timestamp(), 0.0)
+            self.subscriber_oldest_open.labels(subscriber).set(age)
 
     def count_unmapped(self, provider: str, field: str) -> None:
         """Count a field no rule reads; past `MAX_UNMAPPED_SERIES` names, as field="other".
