@@ -22,6 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from bspgate.store.base import BACKLOG_STATES
 from bspgate.times import parse_time
 
 MAX_UNMAPPED_SERIES = 200  # distinct (provider, field) label pairs; the rest count as "other"
@@ -132,7 +133,7 @@ class Metrics:
         """Each configured subscriber's backlog (`OutboxQueries.subscriber_backlog`): counts by
         state, and how old its oldest open delivery is (`now` in epoch seconds)."""
         for subscriber, backlog in backlogs.items():
-            for state in ("pending", "inflight", "held", "dead"):
+            for state in BACKLOG_STATES:
                 self.subscriber_backlog.labels(subscriber, state).set(backlog[state])
             age = 0.0
             if backlog["oldest_open_at"]:

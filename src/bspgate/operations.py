@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from bspgate.masking import mask_url
 from bspgate.pipeline import Fanout
 from bspgate.processing import Poisoned, map_raw, process_batch
-from bspgate.store.base import RawRecord, Store
+from bspgate.store.base import RawRecord, Store, empty_backlog
 from bspgate.times import comparable, rfc3339_fields
 
 if TYPE_CHECKING:
@@ -267,7 +267,7 @@ def subscriber_view(
 ) -> dict[str, Any]:
     """A subscriber as `GET /v1/subscribers` and `bspgate subscribers list` show it: enabled or
     why not, since when it has been failing, and its backlog (times in RFC 3339)."""
-    state, backlog = state or {}, backlog or {}
+    state = state or {}
     view: dict[str, Any] = rfc3339_fields(
         {
             "id": subscriber.id,
@@ -278,11 +278,7 @@ def subscriber_view(
             "disabled_at": state.get("disabled_at"),
             "reason": state.get("reason"),
             "failing_since": state.get("failing_since"),
-            "backlog": {
-                **{k: int(backlog.get(k) or 0) for k in ("pending", "inflight", "held", "dead")},
-                "next_attempt_at": backlog.get("next_attempt_at"),
-                "oldest_open_at": backlog.get("oldest_open_at"),
-            },
+            "backlog": backlog or empty_backlog(),
         }
     )
     return view

@@ -20,6 +20,15 @@ T = TypeVar("T")
 # commits held one or two webhooks, and the server spent a fifth of its CPU on them
 # (docs/performance.md). Under saturation batches are larger and nothing waits (with 16 as the
 # bound, the saturating ingress benchmark's p99 was 1.45-1.56x the bare route's; with 4, 1.29x).
+# the delivery states a subscriber's backlog counts (`subscriber_backlog`): open, then dead
+BACKLOG_STATES = ("pending", "inflight", "held", "dead")
+
+
+def empty_backlog() -> dict[str, Any]:
+    """A subscriber's backlog with nothing in it: 0 per state, no times."""
+    return {**dict.fromkeys(BACKLOG_STATES, 0), "next_attempt_at": None, "oldest_open_at": None}
+
+
 ACCEPT_LINGER = 0.002
 LINGER_BELOW = 4
 

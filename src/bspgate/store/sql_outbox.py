@@ -7,8 +7,10 @@ from typing import Any
 
 import orjson
 
-from bspgate.store.base import DeliveryJob
+from bspgate.store.base import BACKLOG_STATES, DeliveryJob, empty_backlog
 from bspgate.store.sql_base import SqlBase, _filters
+
+_BACKLOG = "(" + ", ".join(f"'{state}'" for state in BACKLOG_STATES) + ")"  # SQL IN list
 
 # the candidate columns named, for the JSON aggregate of a SQLite claim
 _AS = (
@@ -322,10 +324,10 @@ class OutboxQueries(SqlBase):
         the open rows only."""
         out: dict[str, dict[str, Any]] = {}
         for subscriber_id in subscriber_ids:
-            entry = out[subscriber_id] = dict(_EMPTY_BACKLOG)
+            entry = out[subscriber_id] = empty_backlog()
             for state, count in self.all(
-                "SELECT state, COUNT(*) FROM deliveries WHERE subscriber_id = ? AND state IN "
-                "('pending', 'inflight', 'held', 'dead') GROUP BY state",
+                f"SELECT state, COUNT(*) FROM deliveries WHERE subscriber_id = ? AND state IN "
+                f"{_BACKLOG} GROUP BY state",
                 (subscriber_id,),
             ):
                 entry[state] = int(count)
@@ -342,10 +344,9 @@ class OutboxQueries(SqlBase):
 
     def outbox_totals(self) -> dict[str, int]:
         """Open and dead deliveries by state, whichever subscriber (from `deliveries_claim`)."""
-        totals = dict.fromkeys(("pending", "inflight", "held", "dead"), 0)
+        totals = dict.fromkeys(BACKLOG_STATES, 0)
         for state, count in self.all(
-            "SELECT state, COUNT(*) FROM deliveries "
-            "WHERE state IN ('pending', 'inflight', 'held', 'dead') GROUP BY state"
+            f"SELECT state, COUNT(*) FROM deliveries WHERE state IN {_BACKLOG} GROUP BY state"
         ):
             totals[state] = int(count)
         return totals
@@ -769,12 +770,6 @@ class OutboxQueries(SqlBase):
         for state, number in self.all("SELECT state, COUNT(*) FROM raw_payloads GROUP BY state"):
             out[f"raw_{state}"] = int(number)
         return out
-
-
-_EMPTY_BACKLOG: dict[str, Any] = {
-    "pending": 0, "inflight": 0, "held": 0, "dead": 0,
-    "next_attempt_at": None, "oldest_open_at": None,
-}  # fmt: skip
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
