@@ -121,6 +121,9 @@ def _resolve(
     data = draft.data
     seen = Observation.from_contact_data(data["contact"])
     if draft.type == IDENTITY_CHANGED:
+        if not seen.bsuid and not seen.phone:
+            # "the contact after the change" would have no identifier: nothing to relink to
+            raise UnresolvableContact("the identity change names neither a new BSUID nor a phone")
         previous = data["previous"]
         contact, old_bsuid, old_phone = resolver.relink(
             seen, previous["bsuid"], previous["phone"], draft.time

@@ -42,25 +42,32 @@ def cloud_message(
     return _cloud({"contacts": [contact], "messages": [message]})
 
 
-def cloud_user_changed_user_id(msg_id: str, previous: str, new: str, step: int = 0) -> bytes:
-    return _cloud(
-        {
-            "messages": [
-                {
-                    "from_user_id": new,
-                    "id": msg_id,
-                    "timestamp": str(TS + step),
-                    "type": "system",
-                    "system": {
-                        "body": "User changed their business-scoped user ID",
-                        "type": "user_changed_user_id",
-                        "user_id": new,
-                        "previous_user_id": previous,
-                    },
-                }
-            ]
-        }
-    )
+def cloud_user_changed_user_id(
+    msg_id: str,
+    previous: str,
+    new: str | None,
+    step: int = 0,
+    *,
+    in_system: bool = True,
+) -> bytes:
+    """Meta's `user_changed_user_id`: the new BSUID in `system.user_id` and `from_user_id`
+    (`in_system=False`: in `from_user_id` only; `new=None`: in neither)."""
+    system = {
+        "body": "User changed their business-scoped user ID",
+        "type": "user_changed_user_id",
+        "previous_user_id": previous,
+    }
+    message: dict[str, Any] = {
+        "id": msg_id,
+        "timestamp": str(TS + step),
+        "type": "system",
+        "system": system,
+    }
+    if new is not None:
+        message["from_user_id"] = new
+        if in_system:
+            system["user_id"] = new
+    return _cloud({"messages": [message]})
 
 
 def cloud_user_changed_number(

@@ -192,3 +192,30 @@ def test_rule9_identity_changes_arriving_out_of_order_end_in_the_later_state(
         B2: "retired",
         B3: "current",
     }
+
+
+def test_identity_change_naming_the_new_bsuid_only_in_from_user_id_relinks(
+    gateway: RunningGateway,
+) -> None:
+    _post_ok(gateway, cloud_message("wamid.1", phone=PHONE, bsuid=B1))
+    _post_ok(gateway, cloud_user_changed_user_id("wamid.2", B1, B2, step=1, in_system=False))
+    first, change = gateway.events()
+    assert change["data"]["change"] == "bsuid_changed"
+    assert change["data"]["contact"]["id"] == first["data"]["contact"]["id"]
+    assert change["data"]["contact"]["bsuid"] == B2
+    assert change["data"]["previous"]["bsuid"] == B1
+
+
+def test_identity_change_naming_no_new_identifier_is_quarantined_and_changes_nothing(
+    gateway: RunningGateway,
+) -> None:
+    _post_ok(gateway, cloud_message("wamid.1", phone=PHONE, bsuid=B1))
+    _post_ok(gateway, cloud_user_changed_user_id("wamid.2", B1, None, step=1))
+    events = gateway.events()
+    assert [e["type"] for e in events] == ["whatsapp.message.received"]
+    quarantined = gateway.client.get("/v1/quarantined").json()["data"]
+    assert len(quarantined) == 1
+    assert "names neither a new BSUID nor a phone" in quarantined[0]["reason"]
+    view = gateway.client.get(f"/v1/contacts/{events[0]['subject']}").json()
+    assert view["bsuid"] == B1
+    assert view["phone"] == "+" + PHONE  # not retired by an announcement naming no successor
