@@ -640,3 +640,48 @@ def test_held_deliveries_go_out_when_the_contact_gains_a_phone() -> None:
     quiet = IdentityResolver(tx, "acme", "ch", at(3), 6.0, holds=False)
     quiet.observe(Observation(bsuid=B1, phone=P2), at(3))
     assert tx.deliveries[-1] == ("evt_1", "bi", "held")  # nobody requires a phone: not looked at
+
+
+def test_rule9_a_late_older_pair_of_a_recycled_number_keeps_its_past_span(tx: Any) -> None:
+    new = resolver(tx, now=at(10)).observe(Observation(bsuid=B3, phone=P1), at(5))
+    old = resolver(tx, now=at(11)).observe(Observation(bsuid=B1, phone=P1), at(1))  # late
+    assert old.id != new.id
+    assert old.phone is None
+    assert tx.contact_by_phone("acme", P1).id == new.id
+    # a phone-only payload of t2 (a status to the number then) is the previous owner's
+    legacy = resolver(tx, now=at(12)).observe(Observation(phone=P1), at(2))
+    assert legacy.id == old.id
+    later = resolver(tx, now=at(13)).observe(Observation(phone=P1), at(6))
+    assert later.id == new.id
+
+
+def test_rule9_a_recycled_number_ends_with_the_newer_pair_when_a_legacy_sighting_came_first(
+    tx: Any,
+) -> None:
+    legacy = resolver(tx, now=at(10)).observe(Observation(phone=P1), at(6))
+    old = resolver(tx, now=at(11)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    assert old.id == legacy.id  # rule 4: the phone-only contact gains the BSUID
+    new = resolver(tx, now=at(12)).observe(Observation(bsuid=B3, phone=P1), at(5))
+    assert new.id != old.id
+    assert tx.contact_by_phone("acme", P1).id == new.id  # as in event-time order
+    assert tx.contact(old.id).phone is None
+    assert resolver(tx, now=at(13)).observe(Observation(phone=P1), at(2)).id == old.id
+
+
+def test_rule9_a_phones_only_number_change_before_the_pair_keeps_one_contact(tx: Any) -> None:
+    changed, _, _ = resolver(tx, now=at(10)).relink(Observation(phone=P2), None, P1, at(3))
+    paired = resolver(tx, now=at(11)).observe(Observation(bsuid=B1, phone=P1), at(1))
+    assert paired.id == changed.id  # the number was theirs before the change
+    assert (paired.bsuid, paired.phone) == (B1, P2)
+    assert tx.contact_by_phone("acme", P1) is None  # the old number stays retired
+    assert resolver(tx, now=at(12)).observe(Observation(phone=P2), at(4)).id == changed.id
+
+
+def test_rule9_a_phones_only_change_after_a_sighting_of_the_new_number_names_that_contact(
+    tx: Any,
+) -> None:
+    legacy = resolver(tx, now=at(10)).observe(Observation(phone=P2), at(4))
+    changed, _, old_phone = resolver(tx, now=at(11)).relink(Observation(phone=P2), None, P1, at(3))
+    assert changed.id == legacy.id
+    assert changed.phone == P2  # never a contact without an identifier
+    assert old_phone == P1

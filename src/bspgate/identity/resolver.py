@@ -149,9 +149,20 @@ class IdentityResolver:
     def _first_bsuid(self, seen: Observation, at: str) -> ContactRow:
         assert seen.bsuid is not None
         owner = self.tx.contact_by_phone(self.portfolio, seen.phone) if seen.phone else None
+        if owner is None and seen.phone:
+            # rule 9: a contact without a BSUID that held the number at the pair's time (a
+            # phones-only number change moved it on since) is this person too
+            past = self.tx.phone_owner_at(self.portfolio, seen.phone, at)
+            owner = past if past is not None and past.bsuid is None else None
         if owner is not None and owner.bsuid is None:
             contact = owner  # rule 4: the phone-only contact gains the BSUID
             self.tx.add_history(contact.id, self.now, "merged", {"bsuid": seen.bsuid})
+            phone, since = seen.phone, contact.phone_at
+            if phone and contact.phone == phone and (since is None or at < since):
+                # rule 9: a phone-only sighting shows the number in use, not whose it was; the
+                # pair is the evidence that this person held it, from `at` on
+                contact.phone_at = at
+                self.tx.phone_known_since(contact.id, phone, at)
         else:
             contact = self.tx.create_contact(self.portfolio, self.now)
             self.tx.add_history(contact.id, self.now, "created", {"by": "bsuid"})
@@ -169,8 +180,13 @@ class IdentityResolver:
             if owner.bsuid is None and contact.bsuid is not None:
                 return self.merge(contact, owner, "identity_rule", at=at)  # rule 8
             if not _newer(at, owner.phone_at):
-                # rule 9: the phone was taught to its owner by newer evidence; it stays there
+                # rule 9: the phone was taught to its owner by newer evidence; it stays there,
+                # and was this contact's until then (a legacy payload of that time finds it)
                 self.tx.add_history(contact.id, self.now, "phone_kept", {"by": owner.id})
+                until = owner.phone_at or at
+                self.tx.record_past_phone(
+                    contact, phone, self.now, self.channel_id, at, until, moved=True
+                )
                 return contact
         if contact.phone != phone and self.tx.phone_taught_after(
             self.portfolio, phone, at, contact.id
@@ -357,10 +373,24 @@ class IdentityResolver:
         elif newer is not None:
             contact = newer
         else:
-            contact = self.tx.create_contact(self.portfolio, self.now)
-            self.tx.add_history(contact.id, self.now, "created", {"by": "identity change"})
+            holder = None
+            if new.phone and not new.bsuid:
+                # phones only: a contact without a BSUID holding the new number is this person
+                # (had the change arrived first, that contact's payloads would have found it)
+                holder = self.tx.phone_owner_at(self.portfolio, new.phone, at, next_after_gap=True)
+            if holder is not None and holder.bsuid is None:
+                contact = holder
+            else:
+                contact = self.tx.create_contact(self.portfolio, self.now)
+                self.tx.add_history(contact.id, self.now, "created", {"by": "identity change"})
+            if previous_phone:
+                # the announced previous number was this person's until the change: a pair of
+                # that time, arriving late, finds them (rule 9)
+                self.tx.record_past_phone(
+                    contact, previous_phone, self.now, self.channel_id, "", at
+                )
         old_bsuid = contact.bsuid or previous_bsuid
-        old_phone = contact.phone or previous_phone
+        old_phone = previous_phone or contact.phone  # the announced one first, as events say
         fresh = contact.bsuid is None or _newer(at, contact.bsuid_at)
         if new.bsuid and new.bsuid != contact.bsuid:
             if fresh:

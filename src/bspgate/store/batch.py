@@ -57,6 +57,9 @@ class BatchTx:
         # the cache: (portfolio, bsuid|phone) -> owning contact id (None: known to be absent)
         self._bsuid_owner: dict[tuple[str, str], str | None] = {}
         self._phone_owner: dict[tuple[str, str], str | None] = {}
+        # (portfolio, phone) pairs known to have no alias row at all, active or ended: nobody
+        # ever held them, so "who held it then" needs no query
+        self._never_held: set[tuple[str, str]] = set()
         self._rows: dict[str, ContactRow] = {}
 
     # -- events ---------------------------------------------------------------------------------
@@ -118,9 +121,11 @@ class BatchTx:
             self._rows.setdefault(row.id, row)
         for key in bsuids:
             self._bsuid_owner.setdefault(key, None)
-        for key, row in self.tx.owners_by_phone(sorted(phones - self._phone_owner.keys())):
+        asked, held = phones - self._phone_owner.keys(), set[tuple[str, str]]()
+        for key, row in self.tx.owners_by_phone(sorted(asked), held):
             self._phone_owner[key] = row.id
             self._rows.setdefault(row.id, row)
+        self._never_held |= asked - held
         for key in phones:
             self._phone_owner.setdefault(key, None)
 
@@ -222,6 +227,7 @@ class BatchTx:
         channel_id: str,
         evidence: str | None = None,
     ) -> None:
+        self._never_held.discard((contact.portfolio, phone))
         self._phone_owner[(contact.portfolio, phone)] = contact.id
         self.tx.link_phone(contact, phone, now, channel_id, evidence)
 
@@ -242,16 +248,30 @@ class BatchTx:
     def phone_owner_at(
         self, portfolio: str, phone: str, at: str, *, next_after_gap: bool = False
     ) -> ContactRow | None:
+        if (portfolio, phone) in self._never_held:
+            return None
         self._insert_new()
         return self.tx.phone_owner_at(portfolio, phone, at, next_after_gap=next_after_gap)
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
         return self.tx.phone_taught_after(portfolio, phone, at, contact_id)
 
+    def phone_known_since(self, contact_id: str, phone: str, at: str) -> None:
+        self.tx.phone_known_since(contact_id, phone, at)
+
     def record_past_phone(
-        self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
+        self,
+        contact: ContactRow,
+        phone: str,
+        now: str,
+        channel_id: str,
+        since: str,
+        until: str,
+        *,
+        moved: bool = False,
     ) -> None:
-        self.tx.record_past_phone(contact, phone, now, channel_id, since, until)
+        self._never_held.discard((contact.portfolio, phone))
+        self.tx.record_past_phone(contact, phone, now, channel_id, since, until, moved=moved)
 
     def merge_rows(self, absorbed_id: str, survivor_id: str, now: str) -> None:
         """Rule 8 moves rows of many tables: everything buffered goes first, the cache after."""

@@ -161,8 +161,22 @@ class MemoryTx:
             for r in self.phone_history
         )
 
+    def phone_known_since(self, contact_id: str, phone: str, at: str) -> None:
+        for row in self.phone_history:
+            mine = (row["contact_id"], row["phone"], row["state"]) == (contact_id, phone, "active")
+            if mine and row["evidence_at"] is not None and row["evidence_at"] > at:
+                row["evidence_at"] = at
+
     def record_past_phone(
-        self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
+        self,
+        contact: ContactRow,
+        phone: str,
+        now: str,
+        channel_id: str,
+        since: str,
+        until: str,
+        *,
+        moved: bool = False,
     ) -> None:
         _text(contact.id, phone, now, channel_id, since, until)
         if any(
@@ -177,7 +191,7 @@ class MemoryTx:
                 "contact_id": contact.id,
                 "portfolio": contact.portfolio,
                 "phone": phone,
-                "state": "retired",
+                "state": "moved" if moved else "retired",
                 "evidence_at": since,
                 "ended_evidence": until,
             }

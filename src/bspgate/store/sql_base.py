@@ -200,10 +200,27 @@ class SqlBase:
         )
         return row is not None
 
+    def phone_known_since(self, contact_id: str, phone: str, at: str) -> None:
+        """Older evidence that the contact held its active alias `phone`: it starts at `at`."""
+        self.execute(
+            "UPDATE contact_phones SET evidence_at = ? WHERE contact_id = ? AND phone = ? "
+            "AND state = 'active' AND evidence_at > ?",
+            (at, contact_id, phone, at),
+        )
+
     def record_past_phone(
-        self, contact: ContactRow, phone: str, now: str, channel_id: str, since: str, until: str
+        self,
+        contact: ContactRow,
+        phone: str,
+        now: str,
+        channel_id: str,
+        since: str,
+        until: str,
+        *,
+        moved: bool = False,
     ) -> None:
-        """A phone the contact had under a BSUID that is retired now (learned late)."""
+        """A phone the contact had under a BSUID that is retired now, or (`moved`) until another
+        contact took the number (both learned late)."""
         known = self.one(  # a span of the contact's own that already covers this one
             "SELECT 1 FROM contact_phones WHERE contact_id = ? AND phone = ? "
             "AND (evidence_at IS NULL OR evidence_at <= ?) "
@@ -214,8 +231,20 @@ class SqlBase:
             self.execute(
                 "INSERT INTO contact_phones (portfolio, phone, contact_id, state, first_seen, "
                 "last_seen, ended_at, reason, channel_id, evidence_at, ended_evidence) "
-                "VALUES (?, ?, ?, 'retired', ?, ?, ?, 'identity changed', ?, ?, ?)",
-                (contact.portfolio, phone, contact.id, now, now, now, channel_id, since, until),
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    contact.portfolio,
+                    phone,
+                    contact.id,
+                    "moved" if moved else "retired",
+                    now,
+                    now,
+                    now,
+                    "moved to a newer holder" if moved else "identity changed",
+                    channel_id,
+                    since,
+                    until,
+                ),
             )
 
     def touch_identifiers(self, contact: ContactRow, now: str) -> None:

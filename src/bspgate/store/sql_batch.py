@@ -99,18 +99,21 @@ class BatchQueries(SqlBase):
         return out
 
     def owners_by_phone(
-        self, keys: Sequence[tuple[str, str]]
+        self, keys: Sequence[tuple[str, str]], known: set[tuple[str, str]] | None = None
     ) -> list[tuple[tuple[str, str], ContactRow]]:
-        """The contacts holding these (portfolio, phone) pairs as their active alias."""
+        """The contacts holding these (portfolio, phone) pairs as their active alias; `known`
+        collects the pairs with any alias row, active or ended (the others were never held)."""
         out = []
         for part in chunks(keys, 200):
             rows = self.all(
-                f"SELECT p.portfolio, p.phone, {_CONTACT} FROM contact_phones p "
-                "JOIN contacts c ON c.id = p.contact_id WHERE p.state = 'active' AND "
+                f"SELECT p.portfolio, p.phone, p.state = 'active', {_CONTACT} "
+                "FROM contact_phones p JOIN contacts c ON c.id = p.contact_id WHERE "
                 f"(p.portfolio, p.phone) IN (VALUES {_values(2, len(part))})",
                 [v for key in part for v in key],
             )
-            out += [((r[0], r[1]), ContactRow(*r[2:])) for r in rows]
+            out += [((r[0], r[1]), ContactRow(*r[3:])) for r in rows if r[2]]
+            if known is not None:
+                known.update((r[0], r[1]) for r in rows)
         return out
 
     def inbox_raws(self, limit: int) -> list[RawRecord]:
