@@ -6,6 +6,7 @@ real SQLite/PostgreSQL one and the dispatcher runs round by round on a hand cloc
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,9 @@ EVENT: dict[str, Any] = {
 )
 def test_filter_operators(raw: dict[str, Any], expected: bool) -> None:
     assert compile_filter(raw, "f").matches(EVENT) is expected
+    # `bspgate serve` pickles the settings into its worker processes: the filter survives
+    copied = pickle.loads(pickle.dumps(compile_filter(raw, "f")))  # noqa: S301  # our own bytes
+    assert copied.matches(EVENT) is expected
 
 
 @pytest.mark.parametrize(

@@ -313,7 +313,19 @@ def test_bspgate_serve_and_simulate_deliver_to_a_real_receiver(
                         }
                     ],
                     "subscribers": [
-                        {"id": "crm", "url": f"{receiver_url}/hook", "secret": SUBSCRIBER_SECRET}
+                        {
+                            "id": "crm",
+                            "url": f"{receiver_url}/hook",
+                            "secret": SUBSCRIBER_SECRET,
+                            # a filter travels to the delivery worker process too
+                            "filter": {"data.contact.bsuid": {"exists": True}},
+                        },
+                        {
+                            "id": "status-only",
+                            "url": f"{receiver_url}/hook",
+                            "secret": SUBSCRIBER_SECRET,
+                            "filter": {"type": {"eq": "whatsapp.message.status"}},
+                        },
                     ],
                 }
             )

@@ -43,6 +43,11 @@ class Filter:
         """True when the event satisfies every condition."""
         return self.test(event)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # `bspgate serve` hands the settings to its worker processes by pickling them; the
+        # compiled tests are closures, so a filter travels as its source and compiles again
+        return (compile_filter, (self.source, "filter"))
+
 
 def compile_filter(raw: Any, key: str) -> Filter:
     """Compile the `filter:` mapping at config key `key`, or raise ConfigError."""
