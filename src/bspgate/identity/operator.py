@@ -146,7 +146,8 @@ def operator_merge(tx: Any, ctx: OperatorContext, into_id: str, from_id: str) ->
 
 def erase(tx: Any, ctx: OperatorContext, contact_id: str) -> dict[str, Any] | None:
     """Erase a contact everywhere and tell every subscriber that ever received it (v1.1)."""
-    contact = tx.contact(contact_id)
+    # a merged contact's id resolves to the survivor (rule 8): erasing it erases the person
+    contact = follow_merged(tx.contact(contact_id), tx.contact)
     if contact is None:
         return None
     channel = _channel_of(tx, ctx, contact)

@@ -131,6 +131,18 @@ class ContactQueries(SqlBase):
             )
         ]
 
+    def _held_by_others(self, markers: Markers, marks: str, ids: list[str]) -> set[str]:
+        """The markers (both spellings) of phones another contact holds as its active alias."""
+        phones = sorted(m for m in markers.identifiers if m.startswith("+"))
+        if not phones:
+            return set()
+        held = self.all(
+            f"SELECT phone FROM contact_phones WHERE state = 'active' AND contact_id NOT IN "
+            f"{marks} AND phone IN ({', '.join('?' for _ in phones)})",
+            [*ids, *phones],
+        )
+        return {form for (phone,) in held for form in (phone, phone.lstrip("+"))}
+
     def _raw_holding(self, marker: str) -> list[str]:
         needle = marker.encode()
         if self.dialect == "postgres":
@@ -183,8 +195,17 @@ class ContactQueries(SqlBase):
         for seq, event, _raw in parsed:
             body = json.dumps(erase_event(event), separators=(",", ":"))
             self.execute("UPDATE events SET body = ? WHERE seq = ?", (body, seq))
-        raw_ids = {raw for _s, _e, raw in parsed if raw}
-        for marker in markers.identifiers:
+        # the payload behind a `phone_reassigned` notice is the new holder's, not this person's
+        raw_ids = {
+            raw
+            for _s, event, raw in parsed
+            if raw and (event.get("data") or {}).get("change") != "phone_reassigned"
+        }
+        # a number of this person's that another contact holds now (a recycled number) finds
+        # nobody's payloads but this person's own events: searched by, it would erase the new
+        # holder's payloads and sends
+        elsewhere = self._held_by_others(markers, marks, ids)
+        for marker in markers.identifiers - elsewhere:
             if len(marker) >= 6:
                 raw_ids.update(self._raw_holding(marker))
         blanked = trimmed = 0
@@ -226,7 +247,7 @@ class ContactQueries(SqlBase):
         sends = self.execute(
             f"UPDATE sends SET request = '{{}}', answer = '' WHERE contact_id IN {marks}", ids
         )
-        for marker in sorted(markers.identifiers):
+        for marker in sorted(markers.identifiers - elsewhere):
             if len(marker) >= 6:  # a send that failed before resolving names the person only
                 self.execute(
                     "UPDATE sends SET request = '{}', answer = '' "

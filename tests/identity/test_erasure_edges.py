@@ -1,0 +1,60 @@
+"""Erasure at the edges of identity: a recycled number, a merged contact's id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_settings
+from tests.harness import RunningGateway
+from tests.identity.payloads import cloud_message
+
+pytestmark = [pytest.mark.e2e, pytest.mark.store]
+
+B1 = "US.13491208655302741918"
+B3 = "US.30000000000000000003"
+PHONE = "15551234567"
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[RunningGateway]:
+    with RunningGateway(make_settings(tmp_path)) as running:
+        yield running
+
+
+def _post(gateway: RunningGateway, body: bytes) -> None:
+    assert gateway.post("cloud-us", body).status_code == 200
+
+
+def test_erasing_the_previous_holder_of_a_recycled_number_keeps_the_new_holders_data(
+    gateway: RunningGateway,
+) -> None:
+    _post(gateway, cloud_message("wamid.x", phone=PHONE, bsuid=B1, step=1))
+    _post(gateway, cloud_message("wamid.y", phone=PHONE, bsuid=B3, step=5))
+    old, _reassigned, new = gateway.events()
+    assert gateway.client.delete(f"/v1/contacts/{old['subject']}").status_code == 200
+    raw = gateway.client.get(f"/v1/raws/{new['data']['raw_id']}").json()
+    assert raw["state"] == "processed"  # not "erased": the number is someone else's now
+    holder = gateway.client.get(f"/v1/contacts/{new['subject']}").json()
+    assert (holder["bsuid"], holder["phone"]) == (B3, "+" + PHONE)
+    erased = gateway.client.get(f"/v1/raws/{old['data']['raw_id']}").json()
+    assert erased["state"] == "erased"
+
+
+def test_erasing_a_merged_contacts_id_erases_the_person(gateway: RunningGateway) -> None:
+    _post(gateway, cloud_message("wamid.1", phone=PHONE, step=1))  # phone-only contact
+    _post(gateway, cloud_message("wamid.2", bsuid=B1, step=2))  # BSUID-only contact
+    _post(gateway, cloud_message("wamid.3", phone=PHONE, bsuid=B1, step=3))  # one person: merged
+    events = gateway.events()
+    merged = next(e for e in events if e["type"] == "whatsapp.contact.merged")
+    absorbed = merged["data"]["merged"]["id"]
+    survivor = merged["subject"]
+    assert absorbed != survivor
+    answer = gateway.client.delete(f"/v1/contacts/{absorbed}")
+    assert answer.status_code == 200
+    assert answer.json()["erased"]["bsuids"] >= 1  # the person's identifiers went
+    view = gateway.client.get(f"/v1/contacts/{survivor}").json()
+    assert (view["bsuid"], view["phone"]) == (None, None)
+    assert gateway.client.get("/v1/contacts", params={"bsuid": B1}).json()["data"] == []
