@@ -243,6 +243,33 @@ def test_errors_only_payload_is_answered_200_and_quarantined(client: TestClient)
     assert event_count(client) == 0
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            lambda value: value["contacts"][0]["profile"].update(name={"first": "x"}),
+            "data.contact.name is dict, not a string",
+        ),
+        (
+            lambda value: value["messages"][0].update(id=["wamid.1"]),
+            "data.message.id is list, not a string",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_quarantined_with_its_path(
+    client: TestClient, change: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    body = orjson.loads(fixture_bytes("cloudapi", "inbound_text"))
+    change(body["entry"][0]["changes"][0]["value"])
+    response = post_signed(client, orjson.dumps(body))
+    assert response.status_code == 200
+    quarantined: list[RawRecord] = read(client, lambda tx: tx.raws("quarantined", 10))
+    assert len(quarantined) == 1
+    assert (quarantined[0].reason or "").startswith("rule message event evt_")
+    assert (quarantined[0].reason or "").endswith(f": {reason}")  # not a database error
+    assert event_count(client) == 0
+
+
 def test_payload_no_rule_matches_is_quarantined(client: TestClient) -> None:
     response = post_signed(client, b'{"object": "page", "entry": []}')
     assert response.status_code == 200

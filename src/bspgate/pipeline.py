@@ -115,10 +115,30 @@ def contact_data(contact: ContactRow) -> dict[str, Any]:
     }
 
 
+# Draft values that identity and the store read before the event is validated: a payload
+# carrying an object or a list there is refused with a reason, not with a database error.
+_TEXT_FIELDS = (
+    *(("contact", key) for key in ("bsuid", "parent_bsuid", "phone", "username", "name")),
+    ("message", "id"),
+)
+
+
+def _not_text(data: dict[str, Any]) -> str | None:
+    """The first of `_TEXT_FIELDS` holding something other than a string or null."""
+    for section, key in _TEXT_FIELDS:
+        part = data.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if value is not None and not isinstance(value, str):
+            return f"data.{section}.{key} is {type(value).__name__}, not a string"
+    return None
+
+
 def _resolve(
     tx: StoreTx, resolver: IdentityResolver, channel: Channel, draft: Draft
 ) -> tuple[ContactRow, dict[str, Any]]:
     data = draft.data
+    if (wrong := _not_text(data)) is not None:
+        raise UnresolvableContact(wrong)
     seen = Observation.from_contact_data(data["contact"])
     if draft.type == IDENTITY_CHANGED:
         if not seen.bsuid and not seen.phone:
