@@ -171,6 +171,16 @@ def test_hub_challenge_with_right_token_answers_the_challenge(client: TestClient
     assert response.text == "1158201444"
 
 
+def test_head_on_the_handshake_url_answers_like_get_and_the_405_names_what_is_allowed(
+    client: TestClient,
+) -> None:
+    params = {"hub.mode": "subscribe", "hub.verify_token": "vt", "hub.challenge": "1158201444"}
+    assert client.request("HEAD", "/webhooks/cloud-us", params=params).status_code == 200
+    refused = client.options("/webhooks/cloud-us")
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, HEAD, POST"  # Meta's handshake, then webhooks
+
+
 def test_hub_challenge_with_wrong_token_is_403(client: TestClient) -> None:
     response = client.get(
         "/webhooks/cloud-us",

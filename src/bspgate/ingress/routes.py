@@ -260,14 +260,19 @@ async def webhook_handshake(request: Request) -> Response:
     if channel is None:
         return _unknown_channel(request.path_params["channel_id"])
     spec = gateway.mappings[channel.provider]
-    if request.method == "GET" and "meta_hub_challenge" in spec.handshakes:
-        return handshake.meta_challenge(request, channel)
-    if request.method == "OPTIONS" and "cloudevents_options" in spec.handshakes:
+    meta, options = (
+        "meta_hub_challenge" in spec.handshakes,
+        "cloudevents_options" in spec.handshakes,
+    )
+    if request.method in ("GET", "HEAD") and meta:
+        return handshake.meta_challenge(request, channel)  # the server drops a HEAD's body
+    if request.method == "OPTIONS" and options:
         return handshake.cloudevents_options(request)
+    allowed = ["GET", "HEAD"] * meta + ["OPTIONS"] * options + ["POST"]
     return problem_response(
         405,
         "method_not_allowed",
         "Method not allowed",
         f"{channel.provider} webhooks are POSTed",
-        headers={"Allow": "POST"},
+        headers={"Allow": ", ".join(allowed)},
     )
