@@ -19,6 +19,21 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def evidence_time(text: str) -> str:
+    """An RFC 3339 time as identity evidence compares it: UTC, whole seconds, `Z`.
+
+    Evidence times are compared as text (identity rule 9). Provider event times have whole
+    seconds (`2026-01-01T00:00:00Z`); the gateway's own stamps (`iso`, used when a payload
+    names no time and for send answers) have microseconds, and `.` sorts before `Z`, so within
+    one second the gateway's evidence read as older. Both are cut to one form.
+    """
+    if len(text) == 20 and text[19] == "Z":
+        return text
+    if len(text) > 20 and text[19] == "." and text[-1] == "Z":
+        return text[:19] + "Z"
+    return parse_time(text).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def iso_epoch(seconds: float) -> str:
     """An epoch time (seconds) in the same format."""
     return iso(datetime.fromtimestamp(seconds, UTC))

@@ -685,3 +685,13 @@ def test_rule9_a_phones_only_change_after_a_sighting_of_the_new_number_names_tha
     assert changed.id == legacy.id
     assert changed.phone == P2  # never a contact without an identifier
     assert old_phone == P1
+
+
+def test_rule9_the_gateways_own_stamp_and_a_providers_time_of_one_second_compare_as_equal(
+    tx: Any,
+) -> None:
+    # a send answer (rule 10) is evidence stamped by the gateway, with microseconds
+    resolver(tx, now=at(1)).observe(Observation(bsuid=B3, phone=P1), "2026-04-02T10:05:00Z")
+    stamped = resolver(tx, now="2026-04-02T10:05:00.500000Z")
+    answer = stamped.observe(Observation(bsuid=B1, phone=P1))  # no time: evidence is `now`
+    assert tx.contact_by_phone("acme", P1).id == answer.id  # as new as the other: it arrived last

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bspgate.store.base import ContactRow, StoreTx
+from bspgate.times import evidence_time
 
 PHONE_REASSIGNED = "phone_reassigned"
 MERGED = "merged"
@@ -109,7 +110,7 @@ class IdentityResolver:
     # -- rules 1-4, 6, 8-10 -----------------------------------------------------------------
     def observe(self, seen: Observation, at: str | None = None) -> ContactRow:
         """Resolve the contact a payload is about (evidence time `at`), recording what it says."""
-        at = at or self.now
+        at = evidence_time(at or self.now)
         if seen.bsuid:
             contact = self.tx.contact_by_bsuid(self.portfolio, seen.bsuid)
             known = replace(contact) if contact is not None else None
@@ -282,6 +283,7 @@ class IdentityResolver:
         `by` is `identity_rule` or `operator`; `key` names the operator's API key. An operator
         names the survivor (`into_first`: `one` survives, rule 11).
         """
+        at = evidence_time(at) if at else None
         if into_first:
             survivor, absorbed = one, other
         else:
@@ -360,7 +362,7 @@ class IdentityResolver:
         at: str | None = None,
     ) -> tuple[ContactRow, str | None, str | None]:
         """Apply an announced identity change. Answers (contact, previous bsuid, previous phone)."""
-        at = at or self.now
+        at = evidence_time(at or self.now)
         old = self.tx.contact_by_bsuid(self.portfolio, previous_bsuid) if previous_bsuid else None
         if old is None and previous_phone:
             old = self.tx.phone_owner_at(self.portfolio, previous_phone, at)
