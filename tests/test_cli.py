@@ -251,6 +251,22 @@ def test_config_check_prints_the_resolved_config_with_secrets_masked(
     assert SUBSCRIBER_SECRET.removeprefix("whsec_") not in out
 
 
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["--config", "{path}", "config", "check"],
+        ["config", "--config", "{path}", "check"],  # between the command and its action
+        ["config", "check", "--config={path}"],
+    ],
+)
+def test_config_may_stand_before_between_or_after_the_command(
+    capsys: pytest.CaptureFixture[str], config_file: Path, words: list[str]
+) -> None:
+    code, out, _ = run(capsys, *[w.replace("{path}", str(config_file)) for w in words])
+    assert code == 0
+    assert orjson.loads(out)["storage"] == "postgresql://gw:****@db:5432/bspgate"
+
+
 def test_config_check_reads_bspgate_config(
     capsys: pytest.CaptureFixture[str], config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

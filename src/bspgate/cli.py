@@ -491,8 +491,26 @@ def _one_line(text: str) -> str:
     return line if len(line) <= 500 else line[:497] + "..."
 
 
+def _config_first(argv: list[str]) -> list[str]:
+    """`--config FILE` may stand anywhere (before, between or after the command and its
+    action): it is moved to the front, where the top-level parser reads it."""
+    front: list[str] = []
+    rest: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            rest += [word, *words]
+        elif word == "--config":
+            front += [word, next(words, "")]
+        elif word.startswith("--config="):
+            front.append(word)
+        else:
+            rest.append(word)
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_config_first(sys.argv[1:] if argv is None else argv))
     try:
         result: int = args.func(args)
         return result
