@@ -83,6 +83,16 @@ def bsuid(value: Any) -> str | None:
     return found
 
 
+def phone(value: Any) -> str | None:
+    """A phone as `e164()` gives it, for a contact's phone field: a BSUID (it belongs in the
+    BSUID field), `null` and `""` give `null`; anything else raises `NotAnIdentifier` (canonical
+    §1: a value that is neither a phone nor a BSUID is quarantined, also beside a valid BSUID)."""
+    found = e164(value)
+    if found is None:
+        bsuid(value)  # raises for a value that is not a BSUID either
+    return found
+
+
 class NotAnIdentifier(MappingError):
     """A value in an identifier field that is neither a phone nor a BSUID (canonical §1, v1.1).
 
@@ -379,6 +389,7 @@ def digest(*parts: Any) -> str:
 # name -> (callable, minimum argument count, maximum or None for variadic)
 REGISTRY: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "e164": (e164, 1, 1),
+    "phone": (phone, 1, 1),
     "bsuid": (bsuid, 1, 1),
     "strip_prefix": (strip_prefix, 2, 2),
     "lower": (lower, 1, 1),
