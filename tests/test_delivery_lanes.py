@@ -29,8 +29,10 @@ from tests.payloads import text_webhook
 class CountingReceiver:
     """Verifies signatures and keeps message ids in arrival order; `hold` keeps requests open."""
 
-    def __init__(self, *, hold: bool = False, status: int = 204) -> None:
+    def __init__(self, *, hold: bool = False, status: int = 204, close: bool = False) -> None:
+        """`close`: answer `Connection: close`, so every request needs a new connection."""
         self.arrived: list[str] = []
+        self.headers = {"connection": "close"} if close else {}
         self.open = 0  # requests received and not answered yet
         self.answered = 0
         self.status = status
@@ -53,7 +55,7 @@ class CountingReceiver:
             self.answered += 1
             if 200 <= self.status < 300:
                 self.arrived.append(event["data"]["message"]["id"])
-        return Response(status_code=self.status)
+        return Response(status_code=self.status, headers=self.headers)
 
 
 def wait_for(condition: Callable[[], bool], what: str, limit: float = 60) -> None:
@@ -128,3 +130,41 @@ def test_batch_delivery_through_a_running_gateway(tmp_path: Path) -> None:
     assert sorted(arrived) == sorted(sent)  # each exactly once
     assert all(len(batch) <= 10 for batch in receiver.batches)
     assert len(receiver.batches) < len(sent)  # batched, not one request each
+
+
+def test_a_slow_subscriber_does_not_take_the_connections_of_another(tmp_path: Path) -> None:
+    # The slow lane holds 100 requests open (its max_in_flight): once the shared connection pool
+    # had 100 connections, the healthy lane's requests waited for one, their timeout running.
+    # The healthy receiver closes each connection: every request needs a new one.
+    slow, healthy = CountingReceiver(hold=True), CountingReceiver(close=True)
+    with ServerThread(slow.app) as slow_server, ServerThread(healthy.app) as healthy_server:
+        subscribers = [
+            subscriber(
+                "slow", f"{slow_server.url}/hook", timeout="60s", max_in_flight=100,
+                ordering="none",
+            ),
+            subscriber("healthy", f"{healthy_server.url}/hook", timeout="2s"),
+        ]  # fmt: skip
+        storage = f"sqlite:///{tmp_path / 'pool.db'}"
+        settings = make_settings(tmp_path, storage=storage, subscribers=subscribers)
+        try:
+            with RunningGateway(settings) as gateway:
+                sent = [f"wamid.pool{n}" for n in range(105)]
+                for n, message_id in enumerate(sent[:100]):
+                    body = orjson.dumps(text_webhook(message_id, bsuid=f"US.{n:020d}", phone=None))
+                    assert gateway.post("cloud-us", body).is_success
+                wait_for(lambda: slow.open == 100, "the slow lane's 100 open requests")
+                for n, message_id in enumerate(sent[100:], start=100):
+                    body = orjson.dumps(text_webhook(message_id, bsuid=f"US.{n:020d}", phone=None))
+                    assert gateway.post("cloud-us", body).is_success
+                wait_for(lambda: len(healthy.arrived) == len(sent), "the healthy subscriber")
+                assert slow.answered == 0  # all of it while the slow lane's requests are open
+                attempts = gateway.client.get(
+                    "/v1/deliveries", params={"subscriber_id": "healthy", "limit": 200}
+                ).json()["data"]
+                slow.release.set()
+                wait_for(lambda: len(slow.arrived) == len(sent), "the slow subscriber")
+        finally:
+            slow.release.set()
+    assert sorted(healthy.arrived) == sorted(sent)
+    assert {(row["state"], row["attempts"]) for row in attempts} == {("delivered", 1)}

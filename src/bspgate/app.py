@@ -40,7 +40,7 @@ from bspgate.api import operations as operations_api
 from bspgate.api import raws as raws_api
 from bspgate.api.events import list_events
 from bspgate.config import Channel, Settings
-from bspgate.delivery.transport import AiohttpPoster, HttpxPoster, Poster
+from bspgate.delivery.transport import AiohttpPoster, HttpxPoster, Poster, connection_limit
 from bspgate.delivery.worker import Dispatcher
 from bspgate.errors import ConfigError, StoreError
 from bspgate.http import RequestLog, exception_handlers
@@ -219,9 +219,13 @@ def create_app(
                     await gateway.client.aclose()
                 await gateway.store.close()
             return
-        # deliveries post through aiohttp (measured ~3x httpx-over-aiohttp); an injected httpx
-        # client (tests) is used as given
-        poster: Poster = AiohttpPoster() if owns_client else HttpxPoster(gateway.client)
+        # deliveries post through aiohttp (measured ~3x httpx-over-aiohttp), with a pool as large
+        # as the lanes' limits together; an injected httpx client (tests) is used as given
+        poster: Poster = (
+            AiohttpPoster(connection_limit(settings.subscribers))
+            if owns_client
+            else HttpxPoster(gateway.client)
+        )
         stage = Stage(
             gateway.store, gateway.rules, settings, clock, dispatch, poster, gateway.metrics
         )

@@ -53,7 +53,7 @@ PROCESS, DELIVER = "process", "deliver"  # the workers' roles
 
 
 async def _serve(settings: Settings, role: str, parent: int, folder: str) -> None:
-    from bspgate.delivery.transport import AiohttpPoster
+    from bspgate.delivery.transport import AiohttpPoster, connection_limit
     from bspgate.metrics import Metrics
     from bspgate.processing import Rules
     from bspgate.serving import tune_gc
@@ -72,7 +72,7 @@ async def _serve(settings: Settings, role: str, parent: int, folder: str) -> Non
         settings,
         utc_now,
         role == DELIVER,
-        AiohttpPoster(),
+        AiohttpPoster(connection_limit(settings.subscribers)),
         metrics,
         process=role == PROCESS,
         on_deliveries=sender,

@@ -11,12 +11,19 @@ aiohttp session does ~19,000 POSTs/s, httpx over aiohttp's transport ~5,600/s an
 transport ~700/s. The dispatcher's hot path is one POST per delivery, so production posts through
 one shared aiohttp session. An injected `httpx.AsyncClient` (tests with respx or a mock transport)
 is used through the same small interface, so the dispatcher never knows which one it has.
+
+The session's connection pool is no limit of its own: each lane already bounds its requests
+(`max_in_flight`), and a pool smaller than their sum let a slow subscriber hold every connection
+while another subscriber's requests waited for one, their timeout running (aiohttp's `total`
+counts that wait). `connection_limit` sizes the pool to the lanes' sum, so a request never
+waits for a connection, and its timeout is the subscriber's answer time alone.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
@@ -25,6 +32,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
+
+from bspgate.config import Subscriber
 
 _LINK_LOCAL = (
     ipaddress.ip_network("169.254.0.0/16"),
@@ -125,10 +134,21 @@ class HttpxPoster:
         """The injected client belongs to whoever made it."""
 
 
-class AiohttpPoster:
-    """Posts through one aiohttp session, opened in the running loop on first use."""
+def connection_limit(subscribers: Iterable[Subscriber]) -> int:
+    """The connections the dispatcher's lanes may open at once: the sum of their
+    `max_in_flight`, each lane's own limit (a lane never has more requests open)."""
+    return sum(subscriber.max_in_flight for subscriber in subscribers)
 
-    def __init__(self, connections: int = 100) -> None:
+
+class AiohttpPoster:
+    """Posts through one aiohttp session, opened in the running loop on first use.
+
+    `connections`: the pool's limit, `connection_limit(subscribers)` (0: none). Never less than
+    what the lanes may have open together: a request waiting for a connection would spend its
+    timeout waiting for another subscriber (see the module docstring).
+    """
+
+    def __init__(self, connections: int = 0) -> None:
         self._connections = connections
         self._sessions: dict[bool, aiohttp.ClientSession] = {}
 
