@@ -390,6 +390,11 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
         except ValueError as exc:
             raise ConfigError(f"subscribers[{index}].rate", str(exc)) from None
     schedule = raw.get("retry_schedule", list(DEFAULT_RETRY_SCHEDULE))
+    timeout = parse_duration(raw.get("timeout", "10s"))
+    if timeout <= 0:  # aiohttp reads a total timeout of 0 as none: an attempt could hang forever
+        raise ConfigError(
+            f"subscribers[{index}].timeout", f"{raw['timeout']!r}: must be more than 0"
+        )
     return Subscriber(
         id=raw["id"],
         url=raw["url"],
@@ -400,7 +405,7 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
         require_phone=bool(raw.get("require_phone", False)),
         ordering=raw.get("ordering", "per_contact"),
         retry_schedule=tuple(parse_duration(item) for item in schedule),
-        timeout=parse_duration(raw.get("timeout", "10s")),
+        timeout=timeout,
         hold_for=parse_duration(raw.get("hold_for", "30d")),
         disable_after=parse_duration(raw.get("disable_after", "24h")),
         max_in_flight=int(raw.get("max_in_flight", 32)),
