@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from bspgate.delivery.lane import OPEN_AFTER, lease_for
-from bspgate.delivery.worker import AttemptResult, Dispatcher
+from bspgate.delivery.worker import RETRY_CHECK_EVERY, AttemptResult, Dispatcher
+from bspgate.operations import retry_subscriber
 from bspgate.times import iso, parse_time
 from tests.conftest import API_KEY
 from tests.payloads import text_webhook
@@ -181,6 +182,46 @@ async def test_retry_now_through_the_api(tmp_path: Path) -> None:
         assert (await h.only_delivery())["state"] == "delivered"
         missing = await client.post("/v1/subscribers/nobody/retry")
         assert missing.status_code == 404
+
+
+async def test_retry_through_the_api_reaches_a_dispatcher_in_another_process(
+    tmp_path: Path,
+) -> None:
+    # Under `serve` the API answers in the server process and the lanes run in the delivery
+    # worker: the API's gateway has no dispatcher to tell (as here), only the store.
+    async with harness(tmp_path, subscriber("crm", CRM, retry_schedule=["1s"] * 20)) as h:
+        h.receiver.script[CRM] = [503] * (8 + 1)
+        for n in range(8):
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=f"US.{n:020d}", phone=None))
+        assert await h.dispatcher.run_once() == 8  # 8 failures in a row: the breaker opens
+        h.clock.advance(3)
+        assert await h.dispatcher.run_once() == 1  # its one attempt fails: the next in seconds
+        assert await h.dispatcher.run_once() == 0  # (nothing goes until then)
+        h.clock.advance(RETRY_CHECK_EVERY)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=h.app),
+            base_url="http://gw",
+            headers={"authorization": f"Bearer {API_KEY}"},
+        )
+        assert (await client.post("/v1/subscribers/crm/retry")).status_code == 200
+        assert await h.dispatcher.run_once() == 1  # at once: the receiver is back
+        assert await h.dispatcher.run_once() == 7  # its success drains the rest
+        assert {r["state"] for r in await h.deliveries()} == {"delivered"}
+
+
+async def test_a_lane_acts_on_a_stored_retry_once(tmp_path: Path) -> None:
+    async with harness(tmp_path, subscriber("crm", CRM, retry_schedule=["1s"] * 20)) as h:
+        h.receiver.script[CRM] = [503] * (8 + 2)
+        for n in range(8):
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=f"US.{n:020d}", phone=None))
+        assert await h.dispatcher.run_once() == 8
+        h.clock.advance(RETRY_CHECK_EVERY)
+        await retry_subscriber(h.gateway.store, "crm", h.clock())  # `bspgate subscribers retry`
+        assert await h.dispatcher.run_once() == 1  # at once, and it fails again
+        h.clock.advance(RETRY_CHECK_EVERY)
+        assert await h.dispatcher.run_once() == 0  # the same request: the probes' pace again
+        h.clock.advance(2)
+        assert await h.dispatcher.run_once() == 1
 
 
 async def test_the_subscriber_list_shows_why_its_queue_waits(tmp_path: Path) -> None:

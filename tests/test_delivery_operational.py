@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 from standardwebhooks import Webhook
+from structlog.testing import capture_logs
 
 from bspgate.times import parse_time
 from tests.conftest import SUBSCRIBER_SECRET
@@ -63,6 +64,29 @@ async def test_a_recovery_is_announced(tmp_path: Path) -> None:
         assert event["data"]["failing_since"] is not None
 
 
+async def test_operational_event_times_are_rfc3339_utc_with_z(tmp_path: Path) -> None:
+    async with harness(tmp_path, *with_ops()) as h:
+        h.receiver.script[CRM] = [410]
+        await h.ingest(text_webhook("wamid.1"))
+        await h.dispatcher.run_once()  # 410: disabled
+        await h.gateway.store.transaction(
+            lambda tx: tx.enable_subscriber("crm", h.clock().isoformat())
+        )
+        h.clock.advance(10)
+        await h.dispatcher.run_once()  # delivered: recovered
+        await h.dispatcher.run_once()
+        disabled, recovered = ops_events(h)
+        times = [
+            disabled["time"], disabled["data"]["disabled_at"],
+            recovered["time"], recovered["data"]["recovered_at"],
+            recovered["data"]["failing_since"],
+        ]  # fmt: skip
+        for text in times:
+            assert text.endswith("Z"), text
+            assert parse_time(text)  # RFC 3339
+        assert parse_time(recovered["data"]["failing_since"]) < parse_time(recovered["time"])
+
+
 async def test_a_recovery_from_a_streak_another_dispatcher_saw_is_announced(
     tmp_path: Path,
 ) -> None:
@@ -109,6 +133,41 @@ async def test_a_dead_letter_is_announced(tmp_path: Path) -> None:
         assert event["data"]["delivery_id"] == row["id"]
         assert event["data"]["event_id"] == row["event_id"]
         assert (event["data"]["attempts"], event["data"]["last_status"]) == (2, 500)
+
+
+async def test_a_failed_probe_on_the_last_attempt_is_not_a_dead_letter(tmp_path: Path) -> None:
+    # The row's last scheduled attempt is still to come when the lane probes early with it: the
+    # probe fails, spends nothing, and the row stays pending. Only the real last attempt kills
+    # it, and the log, the metrics and the operators hear of one dead letter, once.
+    async with harness(tmp_path, *with_ops(retry_schedule=["1s", "3s"])) as h:
+        h.receiver.script[CRM] = [500] * 4
+        await h.ingest(text_webhook("wamid.1"))
+        with capture_logs() as logs:
+            await h.dispatcher.run_once()
+            h.clock.advance(1.5)
+            await h.dispatcher.run_once()  # the second attempt: the next one is the last
+            h.clock.advance(2)  # not due yet (3 s ± 20 %), but a probe is
+            assert await h.dispatcher.run_once() == 1
+            (row,) = await h.deliveries("crm")
+            assert (row["state"], row["attempts"]) == ("pending", 2)
+            h.clock.advance(10)
+            await h.dispatcher.run_once()  # the last scheduled attempt
+            await h.dispatcher.run_once()  # the operational event goes out
+        attempts = [
+            (line["outcome"], line["attempt"], line.get("probe"))
+            for line in logs
+            if line["event"] == "delivery.attempt" and line["subscriber"] == "crm"
+        ]
+        assert attempts == [("pending", 1, None), ("pending", 2, None), ("pending", 2, True),
+                            ("dead", 3, None)]  # fmt: skip
+        (row,) = await h.deliveries("crm")
+        assert (row["state"], row["attempts"]) == ("dead", 3)
+        (event,) = ops_events(h)
+        assert event["type"] == "bspgate.delivery.dead_lettered"
+        assert event["data"]["attempts"] == 3
+        counted = h.gateway.metrics.deliveries
+        assert counted.labels("crm", "dead")._value.get() == 1
+        assert counted.labels("crm", "pending")._value.get() == 3
 
 
 async def test_a_quarantined_webhook_is_announced_without_payload_content(

@@ -201,3 +201,20 @@ async def test_batches_keep_per_contact_order_inside_and_across(tmp_path: Path) 
         first_contact = [m for b in batches for m in b if m in ("wamid.0", "wamid.4", "wamid.5")]
         assert first_contact == ["wamid.0", "wamid.4", "wamid.5"]
         assert {r["state"] for r in await h.deliveries()} == {"delivered"}
+
+
+@pytest.mark.anyio
+@pytest.mark.store
+async def test_a_batch_has_the_same_webhook_id_in_any_claim_order(tmp_path: Path) -> None:
+    # rows of a batch come from a claim and its top-up, so a retry may claim them in another order
+    async with harness(tmp_path, subscriber("crm", CRM, batch={"max": 3, "wait": "10ms"})) as h:
+        for n in range(3):
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=f"US.{n:020d}", phone=None))
+        lane = h.dispatcher.lanes["crm"]
+        group = await h.dispatcher._claim(lane, 1)
+        assert len(group) == 3
+        await h.dispatcher._attempt_group(lane, group)
+        await h.dispatcher._attempt_group(lane, group[::-1])
+        first, second = h.receiver.requests
+        assert first.headers["webhook-id"] == second.headers["webhook-id"]
+        assert first.headers["webhook-id"].startswith("bat_")

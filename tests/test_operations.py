@@ -12,7 +12,7 @@ import pytest
 from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined
 from tests.conftest import MAPPINGS, make_settings
 from tests.payloads import status_webhook, text_webhook
-from tests.test_delivery import BI, CRM, harness, subscriber
+from tests.test_delivery import ALICE, BI, BOB, CRM, harness, subscriber
 
 pytestmark = [pytest.mark.anyio, pytest.mark.store]  # store: runs on SQLite and PostgreSQL
 
@@ -138,6 +138,22 @@ async def test_replay_gives_a_later_subscriber_the_events_it_never_had(tmp_path:
         assert h.receiver.message_ids(BI) == ["wamid.1", "wamid.2"]
 
 
+async def test_a_dry_run_counts_what_a_later_subscriber_would_be_given(tmp_path: Path) -> None:
+    async with harness(
+        tmp_path, subscriber("crm", CRM), subscriber("bi", BI, events=["none"])
+    ) as h:
+        await h.ingest(text_webhook("wamid.1"))
+        await h.ingest(text_webhook("wamid.2", timestamp=1767225601))
+        request = ReplayRequest(subscriber_id="bi", dry_run=True)
+        preview = await replay_deliveries(h.gateway.store, request, h.clock())
+        assert (preview["matched"], preview["added"], preview["dry_run"]) == (0, 2, True)
+        assert await h.deliveries("bi") == []  # nothing changed
+        result = await replay_deliveries(
+            h.gateway.store, ReplayRequest(subscriber_id="bi"), h.clock()
+        )
+        assert result["added"] == preview["added"]
+
+
 async def test_replay_to_a_later_subscriber_gives_only_what_its_config_accepts(
     tmp_path: Path,
 ) -> None:
@@ -165,6 +181,82 @@ async def test_replay_to_a_later_subscriber_gives_only_what_its_config_accepts(
         assert result["added"] == 1
         await _drain(h)
         assert h.receiver.message_ids(BI) == ["wamid.2"]
+
+
+def _phones(h: Any, url: str) -> dict[str, str | None]:
+    """Message id -> the contact phone each event delivered to `url` carried."""
+    out = {}
+    for request in h.receiver.requests:
+        if str(request.url) == url:
+            data = orjson.loads(request.content)["data"]
+            out[data["message"]["id"]] = data["contact"]["phone"]
+    return out
+
+
+def _late_phone_subscriber(tmp_path: Path) -> Any:
+    """`bi` as the operator configures it later: every event, but only with a phone."""
+    return make_settings(
+        tmp_path, subscribers=[subscriber("bi", BI, require_phone=True, hold_for="1h")]
+    ).subscribers
+
+
+async def test_replay_to_a_later_subscriber_holds_events_without_a_phone(tmp_path: Path) -> None:
+    # `bi` requires a phone; live, it takes no events yet (so nothing of it is in the outbox)
+    bi = subscriber("bi", BI, events=["none"], require_phone=True)
+    async with harness(tmp_path, subscriber("crm", CRM), bi) as h:
+        await h.ingest(text_webhook("wamid.1", bsuid=ALICE, phone=None))
+        await h.ingest(text_webhook("wamid.2", bsuid=BOB))
+        result = await replay_deliveries(
+            h.gateway.store, ReplayRequest(subscriber_id="bi"), h.clock(),
+            _late_phone_subscriber(tmp_path),
+        )  # fmt: skip
+        assert result["added"] == 2
+        await _drain(h)
+        assert set(_phones(h, BI)) == {"wamid.2"}  # wamid.1 is held: its contact has no phone
+        assert {r["state"] for r in await h.deliveries("bi")} == {"held", "delivered"}
+        await h.ingest(text_webhook("wamid.3", bsuid=ALICE, phone="15557654321"))  # a phone now
+        await _drain(h)
+        phone = _phones(h, CRM)["wamid.3"]
+        assert phone is not None
+        assert _phones(h, BI) == {"wamid.2": _phones(h, CRM)["wamid.2"], "wamid.1": phone}
+
+
+async def test_replay_to_a_later_subscriber_fills_in_a_phone_gained_since(
+    tmp_path: Path,
+) -> None:
+    bi = subscriber("bi", BI, events=["none"], require_phone=True)
+    async with harness(tmp_path, subscriber("crm", CRM), bi) as h:
+        await h.ingest(text_webhook("wamid.1", bsuid=ALICE, phone=None))
+        await h.ingest(text_webhook("wamid.2", bsuid=ALICE, phone="15557654321"))
+        result = await replay_deliveries(
+            h.gateway.store, ReplayRequest(subscriber_id="bi"), h.clock(),
+            _late_phone_subscriber(tmp_path),
+        )  # fmt: skip
+        assert result["added"] == 2
+        await _drain(h)
+        phone = _phones(h, CRM)["wamid.2"]
+        assert phone is not None
+        assert _phones(h, BI) == {"wamid.1": phone, "wamid.2": phone}
+
+
+async def test_a_replayed_expired_delivery_is_held_again_until_a_phone(tmp_path: Path) -> None:
+    bi = subscriber("bi", BI, require_phone=True, hold_for="1s")
+    async with harness(tmp_path, bi) as h:
+        await h.ingest(text_webhook("wamid.1", bsuid=ALICE, phone=None))
+        h.clock.advance(5)
+        await _drain(h)  # the claim's sweep: no phone within hold_for
+        assert (await h.only_delivery())["state"] == "expired"
+        request = ReplayRequest(subscriber_id="bi", states=("expired",))
+        result = await replay_deliveries(h.gateway.store, request, h.clock())
+        assert result["requeued"] == 1
+        await _drain(h)
+        assert (await h.only_delivery())["state"] == "held"  # not sent without a phone
+        assert h.receiver.requests == []
+        await h.ingest(text_webhook("wamid.2", bsuid=ALICE, phone="15557654321"))
+        await _drain(h)
+        phones = _phones(h, BI)
+        assert phones["wamid.1"] is not None
+        assert phones["wamid.1"] == phones["wamid.2"]
 
 
 async def test_replay_by_type_and_window_matches_only_those(tmp_path: Path) -> None:

@@ -62,26 +62,32 @@ def _with_store(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    from bspgate.times import rfc3339_fields
+
     async def work(store: Any) -> int:
         dead = await store.read(
             lambda tx: tx.deliveries(
                 state="dead", subscriber_id=args.subscriber, event_id=None, limit=args.limit
             )
         )
+        # times as every answer of bspgate has them: RFC 3339 in UTC with `Z` (the store keeps
+        # epoch seconds and offsets)
         for row in dead:
-            _print({"kind": "dead_letter", **row})
+            _print(rfc3339_fields({"kind": "dead_letter", **row}))
         if not args.subscriber:
             raws = await store.read(lambda tx: tx.raws("quarantined", args.limit))
             for raw in raws:
                 _print(
-                    {
-                        "kind": "quarantined",
-                        "id": raw.id,
-                        "channel_id": raw.channel_id,
-                        "provider": raw.provider,
-                        "received_at": raw.received_at,
-                        "reason": raw.reason,
-                    }
+                    rfc3339_fields(
+                        {
+                            "kind": "quarantined",
+                            "id": raw.id,
+                            "channel_id": raw.channel_id,
+                            "provider": raw.provider,
+                            "received_at": raw.received_at,
+                            "reason": raw.reason,
+                        }
+                    )
                 )
         return 0
 

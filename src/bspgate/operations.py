@@ -146,10 +146,9 @@ async def replay_deliveries(
             "dry_run": request.dry_run,
             "deliveries": [c["id"] for c in candidates],
         }
-        if request.dry_run:
-            return result
-        result["requeued"] = tx.requeue([c["id"] for c in candidates], now, stamp)
-        if request.subscriber_id:
+        if not request.dry_run:
+            result["requeued"] = tx.requeue([c["id"] for c in candidates], now, stamp)
+        if request.subscriber_id:  # a dry run counts what it would add
             result["added"] = tx.fan_out_missing(
                 request.subscriber_id,
                 event_id=request.event_id,
@@ -160,6 +159,8 @@ async def replay_deliveries(
                 stamp=stamp,
                 limit=request.limit,
                 accepts=accepts,
+                require_phone=any(s.require_phone for s in chosen),
+                dry_run=request.dry_run,
             )
         return result
 
@@ -285,7 +286,17 @@ def subscriber_view(
 
 
 async def retry_subscriber(store: Any, subscriber_id: str, moment: datetime) -> int:
-    """Every pending delivery of a subscriber becomes due now; answers how many moved."""
+    """Every pending delivery of a subscriber becomes due now; answers how many moved.
+
+    The request is stored too: the subscriber's lane may run in another process (`serve`'s
+    delivery worker) or replica, where a failing lane would otherwise wait for its next probe
+    (up to 30 s) or a 429's pause; it reads the request and tries at once (`Dispatcher`)."""
     now, stamp = moment.timestamp(), moment.isoformat()
-    moved: int = await store.transaction(lambda tx: tx.pull_forward(subscriber_id, now, stamp))
+
+    def work(tx: Any) -> int:
+        moved: int = tx.pull_forward(subscriber_id, now, stamp)
+        tx.request_retry(subscriber_id, now, stamp)
+        return moved
+
+    moved: int = await store.transaction(work)
     return moved

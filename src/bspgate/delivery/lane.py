@@ -65,6 +65,8 @@ class Lane:
     queue: asyncio.Queue[list[tuple[DeliveryJob, bool]]] = field(default_factory=asyncio.Queue)
     workers: int = 0  # posting coroutines started
     idle: int = 0  # of which waiting for a request
+    retry_seen: float = 0.0  # the latest operator retry (stored) this lane has acted on
+    retry_checked: float = float("-inf")  # when the lane last looked for one (dispatcher clock)
 
     def __post_init__(self) -> None:
         if self.subscriber.rate is not None:

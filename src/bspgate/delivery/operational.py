@@ -12,7 +12,9 @@ A subscriber whose `events` globs match `bspgate.*` receives, signed and retried
 
 They are written in the same transaction as what they report, into the events table (so
 `GET /v1/events` shows them too) under one pseudo contact, so they arrive in order. Their ids
-start with `ops_`; a dead-lettered operational event reports nothing (no event storms).
+start with `ops_`; a dead-lettered operational event reports nothing (no event storms). Their
+`time` and the times in their `data` are RFC 3339 in UTC with `Z`, as every time bspgate answers
+(`bspgate.times`), whatever form the caller's stamp has.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import orjson
 
 from bspgate.config import Subscriber
 from bspgate.ids import new_id
+from bspgate.times import normalized, rfc3339_fields
 
 OPS_CONTACT = "bspgate"
 OPS_PREFIX = "ops_"
@@ -57,9 +60,9 @@ def emit(
         "source": SOURCE,
         "type": type_,
         "subject": subject,
-        "time": stamp,
+        "time": normalized(stamp),
         "datacontenttype": "application/json",
-        "data": data,
+        "data": rfc3339_fields(data),
     }
     targets = [s.id for s in subscribers if wanted_by(s, event)]
     if not targets:

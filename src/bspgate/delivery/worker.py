@@ -50,6 +50,7 @@ from bspgate.delivery.transport import HttpxPoster, Poster, PostFailed
 from bspgate.metrics import Metrics
 from bspgate.schema.catalog import traceparent_of
 from bspgate.store.base import DeliveryJob
+from bspgate.times import iso_epoch
 
 _log = structlog.get_logger("bspgate.delivery")
 CONTENT_TYPE = "application/cloudevents+json"
@@ -59,6 +60,7 @@ BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 DELIVERY_LINGER = 0.003
 _RECORD_BELOW = 16
 EXPIRE_EVERY = 60.0  # seconds between sweeps of held deliveries that never gained a phone
+RETRY_CHECK_EVERY = 0.5  # seconds between looks for an operator's retry, per waiting lane
 
 
 def dispatcher_owner(settings: Settings) -> str:
@@ -80,12 +82,13 @@ class AttemptResult:
 
 @dataclass(slots=True)
 class _Outcome:
-    """What a recorded attempt did, applied to the lanes after the transaction commits."""
+    """What a recorded attempt did, as the row records it (the log line, the metrics and the
+    operational events say the same), applied to the lanes after the transaction commits."""
 
     result: AttemptResult
-    state: str
+    state: str  # delivered, pending, dead, or gone (410: the row stays pending)
     attempts: int
-    delay: float
+    due: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,9 @@ class Dispatcher:
         self._record_failing = False
         self._last_expiry: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        started = clock().timestamp()
+        for lane in self.lanes.values():
+            lane.retry_seen = started  # a retry asked for before this start is moot: lanes begin
 
     # -- control ----------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -188,11 +194,15 @@ class Dispatcher:
             lane.changed.set()
 
     def retry_now(self, subscriber_id: str) -> None:
-        """An operator asked to retry a subscriber now: a failing lane probes at once."""
+        """An operator asked to retry a subscriber now: a failing lane probes at once, a paused
+        one resumes. Asked in another process (the API under `serve`, the CLI, a replica), it
+        reaches the lane through the store (`_heed_retry`)."""
         lane = self.lanes.get(subscriber_id)
         if lane is not None:
             lane.last_probe = 0.0
             lane.paused_until = 0.0
+            # the stored request (this one, if it came through the store) is acted on now
+            lane.retry_seen = max(lane.retry_seen, self.clock().timestamp())
             lane.changed.set()
 
     def start(self) -> asyncio.Task[None]:
@@ -305,10 +315,31 @@ class Dispatcher:
 
     async def _claim(self, lane: Lane, most: int) -> list[tuple[DeliveryJob, bool]]:
         """Claim what the lane may send now: due rows into free slots, or one probe."""
+        await self._heed_retry(lane)
         plan = self._plan(lane, most)
         if plan is None:
             return []
         return await self._run_claim(plan)
+
+    async def _heed_retry(self, lane: Lane) -> None:
+        """A lane that may not send now (its breaker open and no probe due, or paused by a 429)
+        looks in the store, every `RETRY_CHECK_EVERY` at most, for an operator's retry asked
+        since it last acted on one (`request_retry`): then it probes, or resumes, at once. A
+        lane that may send claims the rows the retry made due anyway."""
+        now = self.clock().timestamp()
+        waiting = (lane.is_open and not lane.probe_due(now)) or now < lane.paused_until
+        if not waiting or now - lane.retry_checked < RETRY_CHECK_EVERY:
+            return
+        lane.retry_checked = now
+        try:
+            asked = await self.store.read(partial(_retry_requested, subscriber_id=lane.id))
+        except Exception as exc:  # the store may be briefly unavailable: look again later
+            _log.error("delivery.retry_check_failed", subscriber=lane.id, error=repr(exc))
+            return
+        if asked is not None and asked > lane.retry_seen:
+            lane.retry_seen = asked
+            _log.info("delivery.retry_requested", subscriber=lane.id)
+            self.retry_now(lane.id)
 
     async def _run_claim(self, plan: _Claim) -> list[tuple[DeliveryJob, bool]]:
         outcome: tuple[str | None, list[tuple[DeliveryJob, bool]]]
@@ -499,7 +530,9 @@ class Dispatcher:
             return [await self._attempt(job, probe)]
         jobs = [job for job, _ in group]
         body = "[" + ",".join(job.body for job in jobs) + "]"
-        digest = hashlib.sha256(" ".join(job.event_id for job in jobs).encode()).hexdigest()
+        # the id names the set of events, whatever order the claim and its top-up took them in
+        events = sorted(job.event_id for job in jobs)
+        digest = hashlib.sha256(" ".join(events).encode()).hexdigest()
         status, latency, error, retry_after = await self._post(
             lane.subscriber, f"bat_{digest[:26]}", body, BATCH_CONTENT_TYPE, traceparent_of(body)
         )
@@ -567,7 +600,7 @@ class Dispatcher:
         unsent = [result.job for result in results if not result.sent]
         if unsent:
             results = [result for result in results if result.sent]
-        outcomes = [self._outcome(result) for result in results]
+        outcomes = [self._outcome(result, now) for result in results]
         healthy: dict[str, bool] = {}
         for outcome in outcomes:
             if outcome.result.status == 429:
@@ -581,7 +614,7 @@ class Dispatcher:
             (o.result.job.id, stamp, o.result.status, o.result.latency_ms, o.result.error)
             for o in outcomes
         ]
-        finished = [self._finish_row(o, now, stamp) for o in outcomes]
+        finished = [self._finish_row(o, stamp) for o in outcomes]
 
         def record(tx: Any) -> tuple[dict[str, str], set[str]]:
             tx.record_attempts(attempts)
@@ -690,7 +723,7 @@ class Dispatcher:
         for sub_id, since in recovered.items():
             data = {
                 "subscriber": sub_id,
-                "failing_since": datetime.fromtimestamp(since, UTC).isoformat() if since else None,
+                "failing_since": iso_epoch(since) if since else None,
                 "recovered_at": stamp,
             }
             told.update(emit(tx, subs, "bspgate.subscriber.recovered", sub_id, data,
@@ -711,24 +744,26 @@ class Dispatcher:
                              now=now, stamp=stamp))  # fmt: skip
         return told
 
-    def _outcome(self, result: AttemptResult) -> _Outcome:
+    def _outcome(self, result: AttemptResult, now: float) -> _Outcome:
         job = result.job
         subscriber = self.subscribers[job.subscriber_id]
         attempts = job.attempts + 1
         verdict = decide(
             result.status, attempts, subscriber.retry_schedule, retry_after=result.retry_after
         )
-        return _Outcome(result, verdict.state, attempts, verdict.delay)
+        if result.probe and verdict.state != "delivered":
+            # a failed early probe spends nothing: the row keeps its attempts and its due time,
+            # so it is pending still, never dead (its last scheduled attempt decides that)
+            state = "gone" if verdict.state == "gone" else "pending"
+            return _Outcome(result, state, job.attempts, job.due)
+        return _Outcome(result, verdict.state, attempts, now + verdict.delay)
 
-    def _finish_row(self, outcome: _Outcome, now: float, stamp: str) -> tuple[Any, ...]:
+    def _finish_row(self, outcome: _Outcome, stamp: str) -> tuple[Any, ...]:
         result, job = outcome.result, outcome.result.job
         # a 410 keeps the delivery pending: re-enabling the subscriber resumes from here
         state = "pending" if outcome.state == "gone" else outcome.state
-        attempts, due = outcome.attempts, now + outcome.delay
-        if result.probe and state != "delivered":
-            # a failed early probe spends nothing: the row keeps its attempts and its due time
-            state, attempts, due = "pending", job.attempts, job.due
-        return (state, attempts, due, result.status, result.error, stamp, job.id, job.token)
+        return (state, outcome.attempts, outcome.due, result.status, result.error, stamp, job.id,
+                job.token)  # fmt: skip
 
     def _health(
         self,
@@ -758,12 +793,17 @@ class Dispatcher:
             if sub_id in gone:
                 reason = "the subscriber answered 410 Gone"
             elif streak is not None and now - streak >= self.subscribers[sub_id].disable_after:
-                since = datetime.fromtimestamp(streak, UTC).isoformat()
+                since = iso_epoch(streak)
                 reason = f"every delivery failed since {since}"
             if reason is not None and sub_id not in self.disabled:
                 tx.disable_subscriber(sub_id, reason, stamp)
                 disabled[sub_id] = reason
         return disabled, recovered
+
+
+def _retry_requested(tx: Any, *, subscriber_id: str) -> float | None:
+    asked: float | None = tx.retry_requested(subscriber_id)
+    return asked
 
 
 def _renew(tx: Any, *, claims: list[tuple[str, str]], until: float) -> int:

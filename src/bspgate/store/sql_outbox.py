@@ -374,6 +374,18 @@ class OutboxQueries(SqlBase):
             subscriber_id, stamp, "disabled_at = NULL, reason = NULL, failing_since = NULL", ()
         )
 
+    def request_retry(self, subscriber_id: str, now: float, stamp: str) -> None:
+        """An operator asked to retry the subscriber now: its lanes, in whichever process or
+        replica they run, read it (`retry_requested`) and probe at once."""
+        self._upsert_subscriber(subscriber_id, stamp, "retry_at = ?", (now,))
+
+    def retry_requested(self, subscriber_id: str) -> float | None:
+        """When an operator last asked to retry the subscriber now (None: never)."""
+        row = self.one(
+            "SELECT retry_at FROM subscriber_state WHERE subscriber_id = ?", (subscriber_id,)
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
     def clear_failing(self, subscriber_id: str, stamp: str) -> float | None:
         """A success: when the failure streak it ends began (None: there was none)."""
         row = self.one(
@@ -454,9 +466,14 @@ class OutboxQueries(SqlBase):
         stamp: str,
         limit: int,
         accepts: Callable[[str, str, dict[str, Any]], bool] | None = None,
+        require_phone: bool = False,
+        dry_run: bool = False,
     ) -> int:
         """Outbox rows for stored events a subscriber never had (it was added later); with
-        `accepts`, only for the events it accepts (type, channel, event)."""
+        `accepts`, only for the events it accepts (type, channel, event). With `require_phone`
+        (the subscriber's), an event without the contact's phone is held as a new one would be,
+        unless its contact has a phone by now: then it goes with the phone filled in.
+        `dry_run`: only count the rows it would add."""
         clauses, params = _filters(
             [
                 "e.superseded = 0",
@@ -479,11 +496,32 @@ class OutboxQueries(SqlBase):
         )
         added = 0
         for seq, event_id_, contact_id, type_, channel_id, body in rows:
-            if accepts is not None and not accepts(type_, channel_id, orjson.loads(body)):
+            event = orjson.loads(body)
+            if accepts is not None and not accepts(type_, channel_id, event):
                 continue
-            self.insert_delivery(seq, event_id_, subscriber_id, contact_id, "pending", now, stamp)
+            if dry_run:
+                added += 1
+                continue
+            state, filled = "pending", None
+            if require_phone and _lacks_phone(event):
+                phone = self._phone_of(contact_id)
+                if phone is None:
+                    state = "held"  # released with the phone once the contact gains one
+                else:
+                    filled = _with_phone(event, phone)
+            self.insert_delivery(seq, event_id_, subscriber_id, contact_id, state, now, stamp)
+            if filled is not None:
+                self.execute(
+                    "UPDATE deliveries SET body = ? WHERE event_id = ? AND subscriber_id = ?",
+                    (filled, event_id_, subscriber_id),
+                )
             added += 1
         return added
+
+    def _phone_of(self, contact_id: str) -> str | None:
+        """The contact's phone now (None: none known, or erased)."""
+        row = self.one("SELECT phone FROM contacts WHERE id = ?", (contact_id,))
+        return None if row is None or not row[0] else str(row[0])
 
     def recover_inflight(self, now: float) -> int:
         """After a crash of the only process using this store: claims die with it, retry now."""
@@ -746,15 +784,42 @@ class OutboxQueries(SqlBase):
         ]
 
     def requeue(self, delivery_ids: Sequence[str], now: float, stamp: str) -> int:
+        """Dead, delivered or expired deliveries go again, their attempts reset. An expired one
+        was held until its subscriber's `hold_for` ran out (`require_phone`, and its contact had
+        no phone): it goes as a new one would, held again while the contact still has no phone,
+        else pending with the phone filled in."""
         count = 0
         for delivery_id in delivery_ids:
             cursor = self.execute(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, attempts = 0, "
-                "updated_at = ? WHERE id = ? AND state IN ('dead', 'delivered', 'expired')",
+                "updated_at = ? WHERE id = ? AND state IN ('dead', 'delivered')",
                 (now, stamp, delivery_id),
             )
+            if not cursor.rowcount:
+                cursor = self._requeue_expired(delivery_id, now, stamp)
             count += cursor.rowcount
         return count
+
+    def _requeue_expired(self, delivery_id: str, now: float, stamp: str) -> Any:
+        row = self.one(
+            "SELECT d.contact_id, COALESCE(d.body, e.body) FROM deliveries d "
+            "JOIN events e ON e.seq = d.event_seq WHERE d.id = ? AND d.state = 'expired'",
+            (delivery_id,),
+        )
+        state, body = "pending", None
+        if row is not None:
+            event = orjson.loads(row[1])
+            if _lacks_phone(event):
+                phone = self._phone_of(row[0])
+                if phone is None:
+                    state = "held"
+                else:
+                    body = _with_phone(event, phone)
+        return self.execute(
+            "UPDATE deliveries SET state = ?, next_attempt_at = ?, attempts = 0, updated_at = ?, "
+            "body = COALESCE(?, body) WHERE id = ? AND state = 'expired'",
+            (state, now, stamp, body, delivery_id),
+        )
 
     def oldest_undelivered(self) -> str | None:
         """When the oldest delivery still waiting (pending, in flight or held) was created."""
@@ -770,6 +835,18 @@ class OutboxQueries(SqlBase):
         for state, number in self.all("SELECT state, COUNT(*) FROM raw_payloads GROUP BY state"):
             out[f"raw_{state}"] = int(number)
         return out
+
+
+def _lacks_phone(event: dict[str, Any]) -> bool:
+    """An event about a contact whose phone it does not carry (what `require_phone` holds)."""
+    contact = (event.get("data") or {}).get("contact")
+    return isinstance(contact, dict) and not contact.get("phone")
+
+
+def _with_phone(event: dict[str, Any], phone: str) -> str:
+    """The event's body with the contact's phone filled in (as a released hold has it)."""
+    event["data"]["contact"]["phone"] = phone
+    return orjson.dumps(event).decode()
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
