@@ -82,6 +82,17 @@ def test_actions_without_the_token_change_nothing(gateway: RunningGateway) -> No
     client.close()
 
 
+def test_retry_now_is_stored_for_the_delivery_worker(gateway: RunningGateway) -> None:
+    client = signed_in(gateway)
+    token = csrf_of(client.get("/console/deliveries").text)
+    answer = client.post("/console/deliveries/retry-now", data={"csrf": token})
+    assert answer.status_code == 303
+    store = gateway._server.server.config.app.state.gateway.store
+    asked = store.read_sync(lambda tx: tx.retry_requested("crm"))
+    assert asked is not None  # a lane in another process reads it and probes at once
+    client.close()
+
+
 def test_reveal_is_audited_and_scoped_to_one_page(gateway: RunningGateway) -> None:
     body = cloud_message("wamid.h1", phone="15551230099")
     assert gateway.post("cloud-us", body).status_code == 200

@@ -127,9 +127,16 @@ async def retry_now(request: Request, form: FormData) -> Response:
     gateway = gateway_of(request)
     subscriber = str(form.get("subscriber_id") or "") or None
     moment = gateway.clock()
-    count = await gateway.store.transaction(
-        lambda tx: queries.retry_pending_now(tx, moment.timestamp(), moment.isoformat(), subscriber)
-    )
+    now, stamp = moment.timestamp(), moment.isoformat()
+    ids = [subscriber] if subscriber else [s.id for s in gateway.settings.subscribers]
+
+    def work(tx: Any) -> int:
+        count = queries.retry_pending_now(tx, now, stamp, subscriber)
+        for subscriber_id in ids:  # a failing lane, in the delivery worker, probes at once
+            tx.request_retry(subscriber_id, now, stamp)
+        return count
+
+    count = await gateway.store.transaction(work)
     _wake(request)
     await audit(request, "retry_now", subscriber or "all", deliveries=count)
     return _back(f"{count} pending deliver(ies) due now")
