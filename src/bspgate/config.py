@@ -77,6 +77,14 @@ class ServerSettings:
         return ServerSettings(host, port, public_url, self.max_body_bytes, self.public_url_set)
 
 
+def _in_flight(value: int | str, index: int) -> int:
+    """`max_in_flight`: an integer, or digits from a `${NAME}` reference, in 1..1024."""
+    count = int(value)
+    if not 1 <= count <= 1024:
+        raise ConfigError(f"subscribers[{index}].max_in_flight", f"{count} is not in 1..1024")
+    return count
+
+
 def local_url(host: str, port: int) -> str:
     """`http://host:port` as a client on this machine reaches it (a wildcard host is loopback)."""
     if host in ("0.0.0.0", "::", ""):  # noqa: S104  # naming the wildcard, not binding it
@@ -408,7 +416,7 @@ def _subscriber(raw: dict[str, Any], index: int, channel_ids: set[str]) -> Subsc
         timeout=timeout,
         hold_for=parse_duration(raw.get("hold_for", "30d")),
         disable_after=parse_duration(raw.get("disable_after", "24h")),
-        max_in_flight=int(raw.get("max_in_flight", 32)),
+        max_in_flight=_in_flight(raw.get("max_in_flight", 32), index),
         rate=parse_rate(raw["rate"]) if raw.get("rate") else None,
         rate_text=raw.get("rate"),
         filter=compile_filter(raw["filter"], f"subscribers[{index}].filter")
