@@ -175,3 +175,13 @@ def test_invalid_limit_is_400_problem(client: TestClient, limit: str) -> None:
     response = client.get("/v1/events", params={"limit": limit}, headers=AUTH)
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_query"
+
+
+def test_deliveries_by_an_unknown_state_is_400_problem(client: TestClient) -> None:
+    response = client.get("/v1/deliveries", params={"state": "bogus"}, headers=AUTH)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "invalid_query"
+    assert "delivered" in response.json()["detail"]  # names the states there are
+    known = client.get("/v1/deliveries", params={"state": "dead"}, headers=AUTH)
+    assert known.status_code == 200

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bspgate import __version__
+from bspgate.store.base import DELIVERY_STATES
 
 PROBLEM = "application/problem+json"
 TIME = {"type": "string", "format": "date-time"}
@@ -347,7 +348,12 @@ def _operations() -> dict[str, Any]:
                 _json(_page("Delivery"), "the deliveries"),
                 [400],
                 params=[
-                    _param("state", "query", TEXT, "pending, inflight, held, delivered, dead, …"),
+                    _param(
+                        "state",
+                        "query",
+                        {"type": "string", "enum": list(DELIVERY_STATES)},
+                        "deliveries in this state",
+                    ),
                     _param("subscriber_id", "query", TEXT, "one subscriber"),
                     _param("event_id", "query", TEXT, "one event"),
                     LIMIT_1000,

@@ -31,6 +31,7 @@ from bspgate.operations import (
     subscriber_view,
 )
 from bspgate.problems import problem_response
+from bspgate.store.base import DELIVERY_STATES
 
 if TYPE_CHECKING:
     from bspgate.context import GatewayContext
@@ -55,6 +56,13 @@ async def list_deliveries(request: Request) -> Response:
         limit = _limit(request)
     except ValueError as exc:
         return problem_response(400, "invalid_query", "Invalid limit", str(exc))
+    if query.get("state") is not None and query["state"] not in DELIVERY_STATES:
+        return problem_response(
+            400,
+            "invalid_query",
+            "Invalid state",
+            f"{query['state'][:40]!r} is not a delivery state ({', '.join(DELIVERY_STATES)})",
+        )
     rows = await _gateway(request).store.read(
         lambda tx: tx.deliveries(
             state=query.get("state"),

@@ -22,6 +22,8 @@ T = TypeVar("T")
 # bound, the saturating ingress benchmark's p99 was 1.45-1.56x the bare route's; with 4, 1.29x).
 # the delivery states a subscriber's backlog counts (`subscriber_backlog`): open, then dead
 BACKLOG_STATES = ("pending", "inflight", "held", "dead")
+# every state a delivery row can be in (the backlog's, then the finished ones)
+DELIVERY_STATES = (*BACKLOG_STATES, "delivered", "expired", "erased")
 
 
 def empty_backlog() -> dict[str, Any]:
