@@ -103,3 +103,16 @@ def test_replay_dry_run_for_a_later_subscriber_counts_what_it_would_add(
     code, out, err = run(capsys, "replay", "--subscriber", "late", "--config", config)
     assert code == 0, err
     assert orjson.loads(out)["added"] == 1  # what the dry run said
+
+
+def test_dlq_list_of_a_subscriber_not_in_the_config_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = fill(tmp_path, one_dead_letter)
+    code, out, err = run(capsys, "dlq", "list", "--subscriber", "crn", "--config", config)
+    assert code == 2
+    assert out == ""
+    assert "no subscriber 'crn' in the config" in err
+    code, out, _ = run(capsys, "dlq", "list", "--subscriber", "crm", "--config", config)
+    assert code == 0
+    assert len(out.splitlines()) == 1

@@ -72,6 +72,11 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
         )
         # times as every answer of bspgate has them: RFC 3339 in UTC with `Z` (the store keeps
         # epoch seconds and offsets)
+        known = {s.id for s in settings.subscribers}
+        if args.subscriber and not dead and args.subscriber not in known:
+            # a removed subscriber's dead letters are still listed; a mistyped id says so
+            sys.stderr.write(f"bspgate: no subscriber {args.subscriber!r} in the config\n")
+            return 2
         for row in dead:
             _print(rfc3339_fields({"kind": "dead_letter", **row}))
         if not args.subscriber:
