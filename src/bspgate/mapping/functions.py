@@ -237,16 +237,16 @@ def find_first(items: Any, key: Any, wanted: Any) -> Any:
     return None
 
 
-def entry_for(items: Any, criteria: Any, subjects: Any = None) -> Any:
+def entry_for(items: Any, criteria: Any, subjects: Any) -> Any:
     """The entry of `items` that `criteria` (`{key: wanted, …}`) describes, or `null`.
 
-    The first object sharing any non-null criterion. With `subjects` (the list the entries are
-    about, such as the change's `statuses`): when both lists hold exactly one item, the one entry
-    is also taken without a shared criterion (Meta's status `contacts[]` is the recipient's, and
-    omits `wa_id` for BSUID sends). A change holding statuses for several people says nothing
-    about whose its one entry is, so there an entry must share an identifier. Never an object that
-    contradicts a criterion (a key both carry with different values): a mismatched entry must not
-    pair a stranger's identifiers.
+    The first object sharing any non-null criterion. `subjects` is the list the entries are
+    about (such as the change's `statuses`; `null` for none): when both lists hold exactly one
+    item, the one entry is also taken without a shared criterion (Meta's status `contacts[]` is
+    the recipient's, and omits `wa_id` for BSUID sends). A change holding statuses for several
+    people says nothing about whose its one entry is, so there an entry must share an
+    identifier. Never an object that contradicts a criterion (a key both carry with different
+    values): a mismatched entry must not pair a stranger's identifiers.
     """
     if not isinstance(items, list) or not isinstance(criteria, dict):
         return None
@@ -398,7 +398,7 @@ REGISTRY: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "epoch_to_rfc3339": (epoch_to_rfc3339, 1, 1),
     "to_rfc3339": (to_rfc3339, 1, 1),
     "find_first": (find_first, 3, 3),
-    "entry_for": (entry_for, 2, 3),
+    "entry_for": (entry_for, 3, 3),
     "contact_cards": (contact_cards, 1, 1),
     "join_key": (join_key, 1, None),
     "as_string": (as_string, 1, 1),
