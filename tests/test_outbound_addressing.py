@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,65 @@ def test_one_bsuid_definition_refuses_a_trailing_newline() -> None:
         assert not addressing.is_bsuid(value)
         assert not functions.is_bsuid(value)
     assert addressing.is_bsuid("US.ENT.123")
+
+
+# -- a retired phone (contract §3: "a retired phone is never used") ------------------------------
+def relinked_store() -> tuple[MemoryTx, str]:
+    """A person who changed number: B1 with +15550000001 became B2 with +15550000002."""
+    tx, (contact,) = store_with(Observation(bsuid=B1, phone="+15550000001"))
+    IdentityResolver(tx, "acme", "ch", "2026-11-20T11:00:00Z").relink(
+        Observation(bsuid=B2, phone="+15550000002"), B1, "+15550000001"
+    )
+    return tx, contact
+
+
+def choose_for(tx: MemoryTx, to: dict[str, str], category: str | None = None, **kw: Any) -> str:
+    recipient = resolve_recipient(tx, "acme", to)
+    address = choose_address(
+        recipient,
+        send_type="template" if category else "text",
+        category=category,
+        send_by=kw.get("send_by", "auto"),
+        bsuid_supported=kw.get("bsuid_supported", True),
+    )
+    return address.kind
+
+
+@pytest.mark.parametrize(
+    ("category", "send_by", "supported"),
+    [
+        (None, "auto", True),
+        (None, "auto", False),
+        (None, "phone", True),
+        ("authentication", "auto", True),
+    ],
+    ids=["bsuid-capable", "no-bsuid-sends", "send-by-phone", "auth-template"],
+)
+def test_retired_phone_alone_is_refused_as_retired(
+    category: str | None, send_by: str, supported: bool
+) -> None:
+    tx, _contact = relinked_store()
+    with pytest.raises(SendError) as caught:
+        choose_for(
+            tx, {"phone": "+15550000001"}, category, send_by=send_by, bsuid_supported=supported
+        )
+    assert caught.value.code == "phone_retired"
+    assert "retired" in caught.value.detail
+    assert "5550000001" not in caught.value.detail  # the reason names no phone
+
+
+def test_retired_phone_beside_the_contact_is_ignored_when_a_bsuid_serves() -> None:
+    tx, contact = relinked_store()
+    recipient = resolve_recipient(tx, "acme", {"contact_id": contact, "phone": "+15550000001"})
+    assert recipient.ignored_phone == "retired"
+    assert choose_for(tx, {"contact_id": contact, "phone": "+15550000001"}) == "bsuid"
+
+
+def test_moved_phone_names_the_reason_when_no_form_is_left() -> None:
+    tx, _ = store_with(
+        Observation(bsuid=B1, phone="+15550000001"), Observation(bsuid=B2, phone="+15550000001")
+    )
+    with pytest.raises(SendError) as caught:
+        choose_for(tx, {"bsuid": B1, "phone": "+15550000001"}, bsuid_supported=False)
+    assert caught.value.code == "bsuid_send_unsupported"
+    assert "belongs to another contact" in caught.value.detail

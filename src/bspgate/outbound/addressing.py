@@ -4,12 +4,14 @@ Pure logic over `IdentityView`, a small read-only slice of the store, so every r
 without HTTP or a database. In order:
 
 - `to.bsuid` must be a well-formed BSUID (rule 3: `invalid_bsuid`; never "cleaned");
+- `normalize_phone`: `to.phone` in the v1.1 phone format (§1), separators removed, as inbound;
 - `resolve_recipient`: a `contact_id` through the store (`unknown_contact`); a retired (relinked)
   BSUID is replaced by its contact's current one and reported (`replaced_bsuid`); a retired or
   moved phone alias is never used (`ignored_phone`); identifiers naming two different contacts
   are refused (`recipient_conflict`);
 - `choose_address`: authentication templates go to a phone only (rule 2); channel `send_by` and
   the provider's BSUID capability decide the form (rule 4); exactly one form is chosen (rule 1);
+  a send left without a phone because the given one is retired is `phone_retired`;
 - `check_service_window`: free-form sends outside 24 h of the last inbound message (rule 5).
 
 No I/O besides the `IdentityView` calls and no clock (`now` is passed in).
@@ -22,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from bspgate.errors import SendError
-from bspgate.identity.identifiers import BSUID_RE
+from bspgate.identity.identifiers import BSUID_RE, normal_phone
 from bspgate.store.base import ContactRow, follow_merged
 
 BSUID_PATTERN = BSUID_RE  # the one BSUID definition (bspgate.identity.identifiers)
@@ -111,6 +113,27 @@ def check_bsuid(to: dict[str, Any]) -> None:
         )
 
 
+PHONE_FORMAT = (
+    "to.phone is not a phone: '+' and 1 to 15 digits, e.g. +15551234567; spaces, '-', '(', ')' "
+    "and '.' may separate the digits"
+)
+
+
+def normalize_phone(to: dict[str, Any]) -> dict[str, Any]:
+    """`to` with `to.phone` in E.164 (canonical §1 v1.1), as the inbound side writes phones.
+
+    `+1 555-123-4567` is `+15551234567`; a short test number such as `+5678` is a phone. Anything
+    else is `invalid_request`; the reason never repeats the value (it may be someone's number).
+    """
+    given = to.get("phone")
+    if given is None:
+        return to
+    phone = normal_phone(given) if given.startswith("+") else None
+    if phone is None:
+        raise SendError("invalid_request", PHONE_FORMAT, pointer="/to/phone")
+    return {**to, "phone": phone}
+
+
 def _conflict(what: str) -> SendError:
     return SendError(
         "recipient_conflict", f"to.{what} belongs to another contact than the rest of `to`"
@@ -176,10 +199,16 @@ def choose_address(
     send_by: str,
     bsuid_supported: bool,
 ) -> Address:
-    """Rules 1, 2 and 4: exactly one form, or a 422 naming the rule."""
+    """Rules 1, 2 and 4: exactly one form, or a 422 naming the rule.
+
+    When the form needs a phone and the only one given was set aside (`ignored_phone`), the
+    refusal names that reason: `phone_retired` for a retired phone (contract §3: "a retired phone
+    is never used"), else the rule's code with the reason in its detail.
+    """
     if send_type == "template" and category == "authentication":
         if not recipient.phone:
-            raise SendError(
+            raise _no_phone(
+                recipient,
                 "auth_template_requires_phone",
                 "authentication templates can only be sent to a phone number and none is "
                 "known for this recipient (Meta error 131062 for a BSUID)",
@@ -189,7 +218,8 @@ def choose_address(
         if recipient.phone:
             return Address("phone", recipient.phone, recipient)
         why = "the channel sends by phone" if send_by == "phone" else "BSUID sends are not enabled"
-        raise SendError(
+        raise _no_phone(
+            recipient,
             "bsuid_send_unsupported",
             f"{why} for this channel's provider and no phone is known for this recipient",
         )
@@ -201,6 +231,20 @@ def choose_address(
             "the channel sends by BSUID only and its provider mapping does not support it",
         )
     return Address("bsuid", recipient.bsuid, recipient)
+
+
+def _no_phone(recipient: Recipient, code: str, detail: str) -> SendError:
+    """The refusal for a send that needs a phone when none can be used."""
+    if recipient.ignored_phone == "retired":
+        return SendError(
+            "phone_retired",
+            "to.phone is retired: the person it belonged to changed number (identity rule 5) "
+            "and it may now be someone else's, so it is never sent to; no other phone is known "
+            "for this recipient",
+        )
+    if recipient.ignored_phone:
+        return SendError(code, f"{detail} (to.phone was not used: it {recipient.ignored_phone})")
+    return SendError(code, detail)
 
 
 def _parse_time(text: str) -> datetime | None:

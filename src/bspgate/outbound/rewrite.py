@@ -85,9 +85,12 @@ def _mask_credential(value: str) -> str:
     return f"{scheme} {MASK}" if space and scheme in {"Bearer", "Basic", "App"} else MASK
 
 
-def _template_values(parameters: list[Any] | None) -> list[dict[str, Any]]:
+def _template_values(parameters: list[Any] | dict[str, str] | None) -> list[dict[str, Any]]:
     # Positional or named body parameters, each with its 1-based position as a string, so a
     # mapping can write Twilio's {"1": …}, Connectly's body_1 or Azure's named values.
+    # v1.1: an object of named values is the list of {name, value} in its key order.
+    if isinstance(parameters, dict):
+        parameters = [{"name": name, "value": value} for name, value in parameters.items()]
     values = []
     for index, item in enumerate(parameters or [], start=1):
         if isinstance(item, dict):
@@ -153,7 +156,10 @@ def uuid_from(send_id: str) -> str:
 def _refuse(form_refusals: Any, context: dict[str, Any], provider: str) -> None:
     for refusal in form_refusals:
         if truthy(refusal.when(context)):
-            raise SendError(refusal.code, f"{provider}: {refusal.detail}")
+            # a channel missing what every send needs is the operator's to fix, as a missing
+            # secret is (500); the rest are refusals of this one send (422)
+            status = 500 if refusal.code == "channel_not_configured" else 422
+            raise SendError(refusal.code, f"{provider}: {refusal.detail}", status=status)
 
 
 def type_form(

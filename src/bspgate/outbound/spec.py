@@ -38,11 +38,15 @@ SEND_TYPES = ("text", "template", "image", "document", "audio", "video", "intera
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A condition under which the provider cannot carry a send (422 unsupported_message)."""
+    """A condition under which the provider cannot carry a send (422 unsupported_message).
+
+    `code` unsupported_by_provider: no such message at all; channel_not_configured (500): the
+    channel lacks a setting every send needs (Twilio's sender).
+    """
 
     when: Getter
     detail: str
-    code: str = "unsupported_message"  # or unsupported_by_provider (no such message at all)
+    code: str = "unsupported_message"
 
 
 @dataclass(frozen=True, slots=True)
