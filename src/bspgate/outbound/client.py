@@ -1,6 +1,7 @@
 """Sends one `ProviderRequest` with the shared httpx client and maps the provider's answer.
 
-A 2xx answer carrying a message id (the mapping's `answer.message_id`) is a success. Anything
+A 2xx answer carrying a message id (the mapping's `answer.message_id`) is a success; a 2xx
+answer without one is an unknown outcome (`outcome: unknown`: accepted, so maybe sent). Anything
 else is a `SendError` with status 502: the provider's own rejection keeps its code and text
 (`provider_code`, `detail`) and maps to a canonical code where the mapping says so (Meta 131062 ->
 `auth_template_requires_phone`), else `provider_error`.
@@ -68,10 +69,19 @@ def _rejection(spec: OutboundSpec, response: httpx.Response, body: Any) -> SendE
 
 
 def _unreachable(spec: OutboundSpec, why: str, *, written: bool = False) -> SendError:
-    """`written`: the request may have reached the provider (the outcome is unknown)."""
+    """`written`: the request may have reached the provider (the outcome is unknown).
+
+    The detail states what happened only: the service's unknown-outcome answer adds what it
+    means for the message (`service._unknown_error`), so it is said once.
+    """
+    happened = (
+        f"{spec.provider} did not answer ({why})"
+        if written
+        else f"{spec.provider} could not be reached ({why}); nothing was sent"
+    )
     return SendError(
         "provider_error",
-        f"{spec.provider} did not answer ({why}); the message may or may not have been sent",
+        happened,
         status=502,
         provider=spec.provider,
         provider_code=None,
@@ -144,15 +154,19 @@ async def deliver(
         if response.is_success:
             message_id = spec.message_id(body) if body is not None else None
             if not message_id:
+                # The provider took the request: the message may well go out. Not a rejection
+                # (a caller would resend under a new key), but an unknown outcome, kept for
+                # every retry with the key.
                 raise SendError(
                     "provider_error",
-                    f"{spec.provider} accepted the request but its answer has no message id "
-                    f"({spec.file} answer.message_id)",
+                    f"{spec.provider} accepted the request (HTTP {response.status_code}) but "
+                    f"its answer has no message id ({spec.file} answer.message_id)",
                     status=502,
                     provider=spec.provider,
                     provider_status=response.status_code,
                     provider_code=None,
                     retryable=False,
+                    outcome="unknown",
                 )
             return ProviderAnswer(str(message_id), response.status_code, body)
         if response.status_code == 401 and request.oauth is not None and not refreshed:

@@ -42,12 +42,14 @@ from bspgate.identity.resolver import IdentityResolver, Observation
 from bspgate.ids import new_id
 from bspgate.mapping.loader import mapping_root
 from bspgate.outbound.addressing import (
+    PHONE_FORMAT,
     Address,
     IdentityView,
     NoIdentityView,
     check_bsuid,
     check_service_window,
     choose_address,
+    normalize_phone,
     resolve_recipient,
 )
 from bspgate.outbound.client import DEFAULT_TIMEOUT, Sleep, deliver
@@ -77,6 +79,7 @@ TITLES = {
     "auth_template_requires_phone": "Authentication template needs a phone number",
     "bsuid_send_unsupported": "BSUID sends are not supported",
     "bsuid_required": "No BSUID known",
+    "phone_retired": "The phone number is retired",
     "outside_service_window": "Outside the 24 h service window",
     "unsupported_message": "The provider cannot carry this message",
     "unsupported_by_provider": "The provider has no such message",
@@ -116,8 +119,10 @@ def validate_send(payload: Any) -> dict[str, Any]:
         error = jsonschema.exceptions.best_match(errors)
         assert error is not None
         where = pointer(error.absolute_path)
+        if where == "/to/phone":  # jsonschema's message repeats the value: a phone number
+            raise SendError("invalid_request", PHONE_FORMAT, pointer=where)
         raise SendError("invalid_request", f"{where or 'the body'}: {error.message}", pointer=where)
-    return payload
+    return {**payload, "to": normalize_phone(payload["to"])}
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,9 +337,14 @@ class SendService:
 
     async def _record_unknown(self, send_id: str, plan: SendPlan, error: SendError) -> SendError:
         """Store an ambiguous outcome; answers the error every retry with the key gets too."""
-        unknown = _unknown_error(send_id, error.detail)
+        unknown = _unknown_error(send_id, error.detail, error.extra)
         await self._store_answer(send_id, plan.address.recipient.contact_id, unknown)
-        _log.warning("outbound.outcome_unknown", send_id=send_id, reason=error.detail)
+        # the detail may quote the provider's answer, which can hold the message or a number
+        _log.warning(
+            "outbound.outcome_unknown",
+            send_id=send_id,
+            provider_status=error.extra.get("provider_status"),
+        )
         return unknown
 
     async def _settle_dead(self, row: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -427,10 +437,22 @@ class SendService:
             body["ignored_phone"] = recipient.ignored_phone
         if plan.warnings:
             body["warnings"] = list(plan.warnings)
+        recorded: str | None = message_id
+        if tx.contact_for_send(channel.id, message_id) is not None:
+            # The provider answered an id this channel already holds (a provider reusing ids,
+            # or a stand-in). The send went out: it is answered and recorded, and the id keeps
+            # correlating statuses to the first send's contact (one row per id and channel).
+            recorded = None
+            _log.warning(
+                "outbound.provider_message_id_reused",
+                send_id=send_id,
+                channel=channel.id,
+                provider=channel.provider,
+            )
         tx.finish_send(
             send_id,
             contact_id=contact_id,
-            provider_message_id=message_id,
+            provider_message_id=recorded,
             state="sent",
             status=202,
             answer=orjson.dumps(body).decode(),
@@ -451,7 +473,13 @@ def _ambiguous(error: SendError) -> bool:
     return error.code == "provider_error" and isinstance(status, int) and status >= 500
 
 
-def _unknown_error(send_id: str, why: str) -> SendError:
+def _unknown_error(send_id: str, why: str, facts: Mapping[str, Any] | None = None) -> SendError:
+    """`send_outcome_unknown`: `why` says what happened, this says what it means (once)."""
+    provider = {
+        key: (facts or {})[key]
+        for key in ("provider", "provider_status")
+        if (facts or {}).get(key) is not None
+    }
     return SendError(
         "send_outcome_unknown",
         f"{why}; the message may or may not have been sent. Every retry with this "
@@ -459,6 +487,7 @@ def _unknown_error(send_id: str, why: str) -> SendError:
         status=502,
         outcome="unknown",
         send_id=send_id,
+        **provider,
     )
 
 
@@ -481,7 +510,11 @@ def _send_view(tx: Any, send_id: str) -> dict[str, Any] | None:
     if row["contact_id"]:
         follow_merged(visit(row["contact_id"]), visit)
     statuses = []
-    pmid = row["provider_message_id"]
+    answer = orjson.loads(row["answer"]) if row["answer"] else None
+    # a reused provider id is kept in the answer only (the first send keeps the correlation)
+    pmid = row["provider_message_id"] or (
+        answer.get("provider_message_id") if row["state"] == "sent" and answer else None
+    )
     for text in tx.status_event_bodies(row["channel_id"], contact_ids) if pmid else []:
         event = orjson.loads(text)
         message = event["data"]["message"]
@@ -495,7 +528,6 @@ def _send_view(tx: Any, send_id: str) -> dict[str, Any] | None:
                     "error": message.get("error"),
                 }
             )
-    answer = orjson.loads(row["answer"]) if row["answer"] else None
     return {
         "id": row["id"],
         "channel": row["channel_id"],
