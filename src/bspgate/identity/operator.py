@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 
 from bspgate.config import Channel, Settings
-from bspgate.identity.resolver import IdentityResolver
+from bspgate.identity.resolver import MERGED, IdentityResolver, Notice
 from bspgate.ids import event_id
-from bspgate.pipeline import CONTACT_MERGED, Fanout, contact_data
+from bspgate.pipeline import CONTACT_MERGED, IDENTITY_CHANGED, Fanout, contact_data
 from bspgate.schema.catalog import describe
 from bspgate.schema.validate import EventValidator
 from bspgate.store.base import ContactRow, follow_merged
@@ -111,6 +111,17 @@ def _store(tx: Any, ctx: OperatorContext, event: dict[str, Any], subscribers: li
         )
 
 
+def notice_events(tx: Any, ctx: OperatorContext, channel: Channel, notices: list[Notice]) -> None:
+    """Identity notices raised outside a payload (an operator merge, rule 11; a send answer's
+    pair, rule 10) as their events: `merged`, or `identity_changed` for a reassigned phone."""
+    for notice in notices:
+        event_type = CONTACT_MERGED if notice.kind == MERGED else IDENTITY_CHANGED
+        data = contact_data(notice.contact)
+        event = _event(channel, event_type, notice.key, data, notice.data, ctx.stamp)
+        subscribers = [s.id for s in ctx.fanout.matching(event_type, channel.id, event)]
+        _store(tx, ctx, event, subscribers)
+
+
 def operator_merge(tx: Any, ctx: OperatorContext, into_id: str, from_id: str) -> dict[str, Any]:
     """Merge contact `from_id` into `into_id` (rule 11); answers the survivor's view."""
     into = follow_merged(tx.contact(into_id), tx.contact)
@@ -129,17 +140,7 @@ def operator_merge(tx: Any, ctx: OperatorContext, into_id: str, from_id: str) ->
         tx, into.portfolio, channel.id, ctx.stamp, ctx.epoch, holds=ctx.fanout.holds
     )
     survivor = resolver.merge(into, absorbed, "operator", key=ctx.key_name, into_first=True)
-    for notice in resolver.take_notices():
-        event = _event(
-            channel,
-            CONTACT_MERGED,
-            notice.key,
-            contact_data(notice.contact),
-            notice.data,
-            ctx.stamp,
-        )
-        subscribers = [s.id for s in ctx.fanout.matching(CONTACT_MERGED, channel.id)]
-        _store(tx, ctx, event, subscribers)
+    notice_events(tx, ctx, channel, resolver.take_notices())
     view: dict[str, Any] = tx.contact_view(survivor.id)
     return view
 

@@ -38,6 +38,7 @@ from bspgate.config import Channel, Settings
 from bspgate.describe import pointer
 from bspgate.errors import MappingLoadError, SendError
 from bspgate.identity.evidence import answer_pairs
+from bspgate.identity.operator import OperatorContext, notice_events
 from bspgate.identity.resolver import IdentityResolver, Observation
 from bspgate.ids import new_id
 from bspgate.mapping.loader import mapping_root
@@ -62,6 +63,8 @@ from bspgate.outbound.rewrite import (
     type_form,
 )
 from bspgate.outbound.spec import OutboundSpec, TypeForm, load_outbound
+from bspgate.pipeline import Fanout, schema_base
+from bspgate.schema.validate import EventValidator
 from bspgate.store.base import ContactRow, follow_merged
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -202,6 +205,15 @@ class SendService:
         self.provider_timeout = provider_timeout
         self._specs: dict[str, OutboundSpec] = {}
         self.tokens = TokenCache()  # OAuth2 access tokens, shared by this gateway's sends
+        self._events: tuple[Fanout, EventValidator] | None = None
+
+    def _notice_context(self, moment: datetime) -> OperatorContext:
+        """What identity events raised by a send answer are written with (made on first use)."""
+        if self._events is None:
+            base = schema_base(self.settings.server.public_url)
+            self._events = (Fanout(self.settings.subscribers, schema_base=base), EventValidator())
+        fanout, validator = self._events
+        return OperatorContext.at(self.settings, fanout, validator, moment, "send answer")
 
     def spec(self, provider: str) -> OutboundSpec:
         """The provider's compiled `outbound.yaml` (a broken file is a 500 naming it)."""
@@ -407,12 +419,18 @@ class SendService:
     ) -> dict[str, Any]:
         address = plan.address
         contact_id = address.recipient.contact_id
-        stamp = _iso(self.clock())
+        moment = self.clock()
+        stamp = _iso(moment)
         for bsuid, phone in answer_pairs(answer):
             # identity rule 10: the answer pairs the recipient's phone and BSUID (Cloud API)
             paired = IdentityResolver(tx, channel.portfolio, channel.id, stamp)
             found = paired.observe(Observation(bsuid=bsuid, phone=phone), stamp)
             contact_id = contact_id or found.id
+            # a phone that moved here from another contact, or two contacts now one, are told
+            # downstream as from a payload (rules 6 and 8)
+            notices = paired.take_notices()
+            if notices:
+                notice_events(tx, self._notice_context(moment), channel, notices)
         if contact_id is None:
             # A recipient the store did not know: the contact is created from the address used,
             # so this send's statuses (and later inbound messages) land on one contact.
@@ -422,6 +440,9 @@ class SendService:
                 phone=address.value if address.kind == "phone" else None,
             )
             contact_id = resolver.observe(seen).id
+            notices = resolver.take_notices()
+            if notices:
+                notice_events(tx, self._notice_context(moment), channel, notices)
         body: dict[str, Any] = {
             "id": send_id,
             "channel": channel.id,
