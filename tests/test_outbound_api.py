@@ -178,6 +178,25 @@ def test_dry_run_answers_the_request_and_sends_nothing(gw: Gateway) -> None:
     assert body["body"]["recipient"] == BSUID
 
 
+def test_a_parent_bsuid_is_sent_to_as_given_not_replaced(gw: Gateway) -> None:
+    parent = "US.ENT.11815799212886844830"
+
+    def seen(tx: Any) -> str:
+        resolver = IdentityResolver(tx, "acme", CLOUD, iso(NOW))
+        contact = resolver.observe(Observation(bsuid=BSUID, parent_bsuid=parent))
+        tx.mark_inbound(contact.id, CLOUD, iso(NOW - timedelta(hours=1)))
+        return str(contact.id)
+
+    contact = gw.transaction(seen)
+    with respx.mock(assert_all_called=True) as router:
+        route = meta_ok(router)
+        response = gw.post(cloud(text({"bsuid": parent})))
+    assert response.status_code == 202, response.text
+    assert response.json()["contact_id"] == contact
+    assert "replaced_bsuid" not in response.json()  # only a retired BSUID is replaced
+    assert json.loads(route.calls.last.request.content)["recipient"] == parent
+
+
 def test_retired_bsuid_is_replaced_by_the_current_one(gw: Gateway) -> None:
     old, new = "US.10000000000000000001", "US.20000000000000000002"
     contact = gw.person(bsuid=old, phone="+15550009999", wrote=NOW - timedelta(hours=1))

@@ -171,6 +171,8 @@ def resolve_recipient(view: IdentityView, portfolio: str, to: dict[str, Any]) ->
         contact = view.contact_by_phone(portfolio, given_phone)
 
     bsuid = (contact.bsuid if contact else None) or given_bsuid
+    if contact is not None and given_bsuid and given_bsuid == contact.parent_bsuid:
+        bsuid = given_bsuid  # a parent BSUID is no retired one: Cloud API's `recipient` takes it
     replaced = given_bsuid if given_bsuid and bsuid and given_bsuid != bsuid else None
     phone = contact.phone if contact else None
     ignored = None
