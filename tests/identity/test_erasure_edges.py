@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_settings
-from tests.harness import RunningGateway
+from tests.conftest import SUBSCRIBER_SECRET, make_settings
+from tests.harness import RunningGateway, ServerThread
 from tests.identity.payloads import cloud_message
+from tests.identity.test_erasure import Sink
 
 pytestmark = [pytest.mark.e2e, pytest.mark.store]
 
@@ -58,3 +59,29 @@ def test_erasing_a_merged_contacts_id_erases_the_person(gateway: RunningGateway)
     view = gateway.client.get(f"/v1/contacts/{survivor}").json()
     assert (view["bsuid"], view["phone"]) == (None, None)
     assert gateway.client.get("/v1/contacts", params={"bsuid": B1}).json()["data"] == []
+
+
+def test_erasing_a_survivor_tells_a_subscriber_that_only_saw_the_merged_contact(
+    tmp_path: Path,
+) -> None:
+    receiving = Sink()
+    with ServerThread(receiving.app) as server:
+        phones_only = {
+            "id": "phones",
+            "url": f"{server.url}/hook",
+            "secret": SUBSCRIBER_SECRET,
+            "filter": {"data.contact.bsuid": {"exists": False}},  # the phone-only contact's
+        }
+        settings = make_settings(tmp_path, subscribers=[phones_only])
+        with RunningGateway(settings) as gateway:
+            _post(gateway, cloud_message("wamid.1", bsuid=B1, step=1))  # survivor (older)
+            _post(gateway, cloud_message("wamid.2", phone=PHONE, step=2))  # phone-only contact
+            assert len(receiving.wait_for(1)) == 1  # "phones" got the phone-only one
+            _post(gateway, cloud_message("wamid.3", phone=PHONE, bsuid=B1, step=3))  # merged
+            merged = next(e for e in gateway.events() if e["type"] == "whatsapp.contact.merged")
+            survivor = merged["subject"]
+            answer = gateway.client.delete(f"/v1/contacts/{survivor}")
+            assert answer.status_code == 200
+            assert answer.json()["erased"]["notified"] == 1
+            told = receiving.wait_for(2)
+            assert told[-1]["type"] == "whatsapp.contact.erased"

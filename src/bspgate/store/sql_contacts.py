@@ -121,13 +121,21 @@ class ContactQueries(SqlBase):
         return row is not None and row[0] is not None
 
     def subscribers_that_received(self, contact_id: str) -> list[str]:
-        """Every subscriber that was ever delivered an event about the contact."""
+        """Every subscriber that was ever delivered an event about the contact, also under
+        the id of a contact merged into it (delivered rows keep the id they went out with)."""
+        ids = [contact_id]
+        for current in ids:
+            ids.extend(
+                str(r[0])
+                for r in self.all("SELECT id FROM contacts WHERE merged_into = ?", (current,))
+            )
+        marks = ", ".join("?" for _ in ids)
         return [
             str(r[0])
             for r in self.all(
-                "SELECT DISTINCT subscriber_id FROM deliveries WHERE contact_id = ? "
+                f"SELECT DISTINCT subscriber_id FROM deliveries WHERE contact_id IN ({marks}) "
                 "AND state = 'delivered' ORDER BY subscriber_id",
-                (contact_id,),
+                ids,
             )
         ]
 
