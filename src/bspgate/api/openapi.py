@@ -195,7 +195,28 @@ def _schemas() -> dict[str, Any]:
             },
         },
         "ReplayResult": _obj(
-            ["matched", "dry_run"], {"matched": {"type": "integer"}, "dry_run": {"type": "boolean"}}
+            ["matched", "dry_run"],
+            {
+                "matched": {"type": "integer"},
+                "dry_run": {"type": "boolean"},
+                "deliveries": {"type": "array", "items": TEXT},
+                "requeued": {
+                    "type": "integer",
+                    "description": "deliveries queued again (not on a dry run)",
+                },
+                "added": {
+                    "type": "integer",
+                    "description": "with a subscriber: deliveries it is given for stored events "
+                    "it never had (on a dry run: would be given)",
+                },
+                "truncated": {"type": "boolean", "description": "quarantined: more were left"},
+                "outcomes": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                    "description": "quarantined: how many payloads ended in each state",
+                },
+                "payloads": {"type": "array", "items": {"type": "object"}},
+            },
         ),
         "Quarantined": _obj(
             ["id", "channel_id", "provider", "received_at", "reason"],
