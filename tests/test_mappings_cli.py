@@ -124,6 +124,8 @@ def test_new_writes_a_folder_that_loads_and_update_fills_its_cases(
     for name in ("mapping.yaml", "outbound.yaml", "cases/_channel.yaml", "cases/sample.yaml"):
         assert (root / "acme" / name).is_file()
     assert "ev.message.messageId" in (root / "acme" / "mapping.yaml").read_text()
+    # a contributor starts from the identity rules: a phone field that is neither quarantines
+    assert "apply: phone" in (root / "acme" / "mapping.yaml").read_text()
     capsys.readouterr()
     code, out = check(root, capsys)
     assert code == 0, out

@@ -53,7 +53,7 @@ def skeleton_files(name: str, payload: Any) -> dict[str, str]:
         if guessed["time"]
         else "received_at",
         "message.text": guessed["text"] or "payload.TODO_text",
-        "contact.phone": {"from": guessed["phone"] or "payload.TODO_phone", "apply": "e164"},
+        "contact.phone": {"from": guessed["phone"] or "payload.TODO_phone", "apply": "phone"},
         "contact.bsuid": {"from": guessed["bsuid"] or "payload.TODO_bsuid", "apply": "bsuid"},
     }
     mapping = {
