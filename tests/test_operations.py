@@ -9,7 +9,12 @@ from typing import Any
 import orjson
 import pytest
 
-from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined
+from bspgate.operations import (
+    ReplayRequest,
+    UnknownReference,
+    replay_deliveries,
+    replay_quarantined,
+)
 from tests.conftest import MAPPINGS, make_settings
 from tests.payloads import status_webhook, text_webhook
 from tests.test_delivery import ALICE, BI, BOB, CRM, harness, subscriber
@@ -302,3 +307,10 @@ async def test_quarantined_payload_is_renormalized_once_after_a_mapping_fix(
         assert h.receiver.message_ids() == ["wamid.q"]
         quarantined = await h.gateway.store.read(lambda tx: tx.raws("quarantined", 10))
         assert quarantined == []
+
+
+async def test_a_replay_may_name_an_operational_event_type() -> None:
+    request = ReplayRequest.from_dict({"type": "bspgate.delivery.dead_lettered"})
+    assert request.type == "bspgate.delivery.dead_lettered"
+    with pytest.raises(UnknownReference):
+        ReplayRequest.from_dict({"type": "bspgate.no.such"})

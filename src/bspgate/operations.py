@@ -17,6 +17,7 @@ from datetime import datetime
 from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 
+from bspgate.delivery import operational
 from bspgate.masking import mask_url
 from bspgate.pipeline import Fanout
 from bspgate.processing import Poisoned, map_raw, process_batch
@@ -56,7 +57,7 @@ def event_types() -> frozenset[str]:
                 walk(child)
 
     walk(schema)
-    return frozenset(t for t in found if "." in t)
+    return frozenset(t for t in found if "." in t) | frozenset(operational.TYPES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,14 @@ def quarantined(
 
 
 DRIFT = "bspgate.mapping.drift"
+# every operational event type (the list above): replays and filters may name them
+TYPES = (
+    "bspgate.subscriber.disabled",
+    "bspgate.subscriber.recovered",
+    "bspgate.delivery.dead_lettered",
+    "bspgate.webhook.quarantined",
+    DRIFT,
+)
 DRIFT_EVERY = 3600.0  # one drift report per (channel, field set) an hour, per process
 
 
