@@ -123,12 +123,7 @@ class ContactQueries(SqlBase):
     def subscribers_that_received(self, contact_id: str) -> list[str]:
         """Every subscriber that was ever delivered an event about the contact, also under
         the id of a contact merged into it (delivered rows keep the id they went out with)."""
-        ids = [contact_id]
-        for current in ids:
-            ids.extend(
-                str(r[0])
-                for r in self.all("SELECT id FROM contacts WHERE merged_into = ?", (current,))
-            )
+        ids = self._with_merged(contact_id)
         marks = ", ".join("?" for _ in ids)
         return [
             str(r[0])
@@ -138,6 +133,16 @@ class ContactQueries(SqlBase):
                 ids,
             )
         ]
+
+    def _with_merged(self, contact_id: str) -> list[str]:
+        """The contact's id and the ids of every contact merged into it, at any depth."""
+        ids = [contact_id]
+        for current in ids:
+            ids.extend(
+                str(r[0])
+                for r in self.all("SELECT id FROM contacts WHERE merged_into = ?", (current,))
+            )
+        return ids
 
     def _held_by_others(self, markers: Markers, marks: str, ids: list[str]) -> set[str]:
         """The markers (both spellings) of phones another contact holds as its active alias."""
@@ -171,12 +176,7 @@ class ContactQueries(SqlBase):
         """
         if self.contact(contact_id) is None:
             return None
-        ids = [contact_id]
-        for current in ids:  # contacts merged into it are the same person
-            ids.extend(
-                str(r[0])
-                for r in self.all("SELECT id FROM contacts WHERE merged_into = ?", (current,))
-            )
+        ids = self._with_merged(contact_id)  # contacts merged into it are the same person
         marks = "(" + ", ".join("?" for _ in ids) + ")"
         markers = Markers()
         for row in self.all(

@@ -494,34 +494,28 @@ class OutboxQueries(SqlBase):
             f"WHERE {' AND '.join(clauses)} ORDER BY e.seq LIMIT ?",
             params,
         )
-        added = 0
+        added, held = 0, set()
         for seq, event_id_, contact_id, type_, channel_id, body in rows:
             event = orjson.loads(body)
             if accepts is not None and not accepts(type_, channel_id, event):
                 continue
-            if dry_run:
-                added += 1
-                continue
-            state, filled = "pending", None
-            if require_phone and _lacks_phone(event):
-                phone = self._phone_of(contact_id)
-                if phone is None:
-                    state = "held"  # released with the phone once the contact gains one
-                else:
-                    filled = _with_phone(event, phone)
-            self.insert_delivery(seq, event_id_, subscriber_id, contact_id, state, now, stamp)
-            if filled is not None:
-                self.execute(
-                    "UPDATE deliveries SET body = ? WHERE event_id = ? AND subscriber_id = ?",
-                    (filled, event_id_, subscriber_id),
-                )
             added += 1
+            if dry_run:
+                continue
+            state = "held" if require_phone and _lacks_phone(event) else "pending"
+            self.insert_delivery(seq, event_id_, subscriber_id, contact_id, state, now, stamp)
+            if state == "held":
+                held.add(contact_id)
+        for contact_id in sorted(held):
+            self._release_if_phone(contact_id, now, stamp)
         return added
 
-    def _phone_of(self, contact_id: str) -> str | None:
-        """The contact's phone now (None: none known, or erased)."""
+    def _release_if_phone(self, contact_id: str, now: float, stamp: str) -> None:
+        """Held rows of a contact that has a phone by now go out as holds do when it gains one
+        (`release_held`: pending, the phone filled in); otherwise they stay held."""
         row = self.one("SELECT phone FROM contacts WHERE id = ?", (contact_id,))
-        return None if row is None or not row[0] else str(row[0])
+        if row is not None and row[0]:
+            self.release_held(contact_id, str(row[0]), now, stamp)
 
     def recover_inflight(self, now: float) -> int:
         """After a crash of the only process using this store: claims die with it, retry now."""
@@ -806,20 +800,15 @@ class OutboxQueries(SqlBase):
             "JOIN events e ON e.seq = d.event_seq WHERE d.id = ? AND d.state = 'expired'",
             (delivery_id,),
         )
-        state, body = "pending", None
-        if row is not None:
-            event = orjson.loads(row[1])
-            if _lacks_phone(event):
-                phone = self._phone_of(row[0])
-                if phone is None:
-                    state = "held"
-                else:
-                    body = _with_phone(event, phone)
-        return self.execute(
-            "UPDATE deliveries SET state = ?, next_attempt_at = ?, attempts = 0, updated_at = ?, "
-            "body = COALESCE(?, body) WHERE id = ? AND state = 'expired'",
-            (state, now, stamp, body, delivery_id),
+        held = row is not None and _lacks_phone(orjson.loads(row[1]))
+        cursor = self.execute(
+            "UPDATE deliveries SET state = ?, next_attempt_at = ?, attempts = 0, updated_at = ? "
+            "WHERE id = ? AND state = 'expired'",
+            ("held" if held else "pending", now, stamp, delivery_id),
         )
+        if held and row is not None:
+            self._release_if_phone(row[0], now, stamp)
+        return cursor
 
     def oldest_undelivered(self) -> str | None:
         """When the oldest delivery still waiting (pending, in flight or held) was created."""
@@ -841,12 +830,6 @@ def _lacks_phone(event: dict[str, Any]) -> bool:
     """An event about a contact whose phone it does not carry (what `require_phone` holds)."""
     contact = (event.get("data") or {}).get("contact")
     return isinstance(contact, dict) and not contact.get("phone")
-
-
-def _with_phone(event: dict[str, Any], phone: str) -> str:
-    """The event's body with the contact's phone filled in (as a released hold has it)."""
-    event["data"]["contact"]["phone"] = phone
-    return orjson.dumps(event).decode()
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
