@@ -214,6 +214,29 @@ def test_eventgrid_validation_batched_with_real_events_answers_and_ingests(
     assert len(events(client)) == 1
 
 
+def test_eventgrid_request_labelled_validation_without_one_ingests_its_events(
+    client: TestClient, settings: Settings
+) -> None:
+    # the body decides: refusing it (400) would refuse its real events, retried then dropped
+    url, headers, body = signed(settings, "acs-us", fixture_bytes("azure_acs", "inbound_text"))
+    response = post(client, url, {**headers, "aeg-event-type": "SubscriptionValidation"}, body)
+    assert response.status_code == 200
+    assert response.headers["bspgate-raw-id"].startswith("raw_")
+    assert [e["type"] for e in events(client)] == ["whatsapp.message.received"]
+
+
+def test_eventgrid_validation_event_without_a_code_is_400(
+    client: TestClient, settings: Settings
+) -> None:
+    validation = orjson.loads(fixture_bytes("azure_acs", "subscription_validation"))
+    del validation[0]["data"]["validationCode"]
+    url, headers, body = signed(settings, "acs-us", orjson.dumps(validation))
+    response = post(client, url, headers, body)
+    assert response.status_code == 400
+    assert response.json()["type"].endswith("invalid_handshake")
+    assert events(client) == []
+
+
 def test_eventgrid_subscription_validation_without_the_secret_is_401(
     client: TestClient, settings: Settings
 ) -> None:

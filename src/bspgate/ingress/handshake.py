@@ -44,13 +44,16 @@ def meta_challenge(request: Request, channel: Channel) -> Response:
     return PlainTextResponse(params["hub.challenge"])
 
 
-def eventgrid_validation(headers: dict[str, str], payload: Any) -> Response | None:
-    """The validation answer when `payload` is a subscription-validation event, else None."""
-    if headers.get("aeg-event-type", "").lower() != "subscriptionvalidation":
-        events = payload if isinstance(payload, list) else [payload]
-        if not any(isinstance(e, dict) and _event_type(e) == VALIDATION_EVENT for e in events):
-            return None
+def eventgrid_validation(payload: Any) -> Response | None:
+    """The validation answer when `payload` holds a subscription-validation event, else None.
+
+    The body decides, not the `aeg-event-type` header: a request labelled
+    `SubscriptionValidation` whose body holds no validation event is ingested as what it holds
+    (refusing it would refuse its real events, which Event Grid would retry and then drop).
+    """
     events = payload if isinstance(payload, list) else [payload]
+    if not any(isinstance(e, dict) and _event_type(e) == VALIDATION_EVENT for e in events):
+        return None
     for event in events:
         if isinstance(event, dict) and _event_type(event) == VALIDATION_EVENT:
             data = event.get("data") or {}

@@ -165,7 +165,7 @@ async def receive_webhook(request: Request) -> Response:
         return problem_response(400, "unparseable_body", "The body cannot be parsed", str(exc))
     validation: Response | None = None
     if "eventgrid_validation" in spec.handshakes:
-        validation = handshake.eventgrid_validation(dict(signed.headers), payload)
+        validation = handshake.eventgrid_validation(payload)
         if validation is not None:
             _logger(channel, traceparent).info("webhook.handshake", kind="eventgrid_validation")
             if validation.status_code != 200 or not handshake.holds_other_events(payload):
