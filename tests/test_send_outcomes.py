@@ -1,17 +1,22 @@
 """What a send answers once the provider has been called: recorded, unknown, or refused.
 
 A provider message id already recorded on the channel (recorded without a 500, the first
-correlation kept), a 2xx answer with no message id (an unknown outcome, not a rejection), and the
-timeout detail. Runs on SQLite, and on PostgreSQL when `BSPGATE_TEST_POSTGRES_URL` is set.
+correlation kept, also when two sends race to record it on PostgreSQL), a 2xx answer with no
+message id (an unknown outcome, not a rejection), and the timeout detail. Runs on SQLite, and
+on PostgreSQL when `BSPGATE_TEST_POSTGRES_URL` is set.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import respx
 import structlog
@@ -106,6 +111,65 @@ def test_repeated_provider_message_id_is_logged_without_pii(gw: StoreGateway) ->
     assert warning["log_level"] == "warning"
     assert warning["send_id"] == second.json()["id"]
     assert PHONE_2.lstrip("+") not in repr(warning)
+
+
+def test_two_sends_racing_on_one_reused_provider_id_both_answer_202(
+    gw: StoreGateway, store_backend: str
+) -> None:
+    # Both sends check the channel's ids before either records: the second record then hits the
+    # unique index, and its transaction is run again, now seeing the first send's correlation.
+    if store_backend != "postgres":
+        pytest.skip("SQLite has one writer: two sends' records never overlap")
+    dsn = storage_url(Path("unused"))
+    arrived, go = threading.Semaphore(0), threading.Event()
+
+    async def provider(request: httpx.Request) -> httpx.Response:
+        arrived.release()
+        while not go.is_set():  # both sends are at the provider; answer once sends is locked
+            await asyncio.sleep(0.005)
+        answer = {"messaging_product": "whatsapp", "messages": [{"id": "wamid.SAME"}]}
+        return httpx.Response(200, json=answer)
+
+    answers: dict[str, httpx.Response] = {}
+
+    def send(key: str, phone: str) -> None:
+        answers[key] = gw.post(cloud(text({"phone": phone})), key=key)
+
+    with respx.mock(assert_all_called=True) as router, psycopg.connect(dsn) as blocker:
+        router.post(META_URL).mock(side_effect=provider)
+        threads = [
+            threading.Thread(target=send, args=args)
+            for args in (("race-1", PHONE_1), ("race-2", PHONE_2))
+        ]
+        for thread in threads:
+            thread.start()
+        assert arrived.acquire(timeout=10)
+        assert arrived.acquire(timeout=10)
+        # reads pass this lock, the records' UPDATE of `sends` waits for it: both sends read
+        # "no send holds this id" before either can record
+        blocker.execute("LOCK TABLE sends IN SHARE ROW EXCLUSIVE MODE")
+        go.set()
+        for _ in range(1000):
+            waiting = blocker.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()
+            if waiting is not None and waiting[0] >= 2:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the two records never waited on the lock together")
+        blocker.commit()  # release: one records, the other meets the unique index
+        for thread in threads:
+            thread.join(timeout=30)
+    first, second = answers["race-1"], answers["race-2"]
+    assert (first.status_code, second.status_code) == (202, 202), (first.json(), second.json())
+    assert {first.json()["provider_message_id"], second.json()["provider_message_id"]} == {
+        "wamid.SAME"
+    }
+    assert gw.app.state.gateway.store.conflicts >= 1  # the race happened and was run again
+    owner = gw.transaction(lambda tx: tx.contact_for_send(channel_id("cloudapi"), "wamid.SAME"))
+    assert owner in {first.json()["contact_id"], second.json()["contact_id"]}
 
 
 # -- a 2xx answer without a message id ------------------------------------------------------------
