@@ -424,6 +424,46 @@ def test_missing_time_is_an_issue(demo: MappingSpec) -> None:
     assert result.issues == ["rule message item 0/0: the event time is missing"]
 
 
+def test_unreadable_time_is_an_issue_without_its_value(demo: MappingSpec) -> None:
+    result = apply_mapping(
+        demo, {"batches": [batch(message("m1", ts="call me +15551239999"))]}, CHANNEL
+    )
+    assert result.drafts == []
+    assert result.issues == [
+        "rule message item 0/0: not a unix timestamp: (a str of 20 characters)"
+    ]
+
+
+def test_event_time_that_is_not_rfc3339_is_an_issue_not_a_crash(tmp_path: Path) -> None:
+    # `time: msg.text` (a wrong path) gave a ValueError past the engine, in identity
+    spec = load_text(
+        tmp_path, DEMO.replace("time: {from: msg.ts, apply: epoch_to_rfc3339}", "time: msg.text", 1)
+    )
+    for text in ("Hello there +15551239999", "2026-13-45T00:00:00Z"):
+        result = apply_mapping(spec, {"batches": [batch(message("m1", text=text))]}, CHANNEL)
+        assert result.drafts == []
+        assert result.issues == [
+            "rule message item 0/0: the event time is not an RFC 3339 time "
+            f"(a str of {len(text)} characters)"
+        ]
+
+
+def test_a_function_given_the_wrong_type_names_types_not_the_value(tmp_path: Path) -> None:
+    spec = load_text(
+        tmp_path,
+        DEMO.replace(
+            "message.text: {first: [msg.text, msg.caption]}",
+            "message.text: \"starts_with(msg.text, 'x') && msg.text\"",
+            1,
+        ),
+    )
+    result = apply_mapping(spec, {"batches": [batch(message("m1", text=15557654321))]}, CHANNEL)
+    assert result.drafts == []
+    assert result.issues == [
+        "rule message item 0/0: starts_with() got a number value, expected string"
+    ]
+
+
 def test_invalid_bsuid_is_an_issue_not_an_event(demo: MappingSpec) -> None:
     payload = {"batches": [{"sender": {"user": "not-a-bsuid"}, "messages": [message("m1")]}]}
     result = apply_mapping(demo, payload, CHANNEL)

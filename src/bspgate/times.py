@@ -7,6 +7,7 @@ and answers an aware UTC datetime; anything else is a `ValueError` naming the va
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,17 @@ def evidence_time(text: str) -> str:
 def iso_epoch(seconds: float) -> str:
     """An epoch time (seconds) in the same format."""
     return iso(datetime.fromtimestamp(seconds, UTC))
+
+
+@functools.lru_cache(maxsize=4096)
+def is_rfc3339(text: str) -> bool:
+    """True for an RFC 3339 date-time that names a real instant (payloads repeat their times:
+    each is checked once)."""
+    try:
+        parse_time(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_time(text: str) -> datetime:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from jmespath.exceptions import JMESPathError
+from jmespath.exceptions import JMESPathError, JMESPathTypeError
 
+from bspgate.describe import kind
 from bspgate.errors import MappingError
 from bspgate.ids import event_id
 from bspgate.mapping.codegen import FALLBACK
@@ -21,6 +22,7 @@ from bspgate.mapping.expression import truthy
 from bspgate.mapping.functions import REGISTRY, NotAnIdentifier
 from bspgate.mapping.loader import IterationPlan, MappingSpec, RuleSpec
 from bspgate.mapping.shapes import SCALARS, SUBOBJECTS, sections
+from bspgate.times import is_rfc3339
 
 
 @dataclass(slots=True)
@@ -107,6 +109,8 @@ def _finish(
         raise MappingError("the event key is empty", rule=rule.name)
     if not isinstance(time, str):
         raise MappingError("the event time is missing", rule=rule.name)
+    if not is_rfc3339(time):  # described by its kind: a mapping's wrong path may give text
+        raise MappingError(f"the event time is not an RFC 3339 time ({kind(time)})", rule=rule.name)
     key_text = str(key)
     # positional (id, type, key, time, rule, position, data): keywords cost a dict per draft
     event_type = rule.event_type
@@ -142,6 +146,16 @@ def _drift(
                     name = f"{binding}.{key}"
                     if name not in out:
                         out.append(name)
+
+
+def jmespath_reason(exc: JMESPathError) -> str:
+    """A JMESPath error as a quarantine reason: a type error by the types involved (its own
+    message quotes the payload's value); arity and unknown-function errors name only the
+    function."""
+    if isinstance(exc, JMESPathTypeError):
+        expected = " or ".join(str(t) for t in exc.expected_types)
+        return f"{exc.function_name}() got a {exc.actual_type} value, expected {expected}"
+    return str(exc)
 
 
 def _locate(rule: RuleSpec, scope: dict[str, Any]) -> str | None:
@@ -233,7 +247,7 @@ def apply_mapping(
                 if isinstance(exc, NotAnIdentifier) and exc.where is None:
                     exc = exc.at(_locate(rule, scope) or "a field")
                 where = "/".join(str(p) for p in position)
-                reason = exc.message if isinstance(exc, MappingError) else str(exc)
+                reason = exc.message if isinstance(exc, MappingError) else jmespath_reason(exc)
                 result.issues.append(f"rule {rule.name} item {where or '-'}: {reason}")
                 continue
             if draft is not None:

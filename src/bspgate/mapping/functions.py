@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from bspgate.describe import token
 from bspgate.errors import MappingError
 from bspgate.identity.identifiers import BSUID_RE  # the one BSUID definition
 
@@ -197,13 +198,13 @@ def _epoch(value: Any) -> str:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise MappingError(f"not a unix timestamp: {value!r}") from None
+        raise MappingError(f"not a unix timestamp: {token(value)}") from None
     if number > _MS_THRESHOLD:
         number /= 1000
     try:
         return _format(datetime.fromtimestamp(number, UTC))
     except (OverflowError, OSError, ValueError):
-        raise MappingError(f"timestamp out of range: {value!r}") from None
+        raise MappingError(f"timestamp out of range: {token(value)}") from None
 
 
 _OFFSET_NO_COLON = re.compile(r"([+-]\d{2})(\d{2})$")
@@ -221,7 +222,7 @@ def to_rfc3339(value: Any) -> str | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise MappingError(f"not an ISO 8601 time: {value!r}") from None
+        raise MappingError(f"not an ISO 8601 time: {token(value)}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return _format(moment)
