@@ -170,6 +170,17 @@ def test_invalid_cursor_is_400_problem(client: TestClient, cursor: str) -> None:
     assert response.json()["code"] == "invalid_query"
 
 
+@pytest.mark.parametrize(
+    "since", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "yesterday"]
+)
+def test_since_outside_the_representable_range_is_400_problem(
+    client: TestClient, since: str
+) -> None:
+    response = client.get("/v1/events", params={"since": since}, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_query"
+
+
 @pytest.mark.parametrize("limit", ["0", "501", "-1", "ten", "1.5", ""])
 def test_invalid_limit_is_400_problem(client: TestClient, limit: str) -> None:
     response = client.get("/v1/events", params={"limit": limit}, headers=AUTH)

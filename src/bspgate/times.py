@@ -59,7 +59,10 @@ def parse_time(text: str) -> datetime:
         moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00").replace(" ", "T"))
     except ValueError:
         raise ValueError(f"not a valid date-time: {text[:40]!r}") from None
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is past the last representable instant
+        raise ValueError(f"outside the years 1 to 9999 in UTC: {text[:40]!r}") from None
 
 
 def normalized(text: str) -> str:
