@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SUBSCRIBER_SECRET, make_settings
+from bspgate.config import settings_from_dict
+from tests.conftest import ROOT, SUBSCRIBER_SECRET, base_config, make_settings
 from tests.harness import RunningGateway, ServerThread
 from tests.identity.payloads import cloud_message
 from tests.identity.test_erasure import Sink
@@ -42,6 +43,48 @@ def test_erasing_the_previous_holder_of_a_recycled_number_keeps_the_new_holders_
     assert (holder["bsuid"], holder["phone"]) == (B3, "+" + PHONE)
     erased = gateway.client.get(f"/v1/raws/{old['data']['raw_id']}").json()
     assert erased["state"] == "erased"
+
+
+def test_erasing_the_new_holder_of_a_recycled_number_keeps_the_previous_holders_data(
+    gateway: RunningGateway,
+) -> None:
+    _post(gateway, cloud_message("wamid.x", phone=PHONE, bsuid=B1, step=1))
+    _post(gateway, cloud_message("wamid.y", phone=PHONE, bsuid=B3, step=5))
+    old, _reassigned, new = gateway.events()
+    assert gateway.client.delete(f"/v1/contacts/{new['subject']}").status_code == 200
+    kept = gateway.client.get(f"/v1/raws/{old['data']['raw_id']}").json()
+    assert kept["state"] == "processed"  # the number marked the stranger only from step 5
+    previous = gateway.client.get(f"/v1/contacts/{old['subject']}").json()
+    assert previous["bsuid"] == B1
+    erased = gateway.client.get(f"/v1/raws/{new['data']['raw_id']}").json()
+    assert erased["state"] == "erased"
+
+
+def test_erasure_finds_a_retried_copy_although_another_portfolio_holds_the_number(
+    tmp_path: Path,
+) -> None:
+    # the same number in portfolio beta is an unrelated contact (rule 1): it neither hides
+    # this person's payloads from the erasure nor loses its own
+    config = base_config(tmp_path)
+    beta = {**config["channels"][0], "id": "cloud-beta", "portfolio": "beta"}
+    config["channels"].append(beta)
+    settings = settings_from_dict(config, env={}, base_dir=ROOT)
+    with RunningGateway(settings) as gateway:
+        first = cloud_message("wamid.1", phone=PHONE, step=1)
+        _post(gateway, first)
+        _post(gateway, first)  # the provider's retry: stored, gives no event, holds the text
+        _post(gateway, cloud_message("wamid.2", phone=PHONE, bsuid=B1, step=2))
+        beta_post = gateway.post("cloud-beta", cloud_message("wamid.b", phone=PHONE, step=3))
+        assert beta_post.status_code == 200
+        events = gateway.events()
+        acme = next(e for e in events if e["data"]["channel"]["id"] == "cloud-us")
+        other = next(e for e in events if e["data"]["channel"]["id"] == "cloud-beta")
+        assert acme["subject"] != other["subject"]
+        answer = gateway.client.delete(f"/v1/contacts/{acme['subject']}")
+        assert answer.status_code == 200
+        assert answer.json()["erased"]["raw_payloads_blanked"] == 3  # the retry's copy too
+        untouched = gateway.client.get(f"/v1/raws/{other['data']['raw_id']}").json()
+        assert untouched["state"] == "processed"
 
 
 def test_erasing_a_merged_contacts_id_erases_the_person(gateway: RunningGateway) -> None:

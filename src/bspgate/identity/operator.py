@@ -153,8 +153,10 @@ def erase(tx: Any, ctx: OperatorContext, contact_id: str) -> dict[str, Any] | No
         return None
     channel = _channel_of(tx, ctx, contact)
     subscribers = tx.subscribers_that_received(contact.id)
+    # the same number in another portfolio is another, unrelated contact (rule 1)
+    foreign = [c.id for c in ctx.settings.channels if c.portfolio != contact.portfolio]
     summary: dict[str, Any] = tx.erase_contact(
-        contact.id, ctx.epoch, ctx.stamp, requested_by=ctx.key_name
+        contact.id, ctx.epoch, ctx.stamp, requested_by=ctx.key_name, foreign_channels=foreign
     )
     empty = {k: None for k in ("bsuid", "parent_bsuid", "phone", "username", "name")}
     event = _event(

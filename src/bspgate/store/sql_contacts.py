@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from bspgate.identity.erasure import Markers, erase_event, scrub_raw
@@ -144,28 +145,61 @@ class ContactQueries(SqlBase):
             )
         return ids
 
-    def _held_by_others(self, markers: Markers, marks: str, ids: list[str]) -> set[str]:
-        """The markers (both spellings) of phones another contact holds as its active alias."""
+    def _shared_spans(
+        self, markers: Markers, ids: list[str], portfolio: str
+    ) -> dict[str, list[tuple[str, str | None]]]:
+        """For each of the person's numbers that another contact of its portfolio holds or held
+        (a recycled number), the spans the person held it (evidence times; None: still)."""
         phones = sorted(m for m in markers.identifiers if m.startswith("+"))
         if not phones:
-            return set()
-        held = self.all(
-            f"SELECT phone FROM contact_phones WHERE state = 'active' AND contact_id NOT IN "
-            f"{marks} AND phone IN ({', '.join('?' for _ in phones)})",
-            [*ids, *phones],
+            return {}
+        rows = self.all(
+            "SELECT phone, contact_id, COALESCE(evidence_at, first_seen), "
+            "COALESCE(ended_evidence, ended_at) FROM contact_phones WHERE portfolio = ? "
+            f"AND phone IN ({', '.join('?' for _ in phones)})",
+            [portfolio, *phones],
         )
-        return {form for (phone,) in held for form in (phone, phone.lstrip("+"))}
+        shared = {str(r[0]) for r in rows if r[1] not in ids}
+        spans: dict[str, list[tuple[str, str | None]]] = {phone: [] for phone in shared}
+        for phone, contact_id, start, end in rows:
+            if phone in shared and contact_id in ids:
+                spans[phone].append((str(start), None if end is None else str(end)))
+        return spans
 
-    def _raw_holding(self, marker: str) -> list[str]:
+    def _raw_holding(self, marker: str, foreign: list[str]) -> list[str]:
+        """Raw payloads holding `marker`, except those of other portfolios' channels."""
         needle = marker.encode()
         if self.dialect == "postgres":
             sql = "SELECT id FROM raw_payloads WHERE position(?::bytea in body) > 0"
         else:
             sql = "SELECT id FROM raw_payloads WHERE instr(body, ?) > 0"
-        return [str(r[0]) for r in self.all(sql, (needle,))]
+        if foreign:
+            sql += f" AND channel_id NOT IN ({', '.join('?' for _ in foreign)})"
+        return [str(r[0]) for r in self.all(sql, (needle, *foreign))]
+
+    def _unlinked_within(self, raw_ids: list[str], spans: list[tuple[str, str | None]]) -> set[str]:
+        """The payloads among `raw_ids` that gave no event and arrived while the person held
+        the number: a retry or a quarantined copy of theirs, never the other holder's events."""
+        if not raw_ids:
+            return set()
+        rows = self.all(
+            "SELECT id, received_at FROM raw_payloads WHERE event_count = 0 "
+            f"AND id IN ({', '.join('?' for _ in raw_ids)})",
+            raw_ids,
+        )
+        return {
+            str(raw_id)
+            for raw_id, received in rows
+            if any(start <= received and (end is None or received < end) for start, end in spans)
+        }
 
     def erase_contact(
-        self, contact_id: str, now: float, stamp: str, requested_by: str | None = None
+        self,
+        contact_id: str,
+        now: float,
+        stamp: str,
+        requested_by: str | None = None,
+        foreign_channels: Sequence[str] = (),
     ) -> dict[str, Any] | None:
         """Erasure on request: exactly this person's identifiers and content, everywhere.
 
@@ -173,9 +207,17 @@ class ContactQueries(SqlBase):
         so they stay valid), the person's items of raw payloads (other people's items stay and
         replay), outbox copies, attempt logs and sends lose it; undelivered events are
         cancelled. An audit row records who asked and how much went, never the values.
+
+        Payloads are searched for the person's identifiers, except in `foreign_channels` (the
+        channels of other portfolios: the same number there is an unrelated contact, rule 1).
+        A number another contact of the portfolio holds or held (a recycled number) marks this
+        person only while they held it: searched by it, only payloads that gave no event and
+        arrived in their span are theirs (the others are reached through their own events).
         """
-        if self.contact(contact_id) is None:
+        erased = self.contact(contact_id)
+        if erased is None:
             return None
+        foreign = list(foreign_channels)
         ids = self._with_merged(contact_id)  # contacts merged into it are the same person
         marks = "(" + ", ".join("?" for _ in ids) + ")"
         markers = Markers()
@@ -209,13 +251,16 @@ class ContactQueries(SqlBase):
             for _s, event, raw in parsed
             if raw and (event.get("data") or {}).get("change") != "phone_reassigned"
         }
-        # a number of this person's that another contact holds now (a recycled number) finds
-        # nobody's payloads but this person's own events: searched by, it would erase the new
-        # holder's payloads and sends
-        elsewhere = self._held_by_others(markers, marks, ids)
-        for marker in markers.identifiers - elsewhere:
-            if len(marker) >= 6:
-                raw_ids.update(self._raw_holding(marker))
+        shared = self._shared_spans(markers, ids, erased.portfolio)
+        for marker in markers.identifiers:
+            if len(marker) < 6:
+                continue
+            found = self._raw_holding(marker, foreign)
+            spans = shared.get(marker if marker.startswith("+") else f"+{marker}")
+            if spans is not None:  # a recycled number: its other holders' payloads stay
+                raw_ids.update(self._unlinked_within(sorted(set(found) - raw_ids), spans))
+            else:
+                raw_ids.update(found)
         blanked = trimmed = 0
         for raw_id in sorted(raw_ids):
             row = self.one("SELECT body FROM raw_payloads WHERE id = ?", (raw_id,))
@@ -255,13 +300,25 @@ class ContactQueries(SqlBase):
         sends = self.execute(
             f"UPDATE sends SET request = '{{}}', answer = '' WHERE contact_id IN {marks}", ids
         )
-        for marker in sorted(markers.identifiers - elsewhere):
-            if len(marker) >= 6:  # a send that failed before resolving names the person only
-                self.execute(
-                    "UPDATE sends SET request = '{}', answer = '' "
-                    "WHERE request LIKE ? OR answer LIKE ?",
-                    (f"%{marker}%", f"%{marker}%"),
+        for marker in sorted(markers.identifiers):
+            if len(marker) < 6:
+                continue
+            # a send that failed before resolving names the person only (no contact): in
+            # this portfolio's channels, and for a recycled number while they held it
+            spans = shared.get(marker if marker.startswith("+") else f"+{marker}")
+            for start, end in spans if spans is not None else [("", None)]:
+                sql = (
+                    "UPDATE sends SET request = '{}', answer = '' WHERE contact_id IS NULL "
+                    "AND (request LIKE ? OR answer LIKE ?) AND created_at >= ?"
                 )
+                params: list[Any] = [f"%{marker}%", f"%{marker}%", start]
+                if end is not None:
+                    sql += " AND created_at < ?"
+                    params.append(end)
+                if foreign:
+                    sql += f" AND channel_id NOT IN ({', '.join('?' for _ in foreign)})"
+                    params.extend(foreign)
+                self.execute(sql, params)
         summary: dict[str, Any] = {
             "bsuids": bsuids.rowcount,
             "phones": phones.rowcount,
