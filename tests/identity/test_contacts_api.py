@@ -244,3 +244,21 @@ def test_the_current_parent_bsuid_is_not_listed_as_retired(client: TestClient) -
     states = {b["bsuid"]: b["state"] for b in view["bsuids"]}
     assert view["parent_bsuid"] == "US.ENT.11815799212886844830"
     assert states == {B1: "current", "US.ENT.11815799212886844830": "parent"}
+
+
+def test_events_by_a_merged_contacts_id_answer_the_survivors(client: TestClient) -> None:
+    _post(client, cloud_message("wamid.1", phone="15551234567", step=1))  # phone-only contact
+    _post(client, cloud_message("wamid.2", bsuid="US.13491208655302741918", step=2))
+    _post(
+        client,
+        cloud_message("wamid.3", phone="15551234567", bsuid="US.13491208655302741918", step=3),
+    )
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    everything = client.get("/v1/events", headers=auth).json()["data"]
+    merged = next(e for e in everything if e["type"] == "whatsapp.contact.merged")
+    absorbed, survivor = merged["data"]["merged"]["id"], merged["subject"]
+    by_absorbed = client.get("/v1/events", params={"contact_id": absorbed}, headers=auth).json()
+    by_survivor = client.get("/v1/events", params={"contact_id": survivor}, headers=auth).json()
+    assert by_absorbed["data"] == by_survivor["data"]
+    ids = {e["data"]["message"]["id"] for e in by_absorbed["data"] if "message" in e["data"]}
+    assert ids == {"wamid.1", "wamid.2", "wamid.3"}  # the merged contact's own message too

@@ -2,6 +2,7 @@
 
 Query: `type`, `contact_id`, `since` (RFC 3339, on the event time), `limit` (1 to 500, default 50),
 `cursor` (opaque, from `next_cursor`). The answer is `{"data": [event, …], "next_cursor": …}`.
+The `contact_id` of a merged contact answers the survivor's events (rule 8), its own included.
 `after` (a cursor from `tail`) answers events newer than it, oldest first: that is how
 `bspgate events tail` follows the stream. Statuses that arrived out of order (superseded: stored,
 never delivered) are left out unless `include_superseded=true`.
@@ -27,6 +28,7 @@ from starlette.responses import Response
 from bspgate.api.auth import authenticated
 from bspgate.config import parse_duration
 from bspgate.problems import problem_response
+from bspgate.store.base import follow_merged
 from bspgate.times import comparable
 
 MAX_WAIT = 60.0
@@ -84,9 +86,13 @@ async def list_events(request: Request) -> Response:
         return problem_response(400, "invalid_query", "Invalid wait", detail)
 
     def read(tx: Any) -> list[Any]:
+        contact_id = query.get("contact_id")
+        if contact_id:  # a merged contact's id answers as the survivor (rule 8)
+            survivor = follow_merged(tx.contact(contact_id), tx.contact)
+            contact_id = survivor.id if survivor is not None else contact_id
         rows: list[Any] = tx.list_events(
             type_=query.get("type"),
-            contact_id=query.get("contact_id"),
+            contact_id=contact_id,
             since=since,
             before_seq=before,
             after_seq=after,

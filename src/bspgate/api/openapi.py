@@ -297,7 +297,12 @@ def _operations() -> dict[str, Any]:
                 [400],
                 params=[
                     _param("type", "query", TEXT, "event type"),
-                    _param("contact_id", "query", TEXT, "one contact's events"),
+                    _param(
+                        "contact_id",
+                        "query",
+                        TEXT,
+                        "one contact's events (a merged contact's id answers the survivor's)",
+                    ),
                     _param("since", "query", TIME, "event time from (RFC 3339, any offset)"),
                     _param(
                         "limit",
