@@ -149,6 +149,28 @@ def test_rule5_relink_of_unknown_contact_creates_it_with_new_bsuid(tx: Any) -> N
     assert tx.contact_by_bsuid("acme", B1).id == contact.id
 
 
+@pytest.mark.parametrize("order", [(1, 2), (2, 1)])
+def test_rule9_username_and_name_are_the_newest_evidences_in_any_order(
+    tx: Any, order: tuple[int, int]
+) -> None:
+    seen = {
+        1: Observation(bsuid=B1, username="@old", name="Old"),
+        2: Observation(bsuid=B1, username="@new"),
+    }  # the newer one carries no name
+    for minute in order:
+        contact = resolver(tx).observe(seen[minute], at(minute))
+    assert (contact.username, contact.name) == ("@new", "Old")
+    assert tx.contact(contact.id).username == "@new"
+
+
+def test_rule9_a_merge_keeps_the_newer_username(tx: Any) -> None:
+    first = resolver(tx).observe(Observation(bsuid=B1, username="@old"), at(1))  # survives
+    resolver(tx).observe(Observation(phone=P1, username="@new"), at(5))
+    merged = resolver(tx).observe(Observation(bsuid=B1, phone=P1), at(6))
+    assert merged.id == first.id
+    assert (merged.username, tx.contact(first.id).username) == ("@new", "@new")
+
+
 def test_username_and_name_latest_wins(tx: Any) -> None:
     resolver(tx).observe(Observation(bsuid=B1, username="@old", name="Old"))
     contact = resolver(tx).observe(Observation(bsuid=B1, username="@new", name="New"))

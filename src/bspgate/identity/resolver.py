@@ -139,7 +139,7 @@ class IdentityResolver:
         else:
             raise UnresolvableContact("the payload carries neither a BSUID nor a phone")
         if seen.bsuid is None or contact.bsuid == seen.bsuid:
-            self._profile(contact, seen)
+            self._profile(contact, seen, at)
         if known is not None:
             # seen again: last-seen times move (a contact made just now has them already)
             self.tx.touch_identifiers(contact, self.now)
@@ -254,13 +254,19 @@ class IdentityResolver:
         if self.holds:
             self.tx.release_held(contact.id, phone, self.now_epoch, self.now)
 
-    def _profile(self, contact: ContactRow, seen: Observation) -> None:
+    def _profile(self, contact: ContactRow, seen: Observation, at: str) -> None:
         if seen.parent_bsuid and seen.parent_bsuid != contact.parent_bsuid:
             contact.parent_bsuid = seen.parent_bsuid
             self.tx.link_bsuid(contact, seen.parent_bsuid, self.now, self.channel_id, current=False)
         for attribute in ("username", "name"):
             value = getattr(seen, attribute)
-            if value and value != getattr(contact, attribute):
+            if not value:
+                continue
+            known_at = getattr(contact, f"{attribute}_at")
+            if known_at is not None and at < known_at:
+                continue  # rule 9: an older webhook arriving late never overturns a newer one
+            setattr(contact, f"{attribute}_at", at)
+            if value != getattr(contact, attribute):
                 previous = getattr(contact, attribute)
                 if previous:
                     detail = {"previous": previous}
@@ -329,8 +335,12 @@ class IdentityResolver:
                     "merged",
                     survivor.phone_at or at,
                 )
-        survivor.username = survivor.username or absorbed.username
-        survivor.name = survivor.name or absorbed.name
+        for attribute in ("username", "name"):  # the newer evidence; a value over none
+            mine, theirs = getattr(survivor, attribute), getattr(absorbed, attribute)
+            mine_at, theirs_at = (getattr(c, f"{attribute}_at") for c in (survivor, absorbed))
+            if theirs and (not mine or (theirs_at or "") > (mine_at or "")):
+                setattr(survivor, attribute, theirs)
+                setattr(survivor, f"{attribute}_at", theirs_at)
         absorbed.bsuid = absorbed.parent_bsuid = absorbed.phone = None
         absorbed.bsuid_at = absorbed.phone_at = None
         absorbed.merged_into = survivor.id
@@ -428,7 +438,7 @@ class IdentityResolver:
         elif new.phone:
             contact = self._pair_retired(contact, new.bsuid or "", new.phone, at)  # rule 9: past
         if fresh:
-            self._profile(contact, new)
+            self._profile(contact, new, at)
         self.tx.add_history(contact.id, self.now, "relinked", {"channel": self.channel_id})
         self.tx.save_contact(contact, self.now)
         return contact, old_bsuid if old_bsuid != contact.bsuid else None, old_phone

@@ -50,6 +50,9 @@ class ContactRow:
     bsuid_at: str | None = None
     phone_at: str | None = None
     created_at: str | None = None
+    # the same for the current username and name (rule 9: the newest evidence is kept)
+    username_at: str | None = None
+    name_at: str | None = None
 
 
 MAX_MERGE_HOPS = 16

@@ -173,11 +173,11 @@ class BatchTx:
             final = saving if saving is not None and saving.id == contact_id else row
             self.tx.execute(
                 "INSERT INTO contacts (id, portfolio, bsuid, parent_bsuid, phone, username, name, "
-                "merged_into, bsuid_at, phone_at, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "merged_into, bsuid_at, phone_at, username_at, name_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (final.id, final.portfolio, final.bsuid, final.parent_bsuid, final.phone,
                  final.username, final.name, final.merged_into, final.bsuid_at, final.phone_at,
-                 created, now or created),
+                 final.username_at, final.name_at, created, now or created),
             )  # fmt: skip
         self._new.clear()
 

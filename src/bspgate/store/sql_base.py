@@ -16,7 +16,7 @@ from bspgate.store.base import ContactRow, RawRecord, follow_merged, phone_holde
 
 _CONTACT_COLUMNS = (
     "id, portfolio, bsuid, parent_bsuid, phone, username, name, merged_into, bsuid_at, phone_at, "
-    "created_at"
+    "created_at, username_at, name_at"
 )
 _C_COLUMNS = ", ".join("c." + c.strip() for c in _CONTACT_COLUMNS.split(","))
 OPEN_DELIVERY_STATES = ("pending", "inflight", "held")
@@ -95,7 +95,8 @@ class SqlBase:
     def save_contact(self, contact: ContactRow, now: str) -> None:
         self.execute(
             "UPDATE contacts SET bsuid = ?, parent_bsuid = ?, phone = ?, username = ?, name = ?, "
-            "merged_into = ?, bsuid_at = ?, phone_at = ?, updated_at = ? WHERE id = ?",
+            "merged_into = ?, bsuid_at = ?, phone_at = ?, username_at = ?, name_at = ?, "
+            "updated_at = ? WHERE id = ?",
             (
                 contact.bsuid,
                 contact.parent_bsuid,
@@ -105,6 +106,8 @@ class SqlBase:
                 contact.merged_into,
                 contact.bsuid_at,
                 contact.phone_at,
+                contact.username_at,
+                contact.name_at,
                 now,
                 contact.id,
             ),

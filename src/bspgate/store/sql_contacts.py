@@ -279,7 +279,8 @@ class ContactQueries(SqlBase):
                 self.execute("UPDATE raw_payloads SET body = ? WHERE id = ?", (kept, raw_id))
         self.execute(
             f"UPDATE contacts SET bsuid = NULL, parent_bsuid = NULL, phone = NULL, "
-            f"username = NULL, name = NULL, bsuid_at = NULL, phone_at = NULL, erased_at = ?, "
+            f"username = NULL, name = NULL, bsuid_at = NULL, phone_at = NULL, username_at = NULL, "
+            f"name_at = NULL, erased_at = ?, "
             f"updated_at = ? WHERE id IN {marks}",
             (stamp, stamp, *ids),
         )
