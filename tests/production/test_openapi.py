@@ -148,3 +148,17 @@ def test_replay_refuses_unknown_references(live: str) -> None:
         answer = httpx.post(f"{live}/v1/replays", json=body, headers=AUTH)
         assert answer.status_code == 422, body
         assert answer.json()["code"] == "invalid_replay"
+
+
+@pytest.mark.e2e
+def test_replay_without_a_scope_is_refused_and_all_must_be_said(live: str) -> None:
+    # a bare POST used to requeue every subscriber's whole dead-letter queue
+    bare = httpx.post(f"{live}/v1/replays", headers=AUTH)
+    assert (bare.status_code, bare.json()["code"]) == (400, "invalid_replay")
+    assert '"all": true' in bare.json()["detail"]
+    for body in ({}, {"dry_run": True}, {"all": "yes"}, {"states": ["dead"]}):
+        answer = httpx.post(f"{live}/v1/replays", json=body, headers=AUTH)
+        assert answer.status_code == 400, body
+    everything = httpx.post(f"{live}/v1/replays", json={"all": True, "dry_run": True}, headers=AUTH)
+    assert everything.status_code == 200
+    assert everything.json()["dry_run"] is True

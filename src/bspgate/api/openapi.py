@@ -192,7 +192,13 @@ def _schemas() -> dict[str, Any]:
                 "limit": {"type": "integer", "minimum": 1, "maximum": 100000},
                 "quarantined": {"type": "boolean"},
                 "raw_id": TEXT,
+                "all": {
+                    "type": "boolean",
+                    "description": "replay without a filter (every dead letter of every "
+                    "subscriber); otherwise name event_id, subscriber_id, type, since or until",
+                },
             },
+            "minProperties": 1,
         },
         "ReplayResult": _obj(
             ["matched", "dry_run"],

@@ -3,7 +3,8 @@
 - `GET /v1/deliveries?state=&subscriber_id=&event_id=&limit=`; `GET /v1/deliveries/{id}` with
   every attempt (time, HTTP status, latency, error).
 - `POST /v1/replays`: `{"event_id"|"subscriber_id"|"type"|"since"|"until", "states", "dry_run"}`
-  re-delivers; `{"quarantined": true, "raw_id"?: …, "dry_run"?: …}` re-normalizes quarantined
+  re-delivers (at least one filter, or `"all": true`: a bare POST is refused, never read as
+  "everything"); `{"quarantined": true, "raw_id"?: …, "dry_run"?: …}` re-normalizes quarantined
   payloads with the current mappings.
 - `GET /v1/quarantined`: quarantined raw payloads with their reasons (bodies stay in the store).
 - `GET /v1/subscribers`; `POST /v1/subscribers/{id}/enable` and `/disable`;
@@ -92,13 +93,30 @@ async def get_delivery(request: Request) -> Response:
     return TimedJSON(row)
 
 
+REPLAY_SCOPES = ("event_id", "subscriber_id", "type", "since", "until")
+_SCOPE = (
+    'event_id, subscriber_id, type, since or until; "all": true for every dead letter; or '
+    '"quarantined": true'
+)
+
+
 @authenticated
 async def create_replay(request: Request) -> Response:
     gateway = _gateway(request)
     try:
-        data = orjson.loads(await request.body() or b"{}")
+        body = await request.body()
+        if not body.strip():
+            raise ValueError(f"the body is a JSON object naming what to replay: {_SCOPE}")
+        data = orjson.loads(body)
         if not isinstance(data, dict):
             raise ValueError("the body is a JSON object")
+        everything = data.get("all", False)
+        if not isinstance(everything, bool):
+            raise ValueError('"all" is true or false')
+        named = any(data.get(key) is not None for key in REPLAY_SCOPES)
+        if not data.get("quarantined") and not everything and not named:
+            # a bare POST must not re-deliver every subscriber's whole dead-letter queue
+            raise ValueError(f"name what to replay: {_SCOPE}")
         if data.get("quarantined"):
             result = await replay_quarantined(
                 gateway,
