@@ -295,9 +295,12 @@ async def test_quarantined_payload_is_renormalized_once_after_a_mapping_fix(
         (mappings / "cloudapi" / "mapping.yaml").write_text(text)  # the fix
         from bspgate.mapping.loader import load_mapping
 
+        still = await replay_quarantined(h.gateway, dry_run=True)  # the old mapping
+        assert still["outcomes"] == {"would_stay_quarantined": 1}  # not a false "fixed"
         h.gateway.mappings["cloudapi"] = load_mapping(mappings, "cloudapi")
         dry = await replay_quarantined(h.gateway, dry_run=True)
         assert dry["payloads"][0]["events"] == 1
+        assert dry["outcomes"] == {"would_process": 1}
         result = await replay_quarantined(h.gateway)
         assert result["payloads"][0]["state"] == "processed"
         assert result["payloads"][0]["events"] == 1

@@ -199,7 +199,7 @@ async def replay_quarantined(
             progress(len(report), len(raws))
     outcomes: dict[str, int] = {}
     for entry in report:
-        key = str(entry.get("state") or ("would_process" if dry_run else "unchanged"))
+        key = str(entry.get("state") or entry.get("would") or "unchanged")
         outcomes[key] = outcomes.get(key, 0) + 1
     return {
         "matched": len(raws),
@@ -221,8 +221,10 @@ async def _replay_one(gateway: GatewayContext, raw: RawRecord, dry_run: bool) ->
             state=raw.state, reason=prepared.mapped.issues[0].removeprefix("unparseable: ")
         )
         return entry
-    if dry_run:
-        entry.update(events=len(prepared.mapped.drafts), issues=prepared.mapped.issues)
+    if dry_run:  # a mapping issue keeps the whole payload quarantined, events or not
+        issues = prepared.mapped.issues
+        would = "would_stay_quarantined" if issues else "would_process"
+        entry.update(events=len(prepared.mapped.drafts), issues=issues, would=would)
         return entry
     work = partial(
         process_batch,

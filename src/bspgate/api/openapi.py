@@ -219,7 +219,9 @@ def _schemas() -> dict[str, Any]:
                 "outcomes": {
                     "type": "object",
                     "additionalProperties": {"type": "integer"},
-                    "description": "quarantined: how many payloads ended in each state",
+                    "description": "quarantined: how many payloads ended in each state (a "
+                    "dry run: would_process, or would_stay_quarantined when the current mapping "
+                    "still finds an issue)",
                 },
                 "payloads": {"type": "array", "items": {"type": "object"}},
             },
