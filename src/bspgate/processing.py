@@ -370,7 +370,7 @@ class Processor:
             outcomes = await self._isolate(prepared)
         # a stuck payload is still only in the inbox: deleting it there would lose it
         self._settle_inbox([raw.id for raw in raws if raw.id not in self._stuck])
-        self._settle(outcomes)
+        self._settle(outcomes, {item.raw.id: item.raw for item in prepared})
         return len(outcomes)
 
     async def _isolate(self, prepared: list[Prepared]) -> list[IngestOutcome]:
@@ -385,7 +385,8 @@ class Processor:
             except StoreConflict as exc:
                 reason = failure_reason(exc)
             except StoreError:
-                self._settle(outcomes)  # those before it are committed: answer their waiters
+                # those before it are committed: answer their waiters
+                self._settle(outcomes, {item.raw.id: item.raw for item in prepared})
                 raise
             except Exception as exc:  # the last resort: the payload is kept, the error named
                 reason = failure_reason(exc)
@@ -434,13 +435,20 @@ class Processor:
             except Poisoned as exc:
                 poisoned[exc.raw_id] = exc.reason  # run again with that payload quarantined
 
-    def _settle(self, outcomes: list[IngestOutcome]) -> None:
+    def _settle(
+        self, outcomes: list[IngestOutcome], raws: dict[str, RawRecord] | None = None
+    ) -> None:
         deliveries = 0
         for outcome in outcomes:
             deliveries += outcome.deliveries
             waiter = self._waiters.pop(outcome.raw_id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(outcome)
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.set_result(outcome)
+                continue  # the webhook's answer waited for it: the route counts and logs it
+            raw = (raws or {}).get(outcome.raw_id)
+            if raw is not None:  # answered "accepted" before: its outcome is told here
+                self._told(raw, outcome)
         self.processed += len(outcomes)
         if self.metrics is not None:
             for outcome in outcomes:
@@ -448,6 +456,22 @@ class Processor:
                     self.metrics.events.labels(event["type"]).inc()
         if deliveries and self.on_deliveries is not None:
             self.on_deliveries()
+
+    def _told(self, raw: RawRecord, outcome: IngestOutcome) -> None:
+        """A staged webhook's outcome, counted and logged where it is known (the webhook was
+        answered and logged as `accepted`): `webhooks{channel, outcome}`, and a quarantine as
+        a warning of its own, with its reason (paths and types, never values)."""
+        if self.metrics is not None:
+            self.metrics.count_webhook(raw.channel_id, outcome.state)
+        if outcome.state == "quarantined":
+            _log.warning(
+                "webhook.quarantined",
+                channel=raw.channel_id,
+                provider=raw.provider,
+                raw_id=raw.id,
+                traceparent=raw.traceparent,
+                reason="; ".join(outcome.issues) or None,
+            )
 
 
 def process_now(

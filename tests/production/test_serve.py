@@ -71,16 +71,47 @@ def test_simulate_and_tail_find_a_gateway_served_on_another_port(tmp_path: Path)
 
 
 def test_simulate_reports_a_quarantine_with_its_reason(tmp_path: Path) -> None:
+    import re
+
+    import httpx
+
     config = write_config(tmp_path / "acme")
     payload = tmp_path / "group.json"
     shutil.copy(Path(__file__).parent / "group_message.json", payload)
-    with serving(config, cwd=tmp_path):
+    with serving(config, cwd=tmp_path) as served:
         result = bspgate(
             "simulate", "cloud-us", str(payload), "--config", str(config), cwd=tmp_path
         )
+        sent = bspgate("simulate", "cloud-us", str(FIXTURE), "--config", str(config), cwd=tmp_path)
+        assert orjson.loads(sent.stdout)["outcome"] == "processed"
+        # the console's overview counts what the worker process made of them (it used to show
+        # only the server's own "accepted", so every outcome read 0)
+        with httpx.Client(base_url=served.base, timeout=10) as console:
+            login = console.get("/console/login").text
+            token = re.search(r'name="csrf" value="([^"]+)"', login)
+            assert token is not None
+            form = {"csrf": token.group(1), "key": "test-api-key", "next": "/console/"}
+            assert console.post("/console/login", data=form).status_code == 303
+            for _ in range(50):  # the worker writes its counts every 0.5 s
+                page = console.get("/console/?minutes=5").text
+                row = re.search(r">cloud-us</a></td>(.*?)</tr>", page, re.S)
+                if row and [int(n) for n in re.findall(r">(\d+)</td>", row.group(1))][:3] == [
+                    1,
+                    0,
+                    1,
+                ]:
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"overview row: {row.group(1) if row else page[:500]}")
     report = orjson.loads(result.stdout)
     assert report["outcome"] == "quarantined"
     assert report["reason"]
+    # the webhook was answered (and logged) as accepted; its quarantine is a warning of its own
+    lines = [orjson.loads(line) for line in served.stderr.splitlines()]
+    (warning,) = [line for line in lines if line["event"] == "webhook.quarantined"]
+    assert (warning["level"], warning["raw_id"]) == ("warning", report["raw_id"])
+    assert warning["reason"] == report["reason"]
 
 
 def test_dev_credentials_refuse_a_public_host(tmp_path: Path) -> None:

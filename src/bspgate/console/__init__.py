@@ -2,9 +2,10 @@
 
 `mount(gateway)` answers the Starlette `Mount` that `create_app` adds when `console` is on
 (the default). Pages are Jinja2 templates with a little plain JavaScript (no build step, no CDN);
-sign-in is by API key into a signed, HttpOnly, SameSite=Strict session cookie, and every action
-is a POST carrying the session's CSRF token. Phones and message texts are masked unless the
-operator reveals a page, which is recorded in the audit table (`console_audit`).
+sign-in is by API key into a session stored server-side (`console_sessions`) whose id travels in
+a signed, HttpOnly, SameSite=Strict cookie, and every action is a POST carrying the session's
+CSRF token. Phones and message texts are masked unless the operator reveals a page, which is
+recorded in the audit table (`console_audit`).
 """
 
 from __future__ import annotations
@@ -49,5 +50,6 @@ def mount(gateway: Gateway) -> Mount:
     ]
     app = Starlette(routes=routes, middleware=middleware)
     app.state.gateway = gateway
-    app.state.activity = Activity(gateway.metrics.webhooks, gateway.metrics.events)
+    metrics = gateway.metrics  # its `peers` are set when the worker starts
+    app.state.activity = Activity(metrics.webhooks, metrics.events, peers=lambda: metrics.peers)
     return Mount("/console", app=app)
