@@ -25,6 +25,7 @@ PROBLEM = "application/problem+json"
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 TEXT = {"type": "string"}
+FILLED = {"type": "string", "minLength": 1}  # a query filter: an empty value is a 400
 NULLABLE_TEXT = {"type": ["string", "null"]}
 COUNT = {"type": "integer", "minimum": 0}
 
@@ -318,8 +319,8 @@ def _operations() -> dict[str, Any]:
                         {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
                         "page size",
                     ),
-                    _param("cursor", "query", TEXT, "`next_cursor` of the previous page"),
-                    _param("after", "query", TEXT, "a `tail_cursor`: events newer than it"),
+                    _param("cursor", "query", FILLED, "`next_cursor` of the previous page"),
+                    _param("after", "query", FILLED, "a `tail_cursor`: events newer than it"),
                     _param(
                         "wait",
                         "query",
@@ -342,9 +343,9 @@ def _operations() -> dict[str, Any]:
                 _json(_page("Contact"), "the contacts"),
                 [400],
                 params=[
-                    _param("bsuid", "query", TEXT, "a BSUID"),
-                    _param("phone", "query", TEXT, "an E.164 phone"),
-                    _param("username", "query", TEXT, "a username"),
+                    _param("bsuid", "query", FILLED, "a BSUID"),
+                    _param("phone", "query", FILLED, "an E.164 phone"),
+                    _param("username", "query", FILLED, "a username"),
                     _param("portfolio", "query", TEXT, "one portfolio only"),
                 ],
             )
