@@ -241,9 +241,9 @@ def test_quarantine_fixed_mapping_run_then_ingest_is_delivered(
     shutil.copytree(MAPPINGS, mappings)
     mapping = mappings / "cloudapi" / "mapping.yaml"
     original = mapping.read_text()
-    # the bug: the message rule never matches (its condition starts with `false &&`)
+    # the bug: the message rule never matches (its condition starts with `` `false` && ``)
     broken = re.sub(
-        r"(- name: message\n(?:.*\n)*?\s+when: >-\n\s+)", r"\1false && ", original, count=1
+        r"(- name: message\n(?:.*\n)*?\s+when: >-\n\s+)", r"\1`false` && ", original, count=1
     )
     assert broken != original
     mapping.write_text(broken)

@@ -203,3 +203,17 @@ def test_activity_counts_the_window_only() -> None:
     assert recent["since"] == 1000.0
     assert recent["by_channel"] == {"cloud-us": {"processed": 2, "unauthorized": 1}}
     assert recent["by_type"] == {"whatsapp.message.received": 2}
+
+
+def test_subscriber_urls_are_shown_without_credentials(tmp_path: Path) -> None:
+    url = "http://user:pw@127.0.0.1:9/hook?token=supersecret&tenant=acme"
+    subscriber = {"id": "crm", "url": url, "secret": SUBSCRIBER_SECRET}
+    settings = make_settings(tmp_path, subscribers=[subscriber])
+    with RunningGateway(settings, dispatch=False) as running:
+        client = signed_in(running)
+        deliveries = client.get("/console/deliveries").text
+        for html in (deliveries, client.get("/console/").text):
+            assert "supersecret" not in html
+            assert "user:pw@" not in html
+        assert "http://user:****@127.0.0.1:9/hook?token=****&amp;tenant=acme" in deliveries
+        client.close()

@@ -24,6 +24,7 @@ from bspgate.console.session import action, audit, gateway_of, page, revealed
 from bspgate.delivery.signing import Signer
 from bspgate.errors import PayloadError
 from bspgate.ids import new_id
+from bspgate.masking import mask_url
 from bspgate.normalize import Normalizer
 from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined, set_subscriber
 
@@ -49,7 +50,7 @@ async def deliveries_page(request: Request) -> Response:
     subscribers = [
         {
             "id": s.id,
-            "url": s.url,
+            "url": mask_url(s.url),
             "enabled": not (states.get(s.id) or {}).get("disabled_at"),
             "reason": (states.get(s.id) or {}).get("reason"),
         }
@@ -108,12 +109,14 @@ async def replay_filter(request: Request, form: FormData) -> Response:
         )
         result: dict[str, Any] = {"requeued": count}
     else:
-        replay = ReplayRequest(
-            subscriber_id=subscriber,
-            type=str(form.get("type") or "") or None,
-            since=str(form.get("since") or "") or None,
-            until=str(form.get("until") or "") or None,
-        )
+        fields = {k: str(form.get(k) or "").strip() for k in ("type", "since", "until")}
+        try:  # checked as `POST /v1/replays` checks them: times are instants, any offset
+            replay = ReplayRequest.from_dict(
+                {"subscriber_id": subscriber, **{k: v for k, v in fields.items() if v}},
+                [s.id for s in gateway.settings.subscribers],
+            )
+        except ValueError as exc:
+            return _back(f"Replay refused, nothing was requeued: {exc}")
         result = await replay_deliveries(
             gateway.store, replay, gateway.clock(), gateway.settings.subscribers
         )

@@ -26,8 +26,10 @@ from bspgate.api.events import decode_cursor, encode_cursor
 from bspgate.console import queries
 from bspgate.console.activity import Activity
 from bspgate.console.render import mask_event, payload_view, render
-from bspgate.console.session import action, audit, gateway_of, operator, page, revealed
+from bspgate.console.session import action, audit, gateway_of, identify, page, revealed
+from bspgate.masking import mask_url
 from bspgate.operations import ReplayRequest, replay_deliveries
+from bspgate.times import comparable, parse_time
 
 PAGE_SIZE = 50
 STREAM_SECONDS = 25.0
@@ -76,7 +78,7 @@ async def overview(request: Request) -> Response:
         subscribers.append(
             {
                 "id": subscriber.id,
-                "url": subscriber.url,
+                "url": mask_url(subscriber.url),
                 "enabled": not state.get("disabled_at"),
                 "reason": state.get("reason"),
                 "failing_since": state.get("failing_since"),
@@ -133,6 +135,23 @@ def _filters(request: Request) -> dict[str, str]:
     return {k: request.query_params.get(k, "").strip() for k in keys}
 
 
+def _window(filters: dict[str, str]) -> tuple[str | None, str | None]:
+    """The event-time filter as text comparable with stored times (instants: any offset is
+    converted to UTC, as `GET /v1/events?since=` does); `ValueError` names the field."""
+    bounds: list[str | None] = []
+    for key, label in (("since", "Event time from"), ("until", "Event time to")):
+        try:
+            bounds.append(comparable(filters[key]) if filters[key] else None)
+        except ValueError as exc:
+            raise ValueError(f"{label}: {exc}") from None
+    return bounds[0], bounds[1]
+
+
+def _ended(filters: dict[str, str], now: datetime) -> bool:
+    """A window that ends in the past: no new event can be live in it."""
+    return bool(filters["until"]) and parse_time(filters["until"]) <= now
+
+
 @page
 async def events(request: Request) -> Response:
     gateway = gateway_of(request)
@@ -142,6 +161,12 @@ async def events(request: Request) -> Response:
         before = decode_cursor(cursor) if cursor else None
     except ValueError:
         before = None
+    try:
+        since, until = _window(filters)
+    except ValueError as exc:
+        context = {"section": "events", "items": [], "filters": filters, "error": str(exc)}
+        context["channels"] = [c.id for c in gateway.settings.channels]
+        return render(request, "events.html", context, 400)
     if filters["contact"] and not filters["contact"].startswith("ct_"):
         # a BSUID, phone or username in the contact box: the contact it names now
         from bspgate.console.contacts import search_ids
@@ -150,20 +175,24 @@ async def events(request: Request) -> Response:
         text = filters["contact"]
         _kind, ids = await gateway.store.read(lambda tx: search_ids(tx, text, portfolios))
         filters["contact"] = ids[0] if ids else "ct_none"
-    rows = await gateway.store.read(
-        lambda tx: queries.events_page(
-            tx,
-            type_=filters["type"] or None,
-            channel_id=filters["channel"] or None,
-            contact_id=filters["contact"] or None,
-            since=filters["since"] or None,
-            until=filters["until"] or None,
-            before_seq=before,
-            limit=PAGE_SIZE,
+    rows, newest = await gateway.store.read(
+        lambda tx: (
+            queries.events_page(
+                tx,
+                type_=filters["type"] or None,
+                channel_id=filters["channel"] or None,
+                contact_id=filters["contact"] or None,
+                since=since,
+                until=until,
+                before_seq=before,
+                limit=PAGE_SIZE,
+            ),
+            queries.newest_seq(tx),
         )
     )
     reveal = revealed(request)
     items = [event_summary(r, reveal) for r in rows]
+    ended = _ended(filters, gateway.clock())
     next_cursor = encode_cursor(rows[-1]["seq"]) if len(rows) == PAGE_SIZE else None
     query = urlencode({k: v for k, v in filters.items() if v})
     return render(
@@ -176,18 +205,24 @@ async def events(request: Request) -> Response:
             "next_cursor": next_cursor,
             "query": query,
             "channels": [c.id for c in gateway.settings.channels],
-            "newest": encode_cursor(max((r["seq"] for r in rows), default=0)),
-            "live": before is None,
+            # the tail starts after the newest matching row (none: after the newest stored)
+            "newest": encode_cursor(max((r["seq"] for r in rows), default=newest)),
+            "live": before is None and not ended,
+            "ended": ended,
         },
     )
 
 
-def _tail_rows(tx: Any, *, filters: dict[str, str], after: int) -> list[dict[str, Any]]:
+def _tail_rows(
+    tx: Any, *, filters: dict[str, str], window: tuple[str | None, str | None], after: int
+) -> list[dict[str, Any]]:
     return queries.events_page(
         tx,
         type_=filters["type"] or None,
         channel_id=filters["channel"] or None,
         contact_id=filters["contact"] or None,
+        since=window[0],
+        until=window[1],
         after_seq=after,
         limit=100,
     )
@@ -195,10 +230,16 @@ def _tail_rows(tx: Any, *, filters: dict[str, str], after: int) -> list[dict[str
 
 async def stream(request: Request) -> Response:
     """Server-sent events: each new event as `data: {summary}` with `id: <cursor>`."""
-    if operator(request) is None:
+    if await identify(request) is None:
         return Response("sign in first", 401)
     gateway = gateway_of(request)
     filters = _filters(request)
+    try:
+        window = _window(filters)
+    except ValueError as exc:
+        return Response(str(exc), 400)
+    if _ended(filters, gateway.clock()):
+        return Response(status_code=204)  # an ended window: EventSource stops reconnecting
     start = request.headers.get("last-event-id") or request.query_params.get("after")
     try:
         after = decode_cursor(start) if start else None
@@ -215,7 +256,9 @@ async def stream(request: Request) -> Response:
         yield b"retry: 500\n\n"
         deadline = time.monotonic() + STREAM_SECONDS
         while time.monotonic() < deadline:
-            rows = await gateway.store.read(partial(_tail_rows, filters=filters, after=position))
+            rows = await gateway.store.read(
+                partial(_tail_rows, filters=filters, window=window, after=position)
+            )
             for row in rows:
                 position = row["seq"]
                 summary = orjson.dumps(event_summary(row, reveal))

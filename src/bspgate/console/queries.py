@@ -4,7 +4,8 @@ Every list is bounded and walks an index in `seq` (or `id`) order, so a page cos
 with a thousand or a million stored events: events newest first with keyset (cursor) pagination
 on `seq` (`events_type`, `events_contact`, and `events_channel`, `events_time` from migration
 006), outbox counts per open state on `deliveries_due`, subscriber latencies from the most
-recent attempts only.
+recent attempts only. Console sessions (migration 012) are rows keyed by the SHA-256 of the id
+in the cookie, so that signing out, on any replica, ends the session for every copy of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,38 @@ RECENT_ATTEMPTS = 5000
 _FEW = 5000
 
 
+# -- sessions (migration 012) --------------------------------------------------------------------
+def start_session(
+    tx: Any, digest: str, operator: str, now: float, idle: float, most: float
+) -> None:
+    """Record a new session; sessions idle for `idle` or older than `most` seconds go."""
+    tx.execute(
+        "DELETE FROM console_sessions WHERE seen_at < ? OR started_at < ?",
+        (now - idle, now - most),
+    )
+    tx.execute(
+        "INSERT INTO console_sessions (id, operator, started_at, seen_at) VALUES (?, ?, ?, ?)",
+        (digest, operator, now, now),
+    )
+
+
+def session_record(tx: Any, digest: str) -> tuple[str, float, float] | None:
+    """The session's operator, start and last activity (epoch seconds), or None when ended."""
+    row = tx.one(
+        "SELECT operator, started_at, seen_at FROM console_sessions WHERE id = ?", (digest,)
+    )
+    return None if row is None else (str(row[0]), float(row[1]), float(row[2]))
+
+
+def touch_session(tx: Any, digest: str, now: float) -> None:
+    tx.execute("UPDATE console_sessions SET seen_at = ? WHERE id = ?", (now, digest))
+
+
+def end_session(tx: Any, digest: str) -> None:
+    tx.execute("DELETE FROM console_sessions WHERE id = ?", (digest,))
+
+
+# -- audit ---------------------------------------------------------------------------------------
 def insert_audit(tx: Any, at: str, actor: str, action: str, target: str, detail: str) -> int:
     row = tx.one(
         "INSERT INTO console_audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?) "
@@ -112,7 +145,8 @@ def events_page(
             clauses.append(clause)
             params.append(value)
     order = "ASC" if after_seq is not None else "DESC"
-    if (since or until) and not (type_ or channel_id or contact_id):
+    # the live tail (`after_seq`) reads only the rows stored after its last one, by `seq`
+    if after_seq is None and (since or until) and not (type_ or channel_id or contact_id):
         window = _window_seqs(tx, since, until)
         if window is not None:  # a small window: its seqs from the time index, then the page
             keep = [q for q in window if (before_seq is None or q < before_seq)

@@ -1,11 +1,16 @@
-"""Console sign-in: API key -> signed session cookie; CSRF tokens; the audit trail; reveals.
+"""Console sign-in: API key -> a server-side session; CSRF tokens; the audit trail; reveals.
 
-The cookie is Starlette's `SessionMiddleware` (itsdangerous-signed, HttpOnly, SameSite=Strict,
-`Secure` behind an https public URL, path `/console`, 8 h sliding expiry, 24 h absolute). Its key
-is derived from the configured API keys, so replicas share sessions and removing or changing a
-key ends the sessions opened with it. Every POST must carry the session's CSRF token (and, when
-the browser sends one, a same-origin `Origin`); a missing or wrong token is a 403 and changes
-nothing. A reveal unmasks one page for five minutes and is written to `console_audit` first.
+A session is a row of `console_sessions` (migration 012) keyed by the SHA-256 of a random id;
+the cookie is Starlette's `SessionMiddleware` (itsdangerous-signed, HttpOnly, SameSite=Strict,
+`Secure` behind an https public URL, path `/console`) holding that id, the API key's fingerprint,
+the CSRF token and a reveal. A session ends after 8 h without a request or 24 h after sign-in
+(the row's times, on the gateway's clock) and at once on "Sign out", which deletes the row: a
+copy of the cookie taken before is worth nothing, on every replica. The cookie's key is derived
+from the configured API keys, so removing or changing a key ends the sessions opened with it.
+Every POST must carry the session's CSRF token (and, when the browser sends one, an `Origin` of
+this server: its `Host`, or `server.public_url` behind a proxy); a missing or wrong token is a
+403 and changes nothing. A reveal unmasks one page for five minutes and is written to
+`console_audit` first.
 """
 
 from __future__ import annotations
@@ -28,13 +33,20 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from bspgate.config import Settings
-from bspgate.console.queries import insert_audit
+from bspgate.console.queries import (
+    end_session,
+    insert_audit,
+    session_record,
+    start_session,
+    touch_session,
+)
 
 if TYPE_CHECKING:
     from bspgate.app import Gateway
 
 SESSION_SECONDS = 8 * 3600
 ABSOLUTE_SECONDS = 24 * 3600
+TOUCH_SECONDS = 60
 REVEAL_SECONDS = 300
 FAILED_SIGN_IN_PAUSE = 0.5
 _log = structlog.get_logger("bspgate.console")
@@ -61,17 +73,51 @@ def _fingerprint(settings: Settings, key: str) -> str:
     ]
 
 
-def operator(request: Request) -> str | None:
-    """The signed-in operator (the API key's name), or None."""
-    session = request.session
-    name, mark, since = session.get("op"), str(session.get("kf") or ""), session.get("at", 0)
-    if not name or time.time() - float(since) > ABSOLUTE_SECONDS:
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+async def identify(request: Request) -> str | None:
+    """The signed-in operator (the API key's name), checked against the session's stored record
+    once per request; None when signed out, expired, ended by "Sign out" or the key changed."""
+    if hasattr(request.state, "console_operator"):
+        return operator(request)
+    name = await _live_session(request)
+    if name is None and "sid" in request.session:
+        request.session.clear()  # an ended session: the browser drops the cookie
+    request.state.console_operator = name
+    return name
+
+
+async def _live_session(request: Request) -> str | None:
+    session_id, mark = request.session.get("sid"), str(request.session.get("kf") or "")
+    if not isinstance(session_id, str) or not session_id:
         return None
-    settings = gateway_of(request).settings
-    for key in settings.api_keys:
-        if key.name == name and hmac.compare_digest(_fingerprint(settings, key.key.reveal()), mark):
-            return str(name)
-    return None  # the key was removed or changed since sign-in
+    gateway = gateway_of(request)
+    digest = _digest(session_id)
+    record = await gateway.store.read(lambda tx: session_record(tx, digest))
+    if record is None:
+        return None
+    name, started, seen = record
+    now = gateway.clock().timestamp()
+    if now - started > ABSOLUTE_SECONDS or now - seen > SESSION_SECONDS:
+        await gateway.store.transaction(lambda tx: end_session(tx, digest))
+        return None
+    settings = gateway.settings
+    if not any(
+        key.name == name and hmac.compare_digest(_fingerprint(settings, key.key.reveal()), mark)
+        for key in settings.api_keys
+    ):
+        return None  # the key was removed or changed since sign-in
+    if now - seen > TOUCH_SECONDS:  # activity, written at most once a minute per session
+        await gateway.store.transaction(lambda tx: touch_session(tx, digest, now))
+    return name
+
+
+def operator(request: Request) -> str | None:
+    """The operator `identify` found for this request (None before it ran, or signed out)."""
+    known = getattr(request.state, "console_operator", None)
+    return known if isinstance(known, str) else None
 
 
 def csrf_token(request: Request) -> str:
@@ -112,19 +158,34 @@ def page(endpoint: Page) -> Page:
 
     @wraps(endpoint)
     async def wrapper(request: Request) -> Response:
-        if operator(request) is None:
+        if await identify(request) is None:
             return _login_redirect(request)
         return await endpoint(request)
 
     return wrapper
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of `url` (the default port of http and https spelled out)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return ("", "", None)  # an unparseable port matches nothing
+    return scheme, (parts.hostname or ""), port
+
+
 def _same_origin(request: Request) -> bool:
+    """No `Origin` (an older browser), or one of this server: the `Host` it was asked by, or
+    `server.public_url` (a TLS proxy that forwards its own upstream address as `Host`)."""
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return origin is None
-    host = request.headers.get("host", "")
-    return urlsplit(origin).netloc == host
+    if urlsplit(origin).netloc == request.headers.get("host", ""):
+        return True
+    public = _origin(gateway_of(request).settings.server.public_url)
+    return public[1] != "" and _origin(origin) == public
 
 
 async def checked_form(request: Request) -> FormData | None:
@@ -158,7 +219,7 @@ def action(endpoint: Action) -> Page:
 
     @wraps(endpoint)
     async def wrapper(request: Request) -> Response:
-        if operator(request) is None:
+        if await identify(request) is None:
             return _login_redirect(request)
         form = await checked_form(request)
         if form is None:
@@ -180,7 +241,7 @@ def safe_next(value: Any) -> str:
 async def login_form(request: Request) -> Response:
     from bspgate.console.render import render
 
-    if operator(request) is not None:
+    if await identify(request) is not None:
         return RedirectResponse(safe_next(request.query_params.get("next")), 303)
     configured = bool(gateway_of(request).settings.api_keys)
     return render(
@@ -196,7 +257,8 @@ async def login(request: Request) -> Response:
     form = await checked_form(request)
     if form is None:
         return forbidden(request)
-    settings = gateway_of(request).settings
+    gateway = gateway_of(request)
+    settings = gateway.settings
     given = str(form.get("key") or "").strip().encode()
     match = None
     for key in settings.api_keys:
@@ -208,13 +270,23 @@ async def login(request: Request) -> Response:
         await asyncio.sleep(FAILED_SIGN_IN_PAUSE)  # slows guessing; a real key never waits
         context = {"next": target, "configured": bool(settings.api_keys), "error": True}
         return render(request, "login.html", context, 401)
+    previous = request.session.get("sid")
+    session_id = secrets.token_urlsafe(32)
+    digest, name, now = _digest(session_id), match.name, gateway.clock().timestamp()
+
+    def record(tx: Any) -> None:
+        if isinstance(previous, str):  # signing in again ends this browser's earlier session
+            end_session(tx, _digest(previous))
+        start_session(tx, digest, name, now, SESSION_SECONDS, ABSOLUTE_SECONDS)
+
+    await gateway.store.transaction(record)
     request.session.clear()  # a fresh session (and CSRF token) for the signed-in operator
     request.session.update(
-        op=match.name,
+        sid=session_id,
         kf=_fingerprint(settings, match.key.reveal()),
-        at=time.time(),
         csrf=secrets.token_urlsafe(32),
     )
+    request.state.console_operator = name
     await audit(request, "sign_in", "/console/login")
     return RedirectResponse(target, 303)
 
@@ -222,6 +294,8 @@ async def login(request: Request) -> Response:
 @action
 async def logout(request: Request, form: FormData) -> Response:
     await audit(request, "sign_out", "/console/logout")
+    digest = _digest(str(request.session.get("sid")))
+    await gateway_of(request).store.transaction(lambda tx: end_session(tx, digest))
     request.session.clear()
     return RedirectResponse("/console/login", 303)
 
