@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from bspgate import cli
 from bspgate.app import build_verifiers, load_channel_mappings
 from bspgate.config import Secret, Settings, load_settings, parse_duration, settings_from_dict
-from bspgate.errors import ConfigError
-from tests.conftest import APP_SECRET, ROOT, SUBSCRIBER_SECRET, base_config, make_settings
+from bspgate.errors import ConfigError, MappingLoadError
+from tests.conftest import APP_SECRET, MAPPINGS, ROOT, SUBSCRIBER_SECRET, base_config, make_settings
 
 
 def load(tmp_path: Path, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -218,6 +221,33 @@ def test_channel_with_an_empty_required_secret_is_refused(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as caught:
         build_verifiers(settings, load_channel_mappings(settings))
     assert caught.value.key == "channels[0].secrets.app_secret"
+
+
+def test_a_broken_send_form_of_a_configured_channel_fails_start(tmp_path: Path) -> None:
+    # what `serve`, its worker and `config check` load: a broken outbound.yaml stops them as a
+    # broken mapping.yaml does, naming file and line (not a 500 on every send)
+    root = tmp_path / "m"
+    shutil.copytree(MAPPINGS / "cloudapi", root / "cloudapi")
+    outbound = root / "cloudapi" / "outbound.yaml"
+    outbound.write_text(outbound.read_text().replace("scheme: bearer", "scheme: bearerr"))
+    settings = load(tmp_path, mappings=str(root))
+    with pytest.raises(MappingLoadError) as caught:
+        load_channel_mappings(settings)
+    line = outbound.read_text().splitlines().index("  scheme: bearerr") + 1
+    assert str(caught.value).startswith(f"mappings/cloudapi/outbound.yaml:{line}: auth.scheme:")
+
+
+def test_config_check_refuses_a_broken_send_form(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "m"
+    shutil.copytree(MAPPINGS / "cloudapi", root / "cloudapi")
+    outbound = root / "cloudapi" / "outbound.yaml"
+    outbound.write_text(outbound.read_text().replace("secret: access_token", "secret: acces_token"))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path, mappings=str(root))))
+    assert cli.main(["config", "check", "--config", str(config)]) != 0
+    assert "mappings/cloudapi/outbound.yaml" in capsys.readouterr().err
 
 
 # -- secrets are masked ------------------------------------------------------------------------

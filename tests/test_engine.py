@@ -175,6 +175,86 @@ def test_unknown_map_names_the_known_maps(tmp_path: Path) -> None:
     assert "unknown map 'kindz' (known: kinds, states)" in str(error)
 
 
+def test_builtin_function_with_the_wrong_number_of_arguments_is_refused(tmp_path: Path) -> None:
+    text = DEMO.replace("provider_status: st.state", "provider_status: starts_with(st.state)")
+    error = load_error(tmp_path, text)
+    assert error.path == "inbound.rules[1].fields.message.provider_status"
+    assert error.line == line_of(text, "starts_with(st.state)")
+    assert "starts_with() takes 2 argument(s), got 1" in str(error)
+
+
+def test_variadic_builtin_without_its_arguments_is_refused(tmp_path: Path) -> None:
+    error = load_error(tmp_path, DEMO.replace("contact.name: who.name", "contact.name: not_null()"))
+    assert "not_null() takes at least 1 argument(s), got 0" in str(error)
+
+
+def test_a_name_the_rule_does_not_bind_is_refused(tmp_path: Path) -> None:
+    text = DEMO.replace("contact.name: who.name", "contact.name: sender.name")
+    error = load_error(tmp_path, text)
+    assert error.path == "inbound.rules[0].fields.contact.name"
+    assert error.line == line_of(text, "contact.name: sender.name")
+    assert "'sender' is not a name bound here, so 'sender.name' is always null" in str(error)
+    assert "(bound: payload, channel, received_at, batch, msg, who)" in str(error)
+
+
+def test_when_runs_before_let_so_it_cannot_read_a_let_name(tmp_path: Path) -> None:
+    error = load_error(tmp_path, DEMO.replace('when: "!(msg.skip)"', 'when: "!(who.skip)"'))
+    assert error.path == "inbound.rules[0].when"
+    assert "'who' is not a name bound here" in str(error)
+
+
+def test_a_for_each_step_reads_only_the_steps_before_it(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path, DEMO.replace("- batch: payload.batches", "- batch: msg.batches", 1)
+    )
+    assert error.path == "inbound.rules[0].for_each[0].batch"
+    assert "'msg' is not a name bound here" in str(error)
+
+
+def test_a_quarantine_rule_reads_only_its_own_bindings(tmp_path: Path) -> None:
+    error = load_error(tmp_path, DEMO.replace("when: batch.group", "when: msg.group"))
+    assert error.path == "inbound.quarantine[0].when"
+    assert "(bound: payload, channel, received_at, batch)" in str(error)
+
+
+def test_every_name_the_engine_binds_is_accepted(tmp_path: Path) -> None:
+    # root names, earlier for_each names, let names (each after the ones before it), `|| null`
+    # (JMESPath's field `null`), and names inside projections, filters and &expr, which are read
+    # from each item and not from the scope
+    text = DEMO.replace(
+        "      let:\n        who: batch.sender\n",
+        "      let:\n        who: batch.sender\n        also: who.name || channel.id\n",
+    ).replace(
+        "message.media.id: msg.media_id",
+        "message.media.id: \"sort_by(batch.messages, &ts)[?kind == 'img'].id | [0] || "
+        '{a: received_at, b: payload.x}.a || also || null"',
+    )
+    spec = load_text(tmp_path, text)
+    assert [rule.name for rule in spec.rules] == ["message", "status"]
+
+
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    text = DEMO.replace(
+        "        contact.name: who.name\n",
+        "        contact.name: who.name\n        message.id: msg.x\n",
+    )
+    error = load_error(tmp_path, text)
+    assert error.path == "inbound.rules[0].fields.message.id"
+    assert error.line == line_of(text, "message.id: msg.id")  # the second one written
+    first = line_of(text, "message.id: msg.x")
+    assert f"duplicate key 'message.id' (first at line {first})" in str(error)
+
+
+def test_a_key_that_is_not_text_is_a_load_error(tmp_path: Path) -> None:
+    text = DEMO.replace(
+        "        contact.name: who.name\n", "        contact.name: who.name\n        5: msg.x\n"
+    )
+    error = load_error(tmp_path, text)
+    assert error.path == "inbound.rules[0].fields.5"
+    assert error.line == line_of(text, "5: msg.x")
+    assert "the key 5 is not text (int): quote it" in str(error)
+
+
 def test_duplicate_rule_name_is_refused(tmp_path: Path) -> None:
     text = DEMO.replace("- name: status", "- name: message")
     error = load_error(tmp_path, text)

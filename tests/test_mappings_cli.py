@@ -149,3 +149,82 @@ def test_new_refuses_an_existing_folder(tmp_path: Path, capsys: pytest.CaptureFi
     args = ["mappings", "new", "connectly", "--from", str(sample), "--mappings", str(MAPPINGS)]
     assert cli.main(args) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_auth_secret_that_is_not_declared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(tmp_path, "connectly")
+    edit(root / "connectly" / "outbound.yaml", "  secret: api_key", "  secret: api_kee")
+    code, out = check(root, capsys)
+    assert code == 1
+    assert (
+        "mappings/connectly/outbound.yaml:34: auth.secret: 'api_kee' is not a declared secret "
+        "(secrets: api_key)" in out
+    )
+
+
+def test_basic_auth_names_one_declared_secret_at_least(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(tmp_path, "twilio")
+    edit(root / "twilio" / "outbound.yaml", "account_sid]", "acount_sid]")
+    code, out = check(root, capsys)
+    assert code == 1
+    assert "auth.username: names no declared secret (secrets: account_sid, auth_token)" in out
+
+
+def test_misspelt_verify_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = copy_of(tmp_path, "connectly")
+    edit(root / "connectly" / "mapping.yaml", "      encoding: base64\n", "      encodng: base64\n")
+    code, out = check(root, capsys)
+    assert code == 1
+    assert (
+        "mappings/connectly/mapping.yaml:19: inbound.verify[0].encodng: unknown hmac option" in out
+    )
+    assert "did you mean 'encoding'?" in out
+
+
+def test_misspelt_option_inside_a_verify_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(tmp_path, "sinch")
+    edit(root / "sinch" / "mapping.yaml", "tolerance: 300", "tolerence: 300")
+    code, out = check(root, capsys)
+    assert code == 1
+    assert (
+        "mappings/sinch/mapping.yaml:35: inbound.verify[0].timestamp.tolerence: unknown hmac "
+        "timestamp option 'tolerence' (known: header, param, unit, tolerance)" in out
+    )
+
+
+def test_a_key_that_is_not_text_is_a_file_line_error_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(tmp_path, "connectly")
+    edit(
+        root / "connectly" / "mapping.yaml",
+        "        message.text:",
+        "        5: m.x\n        message.text:",
+    )
+    code, out = check(root, capsys)
+    assert code == 1
+    assert "fields.5: the key 5 is not text (int): quote it" in out
+    assert "Error" not in out
+
+
+def test_malformed_test_channel_names_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(tmp_path, "connectly")
+    channel = root / "connectly" / "cases" / "_channel.yaml"
+    edit(
+        channel,
+        "secrets:\n  api_key: connectly-key-1\n  webhook_secret: cn-secret\n",
+        "secrets: [api_key, webhook_secret]\n",
+    )
+    code, out = check(root, capsys)
+    assert code == 1
+    line = channel.read_text().splitlines().index("secrets: [api_key, webhook_secret]") + 1
+    assert f"FAIL mappings/connectly/cases/_channel.yaml:{line}: secrets: " in out
+    assert "is not of type 'object'" in out

@@ -9,6 +9,7 @@ The client credentials travel as RFC 6749 client_secret_basic (or _post), never 
 from __future__ import annotations
 
 import base64
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -34,6 +35,7 @@ OUTBOUND = """
 provider: acme
 request:
   url: https://api.acme.test/v1/messages
+secrets: [key_id, key_secret]
 auth:
   scheme: oauth2_client_credentials
   token_url: ${settings.auth_base}/oauth2/token
@@ -209,3 +211,24 @@ def test_unknown_request_signing_parts_are_load_errors(tmp_path: Path) -> None:
     (folder / "outbound.yaml").write_text(text[:start] + bad + text[end:])
     with pytest.raises(MappingLoadError, match=r"auth.message\[1\]: unknown message part 'verb'"):
         load_outbound(tmp_path, "acme")
+
+
+async def test_a_send_never_goes_out_with_an_empty_credential(tmp_path: Path) -> None:
+    # a form whose auth secret escaped the load check (`secrets:` left out): the empty token is
+    # a missing secret, refused before any request, and a dry run does not mask it as `****`
+    spec = dataclasses.replace(
+        load_outbound(MAPPINGS, "cloudapi"), secrets=(), defaults={"base_url": "https://a.test"}
+    )
+    channel = Channel(id="cloud-1", provider="cloudapi", portfolio="acme", secrets={})
+    context = {"text": {"body": "hi"}, "settings": {"base_url": "https://a.test",
+               "phone_number_id": "1", "api_version": "v23.0"}, "to": {"phone": "+15551234567"},
+               "send": {"id": "snd_1"}}  # fmt: skip
+    request = render_request(spec, spec.types["text"], context, channel, NOW)
+    assert request.missing_secrets == ("access_token",)
+    assert request.masked()["headers"]["Authorization"] == "Bearer (empty)"
+    with respx.mock(assert_all_called=False) as router:
+        route = router.post(url__startswith="https://a.test")
+        with pytest.raises(SendError) as caught:
+            await deliver(httpx.AsyncClient(), spec, request)
+    assert caught.value.code == "channel_not_configured"
+    assert not route.called

@@ -5,7 +5,8 @@
 - `test [PROVIDER] [--update]` runs the golden cases (inbound, signed, send); `--update` first
   writes the actual output into each case's `expect` for review.
 - `new NAME --from payload.json` writes a skeleton folder: mapping.yaml, outbound.yaml, a test
-  channel and a first case holding the payload.
+  channel and a first case holding the payload, into `--mappings`, else the config's own
+  `mappings:` folder, else `./mappings`: never into the mappings an installed bspgate ships.
 """
 
 from __future__ import annotations
@@ -22,15 +23,41 @@ from bspgate.errors import MappingLoadError
 NAME_PATTERN = "^[a-z][a-z0-9_]*$"
 
 
-def _root(args: argparse.Namespace) -> Path:
-    """The folder `new` writes into: --mappings, else the config's own (last) mappings folder."""
-    return _roots(args)[-1]
+def _new_root(args: argparse.Namespace) -> Path:
+    """The folder `new` writes into: --mappings, else the config's own (last) `mappings:`
+    folder, else ./mappings. Never the shipped folder: in a wheel that is site-packages."""
+    from bspgate.cli import _config_path, _read_settings
+
+    if getattr(args, "mappings", None):
+        return Path(args.mappings)
+    if _config_path(args).is_file():
+        dirs = _read_settings(args).mapping_dirs
+        if len(dirs) > 1:  # the first is always the shipped folder
+            return dirs[-1]
+    return Path("mappings")
 
 
 def _roots(args: argparse.Namespace) -> list[Path]:
     from bspgate.cli import _mapping_roots  # shipped, then the config's (or --mappings) folders
 
     return _mapping_roots(args)
+
+
+def _inside_package(folder: Path) -> bool:
+    """True for a folder inside the installed bspgate package (its shipped mappings)."""
+    import bspgate
+
+    package = Path(bspgate.__file__).resolve().parent
+    return folder.resolve().is_relative_to(package)
+
+
+def _shown(path: Path) -> str:
+    """`path` as the user can open it: relative to the working folder when under it."""
+    absolute = path.resolve()
+    try:
+        return str(absolute.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(absolute)
 
 
 def _say(line: str) -> None:
@@ -40,8 +67,13 @@ def _say(line: str) -> None:
 def _check_cases(root: Path, name: str) -> list[str]:
     from bspgate.mapping.cases import load_case
     from bspgate.mapping.loader import iter_case_files
-    from bspgate.mapping.send_cases import CHANNEL_FILE, is_send_case, load_send_case
-    from bspgate.mapping.yamlfile import YamlFile
+    from bspgate.mapping.send_cases import (
+        CHANNEL_FILE,
+        OFFLINE_BASE,
+        is_send_case,
+        load_channel,
+        load_send_case,
+    )
 
     problems = []
     channel = root / name / "cases" / CHANNEL_FILE
@@ -49,7 +81,7 @@ def _check_cases(root: Path, name: str) -> list[str]:
     for path in [*files, *iter_case_files(root, name)]:
         try:
             if path.name == CHANNEL_FILE:
-                YamlFile(path, f"mappings/{name}/cases/{path.name}")
+                load_channel(root, name, OFFLINE_BASE)  # as `test` reads it: schema and lines
             elif is_send_case(path):
                 load_send_case(path)
             else:
@@ -72,6 +104,14 @@ def cmd_mappings(args: argparse.Namespace) -> int:
         return 1
     failures = passed = 0
     for name in names:
+        if mapping_root(roots, name) is None:
+            looked = ", ".join(_shown(folder) for folder in roots)
+            _say(
+                f"FAIL no {name}/mapping.yaml in {looked}: give the folder that holds it with "
+                "--mappings DIR, or list it under `mappings:` in the config"
+            )
+            failures += 1
+            continue
         try:
             spec = load_mapping(roots, name)
         except MappingLoadError as exc:
@@ -108,15 +148,32 @@ def _test(
     from bspgate.mapping.send_cases import run_file
 
     for path in paths:
+        name = f"{spec.name}/{path.stem}"
         if getattr(args, "update", False):
             try:
-                if update_case(root, spec, path):
-                    _say(f"upd  {spec.name}/{path.stem}")
+                update = update_case(root, spec, path)
             except MappingLoadError as exc:
                 _say(f"FAIL {exc}")
                 failures += 1
                 continue
-        result = run_file(root, spec, path)
+            except Exception as exc:  # one broken case never stops the others or the summary
+                _say(f"FAIL {name}: {type(exc).__name__}: {exc}")
+                failures += 1
+                continue
+            if update.changed:
+                _say(f"upd  {name}")
+            if update.quarantine is not None:
+                _say(
+                    f"warn {name}: --update wrote a quarantine as the expected result "
+                    f"({update.quarantine}); unless this payload must be refused, fix the "
+                    "mapping and run --update again"
+                )
+        try:
+            result = run_file(root, spec, path)
+        except Exception as exc:  # one broken case never stops the others or the summary
+            failures += 1
+            _say(f"FAIL {name}: {type(exc).__name__}: {exc}")
+            continue
         if result.ok:
             passed += 1
             _say(f"ok   {result.name}")
@@ -136,8 +193,14 @@ def cmd_mappings_new(args: argparse.Namespace) -> int:
     if not re.fullmatch(NAME_PATTERN, name):
         sys.stderr.write(f"bspgate: {name!r}: a provider name is lower-case letters, digits, _\n")
         return 2
-    root = _root(args)
+    root = _new_root(args)
     folder = root / name
+    if _inside_package(root):
+        sys.stderr.write(
+            f"bspgate: {root.resolve()} is inside the installed bspgate package; give the "
+            "folder to write into with --mappings DIR\n"
+        )
+        return 2
     if folder.exists():
         sys.stderr.write(f"bspgate: {folder} exists; choose another name\n")
         return 2
@@ -151,10 +214,13 @@ def cmd_mappings_new(args: argparse.Namespace) -> int:
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-        _say(f"wrote mappings/{name}/{relative}")
+        _say(f"wrote {_shown(path)}")
+    # `test` finds the folder by itself only when the config (or the checkout) names it
+    found = {p.resolve() for p in _roots(argparse.Namespace(**{**vars(args), "mappings": None}))}
+    option = "" if root.resolve() in found else f" --mappings {_shown(root)}"
     _say(
-        f"next: edit mappings/{name}/mapping.yaml (the TODO lines), then "
-        f"`bspgate mappings test {name} --update` and review the case it writes"
+        f"next: edit {_shown(folder / 'mapping.yaml')} (the TODO lines), then "
+        f"`bspgate mappings test {name}{option} --update` and review the case it writes"
     )
     return 0
 
@@ -182,7 +248,10 @@ def add_mappings_parsers(mappings_sub: Any, common: argparse.ArgumentParser) -> 
     )
     new.add_argument("name", help="provider id (the folder name)")
     new.add_argument("--from", dest="source", required=True, help="a sample webhook payload (JSON)")
-    new.add_argument("--mappings", help="mappings folder (default: the config's)")
+    new.add_argument(
+        "--mappings",
+        help="the folder to write into (default: the config's `mappings:` folder, else ./mappings)",
+    )
     new.set_defaults(func=cmd_mappings_new)
 
 

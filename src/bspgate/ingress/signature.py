@@ -39,7 +39,7 @@ import hmac
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from bspgate.errors import SignatureError
@@ -66,6 +66,27 @@ __all__ = ["Clock", "DeclarationError", "HmacScheme", "equal", "option", "sorted
 
 class HmacScheme:
     """One `hmac` declaration bound to a channel's settings: checks and signs requests."""
+
+    # the declaration's options (any other key is a load error: verify.declaration_errors)
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        "header",
+        "algorithm",
+        "encoding",
+        "prefix",
+        "secret_encoding",
+        "message",
+        "timestamp",
+        "signatures",
+        "body_hash",
+        "settings_header",
+    )
+    SETTABLE: ClassVar[tuple[str, ...]] = ("header", "algorithm", "encoding", "prefix")
+    NESTED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "timestamp": ("header", "param", "unit", "tolerance"),
+        "signatures": ("split", "prefix"),
+        "body_hash": ("query",),
+        "settings_header": ("header", "param", "algorithms", "secret"),
+    }
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jwt
 import jwt.warnings
@@ -42,6 +42,19 @@ BODY_CLAIMS = {
 
 class JwtScheme:
     """One `jwt` declaration bound to a channel's settings."""
+
+    # the declaration's options (any other key is a load error: verify.declaration_errors)
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        "header",
+        "prefix",
+        "algorithms",
+        "claims",
+        "require",
+        "max_age",
+        "signing_secret",
+    )
+    SETTABLE: ClassVar[tuple[str, ...]] = ("header",)
+    NESTED: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(
         self,

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from bspgate.config import Channel
@@ -47,6 +48,12 @@ __all__ = ["SCHEMES", "ChannelVerifier", "SignedRequest", "declaration_errors", 
 
 
 class Scheme(Protocol):
+    # the entry's options besides `scheme`, `secret`, `optional`; SETTABLE ones may also be
+    # given per channel as `<option>_setting`; NESTED: the keys of object-valued options
+    OPTIONS: ClassVar[tuple[str, ...]]
+    SETTABLE: ClassVar[tuple[str, ...]]
+    NESTED: ClassVar[dict[str, tuple[str, ...]]]
+
     def check(self, request: SignedRequest, secret: str) -> None: ...
 
     def sign(self, request: SignedRequest, secret: str) -> dict[str, str]: ...
@@ -54,6 +61,10 @@ class Scheme(Protocol):
 
 class HeaderSecret:
     """A shared secret the provider echoes in a header."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ("header",)
+    SETTABLE: ClassVar[tuple[str, ...]] = ("header",)
+    NESTED: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, options: Mapping[str, Any], settings: Mapping[str, Any], *_: Any) -> None:
         self.header = str(option(options, settings, "header", "Authorization"))
@@ -71,6 +82,10 @@ class HeaderSecret:
 
 class BasicAuth:
     """HTTP Basic credentials; the secret is `user:password`."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+    SETTABLE: ClassVar[tuple[str, ...]] = ()
+    NESTED: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, *_: Any) -> None:
         pass
@@ -92,6 +107,10 @@ class BasicAuth:
 
 class QuerySecret:
     """A shared secret in a query parameter (Event Grid's `?code=`) or, failing that, a header."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ("param", "header")
+    SETTABLE: ClassVar[tuple[str, ...]] = ("header",)
+    NESTED: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, options: Mapping[str, Any], settings: Mapping[str, Any], *_: Any) -> None:
         self.param = str(options.get("param", "code"))
@@ -133,11 +152,40 @@ def declaration_errors(entries: Any) -> list[tuple[tuple[Any, ...], str]]:
             continue
         if not options.get("secret"):
             errors.append(((index,), "the entry names no `secret`"))
+        errors.extend(((index, *path), message) for path, message in _unknown(scheme, options))
         try:
             SCHEMES[scheme](options, {}, lambda _n: "", time.time)
         except DeclarationError as exc:
             errors.append(((index, *exc.path), str(exc)))
     return errors
+
+
+_COMMON = ("scheme", "secret", "optional")
+
+
+def _unknown(scheme: str, options: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """A key the scheme does not read is a typo (`prefx`, `tolerence`): ignored, it would
+    refuse every genuine webhook or quietly apply a default."""
+    impl = SCHEMES[scheme]
+    settable = getattr(impl, "SETTABLE", ())
+    known = (*_COMMON, *getattr(impl, "OPTIONS", ()), *(f"{name}_setting" for name in settable))
+    nested: dict[str, tuple[str, ...]] = getattr(impl, "NESTED", {})
+    errors: list[tuple[tuple[Any, ...], str]] = []
+    for key, value in options.items():
+        if key not in known:
+            errors.append(((str(key),), _unknown_message(f"{scheme} option", key, known)))
+        elif key in nested and isinstance(value, dict):
+            for inner in value:
+                if inner not in nested[key]:
+                    what = f"{scheme} {key} option"
+                    errors.append(((key, str(inner)), _unknown_message(what, inner, nested[key])))
+    return errors
+
+
+def _unknown_message(what: str, key: Any, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {key!r} (known: {', '.join(known)}){hint}"
 
 
 def twilio_signature(

@@ -5,6 +5,7 @@ differ per run: `subject`, `data.contact.id`, `data.raw_id`), or `quarantine:` w
 For a send case, `expect.request` becomes the rendered request (method, path, the headers the
 case already lists or `Content-Type`, body; the send id and public URL written back as
 `${send.id}`/`${public_url}`), or `refused:` with the code. A signed-only case is left as it is.
+A quarantine written as the expected result is reported, so the CLI can warn about it.
 Cases that pass are not rewritten. The file's leading comment lines are kept; review the diff
 before committing it.
 """
@@ -12,6 +13,7 @@ before committing it.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +54,25 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     path.write_text("\n".join([*header, dumped]) if header else dumped, encoding="utf-8")
 
 
-def update_case(root: Path, spec: MappingSpec, path: Path) -> bool:
-    """Rewrite a failing case's `expect` with the actual output; True when the file changed.
+@dataclass(frozen=True, slots=True)
+class CaseUpdate:
+    """What `update_case` did: `changed` the file; `quarantine`: the reason it wrote as the
+    expected result (the caller warns: a sample quarantined is more often a mapping mistake)."""
+
+    changed: bool
+    quarantine: str | None = None
+
+
+def update_case(root: Path, spec: MappingSpec, path: Path) -> CaseUpdate:
+    """Rewrite a failing case's `expect` with the actual output.
 
     A case that passes is left untouched (its phrasing, e.g. a quarantine phrase, is kept).
     """
     from bspgate.mapping.send_cases import run_file
 
     if run_file(root, spec, path).ok:
-        return False
+        return CaseUpdate(changed=False)
+    quarantine = None
     before = path.read_text(encoding="utf-8")
     if is_send_case(path):
         case = load_send_case(path)
@@ -80,13 +92,14 @@ def update_case(root: Path, spec: MappingSpec, path: Path) -> bool:
     else:
         case = load_case(path)
         if "input" not in case and "events" not in case["expect"]:
-            return False  # a signed-only case: nothing is produced
+            return CaseUpdate(changed=False)  # a signed-only case: nothing is produced
         outcome = normalize_case(spec, case, EventValidator())
         if outcome.state == "quarantined":
-            case["expect"] = {"quarantine": "; ".join(outcome.issues)}
+            quarantine = "; ".join(outcome.issues)
+            case["expect"] = {"quarantine": quarantine}
         else:
             verified = {"verified": True} if case["expect"].get("verified") else {}
             events = [_strip_variables(dict(e)) for e in outcome.events]
             case["expect"] = {**verified, "events": events}
     _write(path, case)
-    return path.read_text(encoding="utf-8") != before
+    return CaseUpdate(path.read_text(encoding="utf-8") != before, quarantine)

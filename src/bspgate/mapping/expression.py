@@ -235,6 +235,7 @@ def compile_expression(text: str) -> Getter:
     """Compile one mapping expression; raises `jmespath.exceptions.JMESPathError` when invalid."""
     parsed = jmespath.compile(text)
     tree: dict[str, Any] = parsed.parsed  # type: ignore[assignment]
+    _check_functions(tree)
     try:
         return _compile(tree)
     except _Fallback:
@@ -243,16 +244,28 @@ def compile_expression(text: str) -> Getter:
     def interpret(value: Any) -> Any:
         return parsed.search(value, options=_OPTIONS)
 
-    _check_functions(tree)
     return interpret
 
 
 def _check_functions(node: dict[str, Any]) -> None:
-    """Unknown function names fail at load, not on the first payload."""
+    """Unknown function names and wrong argument counts fail at load, not on every payload."""
     if node.get("type") == "function_expression":
         name = node["value"]
-        if name not in REGISTRY and name not in _FUNCTIONS.FUNCTION_TABLE:
+        given = len(node.get("children", []))
+        if name in REGISTRY:
+            _func, minimum, maximum = REGISTRY[name]
+        elif name in _FUNCTIONS.FUNCTION_TABLE:
+            # JMESPath's built-ins: a signature of one entry per argument, the last variadic
+            signature = _FUNCTIONS.FUNCTION_TABLE[name]["signature"]
+            variadic = bool(signature) and bool(signature[-1].get("variadic"))
+            minimum, maximum = len(signature), None if variadic else len(signature)
+        else:
             raise JMESPathError(f"unknown function {name}()")
+        if given < minimum or (maximum is not None and given > maximum):
+            wanted = f"{minimum}" if minimum == maximum else f"at least {minimum}"
+            if maximum is not None and maximum != minimum:
+                wanted = f"{minimum} to {maximum}"
+            raise JMESPathError(f"{name}() takes {wanted} argument(s), got {given}")
     for child in node.get("children", []):
         if isinstance(child, dict):
             _check_functions(child)

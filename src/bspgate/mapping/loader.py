@@ -3,7 +3,8 @@
 Loading is where a contributor meets errors, so every error names the file, the line and the
 path of the offending rule (`mappings/acme/mapping.yaml:42: inbound.rules[1].fields.message.id:
 ...`). A file is checked against `mapping.schema.json` first, then every expression is compiled
-(JMESPath syntax, known function names, known value maps). `extends: other` starts from another
+(JMESPath syntax, known function names and their arity, known value maps, names the rule
+binds: `msg.text` in a rule that binds only `ev` is refused). `extends: other` starts from another
 mapping's file and replaces what this one gives, key by key (lists are replaced whole).
 """
 
@@ -33,7 +34,7 @@ from bspgate.mapping.codegen import (
 )
 from bspgate.mapping.expression import Getter, compile_expression
 from bspgate.mapping.functions import REGISTRY
-from bspgate.mapping.reads import collect_reads
+from bspgate.mapping.reads import collect_reads, root_names
 from bspgate.mapping.yamlfile import YamlFile, dotted
 
 MAPPING_FILE = "mapping.yaml"
@@ -347,23 +348,33 @@ class _Compiler:
         self.maps = maps
         self.reads: set[tuple[str, str]] = set()  # (binding, first-level field) pairs read
 
-    def expression(self, text: str, path: tuple[Any, ...]) -> Getter:
+    def expression(self, text: str, path: tuple[Any, ...], bound: Sequence[str]) -> Getter:
+        """Compile `text`, evaluated where the names `bound` (and nothing else) are in scope."""
         try:
             getter = compile_expression(text)
         except JMESPathError as exc:
             raise self.ctx.error(path, f"invalid expression {text!r}: {exc}") from exc
-        collect_reads(jmespath.compile(text).parsed, self.reads)  # type: ignore[arg-type]
+        tree: dict[str, Any] = jmespath.compile(text).parsed  # type: ignore[assignment]
+        # `null` is JMESPath's field `null`, never bound: null, as `|| null` means it (docs)
+        unbound = sorted(root_names(tree) - {*bound, "null"})
+        if unbound:
+            raise self.ctx.error(
+                path,
+                f"{unbound[0]!r} is not a name bound here, so {text!r} is always null "
+                f"(bound: {', '.join(dict.fromkeys(bound))})",
+            )
+        collect_reads(tree, self.reads)
         return getter
 
-    def field(self, raw: Any, path: tuple[Any, ...]) -> FieldSpec:
+    def field(self, raw: Any, path: tuple[Any, ...], bound: Sequence[str]) -> FieldSpec:
         if isinstance(raw, str):
-            return FieldSpec(candidates=(self.expression(raw, path),), texts=(raw,))
+            return FieldSpec(candidates=(self.expression(raw, path, bound),), texts=(raw,))
         if "value" in raw:
             return FieldSpec(candidates=(), constant=raw["value"], is_constant=True)
         texts = raw["first"] if "first" in raw else [raw["from"]]
         key = "first" if "first" in raw else "from"
         candidates = tuple(
-            self.expression(text, (*path, key, i) if key == "first" else (*path, key))
+            self.expression(text, (*path, key, i) if key == "first" else (*path, key), bound)
             for i, text in enumerate(texts)
         )
         apply = raw.get("apply")
@@ -386,30 +397,37 @@ class _Compiler:
         return FieldSpec(candidates, apply, value_map, raw.get("default"), texts=tuple(texts))
 
     def for_each(self, steps: list[dict[str, str]], path: tuple[Any, ...]) -> tuple[Any, ...]:
-        out = []
+        # each step sees the root names and the names of the steps before it
+        out: list[tuple[str, Getter]] = []
         for index, step in enumerate(steps):
             ((name, text),) = step.items()
-            out.append((name, self.expression(text, (*path, index, name))))
+            bound = [*_ROOT_NAMES, *(earlier for earlier, _getter in out)]
+            out.append((name, self.expression(text, (*path, index, name), bound)))
         return tuple(out)
 
     def rule(self, raw: dict[str, Any], path: tuple[Any, ...]) -> RuleSpec:
         when = raw.get("when")
+        for_each = self.for_each(raw["for_each"], (*path, "for_each"))
+        # `when` runs before `let` (engine._interpret); each `let` sees the ones before it
+        walked = [*_ROOT_NAMES, *(name for name, _getter in for_each)]
+        bound = walked
+        let = []
+        for name, spec in (raw.get("let") or {}).items():
+            let.append((name, self.field(spec, (*path, "let", name), bound)))
+            bound = [*bound, name]
         return RuleSpec(
             name=raw["name"],
             path=dotted(path),
             event_type=raw["type"],
-            for_each=self.for_each(raw["for_each"], (*path, "for_each")),
+            for_each=for_each,
             iteration_key=_iteration_key(raw["for_each"]),
-            when=self.expression(when, (*path, "when")) if when else None,
+            when=self.expression(when, (*path, "when"), walked) if when else None,
             when_text=when or "",
-            let=tuple(
-                (name, self.field(spec, (*path, "let", name)))
-                for name, spec in (raw.get("let") or {}).items()
-            ),
-            key=self.field(raw["key"], (*path, "key")),
-            time=self.field(raw["time"], (*path, "time")),
+            let=tuple(let),
+            key=self.field(raw["key"], (*path, "key"), bound),
+            time=self.field(raw["time"], (*path, "time"), bound),
             fields=tuple(
-                (tuple(name.split(".")), self.field(spec, (*path, "fields", name)))
+                (tuple(name.split(".")), self.field(spec, (*path, "fields", name), bound))
                 for name, spec in self.canonical(raw, path).items()
             ),
         )
@@ -424,11 +442,12 @@ class _Compiler:
 
     def quarantine(self, raw: dict[str, Any], path: tuple[Any, ...]) -> QuarantineSpec:
         when = raw.get("when")
-        condition = self.expression(when, (*path, "when")) if when else None
-        names = ["payload", "channel", "received_at", *(next(iter(s)) for s in raw["for_each"])]
+        for_each = self.for_each(raw["for_each"], (*path, "for_each"))
+        names = [*_ROOT_NAMES, *(name for name, _getter in for_each)]
+        condition = self.expression(when, (*path, "when"), names) if when else None
         return QuarantineSpec(
             name=raw["name"],
-            for_each=self.for_each(raw["for_each"], (*path, "for_each")),
+            for_each=for_each,
             iteration_key=_iteration_key(raw["for_each"]),
             when=compile_condition(when, condition, names) if when and condition else None,
             reason=raw["reason"],
@@ -445,6 +464,20 @@ def _schema_errors(ctx: YamlFile, data: Any) -> None:
         raise ctx.error(tuple(error.absolute_path), error.message)
 
 
+def _key_errors(ctx: YamlFile, data: Any, path: tuple[Any, ...]) -> None:
+    """Every key of a mapping file is text: `5:` or `true:` is a YAML number or boolean, which no
+    canonical field, binding or value map lookup can ever match."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if not isinstance(key, str):
+                what = "a boolean" if isinstance(key, bool) else f"not text ({type(key).__name__})"
+                raise ctx.error((*path, str(key)), f"the key {key!r} is {what}: quote it")
+            _key_errors(ctx, value, (*path, key))
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            _key_errors(ctx, item, (*path, index))
+
+
 def _read_merged(
     roots: tuple[Path, ...], name: str, seen: tuple[str, ...]
 ) -> tuple[list[YamlFile], dict[str, Any]]:
@@ -452,6 +485,7 @@ def _read_merged(
     path = root / name / MAPPING_FILE
     ctx = YamlFile(path, f"mappings/{name}/{MAPPING_FILE}")
     data = ctx.data
+    _key_errors(ctx, data, ())
     _schema_errors(ctx, data)
     if data["name"] != name:
         raise ctx.error(("name",), f"{data['name']!r} must equal the folder name {name!r}")

@@ -22,15 +22,19 @@ send it to a stand-in of the provider API.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jsonschema
 import orjson
 
-from bspgate.errors import MappingLoadError, SendError
+from bspgate.errors import ConfigError, MappingLoadError, SendError
 from bspgate.mapping.cases import CaseResult, diff
 from bspgate.mapping.yamlfile import YamlFile
 
@@ -44,19 +48,37 @@ def is_send_case(path: Path) -> bool:
     return path.name.startswith("send_")
 
 
+@cache
+def _channel_validator() -> jsonschema.Draft202012Validator:
+    # a test channel is a config `channels[]` entry: checked by the config's own schema
+    text = resources.files("bspgate").joinpath("config.schema.json").read_text()
+    return jsonschema.Draft202012Validator(json.loads(text)["properties"]["channels"]["items"])
+
+
 def load_channel(root: Path, provider: str, stand_in: str) -> dict[str, Any]:
-    """The provider's test channel (a config `channels[]` entry), `${stand_in}` filled in."""
+    """The provider's test channel (a config `channels[]` entry), `${stand_in}` filled in.
+
+    Checked as the config checks a channel, each error named by the file's path and line.
+    """
     path = root / provider / "cases" / CHANNEL_FILE
+    display = f"mappings/{provider}/cases/{CHANNEL_FILE}"
     if not path.is_file():
-        raise MappingLoadError(
-            f"mappings/{provider}/cases/{CHANNEL_FILE}", None, "", "no test channel for sends"
-        )
-    data = YamlFile(path, f"mappings/{provider}/cases/{CHANNEL_FILE}").data or {}
+        raise MappingLoadError(display, None, "", "no test channel for sends")
+    file = YamlFile(path, display)
+    data = file.data if file.data is not None else {}
+    if not isinstance(data, dict):
+        raise file.error((), "the test channel is an object: secrets, settings, business_phone")
     text = orjson.dumps(data).decode().replace("${stand_in}", stand_in)
     channel: dict[str, Any] = orjson.loads(text)
     channel.setdefault("portfolio", "acme")
     channel.setdefault("business_phone", "+15550001111")
-    return {"id": f"{provider}-test", "provider": provider, **channel}
+    entry = {"id": f"{provider}-test", "provider": provider, **channel}
+    errors = sorted(_channel_validator().iter_errors(entry), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        assert error is not None
+        raise file.error(tuple(error.absolute_path), error.message)
+    return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +211,8 @@ async def run_send_case(root: Path, provider: str, path: Path) -> CaseResult:
         sent, send_id = await render_offline(root, provider, case)
     except MappingLoadError as exc:
         return CaseResult(name, False, str(exc))
+    except ConfigError as exc:  # the test channel, as the config would refuse it
+        return CaseResult(name, False, f"mappings/{provider}/cases/{CHANNEL_FILE}: {exc}")
     except SendError as exc:
         refused = case["expect"].get("refused")
         if refused == exc.code:

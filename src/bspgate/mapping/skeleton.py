@@ -2,6 +2,9 @@
 
 The payload's leaves are searched for the usual names of a message id, a sender, a text and a
 time; what is found is written as the rule's expressions (marked `guessed`), the rest as TODO.
+A time is read with the function its sample value needs: `epoch_to_rfc3339` for unix time (a
+number, or digits in a string as Meta sends them), `to_rfc3339` for ISO 8601 text; it is also
+the event's `time` (the provider's event time), `received_at` only when none was found.
 The mapping loads as written, so `bspgate mappings test NAME --update` runs at once.
 """
 
@@ -35,23 +38,42 @@ def _leaves(value: Any, path: str = "payload") -> list[tuple[str, str, Any]]:
 
 
 def _guess(leaves: list[tuple[str, str, Any]], role: str) -> str | None:
+    found = _guess_leaf(leaves, role)
+    return found[0] if found else None
+
+
+def _guess_leaf(leaves: list[tuple[str, str, Any]], role: str) -> tuple[str, Any] | None:
+    """(expression, sample value) of the first leaf named as `role` usually is."""
     for wanted in CANDIDATES[role]:
         for expression, key, value in leaves:
             if key == wanted and isinstance(value, str | int | float) and value != "":
-                return expression
+                return expression, value
     return None
+
+
+def time_function(value: Any) -> str:
+    """The function that reads a sample time: unix seconds or milliseconds (a number, or digits
+    in a string: Meta's `"1767225600"`) or ISO 8601 text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "epoch_to_rfc3339"
+    text = str(value).strip()
+    return "epoch_to_rfc3339" if text.replace(".", "", 1).isdigit() else "to_rfc3339"
 
 
 def skeleton_files(name: str, payload: Any) -> dict[str, str]:
     """Relative path -> text of the folder's first files."""
     leaves = _leaves(payload)
     guessed = {role: _guess(leaves, role) for role in CANDIDATES}
+    sample_time = _guess_leaf(leaves, "time")
+    time: Any = (
+        {"from": sample_time[0], "apply": time_function(sample_time[1])}
+        if sample_time
+        else "received_at"
+    )
     fields: dict[str, Any] = {
         "message.id": guessed["id"] or "payload.TODO_message_id",
         "message.type": {"value": "text"},
-        "message.timestamp": {"from": guessed["time"] or "received_at", "apply": "to_rfc3339"}
-        if guessed["time"]
-        else "received_at",
+        "message.timestamp": time,
         "message.text": guessed["text"] or "payload.TODO_text",
         "contact.phone": {"from": guessed["phone"] or "payload.TODO_phone", "apply": "phone"},
         "contact.bsuid": {"from": guessed["bsuid"] or "payload.TODO_bsuid", "apply": "bsuid"},
@@ -80,7 +102,7 @@ def skeleton_files(name: str, payload: Any) -> dict[str, str]:
                     "key": fields["message.id"].replace("payload.", "ev.", 1)
                     if isinstance(fields["message.id"], str)
                     else "ev.id",
-                    "time": "received_at",
+                    "time": _rebase({"time": time})["time"],
                     "fields": _rebase(fields),
                 }
             ],

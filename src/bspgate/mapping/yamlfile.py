@@ -2,6 +2,8 @@
 
 Mapping and outbound files are read through this, so every error a contributor sees names the
 file, the line and the dotted path (`mappings/acme/mapping.yaml:42: inbound.rules[1].key: …`).
+A key written twice in one YAML mapping is an error here: PyYAML keeps the last one silently, so
+the first (a field spec, a secret) would vanish without a word.
 """
 
 from __future__ import annotations
@@ -13,12 +15,26 @@ import yaml
 
 from bspgate.errors import MappingLoadError
 
+_MERGE = "tag:yaml.org,2002:merge"  # `<<: *base`: merged keys may be overridden, by design
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, path: tuple[Any, ...], line: int, first: int) -> None:
+        super().__init__(path)
+        self.path, self.line, self.first = path, line, first
+
 
 def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            out[(*path, key_node.value)] = key_node.start_mark.line + 1
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE:
+                if key_node.value in seen:
+                    raise _DuplicateKey((*path, key_node.value), line, seen[key_node.value])
+                seen[key_node.value] = line
+            out[(*path, key_node.value)] = line
             _line_index(value_node, (*path, key_node.value), out)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
@@ -62,7 +78,16 @@ class YamlFile:
             raise MappingLoadError(display, line, "", f"invalid YAML: {what}{column}") from exc
         self.lines: dict[tuple[Any, ...], int] = {}
         if node is not None:
-            _line_index(node, (), self.lines)
+            try:
+                _line_index(node, (), self.lines)
+            except _DuplicateKey as exc:
+                raise MappingLoadError(
+                    display,
+                    exc.line,
+                    dotted(exc.path),
+                    f"duplicate key {exc.path[-1]!r} (first at line {exc.first}): YAML would "
+                    "keep only this one",
+                ) from None
 
     def error(self, path: tuple[Any, ...] | str, message: str) -> MappingLoadError:
         """A load error at `path` (a tuple, or dotted text), with the nearest known line."""

@@ -28,7 +28,7 @@ from bspgate.mapping.expression import truthy
 from bspgate.outbound.addressing import Address
 from bspgate.outbound.oauth import TokenRequest
 from bspgate.outbound.signing import sign_request
-from bspgate.outbound.spec import OutboundSpec, TypeForm
+from bspgate.outbound.spec import OutboundSpec, TypeForm, auth_secret_names
 
 MASK = "****"
 
@@ -81,8 +81,10 @@ def _mask_credential(value: str) -> str:
     if value.startswith("HMAC-SHA256 "):
         head, _, _signature = value.partition("&Signature=")
         return f"{head}&Signature={MASK}"
-    scheme, space, _rest = value.partition(" ")
-    return f"{scheme} {MASK}" if space and scheme in {"Bearer", "Basic", "App"} else MASK
+    scheme, space, rest = value.partition(" ")
+    if space and scheme in {"Bearer", "Basic", "App"}:
+        return f"{scheme} {MASK if rest.strip() else '(empty)'}"
+    return MASK if value.strip() else "(empty)"  # a mask must not hide a missing credential
 
 
 def _template_values(parameters: list[Any] | dict[str, str] | None) -> list[dict[str, Any]]:
@@ -231,6 +233,12 @@ def render_request(
         value for name in channel.secrets if len(value := channel.secret(name)) >= 4
     )
     missing = tuple(name for name in spec.secrets if not channel.secret(name))
+    # the credentials themselves too: a send never goes out with an empty token or key
+    missing += tuple(
+        names[-1]
+        for _where, names in auth_secret_names(spec.auth)
+        if not any(channel.secret(name) for name in names) and names[-1] not in missing
+    )
     return ProviderRequest(
         method=spec.method,
         url=url,

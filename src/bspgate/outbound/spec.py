@@ -211,6 +211,39 @@ def _extended(root: Path, file: YamlFile, provider: str, seen: tuple[str, ...]) 
     return merged
 
 
+def auth_secret_names(auth: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], list[str]]]:
+    """(path inside `auth`, secret names) of each credential the scheme uses: one name each,
+    except `basic`'s `username` and `password`, where the first name set is used."""
+    out: list[tuple[tuple[Any, ...], list[str]]] = []
+    for key in ("secret", "client_id", "client_secret"):
+        if isinstance(auth.get(key), str):
+            out.append(((key,), [auth[key]]))
+    for key in ("username", "password"):
+        if isinstance(auth.get(key), list):
+            out.append(((key,), [str(name) for name in auth[key]]))
+    return out
+
+
+def _auth_secret_errors(
+    auth: Mapping[str, Any], declared: list[str]
+) -> list[tuple[tuple[Any, ...], str]]:
+    """Each credential must be a declared secret: a send without a declared secret is refused
+    (channel_not_configured), so a typo here would otherwise send an empty credential."""
+    known = ", ".join(declared) or "none"
+    errors = []
+    for where, names in auth_secret_names(auth):
+        if len(names) == 1 and names[0] not in declared:
+            errors.append((where, f"{names[0]!r} is not a declared secret (secrets: {known})"))
+        elif len(names) > 1 and not set(names) & set(declared):
+            # the first one set is used: the others may be optional, but one must be required
+            message = (
+                f"names no declared secret (secrets: {known}): the first one set is used, so "
+                "one of them must be declared"
+            )
+            errors.append((where, message))
+    return errors
+
+
 def load_outbound(root: Path, provider: str) -> OutboundSpec:
     """Load and compile `root/<provider>/outbound.yaml`."""
     path = root / provider / OUTBOUND_FILE
@@ -235,6 +268,8 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
         raise file.error(tuple(error.absolute_path), error.message)
     if data["provider"] != provider:
         raise file.error(("provider",), f"{data['provider']!r} must equal the folder name")
+    for where, message in _auth_secret_errors(data.get("auth") or {}, data.get("secrets") or []):
+        raise file.error(("auth", *where), message)
     request = data["request"]
     base_body = request.get("body", {})
     retry = data.get("retry") or {"safe": False}
