@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -85,8 +86,19 @@ def test_actions_without_the_token_change_nothing(gateway: RunningGateway) -> No
 def test_retry_now_is_stored_for_the_delivery_worker(gateway: RunningGateway) -> None:
     client = signed_in(gateway)
     token = csrf_of(client.get("/console/deliveries").text)
+    assert (
+        gateway.post("cloud-us", cloud_message("wamid.r1", phone="15551230098")).status_code == 200
+    )
+
+    def queued() -> bool:  # no dispatcher here: the delivery waits, due since it was made
+        rows = gateway.client.get("/v1/deliveries", params={"state": "pending"}).json()["data"]
+        return bool(rows)
+
+    wait_until(queued, "the delivery to be queued")
     answer = client.post("/console/deliveries/retry-now", data={"csrf": token})
     assert answer.status_code == 303
+    notice = unquote(answer.headers["location"])
+    assert "0 pending deliver(ies) made due now; 1 were due already" in notice  # was "0 … due now"
     store = gateway._server.server.config.app.state.gateway.store
     asked = store.read_sync(lambda tx: tx.retry_requested("crm"))
     assert asked is not None  # a lane in another process reads it and probes at once

@@ -133,16 +133,19 @@ async def retry_now(request: Request, form: FormData) -> Response:
     now, stamp = moment.timestamp(), moment.isoformat()
     ids = [subscriber] if subscriber else [s.id for s in gateway.settings.subscribers]
 
-    def work(tx: Any) -> int:
-        count = queries.retry_pending_now(tx, now, stamp, subscriber)
+    def work(tx: Any) -> tuple[int, int]:
+        counts: tuple[int, int] = queries.retry_pending_now(tx, now, stamp, subscriber)
         for subscriber_id in ids:  # a failing lane, in the delivery worker, probes at once
             tx.request_retry(subscriber_id, now, stamp)
-        return count
+        return counts
 
-    count = await gateway.store.transaction(work)
+    moved, overdue = await gateway.store.transaction(work)
     _wake(request)
-    await audit(request, "retry_now", subscriber or "all", deliveries=count)
-    return _back(f"{count} pending deliver(ies) due now")
+    await audit(request, "retry_now", subscriber or "all", deliveries=moved)
+    return _back(
+        f"{moved} pending deliver(ies) made due now; {overdue} were due already "
+        "(the subscriber is asked again at once)"
+    )
 
 
 @action

@@ -269,12 +269,19 @@ def dead_letters(
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
-def retry_pending_now(tx: Any, now: float, stamp: str, subscriber_id: str | None) -> int:
-    """Pending deliveries waiting for a later retry become due now."""
+def retry_pending_now(
+    tx: Any, now: float, stamp: str, subscriber_id: str | None
+) -> tuple[int, int]:
+    """Pending deliveries waiting for a later retry become due now: how many moved, and how
+    many were due already (overdue rows wait for their lane, not for a retry time)."""
     scope, params = ("AND subscriber_id = ?", [subscriber_id]) if subscriber_id else ("", [])
+    due = tx.one(
+        f"SELECT count(*) FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ? {scope}",
+        [now, *params],
+    )
     cursor = tx.execute(
         "UPDATE deliveries SET next_attempt_at = ?, updated_at = ? "
         f"WHERE state = 'pending' AND next_attempt_at > ? {scope}",
         [now, stamp, now, *params],
     )
-    return int(cursor.rowcount)
+    return int(cursor.rowcount), int(due[0] if due else 0)
