@@ -229,3 +229,12 @@ def test_subscriber_urls_are_shown_without_credentials(tmp_path: Path) -> None:
             assert "user:pw@" not in html
         assert "http://user:****@127.0.0.1:9/hook?token=****&amp;tenant=acme" in deliveries
         client.close()
+
+
+def test_the_events_type_filter_offers_every_event_type(gateway: RunningGateway) -> None:
+    client = signed_in(gateway)
+    page = client.get("/console/events").text
+    offered = set(re.findall(r"<option(?: selected)?>([a-z_.]+)</option>", page))
+    for kind in ("whatsapp.contact.merged", "whatsapp.contact.erased", "bspgate.mapping.drift"):
+        assert kind in offered  # it offered three types, not these
+    client.close()

@@ -28,7 +28,7 @@ from bspgate.console.activity import Activity
 from bspgate.console.render import mask_event, payload_view, render
 from bspgate.console.session import action, audit, gateway_of, identify, page, revealed
 from bspgate.masking import mask_url
-from bspgate.operations import ReplayRequest, replay_deliveries
+from bspgate.operations import ReplayRequest, event_types, replay_deliveries
 from bspgate.times import comparable, parse_time
 
 PAGE_SIZE = 50
@@ -166,6 +166,7 @@ async def events(request: Request) -> Response:
     except ValueError as exc:
         context = {"section": "events", "items": [], "filters": filters, "error": str(exc)}
         context["channels"] = [c.id for c in gateway.settings.channels]
+        context["types"] = sorted(event_types())
         return render(request, "events.html", context, 400)
     if filters["contact"] and not filters["contact"].startswith("ct_"):
         # a BSUID, phone or username in the contact box: the contact it names now
@@ -205,6 +206,7 @@ async def events(request: Request) -> Response:
             "next_cursor": next_cursor,
             "query": query,
             "channels": [c.id for c in gateway.settings.channels],
+            "types": sorted(event_types()),  # every canonical type, and the bspgate.* ones
             # the tail starts after the newest matching row (none: after the newest stored)
             "newest": encode_cursor(max((r["seq"] for r in rows), default=newest)),
             "live": before is None and not ended,
