@@ -197,24 +197,25 @@ def test_a_name_the_rule_does_not_bind_is_refused(tmp_path: Path) -> None:
     assert "(bound: payload, channel, received_at, batch, msg, who)" in str(error)
 
 
-def test_when_runs_before_let_so_it_cannot_read_a_let_name(tmp_path: Path) -> None:
-    error = load_error(tmp_path, DEMO.replace('when: "!(msg.skip)"', 'when: "!(who.skip)"'))
-    assert error.path == "inbound.rules[0].when"
-    assert "'who' is not a name bound here" in str(error)
-
-
-def test_a_for_each_step_reads_only_the_steps_before_it(tmp_path: Path) -> None:
-    error = load_error(
-        tmp_path, DEMO.replace("- batch: payload.batches", "- batch: msg.batches", 1)
-    )
-    assert error.path == "inbound.rules[0].for_each[0].batch"
-    assert "'msg' is not a name bound here" in str(error)
-
-
-def test_a_quarantine_rule_reads_only_its_own_bindings(tmp_path: Path) -> None:
-    error = load_error(tmp_path, DEMO.replace("when: batch.group", "when: msg.group"))
-    assert error.path == "inbound.quarantine[0].when"
-    assert "(bound: payload, channel, received_at, batch)" in str(error)
+@pytest.mark.parametrize(
+    ("old", "new", "path", "said"),
+    [  # `when` runs before `let`; a for_each step sees only the steps before it; a quarantine
+        # rule sees only its own bindings
+        ('when: "!(msg.skip)"', 'when: "!(who.skip)"', "inbound.rules[0].when",
+         "'who' is not a name bound here"),
+        ("- batch: payload.batches", "- batch: msg.batches", "inbound.rules[0].for_each[0].batch",
+         "'msg' is not a name bound here"),
+        ("when: batch.group", "when: msg.group", "inbound.quarantine[0].when",
+         "(bound: payload, channel, received_at, batch)"),
+    ],
+    ids=["when-before-let", "for-each-order", "quarantine-own-bindings"],
+)  # fmt: skip
+def test_each_expression_reads_only_what_is_bound_where_it_runs(
+    tmp_path: Path, old: str, new: str, path: str, said: str
+) -> None:
+    error = load_error(tmp_path, DEMO.replace(old, new, 1))
+    assert error.path == path
+    assert said in str(error)
 
 
 def test_every_name_the_engine_binds_is_accepted(tmp_path: Path) -> None:

@@ -30,33 +30,22 @@ def _post(gateway: RunningGateway, body: bytes) -> None:
     assert gateway.post("cloud-us", body).status_code == 200
 
 
-def test_erasing_the_previous_holder_of_a_recycled_number_keeps_the_new_holders_data(
-    gateway: RunningGateway,
+@pytest.mark.parametrize("erased_holder", ["previous", "new"])
+def test_erasing_one_holder_of_a_recycled_number_keeps_the_other_holders_data(
+    gateway: RunningGateway, erased_holder: str
 ) -> None:
+    # the number marks each holder only for the time they held it
     _post(gateway, cloud_message("wamid.x", phone=PHONE, bsuid=B1, step=1))
     _post(gateway, cloud_message("wamid.y", phone=PHONE, bsuid=B3, step=5))
     old, _reassigned, new = gateway.events()
-    assert gateway.client.delete(f"/v1/contacts/{old['subject']}").status_code == 200
-    raw = gateway.client.get(f"/v1/raws/{new['data']['raw_id']}").json()
-    assert raw["state"] == "processed"  # not "erased": the number is someone else's now
-    holder = gateway.client.get(f"/v1/contacts/{new['subject']}").json()
-    assert (holder["bsuid"], holder["phone"]) == (B3, "+" + PHONE)
-    erased = gateway.client.get(f"/v1/raws/{old['data']['raw_id']}").json()
-    assert erased["state"] == "erased"
-
-
-def test_erasing_the_new_holder_of_a_recycled_number_keeps_the_previous_holders_data(
-    gateway: RunningGateway,
-) -> None:
-    _post(gateway, cloud_message("wamid.x", phone=PHONE, bsuid=B1, step=1))
-    _post(gateway, cloud_message("wamid.y", phone=PHONE, bsuid=B3, step=5))
-    old, _reassigned, new = gateway.events()
-    assert gateway.client.delete(f"/v1/contacts/{new['subject']}").status_code == 200
-    kept = gateway.client.get(f"/v1/raws/{old['data']['raw_id']}").json()
-    assert kept["state"] == "processed"  # the number marked the stranger only from step 5
-    previous = gateway.client.get(f"/v1/contacts/{old['subject']}").json()
-    assert previous["bsuid"] == B1
-    erased = gateway.client.get(f"/v1/raws/{new['data']['raw_id']}").json()
+    gone, kept = (old, new) if erased_holder == "previous" else (new, old)
+    assert gateway.client.delete(f"/v1/contacts/{gone['subject']}").status_code == 200
+    raw = gateway.client.get(f"/v1/raws/{kept['data']['raw_id']}").json()
+    assert raw["state"] == "processed"  # not "erased": that payload is the other person's
+    holder = gateway.client.get(f"/v1/contacts/{kept['subject']}").json()
+    assert holder["bsuid"] == (B3 if kept is new else B1)
+    assert holder["phone"] == ("+" + PHONE if kept is new else None)
+    erased = gateway.client.get(f"/v1/raws/{gone['data']['raw_id']}").json()
     assert erased["state"] == "erased"
 
 
