@@ -218,3 +218,24 @@ async def test_a_batch_has_the_same_webhook_id_in_any_claim_order(tmp_path: Path
         first, second = h.receiver.requests
         assert first.headers["webhook-id"] == second.headers["webhook-id"]
         assert first.headers["webhook-id"].startswith("bat_")
+
+
+@pytest.mark.anyio
+@pytest.mark.store
+async def test_a_failed_batch_is_retried_whole_under_its_webhook_id(tmp_path: Path) -> None:
+    # its rows share one jitter: they come due together and go out as the same batch again
+    async with harness(tmp_path, subscriber("crm", CRM, batch={"max": 5, "wait": "10ms"})) as h:
+        h.receiver.script[CRM] = [500, 200]
+        for n in range(5):
+            await h.ingest(text_webhook(f"wamid.{n}", bsuid=f"US.{n:020d}", phone=None))
+        assert await h.dispatcher.run_once() == 5
+        due = {r["next_attempt_at"] for r in await h.deliveries()}
+        assert len(due) == 1  # each row's own jitter gave five retry times
+        h.clock.advance(due.pop() - h.clock.now.timestamp() + 0.01)
+        assert await h.dispatcher.run_once() == 5
+        first, second = h.receiver.requests
+        assert first.headers["webhook-id"] == second.headers["webhook-id"]
+        assert sorted(e["id"] for e in orjson.loads(first.content)) == sorted(
+            e["id"] for e in orjson.loads(second.content)
+        )
+        assert {r["state"] for r in await h.deliveries()} == {"delivered"}

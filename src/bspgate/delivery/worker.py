@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import secrets
 import socket
 import time
@@ -78,6 +79,7 @@ class AttemptResult:
     retry_after: float | None
     probe: bool = False  # claimed before it was due, to see whether a failing subscriber is back
     sent: bool = True  # False: released unsent (claimed ahead, then paused or stopping)
+    batch_id: str | None = None  # the `webhook-id` of the batch it went in (None: alone)
 
 
 @dataclass(slots=True)
@@ -113,8 +115,10 @@ class _Claim:
             return str(state.get("reason")), []
         if self.expire:
             tx.expire_held(lane.id, now - lane.subscriber.hold_for, self.stamp)
-        # open: one row at a time (a due one, else an early probe); closed: the free slots
-        args = (now, lane.lease, 1 if lane.is_open else self.free, self.ordered)
+        # open: one request at a time (a due row, else an early probe; with `batch`, one batch:
+        # a failed batch is retried whole, under its webhook-id); closed: the free slots
+        one = max(lane.subscriber.batch_max, 1)
+        args = (now, lane.lease, one if lane.is_open else self.free, self.ordered)
         who = {"subscriber_id": lane.id, "owner": self.owner, "token": self.token}
         jobs = tx.claim_due(*args, **who)
         if not jobs and self.probe_ok:
@@ -535,9 +539,11 @@ class Dispatcher:
         digest = hashlib.sha256(" ".join(events).encode()).hexdigest()
         status, latency, error, retry_after = await self._post(
             lane.subscriber, f"bat_{digest[:26]}", body, BATCH_CONTENT_TYPE, traceparent_of(body)
-        )
+        )  # a retry of the same set carries the same id
+        batch_id = f"bat_{digest[:26]}"
         return [
-            AttemptResult(job, status, latency, error, retry_after, probe) for job, probe in group
+            AttemptResult(job, status, latency, error, retry_after, probe, batch_id=batch_id)
+            for job, probe in group
         ]
 
     async def _attempt(self, job: DeliveryJob, probe: bool = False) -> AttemptResult:
@@ -748,8 +754,15 @@ class Dispatcher:
         job = result.job
         subscriber = self.subscribers[job.subscriber_id]
         attempts = job.attempts + 1
+        # a batch's rows share one jitter, so they come due together and are retried as the same
+        # batch, under the same `webhook-id` (each row's own jitter scattered them)
+        rng = random.Random(f"{result.batch_id}:{attempts}") if result.batch_id else None  # noqa: S311
         verdict = decide(
-            result.status, attempts, subscriber.retry_schedule, retry_after=result.retry_after
+            result.status,
+            attempts,
+            subscriber.retry_schedule,
+            retry_after=result.retry_after,
+            rng=rng,
         )
         if result.probe and verdict.state != "delivered":
             # a failed early probe spends nothing: the row keeps its attempts and its due time,
