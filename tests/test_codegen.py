@@ -57,6 +57,31 @@ def test_generated_code_matches_the_closures(provider: str, path: Path) -> None:
     assert _outcome(spec, payload) == _outcome(_closures_only(spec), payload)
 
 
+def _extend_json(inner: Any) -> Any:
+    return st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(
+            [
+                "entry",
+                "changes",
+                "value",
+                "messages",
+                "field",
+                "from",
+                "text",
+                "type",
+                "id",
+                "timestamp",
+                "body",
+                "contacts",
+                "statuses",
+                "status",
+            ]
+        ),
+        inner,
+        max_size=5,
+    )
+
+
 _json = st.recursive(
     st.none()
     | st.booleans()
@@ -65,31 +90,7 @@ _json = st.recursive(
     | st.sampled_from(
         ["messages", "text", "15551234567", "US.1001", "whatsapp:US.1", "system", ""]
     ),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(
-                [
-                    "entry",
-                    "changes",
-                    "value",
-                    "messages",
-                    "field",
-                    "from",
-                    "text",
-                    "type",
-                    "id",
-                    "timestamp",
-                    "body",
-                    "contacts",
-                    "statuses",
-                    "status",
-                ]
-            ),
-            inner,
-            max_size=5,
-        )
-    ),
+    _extend_json,
     max_leaves=25,
 )
 

@@ -174,16 +174,19 @@ def _result(spec: MappingSpec, payload: Any) -> Any:
 
 _KEYS = ["entry", "changes", "value", "messages", "field", "type", "id", "location", "image"]
 _KEYS += ["timestamp", "from", "statuses", "results", "message", "payload"]
+
+
+def _extend_json(inner: Any) -> Any:
+    return st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(_KEYS),
+        inner,
+        max_size=5,
+    )
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.sampled_from(["", "a", "text", "image"]),
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(
-            st.sampled_from(_KEYS),
-            inner,
-            max_size=5,
-        )
-    ),
+    _extend_json,
     max_leaves=25,
 )
 

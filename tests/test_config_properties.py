@@ -60,9 +60,15 @@ _keys = st.sampled_from(
         "app_secret",
     ]
 )
+
+
+def _extend_documents(inner: Any) -> Any:
+    return st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=5)
+
+
 _documents = st.recursive(
     _scalar,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=5),
+    _extend_documents,
     max_leaves=30,
 )
 

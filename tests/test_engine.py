@@ -607,15 +607,19 @@ def test_cloudapi_text_fixture_maps_to_one_draft() -> None:
 
 
 # -- never raises --------------------------------------------------------------------------------
+def _extend_json(children: Any) -> Any:
+    return st.lists(children, max_size=4) | st.dictionaries(
+        st.text(max_size=12), children, max_size=5
+    )
+
+
 JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
+    _extend_json,
     max_leaves=25,
 )
 KEYS = st.sampled_from(
@@ -648,6 +652,12 @@ KEYS = st.sampled_from(
         "recipient_user_id",
     ]
 )
+
+
+def _extend_shaped(children: Any) -> Any:
+    return st.lists(children, max_size=3) | st.dictionaries(KEYS, children, max_size=6)
+
+
 SHAPED = st.recursive(
     st.none()
     | st.booleans()
@@ -668,7 +678,7 @@ SHAPED = st.recursive(
             "x",
         ]
     ),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(KEYS, children, max_size=6),
+    _extend_shaped,
     max_leaves=40,
 )
 CLOUDAPI = load_mapping(MAPPINGS, "cloudapi")

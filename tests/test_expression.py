@@ -165,16 +165,19 @@ def test_comparing_a_string_with_a_number_is_null() -> None:
     assert compile_expression("n >= 'a'")({"n": 1}) is None
 
 
+def _extend_json(children: Any) -> Any:
+    return st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["a", "b", "c", "list", "x"]), children, max_size=4
+    )
+
+
 JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-5, 5)
     | st.floats(-5, 5, allow_nan=False)
     | st.sampled_from(["", "x", "abc", "b"]),
-    lambda children: (
-        st.lists(children, max_size=3)
-        | st.dictionaries(st.sampled_from(["a", "b", "c", "list", "x"]), children, max_size=4)
-    ),
+    _extend_json,
     max_leaves=8,
 )
 PROPERTY_EXPRESSIONS = [
