@@ -70,6 +70,29 @@ def cloud_user_changed_user_id(
     return _cloud({"messages": [message]})
 
 
+def cloud_user_changed_user_id_as_documented(
+    msg_id: str, previous: str, new: str, old_phone: str, new_phone: str | None, step: int = 0
+) -> bytes:
+    """The shape of Meta's BSUID page: `from` the old phone, the new BSUID in `system.user_id`,
+    the new phone in `system.wa_id` (absent when it cannot be shared), and the old BSUID only in
+    the body ("User <NAME> changed from <OLD> to <NEW>")."""
+    system: dict[str, Any] = {
+        "body": f"User Sheena Nelson changed from {previous} to {new}",
+        "type": "user_changed_user_id",
+        "user_id": new,
+    }
+    if new_phone:
+        system["wa_id"] = new_phone
+    message = {
+        "from": old_phone,
+        "id": msg_id,
+        "timestamp": str(TS + step),
+        "type": "system",
+        "system": system,
+    }
+    return _cloud({"messages": [message]})
+
+
 def cloud_user_changed_number(
     msg_id: str, previous: str, new: str, old_phone: str, new_phone: str, step: int = 0
 ) -> bytes:

@@ -15,7 +15,11 @@ from bspgate.delivery.worker import Dispatcher
 from bspgate.metrics import Metrics
 from tests.asgi_client import TestClient
 from tests.conftest import API_KEY, SUBSCRIBER_SECRET, make_settings, meta_signature
-from tests.identity.payloads import cloud_message, cloud_user_changed_user_id
+from tests.identity.payloads import (
+    cloud_message,
+    cloud_user_changed_user_id,
+    cloud_user_changed_user_id_as_documented,
+)
 
 pytestmark = pytest.mark.store  # runs on SQLite and PostgreSQL
 
@@ -173,6 +177,24 @@ def test_old_bsuid_finds_the_relinked_contact(client: TestClient) -> None:
     _post(client, cloud_user_changed_user_id("wamid.2", B1, B2, step=1))
     found = client.get("/v1/contacts", params={"bsuid": B1}, headers=AUTH).json()["data"]
     assert [c["bsuid"] for c in found] == [B2]
+
+
+@pytest.mark.parametrize("new_phone", ["15557654321", None], ids=["new-phone", "phone-hidden"])
+def test_a_bsuid_change_naming_the_old_bsuid_only_in_its_body_relinks(
+    client: TestClient, new_phone: str | None
+) -> None:
+    _post(client, cloud_message("wamid.1", phone=PHONE, bsuid=B1))
+    before = client.get("/v1/contacts", params={"bsuid": B1}, headers=AUTH).json()["data"][0]
+    _post(client, cloud_user_changed_user_id_as_documented("wamid.2", B1, B2, PHONE, new_phone, 1))
+    after = client.get("/v1/contacts", params={"bsuid": B2}, headers=AUTH).json()["data"]
+    assert [c["id"] for c in after] == [before["id"]]  # the same contact, relinked (rule 5)
+    assert after[0]["phone"] == (f"+{new_phone}" if new_phone else None)
+    old_alias = [p for p in after[0]["phones"] if p["phone"] == f"+{PHONE}"]
+    assert [p["state"] for p in old_alias] == ["retired"]  # never sent to again
+    changed = client.get(
+        "/v1/events", params={"type": "whatsapp.contact.identity_changed"}, headers=AUTH
+    ).json()["data"]
+    assert changed[0]["data"]["previous"] == {"bsuid": B1, "phone": f"+{PHONE}"}
 
 
 def test_metrics_show_queue_depth_and_oldest_undelivered_age(client: TestClient) -> None:
