@@ -52,6 +52,11 @@ def test_a_send_answer_moving_a_phone_tells_the_contact_that_lost_it(tmp_path: P
         assert changed["data"]["change"] == "phone_reassigned"
         assert changed["data"]["previous"] == {"bsuid": B1, "phone": P1}
         assert changed["data"]["raw_id"] is None  # learned from the answer, not a payload
+        # the message reached the number's new holder: the send is theirs, not the customer's
+        holder = gw.transaction(lambda tx: tx.contact_by_bsuid("acme", B3))
+        assert sent.json()["contact_id"] == holder.id != old
+        shown = gw.client.get(f"/v1/messages/{sent.json()['id']}", headers=AUTH).json()
+        assert shown["contact_id"] == holder.id
 
 
 def test_a_send_answer_joining_two_contacts_announces_the_merge(tmp_path: Path) -> None:

@@ -717,3 +717,45 @@ def test_rule9_the_gateways_own_stamp_and_a_providers_time_of_one_second_compare
     stamped = resolver(tx, now="2026-04-02T10:05:00.500000Z")
     answer = stamped.observe(Observation(bsuid=B1, phone=P1))  # no time: evidence is `now`
     assert tx.contact_by_phone("acme", P1).id == answer.id  # as new as the other: it arrived last
+
+
+# -- late announcements and late payloads (arrival order must not matter, rule 9) -------------
+@pytest.mark.parametrize("status_first", [False, True])
+def test_rule9_a_number_change_arriving_after_a_newer_status_still_gives_its_phone(
+    tx: Any, status_first: bool
+) -> None:
+    # Meta's statuses always name the BSUID; one of the new BSUID (no phone, later) arrived
+    # before the announcement that names the new phone
+    resolver(tx).observe(Observation(bsuid=B1, phone=P1), at(1))
+    change = lambda: resolver(tx).relink(Observation(bsuid=B2, phone=P2), B1, P1, at(14))  # noqa: E731
+    status = lambda: resolver(tx).observe(Observation(bsuid=B2), at(20))  # noqa: E731
+    for step in (status, change) if status_first else (change, status):
+        step()
+    contact = tx.contact_by_bsuid("acme", B2)
+    assert (contact.bsuid, contact.phone) == (B2, P2)  # it was a retired past phone
+    assert tx.contact_by_phone("acme", P2).id == contact.id
+
+
+def test_rule9_a_late_bsuid_change_names_the_phone_before_it_not_the_current_one(
+    tx: Any,
+) -> None:
+    resolver(tx).observe(Observation(bsuid=B1, phone=P1), at(1))
+    resolver(tx).observe(Observation(bsuid=B2, phone=P2), at(6))  # the new BSUID, first
+    contact, _old_bsuid, old_phone = resolver(tx).relink(Observation(bsuid=B2), B1, None, at(4))
+    assert (contact.phone, old_phone) == (P2, P1)  # it said P2 was the phone before the change
+
+
+def test_rule9_a_late_payload_of_a_retired_bsuid_still_tells_its_profile(tx: Any) -> None:
+    resolver(tx).observe(Observation(bsuid=B1), at(0))
+    resolver(tx).relink(Observation(bsuid=B2), B1, None, at(5))
+    late = resolver(tx).observe(Observation(bsuid=B1, username="@ann", name="Ann Lee"), at(1))
+    assert (late.bsuid, late.username, late.name) == (B2, "@ann", "Ann Lee")
+
+
+def test_a_parent_bsuid_another_contact_holds_stays_that_contacts(tx: Any) -> None:
+    parent = "US.ENT.11815799212886844830"
+    addressed = resolver(tx).observe(Observation(bsuid=parent), at(1))  # a send to the parent
+    person = resolver(tx).observe(Observation(bsuid=B1, parent_bsuid=parent), at(2))
+    assert person.id != addressed.id
+    assert person.parent_bsuid == parent
+    assert tx.contact_by_bsuid("acme", parent).id == addressed.id  # its row was moved to B1's

@@ -138,8 +138,9 @@ class IdentityResolver:
                 self._take_phone(contact, seen.phone, at, "first seen, phone only")
         else:
             raise UnresolvableContact("the payload carries neither a BSUID nor a phone")
-        if seen.bsuid is None or contact.bsuid == seen.bsuid:
-            self._profile(contact, seen, at)
+        # a late payload of a retired BSUID still tells the username and name of its time (the
+        # evidence times decide); its parent BSUID is that of the retired one: history only
+        self._profile(contact, seen, at, current=seen.bsuid is None or contact.bsuid == seen.bsuid)
         if known is not None:
             # seen again: last-seen times move (a contact made just now has them already)
             self.tx.touch_identifiers(contact, self.now)
@@ -254,10 +255,19 @@ class IdentityResolver:
         if self.holds:
             self.tx.release_held(contact.id, phone, self.now_epoch, self.now)
 
-    def _profile(self, contact: ContactRow, seen: Observation, at: str) -> None:
+    def _profile(
+        self, contact: ContactRow, seen: Observation, at: str, *, current: bool = True
+    ) -> None:
         if seen.parent_bsuid and seen.parent_bsuid != contact.parent_bsuid:
-            contact.parent_bsuid = seen.parent_bsuid
-            self.tx.link_bsuid(contact, seen.parent_bsuid, self.now, self.channel_id, current=False)
+            holder = self.tx.contact_by_bsuid(self.portfolio, seen.parent_bsuid)
+            if holder is None or holder.id == contact.id:
+                self.tx.link_bsuid(
+                    contact, seen.parent_bsuid, self.now, self.channel_id, current=False
+                )
+            # else another contact holds it (a send addressed to the parent BSUID made it): its
+            # row stays its own; an operator merges the two if they are one person (rule 11)
+            if current:
+                contact.parent_bsuid = seen.parent_bsuid
         for attribute in ("username", "name"):
             value = getattr(seen, attribute)
             if not value:
@@ -377,6 +387,9 @@ class IdentityResolver:
         if old is None and previous_phone:
             old = self.tx.phone_owner_at(self.portfolio, previous_phone, at)
         newer = self.tx.contact_by_bsuid(self.portfolio, new.bsuid) if new.bsuid else None
+        # the phone before the change: the old contact's, read before a merge gives it the
+        # newer contact's (a pair of the new BSUID that arrived before the announcement)
+        before = old.phone if old is not None else None
         if old is not None and newer is not None and old.id != newer.id:
             # the new BSUID wrote before the announcement arrived: one person, one contact
             contact = self.merge(old, newer, "identity_rule", at=at)
@@ -402,7 +415,7 @@ class IdentityResolver:
                     contact, previous_phone, self.now, self.channel_id, "", at
                 )
         old_bsuid = contact.bsuid or previous_bsuid
-        old_phone = previous_phone or contact.phone  # the announced one first, as events say
+        old_phone = previous_phone or before  # the announced one first, as events say
         fresh = contact.bsuid is None or _newer(at, contact.bsuid_at)
         if new.bsuid and new.bsuid != contact.bsuid:
             if fresh:
@@ -433,7 +446,11 @@ class IdentityResolver:
                 contact.id, contact.phone, self.now, "retired", "identity changed", at
             )
             contact.phone = contact.phone_at = None
-        if new.phone and fresh:
+        # the announced phone is current unless the contact moved on since: to a later BSUID, or
+        # to a phone of newer evidence. A newer sighting of the announced BSUID itself (a status
+        # that arrived first, which names no phone) does not make the phone history.
+        current = fresh or (new.bsuid is not None and contact.bsuid == new.bsuid)
+        if new.phone and current and (contact.phone is None or _newer(at, contact.phone_at)):
             contact = self._pair(contact, new.phone, at, "named by the identity change")
         elif new.phone:
             contact = self._pair_retired(contact, new.bsuid or "", new.phone, at)  # rule 9: past

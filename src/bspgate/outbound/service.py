@@ -425,7 +425,10 @@ class SendService:
             # identity rule 10: the answer pairs the recipient's phone and BSUID (Cloud API)
             paired = IdentityResolver(tx, channel.portfolio, channel.id, stamp)
             found = paired.observe(Observation(bsuid=bsuid, phone=phone), stamp)
-            contact_id = contact_id or found.id
+            if address.value in (bsuid, phone) or contact_id is None:
+                # the answer names who holds the address now (a recycled number: the new
+                # holder, not the customer the plan resolved): the send is theirs (rule 6)
+                contact_id = found.id
             # a phone that moved here from another contact, or two contacts now one, are told
             # downstream as from a payload (rules 6 and 8)
             notices = paired.take_notices()
