@@ -89,14 +89,82 @@ class Prepared:
 
 
 def map_raw(rules: Rules, raw: RawRecord, parsed: Any = None) -> Prepared:
-    """Parse (unless `parsed` is given) and map one stored raw payload; never raises."""
+    """Parse (unless `parsed` is given) and map one stored raw payload; never raises.
+
+    A mapping with `route` maps the payload as the channel it names (`route_channel`): the raw
+    payload stays listed under the channel whose URL received it, its events name the other."""
     channel = rules.settings.channel(raw.channel_id)
     if channel is None or channel.provider not in rules.mappings:
         issue = "its channel is no longer configured"
         return Prepared(raw, None, MappingResult(issues=[issue]))
-    return Prepared(
-        raw, channel, map_payload(rules.mappings[channel.provider], channel, raw, parsed)
+    spec = rules.mappings[channel.provider]
+    if spec.route is not None:
+        try:
+            parsed = parsed if parsed is not None else parse_payload(raw.body, spec.parse)
+        except PayloadError as exc:
+            return Prepared(raw, channel, MappingResult(issues=[f"unparseable: {exc}"]))
+        routed, why = route_channel(rules.settings, spec, channel, parsed, raw.received_at)
+        if why is not None:
+            return Prepared(raw, channel, MappingResult(issues=[why]))
+        channel = routed
+    return Prepared(raw, channel, map_payload(spec, channel, raw, parsed))
+
+
+def route_channel(
+    settings: Settings, spec: MappingSpec, channel: Channel, payload: Any, received_at: str
+) -> tuple[Channel, str | None]:
+    """The channel a payload is for, by the mapping's `route`, or why it is for none.
+
+    A Meta app posts the webhooks of all its numbers to one URL, each naming its number
+    (`metadata.phone_number_id`): the payload goes to the configured channel of the same provider
+    whose `settings.<setting>` it names, if that channel checks webhooks with the same secrets
+    (the signature was checked with this channel's). A payload naming numbers no channel has, or
+    several, is quarantined, never put on a channel (and portfolio) it is not for. With nothing
+    configured (no channel has the setting) it stays with the channel whose URL received it.
+    """
+    assert spec.route is not None
+    read, setting = spec.route
+    try:
+        found = read(
+            {"payload": payload, "channel": channel.as_scope(), "received_at": received_at}
+        )
+    except Exception:  # an odd payload names nothing here; the rules will say what it is
+        found = None
+    named = sorted({str(v) for v in _flatten(found) if isinstance(v, str | int) and str(v)})
+    mine = str(channel.settings.get(setting) or "")
+    if not named or named == [mine]:
+        return channel, None
+    owners = {
+        value: [
+            c
+            for c in settings.channels
+            if c.provider == channel.provider and str(c.settings.get(setting) or "") == value
+        ]
+        for value in named
+    }
+    if not mine and not any(owners.values()):
+        return channel, None  # no channel names its number: as before routing existed
+    if len(named) == 1 and len(owners[named[0]]) == 1:
+        owner = owners[named[0]][0]
+        secrets = [str(e["secret"]) for e in spec.verify if isinstance(e.get("secret"), str)]
+        if all(owner.secret(name) == channel.secret(name) for name in secrets):
+            return owner, None
+        return channel, (
+            f"the payload is for channel {owner.id} ({setting} {named[0]}), whose webhook "
+            f"secrets differ from this channel's: it cannot have been signed for it"
+        )
+    return channel, (
+        f"the payload names {setting} {', '.join(named)}, not this channel's "
+        f"({mine or 'none set'}), and no one configured channel has "
+        f"{'it' if len(named) == 1 else 'them all'}: configure a channel with "
+        f"settings.{setting} for each number (one webhook URL may serve them all)"
     )
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [item for part in value for item in _flatten(part)]
+    return [] if value is None else [value]
 
 
 def map_payload(spec: MappingSpec, channel: Channel, raw: RawRecord, parsed: Any) -> MappingResult:

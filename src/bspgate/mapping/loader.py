@@ -293,6 +293,8 @@ class MappingSpec:
     rules: tuple[RuleSpec, ...]
     quarantine: tuple[QuarantineSpec, ...]
     source: dict[str, Any] = field(repr=False)
+    # `route`: what names the channel a payload is for, and the channel setting it must equal
+    route: tuple[Getter, str] | None = field(default=None, repr=False)
     # drift watch: binding -> every first-level field a rule reads or the mapping declares known
     drift: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     plan: IterationPlan = field(init=False, repr=False, compare=False)
@@ -524,6 +526,12 @@ def load_mapping(root: Roots, name: str) -> MappingSpec:
         compiler.quarantine(raw, ("inbound", "quarantine", index))
         for index, raw in enumerate(inbound.get("quarantine") or [])
     )
+    route = None
+    if inbound.get("route"):
+        read = compiler.expression(
+            inbound["route"]["read"], ("inbound", "route", "read"), _ROOT_NAMES
+        )
+        route = (read, str(inbound["route"]["setting"]))
     drift = {
         binding: frozenset(known) | {f for b, f in compiler.reads if b == binding}
         for binding, known in (inbound.get("drift") or {}).items()
@@ -539,6 +547,7 @@ def load_mapping(root: Roots, name: str) -> MappingSpec:
         rules=tuple(rules),
         quarantine=quarantine,
         source=data,
+        route=route,
     )
 
 

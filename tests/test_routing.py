@@ -1,0 +1,115 @@
+"""One webhook URL for several channels: a Meta app posts every number's webhooks to its one
+callback URL, each naming its number in `metadata.phone_number_id` (the mapping's `route`).
+
+The payload's events go to the channel whose `settings.phone_number_id` it names (and to that
+channel's portfolio); a number no channel has is quarantined, never put on another portfolio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+
+from bspgate.app import create_app
+from bspgate.config import Settings
+from bspgate.simulate import signed_request
+from tests.asgi_client import TestClient
+from tests.conftest import API_KEY, APP_SECRET, make_settings
+from tests.payloads import text_webhook
+
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+US, EU = "106540352242922", "999000999000999"
+
+
+def _channel(channel_id: str, portfolio: str, number_id: str, secret: str = APP_SECRET) -> Any:
+    return {
+        "id": channel_id,
+        "provider": "cloudapi",
+        "portfolio": portfolio,
+        "business_phone": "+15550001111",
+        "secrets": {"app_secret": secret, "verify_token": "vt"},
+        "settings": {"phone_number_id": number_id},
+    }
+
+
+def _gateway(tmp_path: Path, *channels: Any) -> Iterator[tuple[TestClient, Settings]]:
+    settings = make_settings(tmp_path, channels=list(channels))
+    with TestClient(create_app(settings)) as client:
+        yield client, settings
+
+
+def _post(client: TestClient, settings: Settings, number_id: str) -> dict[str, Any]:
+    payload = text_webhook("wamid.R1", phone="15551234567")
+    payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = number_id
+    channel = settings.channel("cloud-us")
+    assert channel is not None
+    url, headers, body = signed_request(settings, channel, orjson.dumps(payload))
+    answer = client.post(urlsplit(url).path, content=body, headers=headers)
+    assert answer.status_code == 200
+    raw: dict[str, Any] = client.get(
+        f"/v1/raws/{answer.headers['bspgate-raw-id']}", headers=AUTH
+    ).json()
+    return raw
+
+
+def _events(client: TestClient) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = client.get("/v1/events", headers=AUTH).json()["data"]
+    return data
+
+
+@pytest.fixture
+def two_numbers(tmp_path: Path) -> Iterator[tuple[TestClient, Settings]]:
+    yield from _gateway(
+        tmp_path, _channel("cloud-us", "acme", US), _channel("cloud-eu", "globex", EU)
+    )
+
+
+def test_a_payload_goes_to_the_channel_of_the_number_it_names(
+    two_numbers: tuple[TestClient, Settings],
+) -> None:
+    client, settings = two_numbers
+    raw = _post(client, settings, EU)  # posted to cloud-us's URL, for cloud-eu's number
+    assert raw["state"] == "processed"
+    (event,) = _events(client)
+    assert event["source"] == "/channels/cloud-eu"
+    assert (event["data"]["channel"]["id"], event["data"]["channel"]["portfolio"]) == (
+        "cloud-eu",
+        "globex",
+    )
+
+
+def test_the_channels_own_number_stays_with_it(two_numbers: tuple[TestClient, Settings]) -> None:
+    client, settings = two_numbers
+    _post(client, settings, US)
+    assert [e["data"]["channel"]["id"] for e in _events(client)] == ["cloud-us"]
+
+
+def test_a_number_no_channel_has_is_quarantined(two_numbers: tuple[TestClient, Settings]) -> None:
+    client, settings = two_numbers
+    raw = _post(client, settings, "555000555")
+    assert raw["state"] == "quarantined"
+    assert "phone_number_id 555000555, not this channel's (106540352242922)" in raw["reason"]
+    assert _events(client) == []  # not on acme's contacts
+
+
+def test_a_channel_with_other_secrets_is_not_routed_to(tmp_path: Path) -> None:
+    for client, settings in _gateway(
+        tmp_path, _channel("cloud-us", "acme", US), _channel("cloud-eu", "globex", EU, "other")
+    ):
+        raw = _post(client, settings, EU)
+        assert raw["state"] == "quarantined"
+        assert "cloud-eu" in raw["reason"]
+        assert "secrets differ" in raw["reason"]
+
+
+def test_with_no_number_configured_a_payload_stays_where_it_arrived(tmp_path: Path) -> None:
+    bare = _channel("cloud-us", "acme", US)
+    del bare["settings"]
+    for client, settings in _gateway(tmp_path, bare):
+        assert _post(client, settings, EU)["state"] == "processed"
+        assert [e["data"]["channel"]["id"] for e in _events(client)] == ["cloud-us"]
