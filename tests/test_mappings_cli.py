@@ -181,3 +181,18 @@ def test_malformed_test_channel_names_file_and_line(
     line = channel.read_text().splitlines().index("secrets: [api_key, webhook_secret]") + 1
     assert f"FAIL mappings/connectly/cases/_channel.yaml:{line}: secrets: " in out
     assert "is not of type 'object'" in out
+
+
+def test_a_folder_without_cases_fails_and_one_without_a_signed_case_is_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(tmp_path, "connectly")
+    (root / "connectly" / "cases" / "signed_request.yaml").unlink()
+    assert cli.main(["mappings", "test", "connectly", "--mappings", str(root)]) == 0
+    assert "warn connectly: no signed case" in capsys.readouterr().out
+    for case in (root / "connectly" / "cases").glob("*.yaml"):
+        if not case.name.startswith("_"):
+            case.unlink()
+    assert cli.main(["mappings", "test", "connectly", "--mappings", str(root)]) == 1
+    out = capsys.readouterr().out  # it read "0 passed, 0 failed" and exited 0
+    assert "FAIL connectly: no cases in mappings/connectly/cases/" in out

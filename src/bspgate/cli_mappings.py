@@ -147,6 +147,18 @@ def _test(
     from bspgate.mapping.case_update import update_case
     from bspgate.mapping.send_cases import run_file
 
+    paths = list(paths)
+    if not paths:  # "0 passed, 0 failed" read as a pass: a mapping is tested by its cases
+        _say(
+            f"FAIL {spec.name}: no cases in mappings/{spec.name}/cases/ (a payload and the events "
+            "it must give; `bspgate mappings new --from` writes the first)"
+        )
+        return failures + 1, passed
+    if not any(path.stem.startswith("signed") for path in paths):
+        _say(
+            f"warn {spec.name}: no signed case (cases/signed_*.yaml: a request exactly as the "
+            "provider signed it), so nothing shows that `verify` accepts the provider's signature"
+        )
     for path in paths:
         name = f"{spec.name}/{path.stem}"
         if getattr(args, "update", False):
