@@ -238,3 +238,25 @@ def test_the_events_type_filter_offers_every_event_type(gateway: RunningGateway)
     for kind in ("whatsapp.contact.merged", "whatsapp.contact.erased", "bspgate.mapping.drift"):
         assert kind in offered  # it offered three types, not these
     client.close()
+
+
+def test_the_audit_log_pages_back_past_its_newest_entries(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bspgate.console import pages
+
+    monkeypatch.setattr(pages, "AUDIT_PAGE", 2)  # it showed the newest 200 and no way back
+    client = signed_in(gateway)  # one entry: the sign-in
+    for reason in ("T-1", "T-2"):
+        token = csrf_of(client.get("/console/events").text)
+        form = {"csrf": token, "path": "/console/events", "reason": reason}
+        assert client.post("/console/reveal", data=form).status_code == 303
+    first = client.get("/console/audit").text
+    assert first.count("<tr><td>") == 2
+    older = re.search(r'id="older" href="([^"]+)"', first)
+    assert older is not None
+    second = client.get(older.group(1)).text
+    assert second.count("<tr><td>") == 1
+    assert "sign_in" in second
+    assert 'id="older"' not in second
+    client.close()

@@ -32,6 +32,7 @@ from bspgate.operations import ReplayRequest, event_types, replay_deliveries
 from bspgate.times import comparable, parse_time
 
 PAGE_SIZE = 50
+AUDIT_PAGE = 200  # audit entries a page shows; "Older entries" pages back
 STREAM_SECONDS = 25.0
 POLL_SECONDS = 0.5
 REJECTED = ("unauthorized", "unparseable", "too_large", "store_unavailable")
@@ -341,8 +342,16 @@ async def deliver_again(request: Request, form: FormData) -> Response:
 @page
 async def audit_page(request: Request) -> Response:
     gateway = gateway_of(request)
-    entries = await gateway.store.read(lambda tx: queries.audit_entries(tx))
-    return render(request, "audit.html", {"section": "audit", "entries": entries})
+    try:  # `before`: the oldest id of the page shown, from its "Older entries" link
+        before = int(request.query_params.get("before", "0")) or None
+    except ValueError:
+        before = None
+    entries = await gateway.store.read(
+        lambda tx: queries.audit_entries(tx, AUDIT_PAGE, before=before)
+    )
+    older = entries[-1]["id"] if len(entries) == AUDIT_PAGE else None
+    context = {"section": "audit", "entries": entries, "older": older}
+    return render(request, "audit.html", context)
 
 
 def routes() -> list[Route]:
