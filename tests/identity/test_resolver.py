@@ -759,3 +759,24 @@ def test_a_parent_bsuid_another_contact_holds_stays_that_contacts(tx: Any) -> No
     assert person.id != addressed.id
     assert person.parent_bsuid == parent
     assert tx.contact_by_bsuid("acme", parent).id == addressed.id  # its row was moved to B1's
+
+
+def test_rule9_a_late_number_change_does_not_join_its_old_numbers_next_holder(tx: Any) -> None:
+    # P1 was the first person's until their change at minute 6; another person announced P1 as
+    # their new number at minute 12 (recycled). The first person's change arrives last.
+    other = resolver(tx).relink(Observation(bsuid=B4, phone=P1), B3, P2, at(12))[0]
+    first = resolver(tx).observe(Observation(bsuid=B2, phone=P3), at(10))
+    changed, _old_bsuid, _old_phone = resolver(tx).relink(
+        Observation(bsuid=B2, phone=P3), B1, P1, at(6)
+    )
+    assert changed.id == first.id != other.id  # it was merged into the number's next holder
+    holder = tx.contact_by_bsuid("acme", B4)
+    assert (holder.id, holder.phone) == (other.id, P1)
+
+
+def test_rule9_a_late_bsuid_change_still_gives_the_current_bsuids_parent(tx: Any) -> None:
+    parent = "US.ENT.20000000000000000002"
+    resolver(tx).observe(Observation(bsuid=B1), at(1))
+    resolver(tx).observe(Observation(bsuid=B2), at(9))  # the new BSUID wrote first, no parent
+    changed, _, _ = resolver(tx).relink(Observation(bsuid=B2, parent_bsuid=parent), B1, None, at(5))
+    assert changed.parent_bsuid == parent

@@ -385,7 +385,8 @@ class IdentityResolver:
         at = evidence_time(at or self.now)
         old = self.tx.contact_by_bsuid(self.portfolio, previous_bsuid) if previous_bsuid else None
         if old is None and previous_phone:
-            old = self.tx.phone_owner_at(self.portfolio, previous_phone, at)
+            # who held it until the change: a later holder (its next one) is someone else
+            old = self.tx.phone_owner_at(self.portfolio, previous_phone, at, strict=True)
         newer = self.tx.contact_by_bsuid(self.portfolio, new.bsuid) if new.bsuid else None
         # the phone before the change: the old contact's, read before a merge gives it the
         # newer contact's (a pair of the new BSUID that arrived before the announcement)
@@ -454,8 +455,9 @@ class IdentityResolver:
             contact = self._pair(contact, new.phone, at, "named by the identity change")
         elif new.phone:
             contact = self._pair_retired(contact, new.bsuid or "", new.phone, at)  # rule 9: past
-        if fresh:
-            self._profile(contact, new, at)
+        # the new BSUID's parent belongs with it whenever it is current, even when a newer
+        # payload of it came first; username and name go by their own evidence times
+        self._profile(contact, new, at, current=current)
         self.tx.add_history(contact.id, self.now, "relinked", {"channel": self.channel_id})
         self.tx.save_contact(contact, self.now)
         return contact, old_bsuid if old_bsuid != contact.bsuid else None, old_phone

@@ -59,7 +59,11 @@ MAX_MERGE_HOPS = 16
 
 
 def phone_holder_at(
-    rows: list[tuple[str, str, str | None, str | None]], at: str, *, next_after_gap: bool = False
+    rows: list[tuple[str, str, str | None, str | None]],
+    at: str,
+    *,
+    next_after_gap: bool = False,
+    strict: bool = False,
 ) -> str | None:
     """Who held a phone at event time `at`, from its alias rows (contact id, state, taught at,
     ended at; in insertion order): the alias whose time span holds `at`; before every span, the
@@ -69,6 +73,10 @@ def phone_holder_at(
     `next_after_gap` the answer is then the later holder, as before every span. A legacy
     payload of that time is theirs: had it arrived on time, it would have made a phone-only
     contact that the later holder's BSUID then joined (rule 4 or 8).
+
+    `strict`: only a span that holds `at`. An announced number change names who held its old
+    number until then; a holder whose evidence starts later (the number's next holder, perhaps
+    one that announced it as its own new number) was not them.
     """
     spans = sorted(
         (since or "", index, contact_id, None if state == "active" else (until or ""))
@@ -79,6 +87,8 @@ def phone_holder_at(
         # the newest evidence that held it then (a past span learned late may start after
         # an alias that is still active)
         return holding[-1][2]
+    if strict:
+        return None
     later = [s for s in spans if s[0] > at]
     if later and (next_after_gap or len(later) == len(spans)):
         return later[0][2]  # the next holder (before every span: the first)
@@ -166,7 +176,13 @@ class StoreTx(Protocol):
         evidence: str | None = None,
     ) -> None: ...
     def phone_owner_at(
-        self, portfolio: str, phone: str, at: str, *, next_after_gap: bool = False
+        self,
+        portfolio: str,
+        phone: str,
+        at: str,
+        *,
+        next_after_gap: bool = False,
+        strict: bool = False,
     ) -> ContactRow | None: ...
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool: ...
     def phone_known_since(self, contact_id: str, phone: str, at: str) -> None: ...

@@ -246,12 +246,20 @@ class BatchTx:
         self.tx.end_phone(contact_id, phone, now, state, reason, evidence)
 
     def phone_owner_at(
-        self, portfolio: str, phone: str, at: str, *, next_after_gap: bool = False
+        self,
+        portfolio: str,
+        phone: str,
+        at: str,
+        *,
+        next_after_gap: bool = False,
+        strict: bool = False,
     ) -> ContactRow | None:
         if (portfolio, phone) in self._never_held:
             return None
         self._insert_new()
-        return self.tx.phone_owner_at(portfolio, phone, at, next_after_gap=next_after_gap)
+        return self.tx.phone_owner_at(
+            portfolio, phone, at, next_after_gap=next_after_gap, strict=strict
+        )
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
         return self.tx.phone_taught_after(portfolio, phone, at, contact_id)

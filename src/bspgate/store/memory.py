@@ -143,14 +143,20 @@ class MemoryTx:
                 row.update(state=state, reason=reason, ended_evidence=evidence)
 
     def phone_owner_at(
-        self, portfolio: str, phone: str, at: str, *, next_after_gap: bool = False
+        self,
+        portfolio: str,
+        phone: str,
+        at: str,
+        *,
+        next_after_gap: bool = False,
+        strict: bool = False,
     ) -> ContactRow | None:
         rows = [
             (r["contact_id"], r["state"], r["evidence_at"], r["ended_evidence"])
             for r in self.phone_history
             if (r["portfolio"], r["phone"]) == (portfolio, phone)
         ]
-        holder = phone_holder_at(rows, at, next_after_gap=next_after_gap)
+        holder = phone_holder_at(rows, at, next_after_gap=next_after_gap, strict=strict)
         return self._follow(holder) if holder else None
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:

@@ -183,7 +183,13 @@ class SqlBase:
         )
 
     def phone_owner_at(
-        self, portfolio: str, phone: str, at: str, *, next_after_gap: bool = False
+        self,
+        portfolio: str,
+        phone: str,
+        at: str,
+        *,
+        next_after_gap: bool = False,
+        strict: bool = False,
     ) -> ContactRow | None:
         """Who held `phone` at event time `at` (rule 9; see `phone_holder_at`)."""
         rows = self.all(
@@ -191,7 +197,9 @@ class SqlBase:
             "WHERE portfolio = ? AND phone = ? ORDER BY id",
             (portfolio, phone),
         )
-        holder = phone_holder_at([tuple(r) for r in rows], at, next_after_gap=next_after_gap)
+        holder = phone_holder_at(
+            [tuple(r) for r in rows], at, next_after_gap=next_after_gap, strict=strict
+        )
         return self._follow(self.contact(holder)) if holder else None
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
