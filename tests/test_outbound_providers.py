@@ -264,7 +264,8 @@ def check_connectly(request: httpx.Request) -> dict[str, Any]:
     assert path.startswith("/v1/businesses/biz-42/send/")
     if path.endswith("/send/messages"):
         assert body["recipient"]["channelType"] == "whatsapp"
-        assert ("id" in body["recipient"]) != ("userId" in body["recipient"])
+        # recipient.id always (the phone or the bare BSUID); userId only for a BSUID
+        assert body["recipient"].get("userId") in (None, body["recipient"]["id"])
     if path.endswith("/whatsapp_templated_messages"):
         assert {"number", "templateName", "language"} <= set(body)
     return dict(body)
@@ -295,7 +296,9 @@ def addressed(provider: str, body: dict[str, Any], path: str) -> tuple[str, str]
         return ("phone", "+" + value) if value.isdigit() else ("bsuid", value)
     if path.endswith("/send/messages"):
         recipient = body["recipient"]
-        return ("phone", recipient["id"]) if "id" in recipient else ("bsuid", recipient["userId"])
+        return (
+            ("bsuid", recipient["userId"]) if "userId" in recipient else ("phone", recipient["id"])
+        )
     number = body["number"]
     return (
         ("bsuid", number.removeprefix("bsuid:"))
@@ -507,6 +510,9 @@ async def test_azure_bodies_equal_the_shared_fixtures(tmp_path: Path) -> None:
 async def test_connectly_bodies_match_the_shared_fixtures(tmp_path: Path) -> None:
     body = await dry_body(tmp_path, "connectly", text({"bsuid": BSUID}))
     expected = fixture("connectly", "send_session_bsuid")
+    # the shared fixture names the BSUID in recipient.userId only; Connectly's Mintlify page marks
+    # recipient.id required ("E.164, or bare BSUID"), so bspgate sends both (docs/sending.md)
+    expected["recipient"]["id"] = BSUID
     assert {k: body[k] for k in ("sender", "recipient", "message")} == {
         k: expected[k] for k in ("sender", "recipient", "message")
     }
@@ -551,6 +557,25 @@ async def test_connectly_campaign_bsuid_needs_the_channel_flag(tmp_path: Path) -
     (entry,) = outcome.body["body"]["entries"]
     assert entry["client"] == "bsuid:" + BSUID
     assert entry["campaignName"] == "order_update"
+
+
+async def test_connectly_refuses_a_phone_less_send_unless_the_channel_turns_it_on(
+    tmp_path: Path,
+) -> None:
+    # Connectly: sends to phone-less customers "currently return a 400"; refused before the call
+    from bspgate.errors import SendError
+
+    plain = {k: v for k, v in CHANNELS["connectly"]["settings"].items() if k != "bsuid_send"}
+    settings = make_settings(tmp_path, connectly={"settings": plain})
+    service = SendService(settings, store=None, client=None, clock=lambda: NOW)
+    for send in (text({"bsuid": BSUID}), template({"bsuid": BSUID})):
+        with pytest.raises(SendError) as caught:
+            await service.dry_run(send, channel_id=channel_id("connectly"), use_store=False)
+        assert (caught.value.code, caught.value.status) == ("bsuid_send_unsupported", 422)
+    outcome = await service.dry_run(
+        text({"phone": LEGACY_PHONE}), channel_id=channel_id("connectly"), use_store=False
+    )
+    assert outcome.body["body"]["recipient"] == {"channelType": "whatsapp", "id": LEGACY_PHONE}
 
 
 async def test_infobip_template_body_matches_the_shared_fixture(tmp_path: Path) -> None:
