@@ -277,7 +277,8 @@ def contact_cards(cards: Any) -> list[dict[str, Any]] | None:
     the first and last names), `phone` E.164 via `e164()` (the card's phone, else its wa_id; null
     when neither is a phone), `origin` `contact_request` when the person shared their own number
     answering a request, `other` for any other origin Meta names, null when it names none. Items
-    that are not objects are skipped; no card gives `null`.
+    that are not objects are skipped; no card gives `null`. BSPs that pass the card on in their
+    own spelling (Infobip: `formattedName`, `firstName`, `lastName`, `waId`) are read alike.
     """
     if not isinstance(cards, list):
         return None
@@ -287,8 +288,10 @@ def contact_cards(cards: Any) -> list[dict[str, Any]] | None:
             continue
         name = card.get("name")
         if isinstance(name, dict):
-            parts = [_text(name.get("first_name")), _text(name.get("last_name"))]
-            full = _text(name.get("formatted_name")) or " ".join(p for p in parts if p) or None
+            first = _text(name.get("first_name")) or _text(name.get("firstName"))
+            last = _text(name.get("last_name")) or _text(name.get("lastName"))
+            formatted = _text(name.get("formatted_name")) or _text(name.get("formattedName"))
+            full = formatted or " ".join(p for p in (first, last) if p) or None
         else:
             full = _text(name)
         phones = []
@@ -296,7 +299,7 @@ def contact_cards(cards: Any) -> list[dict[str, Any]] | None:
         for entry in listed if isinstance(listed, list) else []:
             if not isinstance(entry, dict):
                 continue
-            wa_id = entry.get("wa_id")
+            wa_id = entry.get("wa_id", entry.get("waId"))
             wa_text = str(wa_id) if isinstance(wa_id, int | str) and wa_id != "" else None
             phones.append(
                 {
