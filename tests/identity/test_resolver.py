@@ -780,3 +780,14 @@ def test_rule9_a_late_bsuid_change_still_gives_the_current_bsuids_parent(tx: Any
     resolver(tx).observe(Observation(bsuid=B2), at(9))  # the new BSUID wrote first, no parent
     changed, _, _ = resolver(tx).relink(Observation(bsuid=B2, parent_bsuid=parent), B1, None, at(5))
     assert changed.parent_bsuid == parent
+
+
+def test_rule9_an_old_number_held_for_an_unknown_time_is_no_evidence_of_an_earlier_change(
+    tx: Any,
+) -> None:
+    # one person: B4 -> B3 at minute 12, leaving P2 (theirs until then, since when unknown);
+    # another person, earlier: B1 -> B2 at minute 4, leaving P2 too (P2 was recycled between)
+    later = resolver(tx).relink(Observation(bsuid=B3, phone=P1), B4, P2, at(12))[0]
+    earlier, _, _ = resolver(tx).relink(Observation(bsuid=B2, phone=P3), B1, P2, at(4))
+    assert earlier.id != later.id  # it was merged into the later person
+    assert tx.contact_by_bsuid("acme", B3).id == later.id

@@ -74,15 +74,20 @@ def phone_holder_at(
     payload of that time is theirs: had it arrived on time, it would have made a phone-only
     contact that the later holder's BSUID then joined (rule 4 or 8).
 
-    `strict`: only a span that holds `at`. An announced number change names who held its old
-    number until then; a holder whose evidence starts later (the number's next holder, perhaps
-    one that announced it as its own new number) was not them.
+    `strict`: only a span that holds `at` from a known start. An announced number change names
+    who held its old number until then; a holder whose evidence starts later (the number's next
+    holder, perhaps one that announced it as its own new number), or who held it for an unknown
+    time before some later change, is not known to be them.
     """
     spans = sorted(
         (since or "", index, contact_id, None if state == "active" else (until or ""))
         for index, (contact_id, state, since, until) in enumerate(rows)
     )
-    holding = [s for s in spans if s[0] <= at and (s[3] is None or s[3] >= at)]
+    # strict: a span whose start is unknown (a change's announced old number: theirs until the
+    # change, since no one knows when) is no evidence that they held it at `at`
+    holding = [
+        s for s in spans if s[0] <= at and (s[3] is None or s[3] >= at) and (s[0] or not strict)
+    ]
     if holding:
         # the newest evidence that held it then (a past span learned late may start after
         # an alias that is still active)
