@@ -464,7 +464,7 @@ def test_rule9_a_late_legacy_payload_between_two_holders_is_the_later_ones(tx: A
     assert legacy.id == later.id  # not a second holder of P1 (it failed the unique alias)
     assert tx.contact_by_phone("acme", P1).id == later.id
     assert tx.phone_owner_at("acme", P1, at(3)) is None  # nobody held it then
-    assert tx.phone_owner_at("acme", P1, at(3), next_after_gap=True).id == later.id
+    assert tx.phone_owner_at("acme", P1, at(3), "next").id == later.id
     # arrival order changes nothing: on time, it made a phone-only contact that B2 joined
     on_time = MemoryTx()
     resolver(on_time, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(1))

@@ -130,7 +130,7 @@ class IdentityResolver:
         elif seen.phone:
             # rule 9: whose number it was at `at`; between two holders, the later one's
             # (`phone_holder_at`): a new contact must not take a number someone holds since
-            contact = self.tx.phone_owner_at(self.portfolio, seen.phone, at, next_after_gap=True)
+            contact = self.tx.phone_owner_at(self.portfolio, seen.phone, at, "next")
             known = replace(contact) if contact is not None else None
             if contact is None:
                 contact = self.tx.create_contact(self.portfolio, self.now)
@@ -386,7 +386,7 @@ class IdentityResolver:
         old = self.tx.contact_by_bsuid(self.portfolio, previous_bsuid) if previous_bsuid else None
         if old is None and previous_phone:
             # who held it until the change: a later holder (its next one) is someone else
-            old = self.tx.phone_owner_at(self.portfolio, previous_phone, at, strict=True)
+            old = self.tx.phone_owner_at(self.portfolio, previous_phone, at, "strict")
         newer = self.tx.contact_by_bsuid(self.portfolio, new.bsuid) if new.bsuid else None
         # the phone before the change: the old contact's, read before a merge gives it the
         # newer contact's (a pair of the new BSUID that arrived before the announcement)
@@ -403,7 +403,7 @@ class IdentityResolver:
             if new.phone and not new.bsuid:
                 # phones only: a contact without a BSUID holding the new number is this person
                 # (had the change arrived first, that contact's payloads would have found it)
-                holder = self.tx.phone_owner_at(self.portfolio, new.phone, at, next_after_gap=True)
+                holder = self.tx.phone_owner_at(self.portfolio, new.phone, at, "next")
             if holder is not None and holder.bsuid is None:
                 contact = holder
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -58,26 +58,26 @@ class ContactRow:
 MAX_MERGE_HOPS = 16
 
 
+# how `phone_holder_at` answers between spans and before them (see there)
+Holding = Literal["at", "next", "strict"]
+
+
 def phone_holder_at(
-    rows: list[tuple[str, str, str | None, str | None]],
-    at: str,
-    *,
-    next_after_gap: bool = False,
-    strict: bool = False,
+    rows: list[tuple[str, str, str | None, str | None]], at: str, holding: Holding = "at"
 ) -> str | None:
     """Who held a phone at event time `at`, from its alias rows (contact id, state, taught at,
     ended at; in insertion order): the alias whose time span holds `at`; before every span, the
     first holder; after the last one ended, nobody (the number was given up).
 
     Between two spans (a holder gave the number up, a later one took it) nobody held it; with
-    `next_after_gap` the answer is then the later holder, as before every span. A legacy
+    `holding="next"` the answer is then the later holder, as before every span. A legacy
     payload of that time is theirs: had it arrived on time, it would have made a phone-only
     contact that the later holder's BSUID then joined (rule 4 or 8).
 
-    `strict`: only a span that holds `at` from a known start. An announced number change names
-    who held its old number until then; a holder whose evidence starts later (the number's next
-    holder, perhaps one that announced it as its own new number), or who held it for an unknown
-    time before some later change, is not known to be them.
+    `holding="strict"`: only a span that holds `at` from a known start. An announced number
+    change names who held its old number until then; a holder whose evidence starts later (the
+    number's next holder, perhaps one that announced it as its own new number), or who held it
+    for an unknown time before some later change, is not known to be them.
     """
     spans = sorted(
         (since or "", index, contact_id, None if state == "active" else (until or ""))
@@ -85,17 +85,18 @@ def phone_holder_at(
     )
     # strict: a span whose start is unknown (a change's announced old number: theirs until the
     # change, since no one knows when) is no evidence that they held it at `at`
-    holding = [
+    strict = holding == "strict"
+    held = [
         s for s in spans if s[0] <= at and (s[3] is None or s[3] >= at) and (s[0] or not strict)
     ]
-    if holding:
+    if held:
         # the newest evidence that held it then (a past span learned late may start after
         # an alias that is still active)
-        return holding[-1][2]
+        return held[-1][2]
     if strict:
         return None
     later = [s for s in spans if s[0] > at]
-    if later and (next_after_gap or len(later) == len(spans)):
+    if later and (holding == "next" or len(later) == len(spans)):
         return later[0][2]  # the next holder (before every span: the first)
     return None
 
@@ -181,13 +182,7 @@ class StoreTx(Protocol):
         evidence: str | None = None,
     ) -> None: ...
     def phone_owner_at(
-        self,
-        portfolio: str,
-        phone: str,
-        at: str,
-        *,
-        next_after_gap: bool = False,
-        strict: bool = False,
+        self, portfolio: str, phone: str, at: str, holding: Holding = "at"
     ) -> ContactRow | None: ...
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool: ...
     def phone_known_since(self, contact_id: str, phone: str, at: str) -> None: ...

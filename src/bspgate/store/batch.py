@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from bspgate.ids import new_id
-from bspgate.store.base import ContactRow, RawRecord
+from bspgate.store.base import ContactRow, Holding, RawRecord
 from bspgate.store.sql import SqlTx
 
 _EVENT_COLUMNS = "id, type, channel_id, contact_id, time, stored_at, raw_id, body, superseded"
@@ -246,20 +246,12 @@ class BatchTx:
         self.tx.end_phone(contact_id, phone, now, state, reason, evidence)
 
     def phone_owner_at(
-        self,
-        portfolio: str,
-        phone: str,
-        at: str,
-        *,
-        next_after_gap: bool = False,
-        strict: bool = False,
+        self, portfolio: str, phone: str, at: str, holding: Holding = "at"
     ) -> ContactRow | None:
         if (portfolio, phone) in self._never_held:
             return None
         self._insert_new()
-        return self.tx.phone_owner_at(
-            portfolio, phone, at, next_after_gap=next_after_gap, strict=strict
-        )
+        return self.tx.phone_owner_at(portfolio, phone, at, holding)
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
         return self.tx.phone_taught_after(portfolio, phone, at, contact_id)

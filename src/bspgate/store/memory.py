@@ -13,7 +13,13 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from bspgate.ids import new_id
-from bspgate.store.base import ContactRow, RawRecord, follow_merged, phone_holder_at
+from bspgate.store.base import (
+    ContactRow,
+    Holding,
+    RawRecord,
+    follow_merged,
+    phone_holder_at,
+)
 
 T = TypeVar("T")
 
@@ -143,20 +149,14 @@ class MemoryTx:
                 row.update(state=state, reason=reason, ended_evidence=evidence)
 
     def phone_owner_at(
-        self,
-        portfolio: str,
-        phone: str,
-        at: str,
-        *,
-        next_after_gap: bool = False,
-        strict: bool = False,
+        self, portfolio: str, phone: str, at: str, holding: Holding = "at"
     ) -> ContactRow | None:
         rows = [
             (r["contact_id"], r["state"], r["evidence_at"], r["ended_evidence"])
             for r in self.phone_history
             if (r["portfolio"], r["phone"]) == (portfolio, phone)
         ]
-        holder = phone_holder_at(rows, at, next_after_gap=next_after_gap, strict=strict)
+        holder = phone_holder_at(rows, at, holding)
         return self._follow(holder) if holder else None
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:

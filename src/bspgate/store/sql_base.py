@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from bspgate.ids import new_id
-from bspgate.store.base import ContactRow, RawRecord, follow_merged, phone_holder_at
+from bspgate.store.base import (
+    ContactRow,
+    Holding,
+    RawRecord,
+    follow_merged,
+    phone_holder_at,
+)
 
 _CONTACT_COLUMNS = (
     "id, portfolio, bsuid, parent_bsuid, phone, username, name, merged_into, bsuid_at, phone_at, "
@@ -183,13 +189,7 @@ class SqlBase:
         )
 
     def phone_owner_at(
-        self,
-        portfolio: str,
-        phone: str,
-        at: str,
-        *,
-        next_after_gap: bool = False,
-        strict: bool = False,
+        self, portfolio: str, phone: str, at: str, holding: Holding = "at"
     ) -> ContactRow | None:
         """Who held `phone` at event time `at` (rule 9; see `phone_holder_at`)."""
         rows = self.all(
@@ -197,9 +197,7 @@ class SqlBase:
             "WHERE portfolio = ? AND phone = ? ORDER BY id",
             (portfolio, phone),
         )
-        holder = phone_holder_at(
-            [tuple(r) for r in rows], at, next_after_gap=next_after_gap, strict=strict
-        )
+        holder = phone_holder_at([tuple(r) for r in rows], at, holding)
         return self._follow(self.contact(holder)) if holder else None
 
     def phone_taught_after(self, portfolio: str, phone: str, at: str, contact_id: str) -> bool:
