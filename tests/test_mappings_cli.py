@@ -54,7 +54,7 @@ MISTAKES = {
     ),
     "unknown auth scheme": (
         "connectly", "outbound.yaml", "scheme: header", "scheme: api_key",
-        ["mappings/connectly/outbound.yaml:32: auth.scheme: unknown auth scheme 'api_key'"],
+        ["mappings/connectly/outbound.yaml:37: auth.scheme: unknown auth scheme 'api_key'"],
     ),
     "canonical path that does not exist": (
         "connectly", "mapping.yaml", "        message.text:", "        message.txt:",
@@ -67,7 +67,7 @@ MISTAKES = {
     ),
     "auth secret not declared": (
         "connectly", "outbound.yaml", "  secret: api_key", "  secret: api_kee",
-        ["mappings/connectly/outbound.yaml:34: auth.secret: 'api_kee' is not a declared secret "
+        ["mappings/connectly/outbound.yaml:39: auth.secret: 'api_kee' is not a declared secret "
          "(secrets: api_key)"],
     ),
     "basic auth names no declared secret": (
