@@ -170,7 +170,7 @@ def test_masking() -> None:
     raw = {"from": "15551234567", "from_user_id": "US.13491208655302741918",
            "text": {"body": "hello"}, "From": "whatsapp:US.13491208655302741918",
            "timestamp": "1767225600", "contact": "ct_01M8SR87CZK27B3Y27CC50J4PV",
-           "note": "+15550001111"}  # fmt: skip
+           "note": "+15550001111", "time": "call me +15551239999 today"}  # fmt: skip
     assert mask_payload(raw) == {
         "from": "•••••••••67",
         "from_user_id": "US.13491208655302741918",
@@ -179,6 +179,7 @@ def test_masking() -> None:
         "timestamp": "1767225600",
         "contact": "ct_01M8SR87CZK27B3Y27CC50J4PV",
         "note": "+•••••••••11",
+        "time": "call me +•••••••••99 today",  # a phone inside free text where a time belongs
     }
 
 

@@ -29,6 +29,8 @@ HIDDEN = "[hidden]"
 _PHONE_LIKE = re.compile(r"^(whatsapp:|tel:)?\+?[0-9][0-9 ()-]{6,18}[0-9]$")
 _TEXT_KEYS = frozenset({"text", "body", "caption", "Body", "content", "title", "description"})
 _PLUS_PHONE = re.compile(r"^(whatsapp:|tel:)?\+[0-9][0-9 ()-]{6,18}[0-9]$")
+# a +<digits> phone inside other text (a free-text value where a time or an id belongs)
+_PLUS_PHONE_IN = re.compile(r"\+[0-9][0-9 ()-]{6,18}[0-9]")
 _PHONE_KEYS = frozenset(
     {"wa_id", "from", "to", "From", "To", "WaId", "msisdn", "recipient_id", "recipient", "sender",
      "destination", "user_number"}
@@ -90,6 +92,7 @@ def mask_payload(node: Any, key: str = "") -> Any:
         looks_phone = _PHONE_LIKE.match(node) if phone_key else _PLUS_PHONE.match(node)
         if looks_phone and not is_bsuid(node.removeprefix("whatsapp:")):
             return mask_phone(node)
+        return _PLUS_PHONE_IN.sub(lambda found: str(mask_phone(found.group(0))), node)
     return node
 
 
