@@ -20,6 +20,7 @@ from bspgate.config import Settings
 from bspgate.simulate import signed_request
 from tests.asgi_client import TestClient
 from tests.conftest import API_KEY, APP_SECRET, make_settings
+from tests.identity.test_scenarios_e2e import _channel as cloud_channel
 from tests.payloads import text_webhook
 
 AUTH = {"authorization": f"Bearer {API_KEY}"}
@@ -27,14 +28,9 @@ US, EU = "106540352242922", "999000999000999"
 
 
 def _channel(channel_id: str, portfolio: str, number_id: str, secret: str = APP_SECRET) -> Any:
-    return {
-        "id": channel_id,
-        "provider": "cloudapi",
-        "portfolio": portfolio,
-        "business_phone": "+15550001111",
-        "secrets": {"app_secret": secret, "verify_token": "vt"},
-        "settings": {"phone_number_id": number_id},
-    }
+    channel = cloud_channel(channel_id, portfolio)
+    channel["secrets"]["app_secret"] = secret
+    return {**channel, "settings": {"phone_number_id": number_id}}
 
 
 def _gateway(tmp_path: Path, *channels: Any) -> Iterator[tuple[TestClient, Settings]]:
