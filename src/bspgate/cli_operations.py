@@ -18,6 +18,7 @@ import orjson
 if TYPE_CHECKING:
     from bspgate.app import Gateway
     from bspgate.config import Settings
+    from bspgate.store.base import Store
 
 T = TypeVar("T")
 SettingsLoader = Callable[..., "Settings"]
@@ -64,7 +65,7 @@ def _with_store(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     from bspgate.times import rfc3339_fields
 
-    async def work(store: Any) -> int:
+    async def work(store: Store) -> int:
         dead = await store.read(
             lambda tx: tx.deliveries(
                 state="dead", subscriber_id=args.subscriber, event_id=None, limit=args.limit

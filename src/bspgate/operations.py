@@ -288,7 +288,7 @@ def subscriber_view(
     return view
 
 
-async def retry_subscriber(store: Any, subscriber_id: str, moment: datetime) -> int:
+async def retry_subscriber(store: Store, subscriber_id: str, moment: datetime) -> int:
     """Every pending delivery of a subscriber becomes due now; answers how many moved.
 
     The request is stored too: the subscriber's lane may run in another process (`serve`'s

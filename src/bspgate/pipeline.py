@@ -34,7 +34,7 @@ from bspgate.ids import event_id
 from bspgate.mapping.engine import Draft, MappingResult
 from bspgate.schema.catalog import describe
 from bspgate.schema.validate import EventValidator
-from bspgate.store.base import ContactRow, RawRecord, StoreTx, follow_merged
+from bspgate.store.base import ContactRow, RawRecord, Store, StoreTx, follow_merged
 
 _log = structlog.get_logger("bspgate.pipeline")
 
@@ -367,7 +367,7 @@ def failure_reason(exc: BaseException) -> str:
 
 
 async def ingest_or_quarantine(
-    store: Any,
+    store: Store,
     work: Callable[[StoreTx], IngestOutcome],
     raw: RawRecord,
     fanout: Fanout | None = None,

@@ -23,12 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 if TYPE_CHECKING:
     from bspgate.metrics import Metrics
+    from bspgate.store.base import Store
 
 KINDS = ("raw_payloads", "events", "attempts", "quarantine")
 _log = structlog.get_logger("bspgate.retention")
@@ -66,6 +68,11 @@ def retention_from_dict(raw: dict[str, Any]) -> Retention:
     return Retention(**values)
 
 
+def _purge(kind: str, cutoff: str, batch: int, tx: Any) -> int:
+    deleted: int = tx.purge(kind, cutoff, batch)
+    return deleted
+
+
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -75,7 +82,7 @@ class Purger:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         retention: Retention,
         metrics: Metrics,
         clock: Callable[[], datetime],
@@ -103,9 +110,7 @@ class Purger:
             while not self._stop.is_set():
                 batch = self.retention.batch
                 started = time.perf_counter()
-                deleted: int = await self.store.transaction(
-                    lambda tx, k=kind, c=cutoff, b=batch: tx.purge(k, c, b)
-                )
+                deleted: int = await self.store.transaction(partial(_purge, kind, cutoff, batch))
                 took = time.perf_counter() - started
                 if deleted:
                     total += deleted

@@ -23,13 +23,17 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from bspgate.config import Subscriber
 from bspgate.ids import new_id
 from bspgate.times import normalized, rfc3339_fields
+
+if TYPE_CHECKING:
+    from bspgate.config import Channel
+    from bspgate.store.base import Store
 
 OPS_CONTACT = "bspgate"
 OPS_PREFIX = "ops_"
@@ -120,7 +124,9 @@ class DriftReporter:
         )
         self._last: dict[tuple[str, tuple[str, ...]], float] = {}
 
-    async def report(self, store: Any, channel: Any, fields: list[str], moment: datetime) -> None:
+    async def report(
+        self, store: Store, channel: Channel, fields: list[str], moment: datetime
+    ) -> None:
         if not self.subscribers:
             return
         key = (channel.id, tuple(sorted(fields)))

@@ -50,7 +50,7 @@ from bspgate.delivery.signing import Signer
 from bspgate.delivery.transport import HttpxPoster, Poster, PostFailed
 from bspgate.metrics import Metrics
 from bspgate.schema.catalog import traceparent_of
-from bspgate.store.base import DeliveryJob
+from bspgate.store.base import DeliveryJob, Store
 from bspgate.times import iso_epoch
 
 _log = structlog.get_logger("bspgate.delivery")
@@ -150,7 +150,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         subscribers: tuple[Subscriber, ...],
         client: httpx.AsyncClient | Poster,
         metrics: Metrics,

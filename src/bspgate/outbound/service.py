@@ -65,7 +65,7 @@ from bspgate.outbound.rewrite import (
 from bspgate.outbound.spec import OutboundSpec, TypeForm, load_outbound
 from bspgate.pipeline import Fanout, schema_base
 from bspgate.schema.validate import EventValidator
-from bspgate.store.base import ContactRow, follow_merged
+from bspgate.store.base import ContactRow, Store, follow_merged
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 # A pending send older than this belongs to a process that died mid-call (a live one finishes
@@ -189,7 +189,7 @@ class SendService:
         self,
         settings: Settings,
         *,
-        store: Any,
+        store: Store | None,
         client: httpx.AsyncClient | None,
         clock: Callable[[], datetime],
         sleep: Sleep = asyncio.sleep,
@@ -206,6 +206,13 @@ class SendService:
         self._specs: dict[str, OutboundSpec] = {}
         self.tokens = TokenCache()  # OAuth2 access tokens, shared by this gateway's sends
         self._events: tuple[Fanout, EventValidator] | None = None
+
+    @property
+    def _store(self) -> Store:
+        """The store of a real send (a dry run or a mapping case runs without one)."""
+        if self.store is None:
+            raise RuntimeError("this send service has no store: only dry runs are possible")
+        return self.store
 
     def _notice_context(self, moment: datetime) -> OperatorContext:
         """What identity events raised by a send answer are written with (made on first use)."""
@@ -278,7 +285,7 @@ class SendService:
             replay = await self._replay(idempotency_key, fingerprint, now)
             if replay is not None:
                 return replay
-        plan = await self.store.read(lambda tx: plan_send(tx, channel, spec, send, now))
+        plan = await self._store.read(lambda tx: plan_send(tx, channel, spec, send, now))
         send_id = new_id("snd")
         request = self.render(send, channel, plan, send_id, now)
         row = {
@@ -290,7 +297,7 @@ class SendService:
             "request": fingerprint,
             "provider": channel.provider,
         }
-        if not await self.store.transaction(lambda tx: tx.reserve_send(row)):
+        if not await self._store.transaction(lambda tx: tx.reserve_send(row)):
             replay = await self._replay(idempotency_key or "", fingerprint, now)
             if replay is not None:
                 return replay
@@ -314,7 +321,7 @@ class SendService:
                 raise await self._record_unknown(send_id, plan, exc) from None
             await self._record_failure(send_id, plan, exc)
             raise
-        body = await self.store.transaction(
+        body = await self._store.transaction(
             lambda tx: self._record_success(
                 tx, send_id, channel, plan, answer.message_id, answer.body
             )
@@ -325,12 +332,12 @@ class SendService:
         return SendOutcome(202, body)
 
     async def _replay(self, key: str, fingerprint: str, now: datetime) -> SendOutcome | None:
-        row = await self.store.read(lambda tx: tx.send_by_key(key))
+        row = await self._store.read(lambda tx: tx.send_by_key(key))
         if row is None:
             return None
         created = datetime.fromisoformat(row["created_at"].replace("Z", "+00:00"))
         if now - created > IDEMPOTENCY_WINDOW:
-            await self.store.transaction(lambda tx: tx.release_send_key(row["id"]))
+            await self._store.transaction(lambda tx: tx.release_send_key(row["id"]))
             return None
         if row["request"] != fingerprint:
             raise SendError(
@@ -367,18 +374,18 @@ class SendService:
         error = _unknown_error(row["id"], why)
         doc = problem(error.status, error.code, title_for(error.code), error.detail, **error.extra)
         answer, stamp = orjson.dumps(doc).decode(), _iso(now)
-        await self.store.transaction(
+        await self._store.transaction(
             lambda tx: tx.settle_send(row["id"], "unknown", error.status, answer, stamp)
         )
         _log.warning("outbound.outcome_unknown", send_id=row["id"], reason=why)
-        fresh: dict[str, Any] = await self.store.read(lambda tx: tx.send_record(row["id"]))
+        fresh: dict[str, Any] = await self._store.read(lambda tx: tx.send_record(row["id"]))
         return fresh
 
     async def _store_answer(self, send_id: str, contact_id: str | None, error: SendError) -> None:
         from bspgate.problems import problem
 
         doc = problem(error.status, error.code, title_for(error.code), error.detail, **error.extra)
-        await self.store.transaction(
+        await self._store.transaction(
             lambda tx: tx.finish_send(
                 send_id,
                 contact_id=contact_id,
@@ -395,7 +402,7 @@ class SendService:
 
         doc = problem(error.status, error.code, title_for(error.code), error.detail, **error.extra)
         retryable = bool(error.extra.get("retryable"))
-        await self.store.transaction(
+        await self._store.transaction(
             lambda tx: tx.finish_send(
                 send_id,
                 contact_id=plan.address.recipient.contact_id,
@@ -486,7 +493,7 @@ class SendService:
 
     async def lookup(self, send_id: str) -> dict[str, Any] | None:
         """A recorded send with the statuses seen for its provider message id."""
-        return await self.store.read(lambda tx: _send_view(tx, send_id))  # type: ignore[no-any-return]
+        return await self._store.read(lambda tx: _send_view(tx, send_id))
 
 
 def _ambiguous(error: SendError) -> bool:
