@@ -39,6 +39,7 @@ from bspgate.errors import PayloadError, StoreConflict, StoreError
 from bspgate.ingress.parse import parse_payload
 from bspgate.mapping.engine import MappingResult, apply_mapping
 from bspgate.mapping.loader import MappingSpec
+from bspgate.mapping.route import part_for
 from bspgate.metrics import Metrics
 from bspgate.pipeline import (
     Fanout,
@@ -86,79 +87,114 @@ class Prepared:
     raw: RawRecord
     channel: Channel | None
     mapped: MappingResult
+    # a payload routed in parts (`route`: several numbers in one POST): each part's channel and
+    # mapping; `channel` is then the first part's, and `mapped` all parts' drafts and issues
+    parts: tuple[tuple[Channel, MappingResult], ...] = ()
+
+    def each(self) -> tuple[tuple[Channel, MappingResult], ...]:
+        """(channel, mapping) of every part: one unless the payload was split by `route`."""
+        if self.parts:
+            return self.parts
+        return () if self.channel is None else ((self.channel, self.mapped),)
 
 
 def map_raw(rules: Rules, raw: RawRecord, parsed: Any = None) -> Prepared:
     """Parse (unless `parsed` is given) and map one stored raw payload; never raises.
 
     A mapping with `route` maps the payload as the channel it names (`route_channel`): the raw
-    payload stays listed under the channel whose URL received it, its events name the other."""
+    payload stays listed under the channel whose URL received it, its events name the other.
+    A payload naming several numbers is mapped in parts, each as its number's channel."""
     channel = rules.settings.channel(raw.channel_id)
     if channel is None or channel.provider not in rules.mappings:
         issue = "its channel is no longer configured"
         return Prepared(raw, None, MappingResult(issues=[issue]))
     spec = rules.mappings[channel.provider]
-    if spec.route is not None:
-        try:
-            parsed = parsed if parsed is not None else parse_payload(raw.body, spec.parse)
-        except PayloadError as exc:
-            return Prepared(raw, channel, MappingResult(issues=[f"unparseable: {exc}"]))
-        routed, why = route_channel(rules.settings, spec, channel, parsed, raw.received_at)
-        if why is not None:
-            return Prepared(raw, channel, MappingResult(issues=[why]))
-        channel = routed
-    return Prepared(raw, channel, map_payload(spec, channel, raw, parsed))
+    if spec.route is None:
+        return Prepared(raw, channel, map_payload(spec, channel, raw, parsed))
+    try:
+        parsed = parsed if parsed is not None else parse_payload(raw.body, spec.parse)
+    except PayloadError as exc:
+        return Prepared(raw, channel, MappingResult(issues=[f"unparseable: {exc}"]))
+    routed, why = route_channel(rules.settings, spec, channel, parsed, raw.received_at)
+    if why is not None:
+        return Prepared(raw, channel, MappingResult(issues=[why]))
+    if len(routed) == 1:
+        owner, part = routed[0]
+        return Prepared(raw, owner, map_payload(spec, owner, raw, part))
+    parts = tuple((owner, map_payload(spec, owner, raw, part)) for owner, part in routed)
+    combined = MappingResult(
+        drafts=[draft for _, mapped in parts for draft in mapped.drafts],
+        issues=[issue for _, mapped in parts for issue in mapped.issues],
+        unmapped=list(dict.fromkeys(name for _, mapped in parts for name in mapped.unmapped)),
+    )
+    return Prepared(raw, parts[0][0], combined, parts)
 
 
 def route_channel(
     settings: Settings, spec: MappingSpec, channel: Channel, payload: Any, received_at: str
-) -> tuple[Channel, str | None]:
-    """The channel a payload is for, by the mapping's `route`, or why it is for none.
+) -> tuple[list[tuple[Channel, Any]], str | None]:
+    """The channel each part of a payload is for, by the mapping's `route`, or why it is for none.
 
     A Meta app posts the webhooks of all its numbers to one URL, each naming its number
     (`metadata.phone_number_id`): the payload goes to the configured channel of the same provider
     whose `settings.<setting>` it names, if that channel checks webhooks with the same secrets
-    (the signature was checked with this channel's). A payload naming numbers no channel has, or
-    several, is quarantined, never put on a channel (and portfolio) it is not for. With nothing
-    configured (no channel has the setting) it stays with the channel whose URL received it.
+    (the signature was checked with this channel's). Meta may batch several numbers' changes in
+    one POST: such a payload is split (`mapping.route`), each part keeping its number's changes,
+    and the changes naming no number go with the receiving channel's part (else the first). A
+    payload naming a number no channel has is quarantined, never put on a channel (and portfolio)
+    it is not for. With nothing configured (no channel has the setting) it stays with the
+    channel whose URL received it.
     """
     assert spec.route is not None
-    read, setting = spec.route
+    route = spec.route
     try:
-        found = read(
+        found = route.read(
             {"payload": payload, "channel": channel.as_scope(), "received_at": received_at}
         )
     except Exception:  # an odd payload names nothing here; the rules will say what it is
         found = None
     named = sorted({str(v) for v in _flatten(found) if isinstance(v, str | int) and str(v)})
-    mine = str(channel.settings.get(setting) or "")
+    mine = str(channel.settings.get(route.setting) or "")
     if not named or named == [mine]:
-        return channel, None
+        return [(channel, payload)], None
     owners = {
         value: [
             c
             for c in settings.channels
-            if c.provider == channel.provider and str(c.settings.get(setting) or "") == value
+            if c.provider == channel.provider and str(c.settings.get(route.setting) or "") == value
         ]
         for value in named
     }
     if not mine and not any(owners.values()):
-        return channel, None  # no channel names its number: as before routing existed
-    if len(named) == 1 and len(owners[named[0]]) == 1:
-        owner = owners[named[0]][0]
-        secrets = [str(e["secret"]) for e in spec.verify if isinstance(e.get("secret"), str)]
-        if all(owner.secret(name) == channel.secret(name) for name in secrets):
-            return owner, None
-        return channel, (
-            f"the payload is for channel {owner.id} ({setting} {named[0]}), whose webhook "
-            f"secrets differ from this channel's: it cannot have been signed for it"
+        return [(channel, payload)], None  # no channel names its number: as before routing
+    unowned = [value for value in named if len(owners[value]) != 1]
+    if unowned:
+        return [], (
+            f"the payload names {route.setting} {', '.join(unowned)}, not this channel's "
+            f"({mine or 'none set'}), and no one configured channel has "
+            f"{'it' if len(unowned) == 1 else 'them'}: configure a channel with "
+            f"settings.{route.setting} for each number (one webhook URL may serve them all)"
         )
-    return channel, (
-        f"the payload names {setting} {', '.join(named)}, not this channel's "
-        f"({mine or 'none set'}), and no one configured channel has "
-        f"{'it' if len(named) == 1 else 'them all'}: configure a channel with "
-        f"settings.{setting} for each number (one webhook URL may serve them all)"
-    )
+    secrets = [str(e["secret"]) for e in spec.verify if isinstance(e.get("secret"), str)]
+    for value in named:
+        owner = owners[value][0]
+        if any(owner.secret(name) != channel.secret(name) for name in secrets):
+            return [], (
+                f"the payload is for channel {owner.id} ({route.setting} {value}), whose webhook "
+                f"secrets differ from this channel's: it cannot have been signed for it"
+            )
+    if len(named) == 1:
+        return [(owners[named[0]][0], payload)], None
+    if route.split is None:
+        return [], (
+            f"the payload names {route.setting} {', '.join(named)}, and the mapping's route.read "
+            f"is no plain path to split it by (payload.<list>[].<field>)"
+        )
+    strays = mine if mine in named else named[0]
+    return [
+        (owners[value][0], part_for(payload, route.split, value, strays=value == strays))
+        for value in named
+    ], None
 
 
 def _flatten(value: Any) -> list[Any]:
@@ -223,19 +259,18 @@ def process_batch(
     bsuids: set[tuple[str, str]] = set()
     phones: set[tuple[str, str]] = set()
     for item in batch:
-        if item.channel is None:
-            continue
-        portfolio = item.channel.portfolio
-        for draft in item.mapped.drafts:
-            if btx.event_exists(draft.id):
-                continue  # a duplicate teaches nothing: no lookups for it
-            for section in ("contact", "previous"):
-                named = draft.data.get(section) or {}
-                for key in ("bsuid", "parent_bsuid"):
-                    if named.get(key):
-                        bsuids.add((portfolio, named[key]))
-                if named.get("phone"):
-                    phones.add((portfolio, named["phone"]))
+        for channel, mapped in item.each():
+            portfolio = channel.portfolio
+            for draft in mapped.drafts:
+                if btx.event_exists(draft.id):
+                    continue  # a duplicate teaches nothing: no lookups for it
+                for section in ("contact", "previous"):
+                    named = draft.data.get(section) or {}
+                    for key in ("bsuid", "parent_bsuid"):
+                        if named.get(key):
+                            bsuids.add((portfolio, named[key]))
+                    if named.get("phone"):
+                        phones.add((portfolio, named["phone"]))
     btx.prefetch_identities(bsuids, phones)
     outcomes: list[IngestOutcome] = []
     for index, item in enumerate(batch):
@@ -254,16 +289,22 @@ def process_batch(
             )
             continue
         try:
-            outcome = ingest(
-                btx,
-                channel=item.channel,
-                raw=raw,
-                mapped=item.mapped,
-                validator=rules.validator,
-                fanout=rules.fanout,
-                now=now,
-                now_epoch=now_epoch,
-                store_raw=False,
+            outcome = _merged(
+                raw.id,
+                [
+                    ingest(
+                        btx,
+                        channel=channel,
+                        raw=raw,
+                        mapped=mapped,
+                        validator=rules.validator,
+                        fanout=rules.fanout,
+                        now=now,
+                        now_epoch=now_epoch,
+                        store_raw=False,
+                    )
+                    for channel, mapped in item.each()
+                ],
             )
         except InvalidEvents as exc:
             raise Poisoned(raw.id, exc.reason) from exc
@@ -295,6 +336,24 @@ def process_batch(
     else:
         tx.finish_raws(finished)
     return outcomes
+
+
+def _merged(raw_id: str, outcomes: list[IngestOutcome]) -> IngestOutcome:
+    """One payload's outcome from its parts' (one part unless `route` split it)."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    merged = IngestOutcome(raw_id, "processed")
+    for part in outcomes:
+        merged.events += part.events
+        merged.duplicates += part.duplicates
+        merged.superseded += part.superseded
+        merged.issues += part.issues
+        merged.deliveries += part.deliveries
+    if merged.issues:
+        merged.state = "quarantined"
+    elif (merged.duplicates or merged.superseded) and not merged.events:
+        merged.state = "duplicate"
+    return merged
 
 
 class Processor:

@@ -35,6 +35,7 @@ from bspgate.mapping.codegen import (
 from bspgate.mapping.expression import Getter, compile_expression
 from bspgate.mapping.functions import REGISTRY
 from bspgate.mapping.reads import collect_reads, root_names
+from bspgate.mapping.route import Route, split_of
 from bspgate.mapping.yamlfile import YamlFile, dotted
 
 MAPPING_FILE = "mapping.yaml"
@@ -294,7 +295,7 @@ class MappingSpec:
     quarantine: tuple[QuarantineSpec, ...]
     source: dict[str, Any] = field(repr=False)
     # `route`: what names the channel a payload is for, and the channel setting it must equal
-    route: tuple[Getter, str] | None = field(default=None, repr=False)
+    route: Route | None = field(default=None, repr=False)
     # drift watch: binding -> every first-level field a rule reads or the mapping declares known
     drift: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     plan: IterationPlan = field(init=False, repr=False, compare=False)
@@ -531,7 +532,7 @@ def load_mapping(root: Roots, name: str) -> MappingSpec:
         read = compiler.expression(
             inbound["route"]["read"], ("inbound", "route", "read"), _ROOT_NAMES
         )
-        route = (read, str(inbound["route"]["setting"]))
+        route = Route(read, str(inbound["route"]["setting"]), split_of(inbound["route"]["read"]))
     drift = {
         binding: frozenset(known) | {f for b, f in compiler.reads if b == binding}
         for binding, known in (inbound.get("drift") or {}).items()
