@@ -113,8 +113,12 @@ class _Claim:
         state = tx.subscriber_states().get(lane.id) or {}
         if state.get("disabled_at"):
             return str(state.get("reason")), []
-        if self.expire:
+        if self.expire and lane.subscriber.require_phone:
             tx.expire_held(lane.id, now - lane.subscriber.hold_for, self.stamp)
+        elif self.expire:
+            # held while the subscriber required a phone, which it no longer does: they go as
+            # they are (held, they would hold the contact's later events for good)
+            tx.release_unrequired(lane.id, now, self.stamp)
         # open: one request at a time (a due row, else an early probe; with `batch`, one batch:
         # a failed batch is retried whole, under its webhook-id); closed: the free slots
         one = max(lane.subscriber.batch_max, 1)
@@ -363,10 +367,8 @@ class Dispatcher:
         probe_ok = lane.probe_due(now)
         if lane.is_open and not probe_ok:
             return None
-        expire = (
-            lane.subscriber.require_phone
-            and now - self._last_expiry.get(lane.id, 0.0) >= EXPIRE_EVERY
-        )
+        # held rows: expired after `hold_for` (require_phone), released once it is turned off
+        expire = now - self._last_expiry.get(lane.id, 0.0) >= EXPIRE_EVERY
         return _Claim(
             lane,
             now,
@@ -795,6 +797,11 @@ class Dispatcher:
         disabled: dict[str, str] = {}
         recovered: dict[str, float | None] = {}
         for sub_id, ok in healthy.items():
+            if sub_id in gone and sub_id not in self.disabled:
+                # a 410 says the endpoint is gone, whatever another answer of the round said
+                disabled[sub_id] = "the subscriber answered 410 Gone"
+                tx.disable_subscriber(sub_id, disabled[sub_id], stamp)
+                continue
             if ok:
                 ended = tx.clear_failing(sub_id, stamp)
                 if ended is not None or sub_id in failing_since:
@@ -803,9 +810,7 @@ class Dispatcher:
                 continue
             streak = tx.subscriber_result(sub_id, False, now, stamp)
             reason = None
-            if sub_id in gone:
-                reason = "the subscriber answered 410 Gone"
-            elif streak is not None and now - streak >= self.subscribers[sub_id].disable_after:
+            if streak is not None and now - streak >= self.subscribers[sub_id].disable_after:
                 since = iso_epoch(streak)
                 reason = f"every delivery failed since {since}"
             if reason is not None and sub_id not in self.disabled:

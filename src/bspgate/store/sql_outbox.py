@@ -535,6 +535,15 @@ class OutboxQueries(SqlBase):
         )
         return int(cursor.rowcount)
 
+    def release_unrequired(self, subscriber_id: str, now: float, stamp: str) -> int:
+        """Held deliveries of a subscriber that no longer requires a phone go out as they are."""
+        cursor = self.execute(
+            "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, updated_at = ? "
+            "WHERE subscriber_id = ? AND state = 'held'",
+            (now, stamp, subscriber_id),
+        )
+        return int(cursor.rowcount)
+
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
