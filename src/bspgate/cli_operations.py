@@ -159,7 +159,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             result = await replay_deliveries(
                 gateway.store, request, gateway.clock(), gateway.settings.subscribers
             )
-            result["truncated"] = result.get("matched", 0) >= request.limit
+            result["truncated"] = (
+                max(result.get("matched", 0), result.get("added", 0)) >= request.limit
+            )
         _print(result)
         sys.stderr.write(_summary(result, args.limit) + "\n")
         return 0

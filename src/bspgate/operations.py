@@ -91,6 +91,11 @@ class ReplayRequest:
         for key, value in text.items():
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{key} must be a string")
+            if value is not None and not value.strip():
+                # an unset variable in a script names nothing: never read as "everything"
+                raise ValueError(f"{key} is empty: leave it out or name one")
+            if value is not None and "\x00" in value:
+                raise ValueError(f"{key} holds a NUL character")
         for key in ("since", "until"):
             value = text[key]
             if isinstance(value, str):
@@ -130,7 +135,11 @@ async def replay_deliveries(
     fanout = Fanout(chosen)
 
     def accepts(event_type: str, channel_id: str, event: dict[str, Any]) -> bool:
-        return not chosen or bool(fanout.matching(event_type, channel_id, event))
+        if not chosen:
+            return True
+        if event_type.startswith("bspgate."):  # of no channel: decided as they go out live
+            return operational.wanted_by(chosen[0], event)
+        return bool(fanout.matching(event_type, channel_id, event))
 
     def work(tx: Any) -> dict[str, Any]:
         candidates = tx.replay_candidates(

@@ -43,6 +43,20 @@ def authenticated(endpoint: Endpoint) -> Endpoint:
                 "send Authorization: Bearer <api key>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        if _holds_nul(request):
+            # no identifier holds one, and PostgreSQL refuses it in a text parameter
+            return problem_response(
+                400, "invalid_request", "Invalid request", "the path or query holds a NUL character"
+            )
         return await endpoint(request)
 
     return wrapper
+
+
+def _holds_nul(request: Request) -> bool:
+    """A NUL character in the (decoded) path or in a query parameter's name or value."""
+    if "\x00" in request.scope.get("path", ""):
+        return True
+    return any(
+        "\x00" in key or "\x00" in value for key, value in request.query_params.multi_items()
+    )

@@ -118,9 +118,14 @@ async def create_replay(request: Request) -> Response:
             # a bare POST must not re-deliver every subscriber's whole dead-letter queue
             raise ValueError(f"name what to replay: {_SCOPE}")
         if data.get("quarantined"):
+            raw_id = data.get("raw_id")
+            if raw_id is not None and (
+                not isinstance(raw_id, str) or not raw_id.strip() or "\x00" in raw_id
+            ):
+                raise ValueError("raw_id is the id of a quarantined payload (a string)")
             result = await replay_quarantined(
                 gateway,
-                raw_id=data.get("raw_id"),
+                raw_id=raw_id,
                 dry_run=bool(data.get("dry_run", False)),
             )
         else:
@@ -128,7 +133,9 @@ async def create_replay(request: Request) -> Response:
             result = await replay_deliveries(
                 gateway.store, replay, gateway.clock(), gateway.settings.subscribers
             )
-            result["truncated"] = result.get("matched", 0) >= replay.limit
+            result["truncated"] = (
+                max(result.get("matched", 0), result.get("added", 0)) >= replay.limit
+            )
             changed = result.get("requeued") or result.get("added")
             if changed and gateway.dispatcher is not None:
                 gateway.dispatcher.wake()

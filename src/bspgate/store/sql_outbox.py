@@ -488,24 +488,33 @@ class OutboxQueries(SqlBase):
                 ("e.time < ?", until),
             ),
         )
-        params.append(limit)
-        rows = self.all(
+        # pages in event order until `limit` accepted events: the events it refuses get no row,
+        # so a plain LIMIT would find them first on every run and never reach the ones behind
+        query = (
             "SELECT e.seq, e.id, e.contact_id, e.type, e.channel_id, e.body FROM events e "
-            f"WHERE {' AND '.join(clauses)} ORDER BY e.seq LIMIT ?",
-            params,
+            f"WHERE {' AND '.join(clauses)} AND e.seq > ? ORDER BY e.seq LIMIT ?"
         )
-        added, held = 0, set()
-        for seq, event_id_, contact_id, type_, channel_id, body in rows:
-            event = orjson.loads(body)
-            if accepts is not None and not accepts(type_, channel_id, event):
-                continue
-            added += 1
-            if dry_run:
-                continue
-            state = "held" if require_phone and _lacks_phone(event) else "pending"
-            self.insert_delivery(seq, event_id_, subscriber_id, contact_id, state, now, stamp)
-            if state == "held":
-                held.add(contact_id)
+        page = max(limit, 1_000) if accepts is not None else limit
+        added, held, after = 0, set(), -1
+        while added < limit:
+            rows = self.all(query, [*params, after, page])
+            for seq, event_id_, contact_id, type_, channel_id, body in rows:
+                after = seq
+                event = orjson.loads(body)
+                if accepts is not None and not accepts(type_, channel_id, event):
+                    continue
+                added += 1
+                if not dry_run:
+                    state = "held" if require_phone and _lacks_phone(event) else "pending"
+                    self.insert_delivery(
+                        seq, event_id_, subscriber_id, contact_id, state, now, stamp
+                    )
+                    if state == "held":
+                        held.add(contact_id)
+                if added == limit:
+                    break
+            if len(rows) < page:
+                break
         for contact_id in sorted(held):
             self._release_if_phone(contact_id, now, stamp)
         return added
