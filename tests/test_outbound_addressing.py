@@ -52,10 +52,28 @@ def test_moved_phone_is_not_used_for_the_bsuid_it_left() -> None:
     assert recipient.ignored_phone == "belongs to another contact"
 
 
-def test_unknown_bsuid_with_a_phone_only_contact_joins_it() -> None:
+@pytest.mark.parametrize("by", ["phone", "contact_id"])
+def test_an_unknown_bsuid_beside_a_phone_only_contact_is_not_used_to_reach_it(by: str) -> None:
+    # sent to the BSUID, the statuses (naming only it) would make a stranger of the contact;
+    # sent to the phone, they name the phone (and the BSUID, which then joins it: rule 4)
     tx, (legacy,) = store_with(Observation(phone="+15550000003"))
-    recipient = resolve_recipient(tx, "acme", {"bsuid": B1, "phone": "+15550000003"})
-    assert (recipient.contact_id, recipient.bsuid, recipient.phone) == (legacy, B1, "+15550000003")
+    given = {"phone": "+15550000003"} if by == "phone" else {"contact_id": legacy}
+    recipient = resolve_recipient(tx, "acme", {"bsuid": B1, **given})
+    assert (recipient.contact_id, recipient.bsuid, recipient.phone) == (
+        legacy,
+        None,
+        "+15550000003",
+    )
+    assert recipient.unverified_bsuid == B1
+
+    def address(send_by: str) -> tuple[str, str]:
+        chosen = choose_address(
+            recipient, send_type="text", category=None, send_by=send_by, bsuid_supported=True
+        )
+        return chosen.kind, chosen.value
+
+    assert address("auto") == ("phone", "+15550000003")
+    assert address("bsuid") == ("bsuid", B1)  # the channel sends by BSUID alone: the one given
 
 
 @pytest.mark.parametrize(

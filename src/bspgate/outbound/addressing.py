@@ -70,6 +70,9 @@ class Recipient:
     phone: str | None
     replaced_bsuid: str | None = None
     ignored_phone: str | None = None
+    # a BSUID given beside a contact that holds none, unknown to the store: not the contact's
+    # as far as anything shows, so it is used only when the channel sends by BSUID alone
+    unverified_bsuid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +174,15 @@ def resolve_recipient(view: IdentityView, portfolio: str, to: dict[str, Any]) ->
         contact = view.contact_by_phone(portfolio, given_phone)
 
     bsuid = (contact.bsuid if contact else None) or given_bsuid
+    unverified = None
     if contact is not None and given_bsuid and given_bsuid == contact.parent_bsuid:
         bsuid = given_bsuid  # a parent BSUID is no retired one: Cloud API's `recipient` takes it
+    elif contact is not None and contact.bsuid is None and given_bsuid:
+        owner = view.contact_by_bsuid(portfolio, given_bsuid)
+        if owner is None or owner.id != contact.id:
+            # the contact (phone only) is reached at its phone: sent to an unknown BSUID, the
+            # statuses (which name only the BSUID) would make a new contact of it
+            bsuid, unverified = None, given_bsuid
     replaced = given_bsuid if given_bsuid and bsuid and given_bsuid != bsuid else None
     phone = contact.phone if contact else None
     ignored = None
@@ -190,6 +200,7 @@ def resolve_recipient(view: IdentityView, portfolio: str, to: dict[str, Any]) ->
         phone=phone,
         replaced_bsuid=replaced,
         ignored_phone=ignored,
+        unverified_bsuid=unverified,
     )
 
 
@@ -225,6 +236,9 @@ def choose_address(
             "bsuid_send_unsupported",
             f"{why} for this channel's provider and no phone is known for this recipient",
         )
+    if not recipient.bsuid and recipient.unverified_bsuid and bsuid_supported:
+        # the channel sends by BSUID only: the one given is the only one there is
+        return Address("bsuid", recipient.unverified_bsuid, recipient)
     if not recipient.bsuid:
         raise SendError("bsuid_required", "the channel sends by BSUID only and no BSUID is known")
     if not bsuid_supported:
