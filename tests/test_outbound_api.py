@@ -1,8 +1,10 @@
 """POST /v1/messages and GET /v1/messages/{id} through the app, with respx for the provider.
 
 Idempotency, dry runs, a retired BSUID replaced by the current one, the service-window policies,
-provider rejections mapped to 502, retries only where the call is keyed, and Azure's access-key
-signature against a vector computed independently (openssl, from Azure's documented algorithm).
+provider rejections mapped to 502 (their reasons without phones or channel secrets), retries only
+where the call is keyed (an attempt that may have sent keeps the outcome unknown), a missing
+secret refused before the key is taken, and Azure's access-key signature against a vector
+computed independently (openssl, from Azure's documented algorithm).
 """
 
 from __future__ import annotations
@@ -315,6 +317,124 @@ def test_5xx_on_a_keyed_provider_is_retried(tmp_path: Path) -> None:
     assert route.call_count == 2
     first, second = (call.request for call in route.calls)
     assert first.headers["repeatability-request-id"] == second.headers["repeatability-request-id"]
+
+
+AZURE_URL = f"{stand_in('azure_acs')}/messages/notifications:send"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        httpx.ReadTimeout("no answer"),  # written, never answered: Azure may have sent it
+        httpx.Response(503, json={"error": {"code": "Busy", "message": "later"}}),
+    ],
+    ids=["timeout", "5xx"],
+)
+def test_a_keyed_retry_that_cannot_connect_keeps_the_outcome_unknown(
+    gw: Gateway, first: Any
+) -> None:
+    # Attempt 1 may have reached Azure; attempts 2 and 3 cannot connect. "Nothing was sent"
+    # would free the key, and a retry with it would go out under a new Repeatability-Request-ID.
+    gw.person(bsuid=BSUID, channel=channel_id("azure_acs"))
+    send = {**template({"bsuid": BSUID}), "channel": channel_id("azure_acs")}
+    refused = httpx.ConnectError("refused")
+    with respx.mock(assert_all_called=True) as router:
+        route = router.post(url__startswith=AZURE_URL).mock(side_effect=[first, refused, refused])
+        response = gw.post(send, key="azure-1")
+        assert route.call_count == 3
+        route.side_effect = None
+        route.return_value = httpx.Response(202, json=answer_json("azure_acs"))
+        again = gw.post(send, key="azure-1")
+    problem = response.json()
+    assert (response.status_code, problem["code"]) == (502, "send_outcome_unknown")
+    assert problem["outcome"] == "unknown"
+    assert "nothing was sent" not in problem["detail"]
+    assert "attempt 1 of 3" in problem["detail"]
+    assert route.call_count == 3  # the same key never calls the provider again
+    assert (again.status_code, again.json()) == (502, problem)
+
+
+def test_a_keyed_retry_that_never_connects_frees_the_key(gw: Gateway) -> None:
+    # nothing reached Azure on any attempt: a definite "nothing was sent", retryable with the key
+    gw.person(bsuid=BSUID, channel=channel_id("azure_acs"))
+    send = {**template({"bsuid": BSUID}), "channel": channel_id("azure_acs")}
+    with respx.mock(assert_all_called=True) as router:
+        route = router.post(url__startswith=AZURE_URL).mock(
+            side_effect=[httpx.ConnectError("refused")] * 3
+        )
+        response = gw.post(send, key="azure-2")
+        route.side_effect = None
+        route.return_value = httpx.Response(202, json=answer_json("azure_acs"))
+        again = gw.post(send, key="azure-2")
+    assert (response.status_code, response.json()["code"]) == (502, "provider_error")
+    assert "nothing was sent" in response.json()["detail"]
+    assert again.status_code == 202
+
+
+TWILIO_SID = "AC0123456789abcdef0123456789abcdef"  # the twilio test channel's account_sid secret
+TWILIO_URL = f"{stand_in('twilio')}/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
+
+
+def test_a_rejection_reason_does_not_repeat_the_phone(gw: Gateway) -> None:
+    # Twilio 21211 quotes the number (twilio-php#665, twilio-node#341)
+    phone = "+15557654321"
+    error = {
+        "code": 21211,
+        "message": f"The 'To' number whatsapp:{phone} is not a valid phone number.",
+        "more_info": "https://www.twilio.com/docs/errors/21211",
+        "status": 400,
+    }
+    with respx.mock(assert_all_called=True) as router:
+        router.post(TWILIO_URL).mock(return_value=httpx.Response(400, json=error))
+        send = {**template({"phone": phone}), "channel": channel_id("twilio")}
+        response = gw.post(send, key="tw-1")
+        replayed = gw.post(send, key="tw-1")  # the stored answer, as GET /v1/messages shows it
+    problem = response.json()
+    assert (response.status_code, problem["provider_code"]) == (502, "21211")
+    assert problem["detail"] == (
+        "The 'To' number whatsapp:*********21 is not a valid phone number."
+    )  # the rest of Twilio's reason is kept
+    assert phone.lstrip("+") not in response.text
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.json() == problem
+
+
+def test_a_rejection_reason_does_not_repeat_a_channel_secret(gw: Gateway) -> None:
+    # Twilio 20404 quotes the request path, Account SID included (demisto/content#28986)
+    error = {
+        "code": 20404,
+        "message": f"The requested resource /2010-04-01/Accounts/{TWILIO_SID}/Messages.json "
+        "was not found",
+        "status": 404,
+    }
+    with respx.mock(assert_all_called=True) as router:
+        router.post(TWILIO_URL).mock(return_value=httpx.Response(404, json=error))
+        response = gw.post({**template({"phone": "+15557654321"}), "channel": channel_id("twilio")})
+    assert response.status_code == 502
+    assert TWILIO_SID not in response.text
+    assert response.json()["detail"] == (
+        "The requested resource /2010-04-01/Accounts/****/Messages.json was not found"
+    )
+
+
+def test_a_missing_secret_does_not_take_the_idempotency_key(tmp_path: Path) -> None:
+    # refused before anything is sent: once the operator adds the secret, the same key sends
+    broken = Gateway(tmp_path, cloudapi={"secrets": {"app_secret": "x"}})
+    send = cloud(text({"bsuid": BSUID}))
+    with broken.client:
+        broken.person(bsuid=BSUID, wrote=NOW - timedelta(hours=1))
+        with respx.mock(assert_all_called=False) as router:
+            route = meta_ok(router)
+            first = broken.post(send, key="fix-then-retry")
+        assert route.call_count == 0
+    assert (first.status_code, first.json()["code"]) == (500, "channel_not_configured")
+    fixed = Gateway(tmp_path)  # the same store, the secret now configured
+    with fixed.client, respx.mock(assert_all_called=True) as router:
+        route = meta_ok(router)
+        again = fixed.post(send, key="fix-then-retry")
+    assert again.headers.get("idempotent-replayed") != "true"
+    assert again.status_code == 202, again.text
+    assert route.call_count == 1
 
 
 def test_get_message_shows_the_send_and_its_statuses(gw: Gateway) -> None:

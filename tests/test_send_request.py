@@ -1,14 +1,16 @@
 """What a send may say and what goes out for it (canonical contract §1 phone format, §3 sends).
 
 Template parameters as an object of named values, v1.1 phones in `to.phone` (short test numbers,
-typed separators) normalised as the inbound side does, Meta's named template parameters, and a
-Twilio channel with no sender refused instead of rendered without `From`.
+typed separators) normalised as the inbound side does, Meta's named template parameters and the
+one-time-password button of authentication templates, a Twilio channel with no sender refused
+instead of rendered without `From`, and Connectly media addressed like text.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from bspgate import cli
 from bspgate.errors import SendError
 from bspgate.identity.resolver import IdentityResolver, Observation
 from bspgate.outbound.service import validate_send
-from tests.test_outbound_api import CLOUD, Gateway, cloud
+from tests.test_outbound_api import CLOUD, NOW, Gateway, cloud
 from tests.test_outbound_providers import channel_id, config_dict, text
 
 NAMED = {"first_name": "Ann", "order": "#1234"}
@@ -155,6 +157,46 @@ def test_positional_parameters_have_no_parameter_name(gw: Gateway) -> None:
     ]
 
 
+# -- Meta's authentication templates: the code in the OTP button too (Cloud API, 360dialog) ------
+def authentication(to: dict[str, str], parameters: Any) -> dict[str, Any]:
+    return {
+        "to": to,
+        "type": "template",
+        "template": {
+            "name": "otp",
+            "language": "en_US",
+            "category": "authentication",
+            "parameters": parameters,
+        },
+    }
+
+
+@pytest.mark.parametrize("provider", ["cloudapi", "dialog360"])
+@pytest.mark.parametrize("parameters", [["123456"], {"code": "123456"}], ids=["list", "named"])
+def test_authentication_template_carries_the_code_in_the_otp_button(
+    gw: Gateway, provider: str, parameters: Any
+) -> None:
+    # Meta, "Sending Authentication Message Templates with One-Time Password Buttons": the code
+    # goes in the text of both the body and the button (sub_type url, index 0) component; every
+    # authentication template has an OTP button, so a body-only send is refused by Meta
+    gw.person(phone="+15557654321", channel=channel_id(provider))
+    body = dry(gw, authentication({"phone": "+15557654321"}, parameters), channel_id(provider))
+    components = body["template"]["components"]
+    assert [c["type"] for c in components] == ["body", "button"]
+    assert components[0]["parameters"][0]["text"] == "123456"
+    assert components[1] == {
+        "type": "button",
+        "sub_type": "url",
+        "index": "0",
+        "parameters": [{"type": "text", "text": "123456"}],
+    }
+
+
+def test_other_templates_get_no_otp_button(gw: Gateway) -> None:
+    body = dry(gw, utility({"phone": "+15551234567"}, ["Ann"]))
+    assert [c["type"] for c in body["template"]["components"]] == ["body"]
+
+
 # -- a Twilio channel with no sender (providers.md §2.5: From or MessagingServiceSid) ------------
 def _twilio_config(tmp_path: Path, **twilio: Any) -> Path:
     config = config_dict(tmp_path)
@@ -232,3 +274,25 @@ def test_retired_phone_is_refused_as_retired(gw: Gateway) -> None:
     assert (response.status_code, problem["code"]) == (422, "phone_retired")
     assert problem["title"] == "The phone number is retired"
     assert "5550009999" not in problem["detail"]
+
+
+# -- Connectly media are session messages: addressed like text (docs/sending.md) ----------------
+@pytest.mark.parametrize("kind", ["image", "document", "video", "audio"])
+def test_connectly_media_to_a_bsuid_sets_recipient_id_like_text(gw: Gateway, kind: str) -> None:
+    # Mintlify marks recipient.id required ("E.164, or bare BSUID"); the text form sets it
+    channel = channel_id("connectly")
+    bsuid = "US.13491208655302741918"
+    gw.person(bsuid=bsuid, channel=channel, wrote=NOW - timedelta(hours=1))
+    send = {"to": {"bsuid": bsuid}, "type": kind, kind: {"url": "https://cdn.example.com/f"}}
+    body = dry(gw, send, channel)
+    assert body["recipient"] == {"channelType": "whatsapp", "id": bsuid, "userId": bsuid}
+    assert set(body["callbackData"]) == {"bspgate_send_id"}  # as text sends: callbackData?
+
+
+def test_connectly_media_to_a_phone_sets_recipient_id_only(gw: Gateway) -> None:
+    channel = channel_id("connectly")
+    gw.person(phone="+15557654321", channel=channel, wrote=NOW - timedelta(hours=1))
+    send = {"to": {"phone": "+15557654321"}, "type": "image",
+            "image": {"url": "https://cdn.example.com/f"}}  # fmt: skip
+    body = dry(gw, send, channel)
+    assert body["recipient"] == {"channelType": "whatsapp", "id": "+15557654321"}

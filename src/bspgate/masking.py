@@ -1,10 +1,16 @@
-"""One way to show a URL or DSN without its credentials: `mask_url`.
+"""One way to show a URL or DSN without its credentials (`mask_url`), and free text without the
+phone numbers in it (`mask_phones`).
 
 Used wherever a configured URL or DSN is shown (`config check`, `GET /v1/subscribers`, the
 startup line, `subscribers list`, logs). Masked: the password of `user:password@`, a user name
 standing alone in an http(s) URL (a token used as the user: `https://tok@host`), query
 parameters whose names say they carry a credential (`token`, `code`, `key`, `secret`, `sig`,
 `password`, `sslpassword`, `auth`, …) and `password=` / `sslpassword=` in a libpq key=value DSN.
+
+`mask_phones` is for text bspgate repeats but did not write, such as a provider's rejection
+reason ("The 'To' number whatsapp:+15557654321 is not a valid phone number."): every run of 8 to
+15 digits standing alone, `+` or not, keeps its last two digits (`*********21`, as the logs show
+phones). Digits inside a longer token (a BSUID `US.1349…`, an id, a SID) are not phones.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 MASK = "****"
 _SECRET_PARAM = re.compile(r"pass|token|code|key|secret|sig|auth|credential|session", re.I)
 _KEYWORD_DSN = re.compile(r"\b((?:ssl)?password)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.I)
+# after `whatsapp:`, `tel:` or a `/` too (logging's own pattern leaves those out)
+_PHONE_IN_TEXT = re.compile(r"(?<![\w.+-])\+?\d{8,15}(?![\w-])")
 
 
 def _mask_query(query: str) -> str:
@@ -48,3 +56,13 @@ def mask_url(text: str) -> str:
             userinfo = MASK  # a lone user name in a webhook URL is a token
         netloc = f"{userinfo}@{hostport}"
     return urlunsplit((parts.scheme, netloc, parts.path, _mask_query(parts.query), parts.fragment))
+
+
+def _mask_phone(match: re.Match[str]) -> str:
+    digits = match.group(0).lstrip("+")
+    return "*" * (len(digits) - 2) + digits[-2:]
+
+
+def mask_phones(text: str) -> str:
+    """`text` with every phone-like digit run masked but its last two digits."""
+    return _PHONE_IN_TEXT.sub(_mask_phone, text)

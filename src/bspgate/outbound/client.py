@@ -9,7 +9,13 @@ else is a `SendError` with status 502: the provider's own rejection keeps its co
 Retries: a request that never reached the provider (connection refused) is always safe to repeat.
 Timeouts, 429 and 5xx are repeated only when the mapping declares the call safe (`retry.safe`:
 the provider de-duplicates it, e.g. Azure's Repeatability-Request-ID); otherwise the answer is
-`502` with `retryable: true` and the caller decides. Logs carry no phone numbers or bodies.
+`502` with `retryable: true` and the caller decides. Once one attempt may have reached the
+provider (a timeout after the request was written, a 5xx), the send's outcome stays unknown
+whatever the later attempts answer: a later "connection refused" says nothing about the first.
+
+The provider's rejection text is repeated to the caller (and stored with the send), so the
+channel's secret values and phone numbers in it are masked first. Logs carry no phone numbers
+or bodies.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import orjson
 import structlog
 
 from bspgate.errors import SendError
+from bspgate.masking import mask_phones
 from bspgate.outbound.oauth import TokenCache
 from bspgate.outbound.rewrite import ProviderRequest
 from bspgate.outbound.spec import OutboundSpec
@@ -51,12 +58,24 @@ def _parse(response: httpx.Response) -> Any:
         return None
 
 
-def _rejection(spec: OutboundSpec, response: httpx.Response, body: Any) -> SendError:
+def _rejection(
+    spec: OutboundSpec, request: ProviderRequest, response: httpx.Response, body: Any
+) -> SendError:
+    """The provider's rejection; its text keeps what it says, not the secrets or phones it quotes.
+
+    Twilio, for one, quotes the number ("The 'To' number whatsapp:+1… is not a valid phone
+    number.") or the Account SID in a path (20404), and the detail is answered, stored and
+    replayed: secret values are masked as in a dry run, phones as in the logs.
+    """
     code = spec.error_code(body) if spec.error_code and body is not None else None
     message = spec.error_message(body) if spec.error_message and body is not None else None
     provider_code = None if code is None else str(code)
     canonical = spec.error_map.get(provider_code or "", "provider_error")
-    detail = str(message) if message else f"{spec.provider} answered HTTP {response.status_code}"
+    detail = (
+        mask_phones(request.scrub(str(message)))
+        if message
+        else f"{spec.provider} answered HTTP {response.status_code}"
+    )
     return SendError(
         canonical,
         detail,
@@ -104,15 +123,11 @@ async def deliver(
     An OAuth2 send (`request.oauth`) carries a token from `tokens`; a 401 drops it and the
     request is repeated once with a fresh token (the provider refused the token, not the send).
     """
-    if request.missing_secrets:
-        raise SendError(
-            "channel_not_configured",
-            f"the channel has no {', '.join(request.missing_secrets)} secret for {spec.provider}",
-            status=500,
-        )
+    check_configured(spec, request)
     attempts = spec.retry.attempts if spec.retry.safe else 1
     attempt = 0
     refreshed = False
+    reached: tuple[int, SendError] | None = None  # the first attempt that may have sent it
     tokens = tokens if tokens is not None else TokenCache()
     while True:
         attempt += 1
@@ -135,13 +150,14 @@ async def deliver(
             if attempt < max(attempts, 2):
                 await sleep(_backoff(spec, attempt))
                 continue
-            raise error from None
+            raise _final(error, reached, attempt) from None
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             error = _unreachable(spec, type(exc).__name__, written=_may_have_reached(exc))
+            reached = reached or ((attempt, error) if _maybe_sent(error) else None)
             if attempt < attempts:
                 await sleep(_backoff(spec, attempt))
                 continue
-            raise error from None
+            raise _final(error, reached, attempt) from None
         latency = (time.perf_counter() - started) * 1000
         body = _parse(response)
         _log.info(
@@ -174,11 +190,47 @@ async def deliver(
             refreshed = True
             attempt -= 1
             continue
-        error = _rejection(spec, response, body)
+        error = _rejection(spec, request, response, body)
+        reached = reached or ((attempt, error) if _maybe_sent(error) else None)
         if error.extra.get("retryable") and attempt < attempts:
             await sleep(_backoff(spec, attempt))
             continue
-        raise error
+        raise _final(error, reached, attempt)
+
+
+def check_configured(spec: OutboundSpec, request: ProviderRequest) -> None:
+    """`500 channel_not_configured` when the channel lacks a secret the send needs."""
+    if request.missing_secrets:
+        raise SendError(
+            "channel_not_configured",
+            f"the channel has no {', '.join(request.missing_secrets)} secret for {spec.provider}",
+            status=500,
+        )
+
+
+def _maybe_sent(error: SendError) -> bool:
+    """The attempt may have reached the provider: written without an answer, or a 5xx."""
+    status = error.extra.get("provider_status")
+    return error.extra.get("outcome") == "unknown" or (isinstance(status, int) and status >= 500)
+
+
+def _final(error: SendError, reached: tuple[int, SendError] | None, attempts: int) -> SendError:
+    """The error a send ends with: the first attempt that may have sent the message wins.
+
+    An earlier attempt that may have reached the provider (Azure retries timeouts and 5xx) keeps
+    the outcome unknown even when a later attempt could not connect or was refused: answering
+    "nothing was sent" would free the Idempotency-Key, and a retry with it would make a new send
+    (a new Repeatability-Request-ID) that the provider cannot recognise as a repeat.
+    """
+    if reached is None or _maybe_sent(error):
+        return error  # nothing ambiguous before, or the last attempt says "unknown" itself
+    attempt, first = reached
+    return SendError(
+        first.code,
+        f"{first.detail} (attempt {attempt} of {attempts}; later attempts settled nothing)",
+        status=first.status,
+        **{**first.extra, "outcome": "unknown"},
+    )
 
 
 def _may_have_reached(exc: httpx.HTTPError) -> bool:

@@ -54,22 +54,23 @@ class ProviderRequest:
         for name, value in self.headers.items():
             if name.lower() in self.credential_headers:
                 value = _mask_credential(value)
-            headers[name] = self._scrub(value)
+            headers[name] = self.scrub(value)
         return {
             "method": self.method,
-            "url": self._scrub(self.url),
+            "url": self.scrub(self.url),
             "headers": headers,
             "body": self._scrub_tree(self.body),
         }
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
+        """`text` with every value of the channel's secrets replaced by ****."""
         for secret in self.secret_values:
             text = text.replace(secret, MASK)
         return text
 
     def _scrub_tree(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self._scrub(value)
+            return self.scrub(value)
         if isinstance(value, dict):
             return {k: self._scrub_tree(v) for k, v in value.items()}
         if isinstance(value, list):

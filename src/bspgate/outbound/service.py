@@ -10,7 +10,8 @@ resolve to the contact (identity rule 8 in `pipeline.py`).
 Idempotency: a key is reserved in the store (unique index) before the provider call, so the same
 key never calls the provider twice; within 24 h it answers the first answer again. A key whose
 first attempt failed before anything reached the provider (connection refused) is freed for a
-retry. An ambiguous outcome (no answer after the request was written, a 5xx) is stored as
+retry, and a refusal made before the call (a missing channel secret, the addressing rules) never
+takes the key. An ambiguous outcome (no answer after the request was written, a 5xx) is stored as
 `unknown` and answered as such (502, `send_outcome_unknown`) to every retry with that key: the
 message may have gone, so only a new key sends again. A key left `pending` by a process that
 died mid-call is settled `unknown` once it is older than `PENDING_LEASE`, never left hanging.
@@ -53,7 +54,7 @@ from bspgate.outbound.addressing import (
     normalize_phone,
     resolve_recipient,
 )
-from bspgate.outbound.client import DEFAULT_TIMEOUT, Sleep, deliver
+from bspgate.outbound.client import DEFAULT_TIMEOUT, Sleep, check_configured, deliver
 from bspgate.outbound.oauth import TokenCache
 from bspgate.outbound.rewrite import (
     ProviderRequest,
@@ -288,6 +289,9 @@ class SendService:
         plan = await self._store.read(lambda tx: plan_send(tx, channel, spec, send, now))
         send_id = new_id("snd")
         request = self.render(send, channel, plan, send_id, now)
+        # a channel missing a secret is refused before the key is reserved: nothing was sent,
+        # so the caller's retry with the same key, once the secret is added, sends
+        check_configured(spec, request)
         row = {
             "id": send_id,
             "channel_id": channel.id,
