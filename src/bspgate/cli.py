@@ -9,7 +9,9 @@ a non-zero exit: 2 for a refused input (a payload that would be quarantined, an 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -127,7 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             "server.host",
             f"{server.host!r} is not a loopback address and development credentials are in "
-            f"effect ({', '.join(dev)}): set them in the environment, or pass --insecure-dev",
+            f"effect: set them in the environment, or pass --insecure-dev for a try-out "
+            f"({len(dev)} keys: {', '.join(dev)})",
         )
     settings = dataclasses.replace(settings, server=server)
     address = local_url(server.host, server.port)
@@ -147,19 +150,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 detail="development defaults are in effect: set the real values in the "
                 "environment before exposing this gateway",
             )
-        uvicorn.run(
-            app,
-            host=server.host,
-            port=server.port,
-            log_config=uvicorn_log_config(args.log_level),
-            access_log=False,  # bspgate logs one access line per request itself
-            lifespan="on",
-            server_header=False,
-        )
+        # uvicorn shuts down gracefully on SIGTERM and Ctrl-C, then raises the signal again
+        # with the handlers it found: this one ends the process normally, so the buffered log
+        # lines are written and the lock released (the default handler killed it first)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _stop_after_shutdown)
+        with contextlib.suppress(_Stopped):
+            uvicorn.run(
+                app,
+                host=server.host,
+                port=server.port,
+                log_config=uvicorn_log_config(args.log_level),
+                access_log=False,  # bspgate logs one access line per request itself
+                lifespan="on",
+                server_header=False,
+            )
     finally:
         if lock is not None:
             lock.release()
     return 0
+
+
+class _Stopped(Exception):
+    """A stop signal, raised again by uvicorn after its graceful shutdown."""
+
+
+def _stop_after_shutdown(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
 
 
 def cmd_normalize(args: argparse.Namespace) -> int:

@@ -299,6 +299,20 @@ def configure_logging(
         logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
+    _route_libraries(numeric, json)
+
+
+def _route_libraries(level: int, json: bool) -> None:
+    """Libraries' standard-library lines (psycopg's pool, aiohttp, ...) in bspgate's format,
+    redacted like its own: warnings and above (their INFO chatter is theirs, not ours)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, LineHandler):
+            root.removeHandler(handler)
+    handler = LineHandler()
+    handler.setFormatter(StdlibFormatter(json))
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))
 
 
 class StdlibFormatter(logging.Formatter):
@@ -336,6 +350,10 @@ class LineHandler(logging.Handler):
             self.handleError(record)
 
 
+def _rank(level: str) -> int:
+    return logging.getLevelNamesMapping().get(level, logging.INFO)
+
+
 def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
     """A `logging.config.dictConfig` for uvicorn: its lines in bspgate's format, on stderr."""
     return {
@@ -343,6 +361,8 @@ def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"bspgate": {"()": "bspgate.logging.StdlibFormatter"}},
         "handlers": {"default": {"class": "bspgate.logging.LineHandler", "formatter": "bspgate"}},
+        # libraries' lines too (see `_route_libraries`; this configuration replaces its handler)
+        "root": {"handlers": ["default"], "level": max(level.upper(), "WARNING", key=_rank)},
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
             "uvicorn.error": {"level": level.upper()},

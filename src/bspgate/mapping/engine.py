@@ -22,6 +22,7 @@ from bspgate.mapping.expression import truthy
 from bspgate.mapping.functions import REGISTRY, NotAnIdentifier
 from bspgate.mapping.loader import IterationPlan, MappingSpec, RuleSpec
 from bspgate.mapping.shapes import SCALARS, SUBOBJECTS, sections
+from bspgate.masking import mask_phones
 from bspgate.times import is_rfc3339
 
 
@@ -143,7 +144,9 @@ def _drift(
         if isinstance(item, dict) and not known.issuperset(item):
             for key in item:
                 if key not in known:
-                    name = f"{binding}.{key}"
+                    # the name is the provider's, from a payload: a phone used as a key (a
+                    # map keyed by number) is masked here, for the log, metric and drift event
+                    name = f"{binding}.{mask_phones(str(key))}"
                     if name not in out:
                         out.append(name)
 
