@@ -98,7 +98,15 @@ def _event(
     }
 
 
-def _store(tx: Any, ctx: OperatorContext, event: dict[str, Any], subscribers: list[str]) -> None:
+def _store(
+    tx: Any,
+    ctx: OperatorContext,
+    event: dict[str, Any],
+    subscribers: list[str],
+    held: frozenset[str] = frozenset(),
+) -> None:
+    """Store an event raised outside a payload, with a delivery for each subscriber (`held`:
+    those that require a phone, when its contact has none, as the pipeline holds them)."""
     describe(event, ctx.fanout.schema_base, None)  # dataschema, as on every event
     ctx.validator.validate(event)
     if tx.event_exists(event["id"]):
@@ -106,8 +114,9 @@ def _store(tx: Any, ctx: OperatorContext, event: dict[str, Any], subscribers: li
     row = {**event, "data": {**event["data"], "raw_id": ""}}  # no raw payload behind it
     seq = tx.insert_event(row, orjson.dumps(event).decode(), ctx.stamp)
     for subscriber_id in subscribers:
+        state = "held" if subscriber_id in held else "pending"
         tx.insert_delivery(
-            seq, event["id"], subscriber_id, event["subject"], "pending", ctx.epoch, ctx.stamp
+            seq, event["id"], subscriber_id, event["subject"], state, ctx.epoch, ctx.stamp
         )
 
 
@@ -118,8 +127,11 @@ def notice_events(tx: Any, ctx: OperatorContext, channel: Channel, notices: list
         event_type = CONTACT_MERGED if notice.kind == MERGED else IDENTITY_CHANGED
         data = contact_data(notice.contact)
         event = _event(channel, event_type, notice.key, data, notice.data, ctx.stamp)
-        subscribers = [s.id for s in ctx.fanout.matching(event_type, channel.id, event)]
-        _store(tx, ctx, event, subscribers)
+        matching = ctx.fanout.matching(event_type, channel.id, event)
+        # held for a subscriber that requires a phone when the contact has none, as from a
+        # payload (an erasure's event, which never has one, is not held: see `erase`)
+        held = frozenset(s.id for s in matching if s.require_phone and not notice.contact.phone)
+        _store(tx, ctx, event, [s.id for s in matching], held)
 
 
 def operator_merge(tx: Any, ctx: OperatorContext, into_id: str, from_id: str) -> dict[str, Any]:

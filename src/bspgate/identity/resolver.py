@@ -148,6 +148,31 @@ class IdentityResolver:
             self.tx.save_contact(contact, self.now)
         return contact
 
+    def addressed(self, bsuid: str | None, phone: str | None) -> ContactRow:
+        """The contact of a send's address the store did not know when the send was planned.
+
+        A send is no provider payload about the person: it teaches who the address is, not
+        since when. So the identifier is recorded without an evidence time (rule 9), and any
+        dated evidence (a late identity change, a pair) decides over it. An address someone
+        holds by now (a webhook processed meanwhile) is theirs.
+        """
+        found = self.tx.contact_by_bsuid(self.portfolio, bsuid) if bsuid else None
+        if found is None and phone and not bsuid:
+            found = self.tx.contact_by_phone(self.portfolio, phone)
+        if found is not None:
+            return found
+        contact = self.tx.create_contact(self.portfolio, self.now)
+        self.tx.add_history(contact.id, self.now, "created", {"by": "bsuid" if bsuid else "phone"})
+        if bsuid:
+            contact.bsuid = bsuid
+            self.tx.link_bsuid(contact, bsuid, self.now, self.channel_id, current=True)
+        elif phone:
+            contact.phone = phone
+            self.tx.link_phone(contact, phone, self.now, self.channel_id)
+            self.tx.add_history(contact.id, self.now, "phone_captured", {"why": "sent to"})
+        self.tx.save_contact(contact, self.now)
+        return contact
+
     def _first_bsuid(self, seen: Observation, at: str) -> ContactRow:
         assert seen.bsuid is not None
         owner = self.tx.contact_by_phone(self.portfolio, seen.phone) if seen.phone else None

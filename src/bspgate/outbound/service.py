@@ -36,7 +36,7 @@ import orjson
 import structlog
 
 from bspgate.config import Channel, Settings
-from bspgate.describe import pointer
+from bspgate.describe import kind, pointer
 from bspgate.errors import MappingLoadError, SendError
 from bspgate.identity.evidence import answer_pairs
 from bspgate.identity.operator import OperatorContext, notice_events
@@ -125,7 +125,10 @@ def validate_send(payload: Any) -> dict[str, Any]:
         where = pointer(error.absolute_path)
         if where == "/to/phone":  # jsonschema's message repeats the value: a phone number
             raise SendError("invalid_request", PHONE_FORMAT, pointer=where)
-        raise SendError("invalid_request", f"{where or 'the body'}: {error.message}", pointer=where)
+        # jsonschema's message quotes the value (a phone given in the wrong place, message
+        # text): the reason names its kind instead
+        message = error.message.replace(repr(error.instance), kind(error.instance))
+        raise SendError("invalid_request", f"{where or 'the body'}: {message}", pointer=where)
     return {**payload, "to": normalize_phone(payload["to"])}
 
 
@@ -448,15 +451,12 @@ class SendService:
         if contact_id is None:
             # A recipient the store did not know: the contact is created from the address used,
             # so this send's statuses (and later inbound messages) land on one contact.
+            # The send tells who the address is, not since when: no evidence time (rule 9).
             resolver = IdentityResolver(tx, channel.portfolio, channel.id, stamp)
-            seen = Observation(
-                bsuid=address.value if address.kind == "bsuid" else None,
-                phone=address.value if address.kind == "phone" else None,
-            )
-            contact_id = resolver.observe(seen).id
-            notices = resolver.take_notices()
-            if notices:
-                notice_events(tx, self._notice_context(moment), channel, notices)
+            contact_id = resolver.addressed(
+                address.value if address.kind == "bsuid" else None,
+                address.value if address.kind == "phone" else None,
+            ).id
         body: dict[str, Any] = {
             "id": send_id,
             "channel": channel.id,
@@ -544,6 +544,11 @@ def _send_view(tx: Any, send_id: str) -> dict[str, Any] | None:
 
     if row["contact_id"]:
         follow_merged(visit(row["contact_id"]), visit)
+        # a status pairing the addressed number with someone else's BSUID (a recycled number,
+        # rule 6) lands on the number's new holder: its statuses of this message count too
+        for taker in tx.phone_takers(list(contact_ids)):
+            if taker not in contact_ids:
+                follow_merged(visit(taker), visit)
     statuses = []
     answer = orjson.loads(row["answer"]) if row["answer"] else None
     # a reused provider id is kept in the answer only (the first send keeps the correlation)

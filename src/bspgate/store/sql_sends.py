@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,6 +104,23 @@ class SendQueries(SqlBase):
     def release_send_key(self, send_id: str) -> None:
         """Forget an expired idempotency key (the send itself stays)."""
         self.execute("UPDATE sends SET idempotency_key = NULL WHERE id = ?", (send_id,))
+
+    def phone_takers(self, contact_ids: list[str]) -> list[str]:
+        """Contacts that took a phone from these (rule 6: the number was recycled), in order."""
+        if not contact_ids:
+            return []
+        marks = ", ".join("?" for _ in contact_ids)
+        rows = self.all(
+            f"SELECT detail FROM contact_history WHERE contact_id IN ({marks}) "
+            "AND kind = 'phone_moved' ORDER BY id",
+            tuple(contact_ids),
+        )
+        takers: list[str] = []
+        for (detail,) in rows:
+            taker = json.loads(detail).get("to") if detail else None
+            if isinstance(taker, str) and taker not in takers:
+                takers.append(taker)
+        return takers
 
     def status_event_bodies(self, channel_id: str, contact_ids: list[str]) -> list[str]:
         """Bodies of the status events of these contacts on a channel, oldest first."""
