@@ -42,15 +42,7 @@ def _gateway(tmp_path: Path, *channels: Any) -> Iterator[tuple[TestClient, Setti
 def _post(client: TestClient, settings: Settings, number_id: str) -> dict[str, Any]:
     payload = text_webhook("wamid.R1", phone="15551234567")
     payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = number_id
-    channel = settings.channel("cloud-us")
-    assert channel is not None
-    url, headers, body = signed_request(settings, channel, orjson.dumps(payload))
-    answer = client.post(urlsplit(url).path, content=body, headers=headers)
-    assert answer.status_code == 200
-    raw: dict[str, Any] = client.get(
-        f"/v1/raws/{answer.headers['bspgate-raw-id']}", headers=AUTH
-    ).json()
-    return raw
+    return _post_payload(client, settings, payload)
 
 
 def _events(client: TestClient) -> list[dict[str, Any]]:

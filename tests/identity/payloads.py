@@ -9,7 +9,8 @@ TS = 1767225600
 ACS_CHANNEL = "11111111-1111-1111-1111-111111111111"
 
 
-def _cloud(change_value: dict[str, Any]) -> bytes:
+def cloud_change(change_value: dict[str, Any]) -> bytes:
+    """A Cloud API webhook holding one `messages` change of this value."""
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"},
@@ -23,12 +24,17 @@ def _cloud(change_value: dict[str, Any]) -> bytes:
 
 
 def cloud_message(
-    msg_id: str, *, phone: str | None = None, bsuid: str | None = None, step: int = 0
+    msg_id: str,
+    *,
+    phone: str | None = None,
+    bsuid: str | None = None,
+    step: int = 0,
+    ts: int = TS,
 ) -> bytes:
     """A Cloud API text message; `phone` as Meta writes it (digits) or None (hidden)."""
     message: dict[str, Any] = {
         "id": msg_id,
-        "timestamp": str(TS + step),
+        "timestamp": str(ts + step),
         "type": "text",
         "text": {"body": f"message {msg_id}"},
     }
@@ -39,7 +45,7 @@ def cloud_message(
     if bsuid:
         message["from_user_id"] = bsuid
         contact["user_id"] = bsuid
-    return _cloud({"contacts": [contact], "messages": [message]})
+    return cloud_change({"contacts": [contact], "messages": [message]})
 
 
 def cloud_user_changed_user_id(
@@ -49,6 +55,7 @@ def cloud_user_changed_user_id(
     step: int = 0,
     *,
     in_system: bool = True,
+    ts: int = TS,
 ) -> bytes:
     """Meta's `user_changed_user_id`: the new BSUID in `system.user_id` and `from_user_id`
     (`in_system=False`: in `from_user_id` only; `new=None`: in neither)."""
@@ -59,7 +66,7 @@ def cloud_user_changed_user_id(
     }
     message: dict[str, Any] = {
         "id": msg_id,
-        "timestamp": str(TS + step),
+        "timestamp": str(ts + step),
         "type": "system",
         "system": system,
     }
@@ -67,7 +74,7 @@ def cloud_user_changed_user_id(
         message["from_user_id"] = new
         if in_system:
             system["user_id"] = new
-    return _cloud({"messages": [message]})
+    return cloud_change({"messages": [message]})
 
 
 def cloud_user_changed_user_id_as_documented(
@@ -90,13 +97,13 @@ def cloud_user_changed_user_id_as_documented(
         "type": "system",
         "system": system,
     }
-    return _cloud({"messages": [message]})
+    return cloud_change({"messages": [message]})
 
 
 def cloud_user_changed_number(
     msg_id: str, previous: str, new: str, old_phone: str, new_phone: str, step: int = 0
 ) -> bytes:
-    return _cloud(
+    return cloud_change(
         {
             "messages": [
                 {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,15 @@ import httpx
 import respx
 
 from bspgate.simulate import signed_request
+from tests.identity.payloads import cloud_change, cloud_message, cloud_user_changed_user_id
+from tests.identity.test_contacts_api import _subscriber as subscriber
 from tests.test_outbound_api import AUTH, CLOUD, META_URL, NOW, Gateway, iso
 from tests.test_outbound_providers import channel_id, stand_in
+from tests.test_send_request import authentication
+from tests.test_sends_unknown import SEND as UTILITY
 
 TS = int(NOW.timestamp())
 TWILIO = channel_id("twilio")
-INFOBIP = channel_id("infobip")
-AZURE = channel_id("azure_acs")
-CONNECTLY = channel_id("connectly")
 TWILIO_URL = (
     f"{stand_in('twilio')}/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json"
 )
@@ -81,11 +81,6 @@ class G4(Gateway):
             if not cursor:
                 return list(reversed(out))
 
-    def raws(self) -> list[dict[str, Any]]:
-        return self.client.get("/v1/quarantined", params={"limit": 100}, headers=AUTH).json()[
-            "data"
-        ]
-
     def contact(self, contact_id: str) -> dict[str, Any]:
         return self.client.get(f"/v1/contacts/{contact_id}", headers=AUTH).json()
 
@@ -102,43 +97,12 @@ class G4(Gateway):
         return response
 
 
-def subscriber(sub_id: str, require_phone: bool) -> dict[str, Any]:
-    from tests.conftest import SUBSCRIBER_SECRET
-
-    return {
-        "id": sub_id,
-        "url": f"https://{sub_id}.example.com/hook",
-        "secret": SUBSCRIBER_SECRET,
-        "require_phone": require_phone,
-        "retry_schedule": ["1s"],
-        "hold_for": "1d",
-    }
-
-
 def auth_template(to: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "to": to,
-        "type": "template",
-        "template": {
-            "name": "otp",
-            "language": "en_US",
-            "category": "authentication",
-            "parameters": ["123456"],
-        },
-    }
+    return authentication(to, ["123456"])
 
 
 def utility_template(to: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "to": to,
-        "type": "template",
-        "template": {
-            "name": "order_update",
-            "language": "en_US",
-            "category": "utility",
-            "parameters": ["Sheena", "#1234"],
-        },
-    }
+    return {key: value for key, value in {**UTILITY, "to": to}.items() if key != "channel"}
 
 
 def cloud_answer(
@@ -150,30 +114,6 @@ def cloud_answer(
     if user_id:
         entry["user_id"] = user_id
     return {"messaging_product": "whatsapp", "contacts": [entry], "messages": [{"id": wamid}]}
-
-
-def _cloud(value: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "1",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550001111",
-                                "phone_number_id": "106540352242922",
-                            },
-                            **value,
-                        },
-                    }
-                ],
-            }
-        ],
-    }
 
 
 def cloud_status(
@@ -198,47 +138,20 @@ def cloud_status(
         if bsuid:
             c["user_id"] = bsuid
         value["contacts"] = [c]
-    return _cloud(value)
+    return cloud_change(value)
 
 
 def cloud_text(
     wamid: str, *, phone: str | None = None, bsuid: str | None = None, step: int = 0
-) -> dict[str, Any]:
-    message: dict[str, Any] = {
-        "id": wamid,
-        "timestamp": str(TS + step),
-        "type": "text",
-        "text": {"body": "hi there"},
-    }
-    contact: dict[str, Any] = {"profile": {"name": "Sheena Nelson"}}
-    if phone:
-        message["from"] = phone.lstrip("+")
-        contact["wa_id"] = phone.lstrip("+")
-    if bsuid:
-        message["from_user_id"] = bsuid
-        contact["user_id"] = bsuid
-    return _cloud({"contacts": [contact], "messages": [message]})
+) -> bytes:
+    """A Cloud API text message `step` seconds after `NOW` (`phone` as `+digits`)."""
+    digits = phone.lstrip("+") if phone else None
+    return cloud_message(wamid, phone=digits, bsuid=bsuid, step=step, ts=TS)
 
 
-def cloud_changed_user_id(wamid: str, previous: str, new: str, step: int = 0) -> dict[str, Any]:
-    return _cloud(
-        {
-            "messages": [
-                {
-                    "id": wamid,
-                    "timestamp": str(TS + step),
-                    "type": "system",
-                    "from_user_id": new,
-                    "system": {
-                        "body": "changed",
-                        "type": "user_changed_user_id",
-                        "previous_user_id": previous,
-                        "user_id": new,
-                    },
-                }
-            ]
-        }
-    )
+def cloud_changed_user_id(wamid: str, previous: str, new: str, step: int = 0) -> bytes:
+    """Meta's `user_changed_user_id`, `step` seconds after `NOW`."""
+    return cloud_user_changed_user_id(wamid, previous, new, step, ts=TS)
 
 
 def twilio_status(sid: str, status: str, *, to: str, external: str | None = None) -> dict[str, Any]:
@@ -258,38 +171,8 @@ def twilio_status(sid: str, status: str, *, to: str, external: str | None = None
     return fields
 
 
-def twilio_inbound(
-    sid: str, *, phone: str | None = None, bsuid: str | None = None
-) -> dict[str, Any]:
-    fields = {
-        "MessageSid": sid,
-        "SmsMessageSid": sid,
-        "SmsSid": sid,
-        "AccountSid": "AC0123456789abcdef0123456789abcdef",
-        "MessageType": "text",
-        "Body": "hello",
-        "NumMedia": "0",
-        "ProfileName": "Sheena Nelson",
-        "To": "whatsapp:+15550001111",
-        "ApiVersion": "2010-04-01",
-        "SmsStatus": "received",
-    }
-    if phone:
-        fields["From"] = f"whatsapp:{phone}"
-        fields["WaId"] = phone.lstrip("+")
-    elif bsuid:
-        fields["From"] = f"whatsapp:{bsuid}"
-    if bsuid:
-        fields["ExternalUserId"] = f"whatsapp:{bsuid}"
-    return fields
-
-
 def twilio_answer(sid: str, to: str) -> dict[str, Any]:
     return {"sid": sid, "status": "queued", "to": f"whatsapp:{to}", "from": "whatsapp:+15550001111"}
 
 
-def earlier(hours: float = 1) -> str:
-    return iso(NOW - timedelta(hours=hours))
-
-
-__all__ = ["AUTH", "CLOUD", "G4", "META_URL", "NOW", "Path", "iso"]
+__all__ = ["AUTH", "CLOUD", "G4", "META_URL", "NOW", "Path", "iso", "subscriber"]

@@ -31,7 +31,7 @@ from bspgate.mapping.loader import load_mapping
 from bspgate.schema.validate import EventValidator
 from tests.conftest import MAPPINGS, SUBSCRIBER_SECRET, make_settings
 from tests.harness import RunningGateway, ServerThread
-from tests.identity.payloads import TS, _cloud, cloud_user_changed_number
+from tests.identity.payloads import TS, cloud_change, cloud_user_changed_number
 
 pytestmark = [pytest.mark.e2e, pytest.mark.store]
 
@@ -97,7 +97,7 @@ def _message(
 
 
 def _batch(*items: tuple[dict[str, Any], dict[str, Any]]) -> bytes:
-    return _cloud({"contacts": [c for c, _ in items], "messages": [m for _, m in items]})
+    return cloud_change({"contacts": [c for c, _ in items], "messages": [m for _, m in items]})
 
 
 def _bob(msg_id: str, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
