@@ -4,18 +4,22 @@ A real `bspgate serve` subprocess on loopback takes a burst of concurrent signed
 delivers to a real local receiver that verifies every signature with `standardwebhooks`. The
 server is killed with SIGKILL in the middle of the burst and started again on the same SQLite
 file: every webhook that was answered 200 must reach the receiver (at least once; the receiver
-de-duplicates by `webhook-id`). SIGTERM must drain and exit cleanly.
+de-duplicates by `webhook-id`). SIGTERM must drain and exit cleanly, also once the server has
+restarted a worker that died alone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +43,9 @@ pytestmark = pytest.mark.e2e
 class Receiver:
     """Verifies each delivery's Standard Webhooks signature; remembers message ids by event id."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay  # seconds before each answer: a delivery stays in flight that long
+        self.entered = threading.Event()  # set when the first delivery arrives
         self.events: dict[str, str] = {}
         self.arrivals: list[tuple[str, str]] = []  # (contact BSUID, message id), in order
         self.rejected = 0
@@ -55,6 +61,8 @@ class Receiver:
             with self._lock:
                 self.rejected += 1
             return Response(status_code=400)
+        self.entered.set()
+        await asyncio.sleep(self.delay)
         if "message" not in event["data"]:  # identity events (rule 6 moves a shared phone)
             return Response(status_code=204)
         with self._lock:
@@ -145,6 +153,21 @@ class Gateway:
         self.process.send_signal(sig)
         return self.process.wait(timeout=30)
 
+    def workers(self) -> set[int]:
+        """The pids of its worker processes (multiprocessing children, whichever thread forked
+        them; not the resource tracker)."""
+        assert self.process is not None
+        pids: set[int] = set()
+        for task in Path(f"/proc/{self.process.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                pids |= {int(pid) for pid in (task / "children").read_text().split()}
+        found = set()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                if b"--multiprocessing-fork" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(pid)
+        return found
+
     def ensure_stopped(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
@@ -220,6 +243,44 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path, receiver: tuple[Receiv
         assert not _wait_for(receiving, acknowledged, 30)
     finally:
         gateway.ensure_stopped()
+
+
+def _until(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_restarted_workers_drain_on_sigterm(tmp_path: Path) -> None:
+    """Workers that died alone are restarted by the server's watch thread; a SIGTERM afterwards
+    still lets the delivery in flight finish and be recorded. (The kernel SIGKILLs a worker when
+    the thread that forked it ends: the watch thread must outlive the workers' drain.)"""
+    receiving = Receiver(delay=2.0)
+    with ServerThread(receiving.app) as server:
+        port = free_port()
+        config = _config(tmp_path, port, f"{server.url}/hook")
+        gateway = Gateway(config, port)
+        gateway.start()
+        try:
+            assert _until(lambda: len(gateway.workers()) == 2, 20)
+            first = gateway.workers()
+            for pid in first:  # e.g. the OOM killer: the server starts them again
+                os.kill(pid, signal.SIGKILL)
+            assert _until(lambda: len(gateway.workers() - first) == 2, 20)
+            message_id = _post(port, 1)
+            assert message_id is not None
+            assert receiving.entered.wait(30), "the delivery never started"
+            # the subscriber is still answering: a graceful stop waits for it and records it
+            assert gateway.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+        finally:
+            gateway.ensure_stopped()
+        assert receiving.message_ids() == {message_id}
+        with contextlib.closing(sqlite3.connect(tmp_path / "crash.db")) as db:
+            states = db.execute("SELECT state, attempts FROM deliveries").fetchall()
+        assert states == [("delivered", 1)], "the attempt in flight was not recorded"
 
 
 def test_receiver_down_then_back_gets_everything_in_order_per_contact(tmp_path: Path) -> None:

@@ -302,3 +302,89 @@ def test_operational_events_commit_in_the_order_of_their_numbers(postgres_dsn: s
         assert done.wait(10)
         thread.join()
     assert numbers[0] > earlier
+
+
+# -- retention racing a replay ---------------------------------------------------------------------
+LATER = "2026-05-01T00:00:00Z"  # a retention cutoff after every event's stored_at
+
+
+def _settled_events(dsn: str) -> None:
+    """evt0 and evt1, delivered to `crm`: expired for a purge with cutoff LATER."""
+    with migrated_tx(dsn) as setup:
+        pending_rows(setup, 2)
+        setup.execute("UPDATE deliveries SET state = 'delivered'")
+        setup.conn.commit()
+
+
+def _replay_to_late(conn: psycopg.Connection[Any]) -> int:
+    """`replay --subscriber late` (subscriber added later): a delivery for every event."""
+    return SqlTx(conn, "format").fan_out_missing(
+        "late", event_id=None, type_=None, since=None, until=None, now=1.0, stamp=NOW, limit=100
+    )
+
+
+def _repeatable_read(dsn: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(dsn)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # as PostgresStore's pool
+    return conn
+
+
+def _deliveries_without_event(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT d.event_id, d.subscriber_id, d.state FROM deliveries d "
+            "LEFT JOIN events e ON e.seq = d.event_seq WHERE e.seq IS NULL"
+        ).fetchall()
+
+
+def test_a_replay_committing_during_a_purge_leaves_no_delivery_without_its_event(
+    postgres_dsn: str,
+) -> None:
+    # The purge chose evt0 and evt1 (all settled); a replay adds deliveries to them before the
+    # purge deletes. A delivery left for a deleted event is never sent and holds back every
+    # later event of its contact: the replay must wait for the purge, then find them gone.
+    _settled_events(postgres_dsn)
+    replayed: list[int | BaseException] = []
+    with _repeatable_read(postgres_dsn) as purging, _repeatable_read(postgres_dsn) as replaying:
+
+        def replay() -> None:
+            try:
+                replayed.append(_replay_to_late(replaying))
+                replaying.commit()
+            except psycopg.Error as exc:  # PostgresStore runs it again
+                replaying.rollback()
+                replayed.append(exc)
+
+        tx = SqlTx(purging, "format")
+        real_all, thread = tx.all, threading.Thread(target=replay)
+
+        def all_then_replay(sql: str, params: Any = ()) -> list[Any]:
+            rows = real_all(sql, params)
+            if not thread.is_alive() and not replayed:  # the purge chose its events
+                thread.start()
+                thread.join(1.0)  # the replay may commit now, or wait for the purge
+            return rows
+
+        tx.all = all_then_replay  # type: ignore[method-assign]
+        assert tx.purge("events", LATER, 100) == 2
+        purging.commit()
+        thread.join(10)
+        if isinstance(replayed[0], BaseException):
+            assert _replay_to_late(replaying) == 0  # run again: the events are gone
+            replaying.commit()
+    assert _deliveries_without_event(postgres_dsn) == []
+    # it waited for the purge (its events were locked), which then deleted them under it
+    assert isinstance(replayed[0], psycopg.errors.SerializationFailure)
+
+
+def test_a_purge_keeps_the_events_a_replay_is_adding_deliveries_to(postgres_dsn: str) -> None:
+    _settled_events(postgres_dsn)
+    with _repeatable_read(postgres_dsn) as replaying, _repeatable_read(postgres_dsn) as purging:
+        assert _replay_to_late(replaying) == 2  # not committed yet
+        assert SqlTx(purging, "format").purge("events", LATER, 100) == 0
+        purging.commit()
+        replaying.commit()
+    assert _deliveries_without_event(postgres_dsn) == []
+    with psycopg.connect(postgres_dsn) as conn:  # the replay's deliveries can be sent
+        jobs = SqlTx(conn, "format").claim_due(100.0, 60.0, 10, {"late"}, subscriber_id="late")
+    assert sorted(job.event_id for job in jobs) == ["evt0", "evt1"]

@@ -82,7 +82,8 @@ class Metrics:
         self._unmapped_seen: set[tuple[str, str]] = set()
         self.oldest_undelivered = Gauge(
             "bspgate_oldest_undelivered_seconds",
-            "Age of the oldest delivery still waiting (pending, in flight or held)",
+            "Age of the oldest delivery still waiting (pending, in flight or held) for a "
+            "configured subscriber",
             registry=self.registry,
         )
         self.queue = Gauge(

@@ -9,8 +9,11 @@ processor tells the dispatcher about new outbox rows through `bspgate.wake` (SQL
 PostgreSQL's `NOTIFY`. A worker never outlives the server: it asks the kernel for SIGKILL when
 its parent dies (Linux) and also watches its parent's pid, so a SIGKILLed server leaves no orphan
 writing to the store. A worker that dies is started again; what it was doing was one
-transaction, rolled back, and is done again from the start. Workers run at a lower CPU priority
-than the server (`WORKER_NICENESS`): under a burst, accepting webhooks comes first.
+transaction, rolled back, and is done again from the start. Linux sends that SIGKILL when the
+*thread* that forked the worker ends (prctl(2)), and a restarted worker is forked by the watch
+thread: `stop()` drains the workers (SIGTERM, join) before it ends that thread, or a graceful
+stop would kill them mid-delivery. Workers run at a lower CPU priority than the server
+(`WORKER_NICENESS`): under a burst, accepting webhooks comes first.
 """
 
 from __future__ import annotations
@@ -137,7 +140,9 @@ class WorkerProcess:
         self.roles = [PROCESS, DELIVER] if dispatch else [PROCESS]
         self.log_level = log_level or os.environ.get("BSPGATE_LOG_LEVEL", "info")
         self._processes: dict[str, BaseProcess] = {}
-        self._stopping = threading.Event()
+        self._draining = threading.Event()  # set by stop(): start no worker again
+        self._stopping = threading.Event()  # set once the workers are gone: the watch ends
+        self._spawning = threading.Lock()  # a restart and stop() do not cross
         self._watch: threading.Thread | None = None
         self._folder = tempfile.TemporaryDirectory(prefix="bspgate-worker-")
 
@@ -164,26 +169,35 @@ class WorkerProcess:
         self._watch.start()
 
     def _supervise(self) -> None:
+        # This thread forks the workers it restarts, so it must outlive them: each asked the
+        # kernel for SIGKILL when its parent *thread* ends. It ends only after stop() drained.
         while not self._stopping.wait(0.5):
             for role, process in list(self._processes.items()):
-                if process.is_alive():
+                if process.is_alive() or self._draining.is_set():
                     continue
                 _log.error("worker.died", role=role, exitcode=process.exitcode)
-                time.sleep(0.5)
-                if not self._stopping.is_set():
-                    self._spawn(role)
+                if self._draining.wait(0.5):
+                    break
+                with self._spawning:
+                    if not self._draining.is_set():
+                        self._spawn(role)
 
     def stop(self, timeout: float = 20.0) -> None:
-        self._stopping.set()
-        if self._watch is not None:
-            self._watch.join()
-        for process in self._processes.values():
+        """SIGTERM every worker and wait up to `timeout` for them to drain (attempts in flight
+        finish and are recorded), SIGKILL the ones still there, then end the watch thread."""
+        with self._spawning:  # no restart after this, and none half done
+            self._draining.set()
+        processes = list(self._processes.values())
+        for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for process in self._processes.values():
+        for process in processes:
             process.join(max(deadline - time.monotonic(), 0.1))
             if process.is_alive():
                 process.kill()
                 process.join(5)
+        self._stopping.set()  # only now: its end would SIGKILL the workers it forked
+        if self._watch is not None:
+            self._watch.join()
         self._folder.cleanup()

@@ -8,7 +8,7 @@ face the server uses: it runs `StoreTx` functions as transactions and answers re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -234,7 +234,8 @@ class Store(Protocol):
     ingest adds `accept` (store a raw payload as received, durably), `received` (what waits
     for processing, in arrival order) and `settle_received` (after processing committed).
     `queue_counts` answers rows by state, the payloads waiting for processing among them
-    (`raw_received`), and the oldest undelivered event's time (`/metrics`).
+    (`raw_received`), and the oldest undelivered event's time (`/metrics`: of the configured
+    subscribers, passed as `subscriber_ids`).
     """
 
     @property
@@ -250,4 +251,6 @@ class Store(Protocol):
     async def accept(self, raw: RawRecord) -> None: ...
     async def received(self, limit: int) -> list[RawRecord]: ...
     async def settle_received(self, raw_ids: list[str]) -> None: ...
-    async def queue_counts(self) -> tuple[dict[str, int], str | None]: ...
+    async def queue_counts(
+        self, subscriber_ids: Sequence[str] | None = None
+    ) -> tuple[dict[str, int], str | None]: ...

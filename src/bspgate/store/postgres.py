@@ -26,7 +26,7 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -198,9 +198,12 @@ class PostgresStore:
     async def settle_received(self, raw_ids: list[str]) -> None:
         """Nothing to do: processing updated the rows in place."""
 
-    async def queue_counts(self) -> tuple[dict[str, int], str | None]:
-        """Rows by state (received payloads among them) and the oldest undelivered event's time."""
-        return await self.read(lambda tx: (tx.counts(), tx.oldest_undelivered()))
+    async def queue_counts(
+        self, subscriber_ids: Sequence[str] | None = None
+    ) -> tuple[dict[str, int], str | None]:
+        """Rows by state (received payloads among them) and the oldest undelivered event's time
+        (of `subscriber_ids` alone, when given)."""
+        return await self.read(lambda tx: (tx.counts(), tx.oldest_undelivered(subscriber_ids)))
 
     async def accept(self, raw: RawRecord) -> None:
         """Store one raw payload as received; resolves once committed.

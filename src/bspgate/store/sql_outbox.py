@@ -489,10 +489,14 @@ class OutboxQueries(SqlBase):
             ),
         )
         # pages in event order until `limit` accepted events: the events it refuses get no row,
-        # so a plain LIMIT would find them first on every run and never reach the ones behind
+        # so a plain LIMIT would find them first on every run and never reach the ones behind.
+        # PostgreSQL: read FOR SHARE, so retention cannot delete an event this adds a delivery
+        # to (its purge locks the events it deletes FOR UPDATE: one waits for the other, see
+        # sql_retention). Without the lock the delivery outlived its event, unsendable for good.
+        share = " FOR SHARE OF e" if self.dialect == "postgres" and not dry_run else ""
         query = (
             "SELECT e.seq, e.id, e.contact_id, e.type, e.channel_id, e.body FROM events e "
-            f"WHERE {' AND '.join(clauses)} AND e.seq > ? ORDER BY e.seq LIMIT ?"
+            f"WHERE {' AND '.join(clauses)} AND e.seq > ? ORDER BY e.seq LIMIT ?{share}"
         )
         page = max(limit, 1_000) if accepts is not None else limit
         added, held, after = 0, set(), -1
@@ -828,10 +832,19 @@ class OutboxQueries(SqlBase):
             self._release_if_phone(row[0], now, stamp)
         return cursor
 
-    def oldest_undelivered(self) -> str | None:
-        """When the oldest delivery still waiting (pending, in flight or held) was created."""
+    def oldest_undelivered(self, subscriber_ids: Sequence[str] | None = None) -> str | None:
+        """When the oldest delivery still waiting (pending, in flight or held) was created; with
+        `subscriber_ids` (the configured ones), only theirs. A subscriber removed from the config
+        keeps its open rows, but nothing will send them: they are not waiting for anyone."""
+        where, params = "", list(subscriber_ids or ())
+        if subscriber_ids is not None:
+            if not params:
+                return None
+            where = f" AND subscriber_id IN ({', '.join('?' for _ in params)})"
         row = self.one(
             "SELECT MIN(created_at) FROM deliveries WHERE state IN ('pending', 'inflight', 'held')"
+            f"{where}",
+            params,
         )
         return None if row is None or row[0] is None else str(row[0])
 

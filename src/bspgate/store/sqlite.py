@@ -36,7 +36,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -223,10 +223,15 @@ class SqliteStore:
         if self.inbox is not None and raw_ids:
             await self.inbox.transaction(lambda tx: tx.drop_inbox(raw_ids))
 
-    async def queue_counts(self) -> tuple[dict[str, int], str | None]:
-        """Rows by state and the oldest undelivered event's time. Under `serve` the payloads
-        accepted but not yet processed wait in the inbox database, and are counted there."""
-        counts, oldest = await self.read(lambda tx: (tx.counts(), tx.oldest_undelivered()))
+    async def queue_counts(
+        self, subscriber_ids: Sequence[str] | None = None
+    ) -> tuple[dict[str, int], str | None]:
+        """Rows by state and the oldest undelivered event's time (of `subscriber_ids` alone,
+        when given). Under `serve` the payloads accepted but not yet processed wait in the inbox
+        database, and are counted there."""
+        counts, oldest = await self.read(
+            lambda tx: (tx.counts(), tx.oldest_undelivered(subscriber_ids))
+        )
         if self.inbox is not None:
             counts["raw_received"] = await self.inbox.read(lambda tx: tx.inbox_count())
         return counts, oldest
