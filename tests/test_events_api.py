@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bspgate.api.events import encode_cursor
 from bspgate.app import create_app
 from tests.asgi_client import TestClient
 from tests.conftest import API_KEY, make_settings
@@ -72,8 +73,10 @@ def test_other_scheme_with_the_right_key_is_401(client: TestClient) -> None:
     assert response.status_code == 401
 
 
-def test_no_events_is_an_empty_page(client: TestClient) -> None:
-    assert events(client) == {"data": [], "next_cursor": None, "tail_cursor": None}
+def test_no_events_is_an_empty_page_whose_tail_cursor_is_the_start(client: TestClient) -> None:
+    page = events(client)
+    assert (page["data"], page["next_cursor"]) == ([], None)
+    assert page["tail_cursor"] == encode_cursor(0)  # a follower starts at the first event
 
 
 def test_events_are_listed_newest_first(stored: TestClient) -> None:

@@ -66,3 +66,12 @@ def _mask_phone(match: re.Match[str]) -> str:
 def mask_phones(text: str) -> str:
     """`text` with every phone-like digit run masked but its last two digits."""
     return _PHONE_IN_TEXT.sub(_mask_phone, text)
+
+
+_URL_IN_TEXT = re.compile(r"""https?://[^\s'"<>]+""")
+
+
+def mask_urls(text: str) -> str:
+    """`text` with every http(s) URL in it masked as `mask_url` masks one (an HTTP client's
+    error message names the URL it failed on, query token included)."""
+    return _URL_IN_TEXT.sub(lambda match: mask_url(match.group(0)), text)

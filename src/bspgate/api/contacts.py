@@ -121,7 +121,7 @@ async def merge_contacts(request: Request) -> Response:
     except orjson.JSONDecodeError:
         body = None
     source = body.get("from") if isinstance(body, dict) else None
-    if not isinstance(source, str) or not source.startswith("ct_"):
+    if not isinstance(source, str) or not source.startswith("ct_") or "\x00" in source:
         return problem_response(
             400, "invalid_body", "Invalid merge request", 'send {"from": "ct_…"}'
         )

@@ -109,7 +109,8 @@ async def list_events(request: Request) -> Response:
     next_cursor = encode_cursor(rows[-1][0]) if len(rows) == limit else None
     # tail_cursor: the newest event in this answer (the first when newest-first), to follow from
     newest = max((seq for seq, _body in rows), default=None)
-    last = encode_cursor(newest) if newest is not None else (query.get("after") or None)
+    # nothing yet: the start of the stream, so a follower gets the first events oldest first
+    last = encode_cursor(newest) if newest is not None else (query.get("after") or encode_cursor(0))
     body = b'{"data":[' + b",".join(body.encode() for _seq, body in rows) + b"],"
     body += b'"next_cursor":' + orjson.dumps(next_cursor if after is None else None)
     body += b',"tail_cursor":' + orjson.dumps(last) + b"}"

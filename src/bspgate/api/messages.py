@@ -51,6 +51,10 @@ def send_problem(error: SendError) -> Response:
     )
 
 
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
+
+
 @authenticated
 async def create_message(request: Request) -> Response:
     body = await request.body()
@@ -61,7 +65,13 @@ async def create_message(request: Request) -> Response:
     except orjson.JSONDecodeError:
         return problem_response(400, "invalid_json", "Invalid JSON", "the body is not JSON")
     service = send_service(request)
-    dry_run = request.query_params.get("dry_run", "").lower() in {"1", "true", "yes"}
+    flag = request.query_params.get("dry_run")
+    dry_run = flag is not None and flag.lower() in _TRUE
+    if flag is not None and not dry_run and flag.lower() not in _FALSE:
+        # `?dry_run`, `?dry_run=on`: whatever was meant, never a real send by accident
+        return problem_response(
+            400, "invalid_query", "Invalid dry_run", "dry_run is true or false (also 1/0, yes/no)"
+        )
     key = request.headers.get("idempotency-key") or None
     if key is not None and len(key) > 255:
         return problem_response(

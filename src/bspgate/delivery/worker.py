@@ -48,6 +48,7 @@ from bspgate.delivery.operational import OPS_PREFIX, emit
 from bspgate.delivery.retry import MAX_RETRY_AFTER, decide, retry_after_seconds
 from bspgate.delivery.signing import Signer
 from bspgate.delivery.transport import HttpxPoster, Poster, PostFailed
+from bspgate.masking import mask_urls
 from bspgate.metrics import Metrics
 from bspgate.schema.catalog import traceparent_of
 from bspgate.store.base import DeliveryJob, Store
@@ -466,8 +467,8 @@ class Dispatcher:
         try:
             results = await self._attempt_group(lane, group)
         except Exception as exc:  # a bug before the POST: still record an attempt, free the row
-            _log.error("delivery.send_failed", subscriber=lane.id, error=repr(exc))
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            _log.error("delivery.send_failed", subscriber=lane.id, error=type(exc).__name__)
+            error = mask_urls(f"{type(exc).__name__}: {exc}")[:500]
             results = [AttemptResult(job, None, 0.0, error, None, probe) for job, probe in group]
         finally:
             lane.posting -= 1  # the subscriber answered: its slot is free while we record
@@ -590,10 +591,12 @@ class Dispatcher:
                 allow_link_local=subscriber.allow_link_local,
             )
         except PostFailed as exc:
-            return None, (time.perf_counter() - started) * 1000, str(exc)[:500], None
+            # stored, answered by the API and told in dead-letter events: the client's message
+            # may name the URL, whose query may carry the subscriber's token
+            return None, (time.perf_counter() - started) * 1000, mask_urls(str(exc))[:500], None
         except Exception as exc:  # a bug in a poster must not lose the claim's result
             latency = (time.perf_counter() - started) * 1000
-            return None, latency, f"{type(exc).__name__}: {exc}"[:500], None
+            return None, latency, mask_urls(f"{type(exc).__name__}: {exc}")[:500], None
         latency = (time.perf_counter() - started) * 1000
         error = None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
         return answer.status, latency, error, retry_after_seconds(answer.retry_after, moment)

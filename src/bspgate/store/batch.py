@@ -315,6 +315,7 @@ class BatchTx:
             self._ready = []
         if not self._events:
             return
+        self.tx.order_events()  # PostgreSQL: `seq` order is commit order (`SqlBase.order_events`)
         rows = self.tx.insert_rows(
             "events", _EVENT_COLUMNS, self._events, " ON CONFLICT (id) DO NOTHING RETURNING id, seq"
         )

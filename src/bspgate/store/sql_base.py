@@ -44,6 +44,9 @@ def _contact(row: Sequence[Any] | None) -> ContactRow | None:
     return None if row is None else ContactRow(*row)
 
 
+EVENTS_LOCK = 7_206_102_313  # pg_advisory_xact_lock key: events commit in `seq` order
+
+
 class SqlBase:
     """SQL over one connection. `paramstyle` is "qmark" (sqlite3) or "format" (psycopg)."""
 
@@ -52,6 +55,21 @@ class SqlBase:
         self._format = paramstyle == "format"
         # the few statements spelled per database check this ("postgres" means psycopg)
         self.dialect = "postgres" if self._format else "sqlite"
+        self._events_ordered = False
+
+    def order_events(self) -> None:
+        """Before a transaction inserts events: on PostgreSQL, take the events lock (once).
+
+        An event's `seq` is the cursor of `GET /v1/events?after=` and of per-contact order, and
+        PostgreSQL hands sequence numbers out at insert, not at commit. Transactions inserting
+        events (processing, a replica's delivery recorder, an operator's merge) would commit
+        out of `seq` order, and a follower that read in between would never see the lower one.
+        Holding this lock from the first insert to the commit makes `seq` order commit order.
+        SQLite has one writer: its order is commit order already.
+        """
+        if self.dialect == "postgres" and not self._events_ordered:
+            self.execute("SELECT pg_advisory_xact_lock(?)", (EVENTS_LOCK,))
+            self._events_ordered = True
 
     # -- plumbing ---------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -361,6 +379,7 @@ class SqlBase:
     def insert_event(
         self, event: dict[str, Any], body: str, now: str, superseded: bool = False
     ) -> int:
+        self.order_events()
         row = self.one(
             "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body, "
             "superseded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",

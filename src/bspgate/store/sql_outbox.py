@@ -19,7 +19,6 @@ _AS = (
     "d.next_attempt_at AS next_attempt_at"
 )
 PROBE_AFTER = 2  # attempts a row must have had before a failing lane probes with it early
-OPS_EVENTS_LOCK = 7_206_102_313  # pg_advisory_xact_lock key: operational events in seq order
 
 
 def _no_earlier_open(dialect: str) -> str:
@@ -264,11 +263,10 @@ class OutboxQueries(SqlBase):
         They share one pseudo contact, so a `per_contact` subscriber gets them in `seq` order.
         On PostgreSQL several transactions write them (each replica's recorder, processing,
         the drift reporter), and a sequence hands out numbers before commit: a later number
-        could commit, and be delivered, first. A transaction-scoped lock taken here makes
-        them commit in the order of their numbers.
+        could commit, and be delivered, first: `order_events` makes them commit in the order of
+        their numbers, as every other event.
         """
-        if self.dialect == "postgres":
-            self.execute("SELECT pg_advisory_xact_lock(?)", (OPS_EVENTS_LOCK,))
+        self.order_events()
         row = self.one(
             "INSERT INTO events (id, type, channel_id, contact_id, time, stored_at, raw_id, body) "
             "VALUES (?, ?, '', ?, ?, ?, '', ?) RETURNING seq",
