@@ -96,26 +96,36 @@ def test_gupshup_v2_dlr_status_without_gsid_keeps_payload_id() -> None:
     assert out.events[0]["data"]["message"]["id"] == WHATSAPP_ID
 
 
-def test_gupshup_v2_delivered_status_is_listed_on_its_send(tmp_path, stand_in) -> None:
+def _statuses_after_a_send(
+    tmp_path: Any, stand_in: Any, provider: str, answer: dict[str, Any], to: str, status: bytes
+) -> tuple[str, list[str]]:
+    """Send a text through `provider` (its API a stand-in answering `answer`), then post the
+    signed `status` webhook: the send's provider message id and the statuses listed on it."""
     fake, base = stand_in
-    channel = {**load_channel(MAPPINGS, "gupshup", base), "id": "gs", "portfolio": "gs"}
+    channel = {**load_channel(MAPPINGS, provider, base), "id": "ch", "portfolio": "ch"}
     settings = make_settings(tmp_path, channels=[channel])
-    fake.answer = {"status": 202, "body": {"status": "submitted", "messageId": GUPSHUP_ID}}
+    fake.answer = answer
     with RunningGateway(settings, dispatch=False) as gw:
         sent = gw.client.post(
             "/v1/messages",
             json={
-                "channel": "gs",
-                "to": {"phone": "+918898552134"},
+                "channel": "ch",
+                "to": {"phone": to},
                 "type": "text",
                 "text": {"body": "Your order has shipped."},
             },
         )
         assert sent.status_code == 202, sent.text
-        assert sent.json()["provider_message_id"] == GUPSHUP_ID
-        posted = gw.post("gs", orjson.dumps(gupshup_event("delivered")))
+        posted = gw.post("ch", status)
         assert posted.status_code == 200, posted.text
-        assert statuses_of_send(gw, sent.json()["id"]) == ["delivered"]
+        return sent.json()["provider_message_id"], statuses_of_send(gw, sent.json()["id"])
+
+
+def test_gupshup_v2_delivered_status_is_listed_on_its_send(tmp_path, stand_in) -> None:
+    answer = {"status": 202, "body": {"status": "submitted", "messageId": GUPSHUP_ID}}
+    status = orjson.dumps(gupshup_event("delivered"))
+    sent = _statuses_after_a_send(tmp_path, stand_in, "gupshup", answer, "+918898552134", status)
+    assert sent == (GUPSHUP_ID, ["delivered"])
 
 
 # Gupshup v3 ----------------------------------------------------------------------------------
@@ -169,10 +179,7 @@ def test_gupshup_v3_enqueued_event_is_an_accepted_status() -> None:
 
 
 def test_gupshup_v3_delivered_status_is_listed_on_its_send(tmp_path, stand_in) -> None:
-    fake, base = stand_in
-    channel = {**load_channel(MAPPINGS, "gupshup_v3", base), "id": "g3", "portfolio": "g3"}
-    settings = make_settings(tmp_path, channels=[channel])
-    fake.answer = {
+    answer = {
         "status": 200,
         "body": {
             "messaging_product": "whatsapp",
@@ -180,21 +187,9 @@ def test_gupshup_v3_delivered_status_is_listed_on_its_send(tmp_path, stand_in) -
             "messages": [{"id": V3_GUPSHUP_ID}],
         },
     }
-    with RunningGateway(settings, dispatch=False) as gw:
-        sent = gw.client.post(
-            "/v1/messages",
-            json={
-                "channel": "g3",
-                "to": {"phone": "+919163805873"},
-                "type": "text",
-                "text": {"body": "Your order has shipped."},
-            },
-        )
-        assert sent.status_code == 202, sent.text
-        assert sent.json()["provider_message_id"] == V3_GUPSHUP_ID
-        posted = gw.post("g3", orjson.dumps(v3_status("delivered", "1710930500")))
-        assert posted.status_code == 200, posted.text
-        assert statuses_of_send(gw, sent.json()["id"]) == ["delivered"]
+    status = orjson.dumps(v3_status("delivered", "1710930500"))
+    sent = _statuses_after_a_send(tmp_path, stand_in, "gupshup_v3", answer, "+919163805873", status)
+    assert sent == (V3_GUPSHUP_ID, ["delivered"])
 
 
 # Sinch ---------------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
 from bspgate.app import create_app
 from tests.asgi_client import TestClient
-from tests.conftest import ROOT, fixture_json, make_settings, meta_signature
+from tests.conftest import ROOT, fixture_json, make_settings
 from tests.harness import free_port
+from tests.payloads import signed
 from tests.store import pg
 
 PHONE = "15559876543"
@@ -33,17 +33,9 @@ def test_metrics_unmapped_field_label_carries_no_phone(tmp_path: Path) -> None:
     payload = fixture_json("cloudapi", "inbound_text")
     message = payload["entry"][0]["changes"][0]["value"]["messages"][0]
     message[f"+{PHONE}"] = {"seen": True}  # a field whose name is a phone number
-    body = orjson.dumps(payload)
+    body, headers = signed(payload)
     with TestClient(create_app(make_settings(tmp_path), dispatch=False)) as client:
-        response = client.post(
-            "/webhooks/cloud-us",
-            content=body,
-            headers={
-                "content-type": "application/json",
-                "x-hub-signature-256": meta_signature(body),
-            },
-        )
-        assert response.status_code == 200
+        assert client.post("/webhooks/cloud-us", content=body, headers=headers).status_code == 200
         metrics = client.get("/metrics").text
     drift = [line for line in metrics.splitlines() if line.startswith("bspgate_unmapped_fields")]
     assert drift, "the unknown field was not counted"
