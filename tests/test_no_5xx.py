@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 import orjson
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from bspgate.app import create_app
@@ -235,7 +236,21 @@ def test_store_unavailable_is_503_and_stores_nothing(client: TestClient) -> None
         client.portal.call(gateway.store.open)
 
 
+@pytest.fixture
+def plain_tracebacks() -> Iterator[None]:
+    """structlog's default renderer draws a failed batch's traceback with every local (rich):
+    seconds of CPU for the processor's objects. `serve` formats tracebacks as plain text."""
+    structlog.configure(
+        processors=[
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        ]
+    )
+    yield
+    structlog.reset_defaults()
+
+
 @pytest.mark.store
+@pytest.mark.usefixtures("plain_tracebacks")
 def test_nul_in_a_profile_name_is_answered_200_and_stored(
     client: TestClient, store_backend: str
 ) -> None:

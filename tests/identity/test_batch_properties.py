@@ -36,7 +36,7 @@ from tests.payloads import raw_record
 from tests.store.pg import fresh_schema
 
 # each example processes a story twice on SQLite; more for a long local run
-EXAMPLES = int(os.environ.get("BSPGATE_BATCH_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("BSPGATE_BATCH_EXAMPLES", "40"))
 
 
 def _step(at: str) -> int:
