@@ -33,17 +33,13 @@ def gw(tmp_path: Path) -> Iterator[Gateway]:
         yield gateway
 
 
+def _template(to: dict[str, str], name: str, category: str, parameters: Any) -> dict[str, Any]:
+    template = {"name": name, "language": "en_US", "category": category, "parameters": parameters}
+    return {"to": to, "type": "template", "template": template}
+
+
 def utility(to: dict[str, str], parameters: Any) -> dict[str, Any]:
-    return {
-        "to": to,
-        "type": "template",
-        "template": {
-            "name": "order_update",
-            "language": "en_US",
-            "category": "utility",
-            "parameters": parameters,
-        },
-    }
+    return _template(to, "order_update", "utility", parameters)
 
 
 def dry(gw: Gateway, send: dict[str, Any], channel: str = CLOUD) -> dict[str, Any]:
@@ -159,16 +155,7 @@ def test_positional_parameters_have_no_parameter_name(gw: Gateway) -> None:
 
 # -- Meta's authentication templates: the code in the OTP button too (Cloud API, 360dialog) ------
 def authentication(to: dict[str, str], parameters: Any) -> dict[str, Any]:
-    return {
-        "to": to,
-        "type": "template",
-        "template": {
-            "name": "otp",
-            "language": "en_US",
-            "category": "authentication",
-            "parameters": parameters,
-        },
-    }
+    return _template(to, "otp", "authentication", parameters)
 
 
 @pytest.mark.parametrize("provider", ["cloudapi", "dialog360"])
