@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bspgate.console.queries import outbox_summary
 from tests.payloads import text_webhook
 from tests.test_delivery import CRM, Clock, Harness, harness, subscriber
 
@@ -87,6 +88,10 @@ async def test_a_removed_subscribers_deliveries_are_kept_but_not_undelivered(
         await h.ingest(text_webhook("wamid.2", bsuid=BOB))
         clock.advance(5)
         assert await _oldest_undelivered(h) == 5.0  # crm's, not old's ten minutes
+        # the console's overview says the same as /metrics
+        summary = await h.gateway.store.read(lambda tx: outbox_summary(tx, ["crm"]))
+        crm_rows = [d for d in await h.deliveries("crm") if d["state"] == "pending"]
+        assert summary["oldest_undelivered"] == str(crm_rows[0]["created_at"])
         assert [d["state"] for d in await h.deliveries("old")] == ["pending"]
     # configured again: what it missed goes out once its retry is due (1 h, jitter up to 20 %)
     clock.advance(2 * 3600)

@@ -81,7 +81,8 @@ def outbox_summary(tx: Any, subscriber_ids: list[str]) -> dict[str, Any]:
         "totals": totals,
         "queue_depth": sum(totals[s] for s in OPEN_STATES),
         "quarantined": int(quarantined),
-        "oldest_undelivered": tx.oldest_undelivered(),
+        # what /metrics reports: a removed subscriber's rows wait for no one (docs/delivery.md)
+        "oldest_undelivered": tx.oldest_undelivered(subscriber_ids),
     }
 
 
