@@ -603,12 +603,18 @@ def test_rule5_the_same_change_twice_changes_nothing_more(tx: Any) -> None:
     assert _bsuid_state(tx, contact.id) == {B1: "retired", B2: "current"}
 
 
-def test_rule9_a_change_older_than_the_current_bsuid_only_adds_history(tx: Any) -> None:
+def test_rule9_a_change_off_the_current_bsuid_applies_after_a_later_webhook_of_it(
+    tx: Any,
+) -> None:
+    """A webhook of B1 dated after the change B1 -> B2 came first: it is a late webhook of the
+    retired BSUID (rule 5), no evidence against the change. Rule 9 compares changes with
+    changes (`test_rule9_out_of_order_identity_changes_end_in_the_later_state`)."""
     contact = resolver(tx, now=at(1)).observe(Observation(bsuid=B1, phone=P1), at(5))
-    stale, _, _ = resolver(tx, now=at(2)).relink(Observation(bsuid=B2), B1, None, at(3))
-    assert (stale.id, stale.bsuid, stale.phone) == (contact.id, B1, P1)
-    assert _bsuid_state(tx, contact.id) == {B1: "current", B2: "retired"}
-    assert tx.contact_by_bsuid("acme", B2).id == contact.id
+    moved, previous, _ = resolver(tx, now=at(2)).relink(Observation(bsuid=B2), B1, None, at(3))
+    assert (moved.id, moved.bsuid, moved.phone, previous) == (contact.id, B2, None, B1)
+    assert _bsuid_state(tx, contact.id) == {B1: "retired", B2: "current"}
+    assert tx.contact_by_bsuid("acme", B1).id == contact.id
+    assert tx.contact_by_phone("acme", P1) is None  # retired with B1: never sent to again
 
 
 def test_rule9_a_number_retired_by_its_newer_owner_is_not_taken_by_an_older_pair(

@@ -399,6 +399,19 @@ class IdentityResolver:
         return survivor
 
     # -- rule 5 ----------------------------------------------------------------------------
+    def _holder_since(self, old: ContactRow, new: Observation, at: str) -> ContactRow | None:
+        """The contact that took the announced new number from the change on, when it is the
+        person announcing it: it learned the number at or after the change, and no BSUID says
+        otherwise (a phone-only contact, or one whose BSUID came only with the number while
+        the change names no BSUID and the person had none)."""
+        assert new.phone is not None
+        holder = self.tx.contact_by_phone(self.portfolio, new.phone)
+        if holder is None or holder.id == old.id or not _newer(holder.phone_at or "", at):
+            return None
+        if holder.bsuid is None or (new.bsuid is None and old.bsuid is None):
+            return holder
+        return None
+
     def relink(
         self,
         new: Observation,
@@ -412,10 +425,23 @@ class IdentityResolver:
         if old is None and previous_phone:
             # who held it until the change: a later holder (its next one) is someone else
             old = self.tx.phone_owner_at(self.portfolio, previous_phone, at, "strict")
+            if old is not None and previous_bsuid and old.bsuid not in (None, previous_bsuid):
+                old = None  # its holder has another BSUID: a stranger who paired it (rule 6)
         newer = self.tx.contact_by_bsuid(self.portfolio, new.bsuid) if new.bsuid else None
         # the phone before the change: the old contact's, read before a merge gives it the
         # newer contact's (a pair of the new BSUID that arrived before the announcement)
         before = old.phone if old is not None else None
+        if old is not None and newer is None and new.phone:
+            holder = self._holder_since(old, new, at)
+            if holder is not None:
+                # the person wrote from the new number before the announcement arrived: had it
+                # come first, those payloads would have found this contact (rules 3 and 4)
+                if old.phone and old.phone != new.phone and _newer(at, old.phone_at):
+                    self.tx.end_phone(
+                        old.id, old.phone, self.now, "retired", "identity changed", at
+                    )
+                    old.phone = old.phone_at = None
+                newer = holder
         if old is not None and newer is not None and old.id != newer.id:
             # the new BSUID wrote before the announcement arrived: one person, one contact
             contact = self.merge(old, newer, "identity_rule", at=at)
@@ -442,7 +468,13 @@ class IdentityResolver:
                 )
         old_bsuid = contact.bsuid or previous_bsuid
         old_phone = previous_phone or before  # the announced one first, as events say
-        fresh = contact.bsuid is None or _newer(at, contact.bsuid_at)
+        # The change moves the contact off the very BSUID it holds (`successor`): what was seen
+        # of that BSUID, even dated after the change, is a late webhook of it (a status of a
+        # message sent before the change, read after it). Rule 5 lands those on the contact, and
+        # they tell nothing against the change: a changed BSUID is never current again. Else
+        # the change applies when it is newer than the contact's current BSUID (rule 9).
+        successor = contact.bsuid is not None and contact.bsuid == previous_bsuid
+        fresh = contact.bsuid is None or successor or _newer(at, contact.bsuid_at)
         if new.bsuid and new.bsuid != contact.bsuid:
             if fresh:
                 contact.bsuid, contact.bsuid_at = new.bsuid, at
@@ -466,7 +498,13 @@ class IdentityResolver:
                 self.tx.link_bsuid(
                     contact, previous_bsuid, self.now, self.channel_id, current=False, evidence=at
                 )
-        if contact.phone and contact.phone != new.phone and _newer(at, contact.phone_at):
+        # the phone the old BSUID had, however late its evidence (rule 5, as `successor`)
+        old_alias = successor and previous_phone in (None, contact.phone)
+        if (
+            contact.phone
+            and contact.phone != new.phone
+            and (old_alias or _newer(at, contact.phone_at))
+        ):
             # A BSUID changes only with the phone number: the old alias must never be sent to.
             self.tx.end_phone(
                 contact.id, contact.phone, self.now, "retired", "identity changed", at
