@@ -235,6 +235,22 @@ def test_unparseable_body_is_400_problem(client: TestClient) -> None:
     assert event_count(client) == 0
 
 
+def test_a_lone_surrogate_escape_is_read_as_a_replacement_character(client: TestClient) -> None:
+    """Meta escapes non-ASCII as `\\uXXXX` and signs those bytes; a text cut in the middle of an
+    emoji holds half a surrogate pair. That is JSON (RFC 8259's grammar), which orjson refuses:
+    such an authentic webhook is stored and mapped, the half character read as U+FFFD."""
+    fixture = fixture_bytes("cloudapi", "inbound_text")
+    text = orjson.loads(fixture)["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"]
+    body = fixture.replace(orjson.dumps(text), b'"Great \\ud83d\\ude00 \\ud83d"')
+    assert body != fixture
+    response = post_signed(client, body)
+    assert response.status_code == 200, response.text
+    raw: RawRecord = read(client, lambda tx: tx.raw(response.headers["bspgate-raw-id"]))
+    assert (raw.body, raw.state) == (body, "processed")
+    (event,) = read(client, lambda tx: tx.all("SELECT body FROM events"))
+    assert orjson.loads(event[0])["data"]["message"]["text"] == "Great \U0001f600 \ufffd"
+
+
 def test_empty_body_is_400(client: TestClient) -> None:
     assert post_signed(client, b"").status_code == 400
 

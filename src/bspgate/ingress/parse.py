@@ -8,6 +8,8 @@ Anything that is not what the mapping declares raises `PayloadError` (a 400 prob
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -16,16 +18,51 @@ import orjson
 from bspgate.errors import PayloadError
 
 _MAX_FORM_FIELDS = 1000
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def parse_json(body: bytes) -> Any:
-    """Parse a JSON body (orjson: strict UTF-8, depth-limited, no NaN)."""
+    """Parse a JSON body (orjson: strict UTF-8, depth-limited, no NaN).
+
+    A body orjson refuses only for a lone UTF-16 surrogate escape (`"\\ud83d"` without its
+    other half: text cut in the middle of an emoji) is still JSON by RFC 8259's grammar, and
+    Meta signs such bodies as they are. It is read with the standard library, each lone half
+    becoming U+FFFD, so an authentic payload is stored and mapped, never refused.
+    """
     if not body.strip():
         raise PayloadError("the body is empty")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if b"\\u" in body and (value := _with_lone_surrogates(body)) is not None:
+            return value[0]
         raise PayloadError(f"the body is not valid JSON: {exc}") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _with_lone_surrogates(body: bytes) -> tuple[Any] | None:
+    """The value of a body that is JSON but for orjson's refusal of lone surrogates (a
+    one-item tuple), or None when it is not JSON either way."""
+    try:
+        value = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return None
+    return (_replace_surrogates(value),)
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        if _SURROGATE.search(value) is None:
+            return value
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def parse_form_fields(body: bytes) -> dict[str, list[str]]:
