@@ -103,6 +103,25 @@ def test_with_no_number_configured_a_payload_stays_where_it_arrived(tmp_path: Pa
         assert [e["data"]["channel"]["id"] for e in _events(client)] == ["cloud-us"]
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
+def test_a_receiving_channel_without_a_number_takes_no_unknown_number(
+    tmp_path: Path, batched: bool
+) -> None:
+    """Once one channel routes by number, a number no channel has is quarantined, whatever Meta
+    batched it with: the receiving channel names no number, so it is not that number's either
+    (it went to acme's contacts alone, and was quarantined batched)."""
+    bare = _channel("cloud-us", "acme", US)
+    del bare["settings"]
+    for client, settings in _gateway(tmp_path, bare, _channel("cloud-eu", "globex", EU)):
+        parts = [("wamid.X", "US.1001", "555000555")]
+        if batched:
+            parts.append(("wamid.E", "US.1002", EU))
+        raw = _post_payload(client, settings, _batched(*parts))
+        assert raw["state"] == "quarantined"
+        assert "phone_number_id 555000555, not this channel's (none set)" in raw["reason"]
+        assert _events(client) == []
+
+
 def _batched(*parts: tuple[str, str, str]) -> dict[str, Any]:
     """One POST batching changes of several numbers: (message id, BSUID, number id) each."""
     payload = text_webhook(parts[0][0], bsuid=parts[0][1])

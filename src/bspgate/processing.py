@@ -165,8 +165,10 @@ def route_channel(
         ]
         for value in named
     }
-    if not mine and not any(owners.values()):
-        return [(channel, payload)], None  # no channel names its number: as before routing
+    if not mine and not any(
+        c.settings.get(route.setting) for c in settings.channels if c.provider == channel.provider
+    ):
+        return [(channel, payload)], None  # no channel routes by number: as before routing
     unowned = [value for value in named if len(owners[value]) != 1]
     if unowned:
         return [], (
