@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import hmac
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -272,6 +274,32 @@ def test_dialog360_has_no_hub_challenge(client: TestClient) -> None:
         "/webhooks/d360-us?hub.mode=subscribe&hub.verify_token=x&hub.challenge=42"
     )
     assert response.status_code == 405
+
+
+def test_a_360dialog_signature_the_channel_does_not_check_is_named_in_the_log(
+    tmp_path: Path,
+) -> None:
+    """A channel with only the header secret, sent 360dialog's partner signature (the operator
+    gave the partner secret as `webhook_secret`): refused, and the log line, not the answer,
+    says which secret would verify it."""
+    header_only = {**CHANNELS[-1], "secrets": {"webhook_secret": "d360-platform"}}
+    settings = make_settings(tmp_path, channels=[header_only])
+    body = fixture_bytes("dialog360", "inbound_text")
+    signature = hmac.new(b"d360-platform", body, hashlib.sha256).hexdigest()
+    with TestClient(create_app(settings, dispatch=False)) as client, capture_logs() as logs:
+        response = post(
+            client,
+            "/webhooks/d360-us",
+            {"content-type": "application/json", "x-360dialog-signature": signature},
+            body,
+        )
+    assert response.status_code == 401
+    assert "partner_secret" not in response.text
+    (line,) = [entry for entry in logs if entry["event"] == "webhook.unauthorized"]
+    assert line["hint"] == (
+        "the request carries x-360dialog-signature, which this channel does not check: set "
+        "channels[d360-us].secrets.partner_secret to verify it"
+    )
 
 
 # -- no PII in INFO logs --------------------------------------------------------------------------

@@ -65,17 +65,24 @@ class PayloadError(GatewayError):
 
 
 class SignatureError(GatewayError):
-    """Webhook authentication failed. `missing` is True when no credential was sent at all.
+    """Webhook authentication failed. `missing` is True when no credential was sent at all;
+    `hint` tells the operator's log what the channel may lack (the caller is not told).
 
     `outcome` labels the refusal in the webhook metric: `unauthorized`, or `stale`/`replayed`
     for a signature timestamp outside its tolerance or a signature already accepted.
     """
 
     def __init__(
-        self, message: str, *, missing: bool = False, outcome: str = "unauthorized"
+        self,
+        message: str,
+        *,
+        missing: bool = False,
+        outcome: str = "unauthorized",
+        hint: str = "",
     ) -> None:
         self.missing = missing
         self.outcome = outcome
+        self.hint = hint  # for the operator's log line only, never the answer
         super().__init__(message)
 
 

@@ -129,7 +129,11 @@ async def receive_webhook(request: Request) -> Response:
         return problem_response(400, "unparseable_body", "The body cannot be parsed", str(exc))
     except SignatureError as exc:
         gateway.metrics.count_webhook(channel.id, exc.outcome)
-        _logger(channel, traceparent).warning("webhook.unauthorized", reason=str(exc))
+        log = _logger(channel, traceparent)
+        if exc.hint:
+            log.warning("webhook.unauthorized", reason=str(exc), hint=exc.hint)
+        else:
+            log.warning("webhook.unauthorized", reason=str(exc))
         return problem_response(
             401,
             "invalid_signature",

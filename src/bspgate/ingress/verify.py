@@ -243,7 +243,32 @@ class ChannelVerifier:
         if not applicable:
             raise SignatureError("this channel has no webhook credential configured")
         for entry, secret in applicable:
-            entry.impl.check(request, secret)
+            try:
+                entry.impl.check(request, secret)
+            except SignatureError as exc:
+                hint = self._unconfigured_hint(request)
+                if not hint:
+                    raise
+                raise SignatureError(
+                    str(exc), missing=exc.missing, outcome=exc.outcome, hint=hint
+                ) from None
+
+    def _unconfigured_hint(self, request: SignedRequest) -> str:
+        """What the operator may have missed: the request carries the header of a credential
+        the mapping declares but the channel does not configure (360dialog's partner
+        signature beside a channel's header secret)."""
+        for entry in self._entries:
+            header = entry.options.get("header")
+            if (
+                isinstance(header, str)
+                and not self.channel.secret(entry.secret_name)
+                and request.header(header) is not None
+            ):
+                return (
+                    f"the request carries {header}, which this channel does not check: set "
+                    f"channels[{self.channel.id}].secrets.{entry.secret_name} to verify it"
+                )
+        return ""
 
     def uncovered_body(self, request: SignedRequest) -> str | None:
         """Why a verified body is still refused (415): no applicable signature covers it.
