@@ -117,3 +117,24 @@ def test_erasing_a_survivor_tells_a_subscriber_that_only_saw_the_merged_contact(
             assert answer.json()["erased"]["notified"] == 1
             told = receiving.wait_for(2)
             assert told[-1]["type"] == "whatsapp.contact.erased"
+
+
+@pytest.mark.parametrize("extra", [{}, {"phone": "+" + PHONE}], ids=["contact_id", "with_phone"])
+def test_a_send_to_an_erased_contact_is_refused_by_name(
+    gateway: RunningGateway, extra: dict[str, str]
+) -> None:
+    """The gateway kept none of the person's identifiers: a send to the erased id says so,
+    and records nothing on it (it answered `bsuid_send_unsupported`, or sent to a phone given
+    beside the id and recorded the send on the erased contact)."""
+    _post(gateway, cloud_message("wamid.x", phone=PHONE, bsuid=B1, step=1))
+    (event,) = gateway.events()
+    contact_id = event["subject"]
+    assert gateway.client.delete(f"/v1/contacts/{contact_id}").status_code == 200
+    send = {"channel": "cloud-us", "to": {"contact_id": contact_id, **extra}, "type": "text"}
+    answer = gateway.client.post(
+        "/v1/messages?dry_run=true", json={**send, "text": {"body": "Hello"}}
+    )
+    assert answer.status_code == 422
+    problem = answer.json()
+    assert problem["code"] == "contact_erased"
+    assert PHONE not in answer.text

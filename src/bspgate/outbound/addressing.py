@@ -40,6 +40,7 @@ class IdentityView(Protocol):
     def contact_by_phone(self, portfolio: str, phone: str) -> ContactRow | None: ...
     def phone_alias_state(self, portfolio: str, phone: str) -> tuple[str, str] | None: ...
     def last_inbound_at(self, contact_id: str, channel_id: str) -> str | None: ...
+    def contact_erased(self, contact_id: str) -> bool: ...
 
 
 class NoIdentityView:
@@ -59,6 +60,9 @@ class NoIdentityView:
 
     def last_inbound_at(self, contact_id: str, channel_id: str) -> str | None:
         return None
+
+    def contact_erased(self, contact_id: str) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +159,13 @@ def resolve_recipient(view: IdentityView, portfolio: str, to: dict[str, Any]) ->
             raise SendError(
                 "unknown_contact",
                 f"no contact {to['contact_id']!r} in this channel's portfolio",
+            )
+        if view.contact_erased(contact.id):
+            # the gateway kept none of its identifiers; a send would record the person again
+            raise SendError(
+                "contact_erased",
+                f"contact {contact.id!r} was erased: address the person by bsuid or phone if "
+                "they write again",
             )
         if given_bsuid:
             owner = view.contact_by_bsuid(portfolio, given_bsuid)

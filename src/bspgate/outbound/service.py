@@ -79,6 +79,7 @@ TITLES = {
     "unknown_channel": "Unknown channel",
     "invalid_bsuid": "Invalid BSUID",
     "unknown_contact": "Unknown contact",
+    "contact_erased": "The contact was erased",
     "recipient_conflict": "Recipient identifiers disagree",
     "auth_template_requires_phone": "Authentication template needs a phone number",
     "bsuid_send_unsupported": "BSUID sends are not supported",

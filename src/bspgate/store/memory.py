@@ -339,6 +339,9 @@ class MemoryTx:
     def last_inbound_at(self, contact_id: str, channel_id: str) -> str | None:
         return self.inbound.get((contact_id, channel_id))
 
+    def contact_erased(self, contact_id: str) -> bool:
+        return False  # erasure needs a SQL store (`bspgate.identity.erasure`)
+
     def _send_rows(self) -> dict[str, dict[str, Any]]:
         # created on first use, so this appended section leaves __init__ as it was
         rows: dict[str, dict[str, Any]] = self.__dict__.setdefault("send_rows", {})
