@@ -185,7 +185,7 @@ def test_mappings_check_reports_a_broken_file(
     (folder / "mapping.yaml").write_text("name: broken\ninbound:\n  parse: xml\n")
     code, out, _ = run(capsys, "mappings", "check", "--mappings", str(tmp_path))
     assert code == 1
-    assert "FAIL mappings/broken/mapping.yaml:3: inbound.parse:" in out
+    assert f"FAIL {(folder / 'mapping.yaml').resolve()}:3: inbound.parse:" in out
     assert out.splitlines()[-1] == "0 passed, 1 failed"
 
 

@@ -138,7 +138,8 @@ def test_a_malformed_test_channel_fails_its_send_cases_and_the_run_goes_on(
     (root / "connectly" / "cases" / "_channel.yaml").write_text("secrets: [api_key]\n")
     assert cli.main(["mappings", "test", "connectly", "--mappings", str(root)]) == 1
     out = capsys.readouterr().out
-    assert "FAIL connectly/send_text_to_phone: mappings/connectly/cases/_channel.yaml:1:" in out
+    channel = root.resolve() / "connectly" / "cases" / "_channel.yaml"  # named where it is
+    assert f"FAIL connectly/send_text_to_phone: {channel}:1:" in out
     assert "ok   connectly/inbound_text" in out  # the other cases still ran
     assert "passed, " in out.splitlines()[-1]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -320,3 +321,49 @@ def test_a_body_the_declared_signature_does_not_cover_is_named() -> None:
     assert sinch.uncovered_body(json_body) is None
     header_only = verifier({"scheme": "header_secret", "secret": "s"}, {"s": "v"}, now=0)
     assert header_only.uncovered_body(json_body) is None
+
+
+# Bird (docs.bird.com "Verifying a webhook subscription"): base64 HMAC-SHA256 of
+# timestamp + "\n" + url + "\n" + SHA-256(body) as raw bytes, the timestamp in its own header.
+BIRD = {
+    "scheme": "hmac",
+    "secret": "signing_key",
+    "header": "messagebird-signature",
+    "algorithm": "sha256",
+    "encoding": "base64",
+    "message": ["timestamp", {"literal": "\n"}, "url", {"literal": "\n"}, "body_sha256"],
+    "timestamp": {"header": "messagebird-request-timestamp", "tolerance": 300},
+}
+BIRD_URL = "https://gateway.example/webhooks/bird-eu"
+BIRD_BODY = b'{"service":"channels","event":"whatsapp.inbound","payload":{"id":"m1"}}'
+
+
+def bird_headers(body: bytes, timestamp: str = "1719823259") -> dict[str, str]:
+    digest = hashlib.sha256(body).digest()
+    message = f"{timestamp}\n{BIRD_URL}\n".encode() + digest
+    signature = hmac.new(b"secureSigningKey", message, hashlib.sha256).digest()
+    return {
+        "messagebird-signature": base64.b64encode(signature).decode(),
+        "messagebird-request-timestamp": timestamp,
+    }
+
+
+def test_hmac_body_sha256_part_verifies_birds_signature_and_binds_the_body() -> None:
+    """`body_sha256` is the raw SHA-256 digest of the body as a message part (Bird signs it after
+    the timestamp and URL): Bird's request verifies, another body under its signature does not,
+    and the declaration counts as covering the body."""
+    check = verifier(BIRD, {"signing_key": "secureSigningKey"}, now=1719823259)
+    check.verify(req(BIRD_BODY, bird_headers(BIRD_BODY), url=BIRD_URL))
+    tampered = req(BIRD_BODY + b" ", bird_headers(BIRD_BODY), url=BIRD_URL)
+    assert not refusal(check, tampered).missing
+    assert check.uncovered_body(req(BIRD_BODY, bird_headers(BIRD_BODY), url=BIRD_URL)) is None
+
+
+def test_hmac_body_sha256_hex_part_signs_the_hex_digest() -> None:
+    """`body_sha256_hex` is the same digest as lower-case hex text."""
+    entry = {k: v for k, v in BIRD.items() if k != "timestamp"} | {"message": ["body_sha256_hex"]}
+    hexdigest = hashlib.sha256(BIRD_BODY).hexdigest().encode()
+    signature = hmac.new(b"k", hexdigest, hashlib.sha256).digest()
+    check = verifier(entry, {"signing_key": "k"}, now=0)
+    headers = {"messagebird-signature": base64.b64encode(signature).decode()}
+    check.verify(req(BIRD_BODY, headers, url=BIRD_URL))

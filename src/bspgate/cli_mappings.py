@@ -53,35 +53,34 @@ def _inside_package(folder: Path) -> bool:
 
 def _shown(path: Path) -> str:
     """`path` as the user can open it: relative to the working folder when under it."""
-    absolute = path.resolve()
-    try:
-        return str(absolute.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(absolute)
+    from bspgate.mapping.folders import display_path
+
+    return display_path(path)
 
 
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 
-def _check_cases(root: Path, name: str) -> list[str]:
+def _check_cases(roots: list[Path], name: str) -> list[str]:
     from bspgate.mapping.cases import load_case
     from bspgate.mapping.loader import iter_case_files
     from bspgate.mapping.send_cases import (
         CHANNEL_FILE,
         OFFLINE_BASE,
+        channel_file,
         is_send_case,
         load_channel,
         load_send_case,
     )
 
     problems = []
-    channel = root / name / "cases" / CHANNEL_FILE
+    channel = channel_file(roots, name)
     files = [channel] if channel.is_file() else []
-    for path in [*files, *iter_case_files(root, name)]:
+    for path in [*files, *iter_case_files(roots, name)]:
         try:
             if path.name == CHANNEL_FILE:
-                load_channel(root, name, OFFLINE_BASE)  # as `test` reads it: schema and lines
+                load_channel(roots, name, OFFLINE_BASE)  # as `test` reads it: schema and lines
             elif is_send_case(path):
                 load_send_case(path)
             else:
@@ -93,14 +92,29 @@ def _check_cases(root: Path, name: str) -> list[str]:
 
 def cmd_mappings(args: argparse.Namespace) -> int:
     """check / test (with --update) over every provider folder, or the one named."""
-    from bspgate.mapping.loader import iter_case_files, load_mapping, mapping_names, mapping_root
-    from bspgate.outbound.spec import OUTBOUND_FILE, load_outbound
+    from bspgate.mapping.loader import (
+        MAPPING_FILE,
+        iter_case_files,
+        load_mapping,
+        mapping_names,
+        mapping_root,
+    )
+    from bspgate.outbound.spec import load_outbound, outbound_root
 
     roots = _roots(args)
     listed = roots[-1:] if getattr(args, "mappings", None) else roots
     names = [args.provider] if getattr(args, "provider", None) else mapping_names(listed)
     if not names:
-        sys.stderr.write(f"bspgate: no mappings under {', '.join(map(str, listed))}\n")
+        hint = next(
+            (
+                f"; {_shown(folder)} holds a {MAPPING_FILE} itself: give the folder that holds "
+                "provider folders, not a provider folder"
+                for folder in listed
+                if (folder / MAPPING_FILE).is_file()
+            ),
+            "",
+        )
+        sys.stderr.write(f"bspgate: no mappings under {', '.join(map(str, listed))}{hint}\n")
         return 1
     failures = passed = 0
     for name in names:
@@ -118,40 +132,42 @@ def cmd_mappings(args: argparse.Namespace) -> int:
             _say(f"FAIL {exc}")
             failures += 1
             continue
-        root = mapping_root(roots, name) or roots[-1]
         if args.action == "check":
-            _say(f"ok   {spec.file} ({len(spec.rules)} rules)")
+            _say(f"ok   {spec.file} ({len(spec.rules)} rules)")  # rules after `extends`
             passed += 1
-            if (root / name / OUTBOUND_FILE).is_file():
+            if outbound_root(roots, name) is not None:
                 try:
-                    load_outbound(root, name)
+                    send_form = load_outbound(roots, name)  # `extends` reaches every folder
                 except MappingLoadError as exc:
                     _say(f"FAIL {exc}")
                     failures += 1
                 else:
-                    _say(f"ok   mappings/{name}/{OUTBOUND_FILE}")
+                    _say(f"ok   {send_form.file}")
                     passed += 1
-            problems = _check_cases(root, name)
+            problems = _check_cases(roots, name)
             for problem in problems:
                 _say(f"FAIL {problem}")
             failures += len(problems)
             continue
-        failures, passed = _test(root, spec, iter_case_files(root, name), args, failures, passed)
+        failures, passed = _test(roots, spec, iter_case_files(roots, name), args, failures, passed)
     _say(f"{passed} passed, {failures} failed")
     return 1 if failures else 0
 
 
 def _test(
-    root: Path, spec: Any, paths: Any, args: argparse.Namespace, failures: int, passed: int
+    roots: list[Path], spec: Any, paths: Any, args: argparse.Namespace, failures: int, passed: int
 ) -> tuple[int, int]:
     from bspgate.mapping.case_update import update_case
     from bspgate.mapping.send_cases import run_file
 
     paths = list(paths)
     if not paths:  # "0 passed, 0 failed" read as a pass: a mapping is tested by its cases
+        from bspgate.mapping.loader import mapping_root
+
+        cases = (mapping_root(roots, spec.name) or roots[-1]) / spec.name / "cases"
         _say(
-            f"FAIL {spec.name}: no cases in mappings/{spec.name}/cases/ (a payload and the events "
-            "it must give; `bspgate mappings new --from` writes the first)"
+            f"FAIL {spec.name}: no cases in {_shown(cases)}/ (a payload and the events it must "
+            "give; `bspgate mappings new --from` writes the first)"
         )
         return failures + 1, passed
     if not any(path.stem.startswith("signed") for path in paths):
@@ -163,7 +179,7 @@ def _test(
         name = f"{spec.name}/{path.stem}"
         if getattr(args, "update", False):
             try:
-                update = update_case(root, spec, path)
+                update = update_case(roots, spec, path)
             except MappingLoadError as exc:
                 _say(f"FAIL {exc}")
                 failures += 1
@@ -174,6 +190,11 @@ def _test(
                 continue
             if update.changed:
                 _say(f"upd  {name}")
+            if update.engine_error is not None:
+                _say(
+                    f"warn {name}: not updated: the mapping engine failed on this case "
+                    f"({update.engine_error}); an engine error is never an expected result"
+                )
             if update.quarantine is not None:
                 _say(
                     f"warn {name}: --update wrote a quarantine as the expected result "
@@ -181,7 +202,7 @@ def _test(
                     "mapping and run --update again"
                 )
         try:
-            result = run_file(root, spec, path)
+            result = run_file(roots, spec, path)
         except Exception as exc:  # one broken case never stops the others or the summary
             failures += 1
             _say(f"FAIL {name}: {type(exc).__name__}: {exc}")

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from bspgate.config import Settings
 from bspgate.delivery.transport import Poster
 from bspgate.delivery.worker import DELIVERY_LINGER, Dispatcher, dispatcher_owner
-from bspgate.mapping.loader import MappingSpec, load_mapping, mapping_root
+from bspgate.mapping.loader import MappingSpec, load_mapping
 from bspgate.metrics import Metrics
 from bspgate.processing import OUTBOX_CHANNEL, ROUND_LINGER, Processor, Rules
 from bspgate.retention import Purger
@@ -48,14 +48,13 @@ def load_channel_mappings(settings: Settings) -> dict[str, MappingSpec]:
     Their send forms (`outbound.yaml`, where a provider has one) are loaded too, only to fail
     start alike: a broken one would otherwise answer every send with a 500.
     """
-    from bspgate.outbound.spec import OUTBOUND_FILE, load_outbound
+    from bspgate.outbound.spec import load_outbound, outbound_root
 
     specs = {}
     for name in sorted({c.provider for c in settings.channels}):
         specs[name] = load_mapping(settings.mapping_dirs, name)
-        root = mapping_root(settings.mapping_dirs, name)
-        if root is not None and (root / name / OUTBOUND_FILE).is_file():
-            load_outbound(root, name)
+        if outbound_root(settings.mapping_dirs, name) is not None:
+            load_outbound(settings.mapping_dirs, name)  # `extends` may reach any folder
     return specs
 
 

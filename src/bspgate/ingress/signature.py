@@ -12,7 +12,9 @@ signature travels:
                 {literal: "."}, timestamp]
       timestamp: {header: x-sinch-webhook-signature-timestamp, tolerance: 300}
 
-Message parts: `body` (the raw bytes), `url` (the public URL the provider called; `{url: ports}`
+Message parts: `body` (the raw bytes), `body_sha256` (the body's SHA-256 digest, 32 raw bytes, as
+Bird signs it) and `body_sha256_hex` (the same digest as hex text), `url` (the public URL the
+provider called; `{url: ports}`
 also tries it with and without the scheme's default port), `form` (form fields sorted by name,
 each name followed by its sorted distinct values, as Twilio signs them), `timestamp`,
 `{header: name}`, `{literal: text}`. The default message is `[body]`.
@@ -47,6 +49,7 @@ from bspgate.ingress.parse import parse_form_fields
 from bspgate.ingress.request import SignedRequest
 from bspgate.ingress.signature_parts import (
     ALGORITHMS,
+    BODY_PARTS,
     ENCODINGS,
     Clock,
     DeclarationError,
@@ -178,6 +181,10 @@ class HmacScheme:
             piece: bytes
             if part.kind == "body":
                 piece = request.body
+            elif part.kind == "body_sha256":
+                piece = hashlib.sha256(request.body).digest()
+            elif part.kind == "body_sha256_hex":
+                piece = hashlib.sha256(request.body).hexdigest().encode()
             elif part.kind in ("url", "url_ports"):
                 piece = request.url.encode()
             elif part.kind == "form":
@@ -234,7 +241,7 @@ class HmacScheme:
         the signature does not cover could be replaced by anyone holding one signed request.
         """
         kinds = {part.kind for part in self.parts}
-        if "body" in kinds:
+        if kinds & set(BODY_PARTS):
             return None
         if "form" in kinds and request.content_type.startswith("application/x-www-form-urlencoded"):
             return None

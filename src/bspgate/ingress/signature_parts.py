@@ -18,7 +18,11 @@ from urllib.parse import urlparse
 
 ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 ENCODINGS = ("hex", "base64", "any")
-KEYWORDS = ("body", "url", "form", "timestamp")
+# `body_sha256`: the SHA-256 digest of the raw body, 32 raw bytes (Bird signs timestamp, URL and
+# that digest); `body_sha256_hex`: the same digest as lower-case hex text
+KEYWORDS = ("body", "body_sha256", "body_sha256_hex", "url", "form", "timestamp")
+# the parts that cover the body: a body they do not cover is refused (HmacVerifier.uncovered)
+BODY_PARTS = ("body", "body_sha256", "body_sha256_hex")
 Clock = Callable[[], float]
 
 
@@ -81,7 +85,8 @@ def header_params(value: str, split: str) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    kind: str  # body | url | url_ports | form | timestamp | header | literal
+    kind: str  # body | body_sha256 | body_sha256_hex | url | url_ports | form | timestamp
+    # | header | literal
     value: str = ""
 
 

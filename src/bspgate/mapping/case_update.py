@@ -5,7 +5,9 @@ differ per run: `subject`, `data.contact.id`, `data.raw_id`), or `quarantine:` w
 For a send case, `expect.request` becomes the rendered request (method, path, the headers the
 case already lists or `Content-Type`, body; the send id and public URL written back as
 `${send.id}`/`${public_url}`), or `refused:` with the code. A signed-only case is left as it is.
-A quarantine written as the expected result is reported, so the CLI can warn about it.
+A quarantine written as the expected result is reported, so the CLI can warn about it; an engine
+crash (`mapping engine error: …`, a quarantine the ingest step writes for a mapping bug) is
+never written: the case is left as it is and the crash reported.
 Cases that pass are not rewritten. The file's leading comment lines are kept; review the diff
 before committing it.
 """
@@ -21,9 +23,11 @@ import yaml
 
 from bspgate.errors import SendError
 from bspgate.mapping.cases import VARIABLE_PATHS, load_case, normalize_case
+from bspgate.mapping.folders import Roots
 from bspgate.mapping.loader import MappingSpec
 from bspgate.mapping.send_cases import (
     OFFLINE_PUBLIC_URL,
+    answer_message_id,
     is_send_case,
     load_send_case,
     render_offline,
@@ -31,6 +35,9 @@ from bspgate.mapping.send_cases import (
     tokens,
 )
 from bspgate.schema.validate import EventValidator
+
+# how the ingest step (processing.map_payload) reports a mapping that raised: a quarantine reason
+ENGINE_ERROR = "mapping engine error: "
 
 
 def _strip_variables(event: dict[str, Any]) -> dict[str, Any]:
@@ -61,9 +68,10 @@ class CaseUpdate:
 
     changed: bool
     quarantine: str | None = None
+    engine_error: str | None = None  # the mapping engine failed: nothing was written
 
 
-def update_case(root: Path, spec: MappingSpec, path: Path) -> CaseUpdate:
+def update_case(root: Roots, spec: MappingSpec, path: Path) -> CaseUpdate:
     """Rewrite a failing case's `expect` with the actual output.
 
     A case that passes is left untouched (its phrasing, e.g. a quarantine phrase, is kept).
@@ -86,7 +94,10 @@ def update_case(root: Path, spec: MappingSpec, path: Path) -> CaseUpdate:
             expect: dict[str, Any] = {
                 "request": request_record(sent, values, listed or ["content-type"])
             }
-            if "message_id" in case.get("expect", {}):
+            answered = answer_message_id(root, spec.name, case.get("answer") or {})
+            if answered is not None:  # none found: the expectation stays, and keeps failing
+                expect["message_id"] = answered
+            elif "message_id" in case.get("expect", {}):
                 expect["message_id"] = case["expect"]["message_id"]
             case["expect"] = expect
     else:
@@ -94,6 +105,9 @@ def update_case(root: Path, spec: MappingSpec, path: Path) -> CaseUpdate:
         if "input" not in case and "events" not in case["expect"]:
             return CaseUpdate(changed=False)  # a signed-only case: nothing is produced
         outcome = normalize_case(spec, case, EventValidator())
+        crashed = [issue for issue in outcome.issues if issue.startswith(ENGINE_ERROR)]
+        if crashed:  # a crash is never an expected result: the case stays as it was
+            return CaseUpdate(changed=False, engine_error="; ".join(crashed))
         if outcome.state == "quarantined":
             quarantine = "; ".join(outcome.issues)
             case["expect"] = {"quarantine": quarantine}

@@ -14,22 +14,29 @@ docs or SDK tests: `url`, `headers`, the raw `body` text, `content_type`, the ch
 mapping's `inbound.verify` declaration must accept it (`expect.verified: true`) and refuse the
 same request with one byte of the body changed; with `expect.events`/`expect.quarantine` the body
 is then normalized as well.
+Every case file is checked against `bspgate/schema/case.schema.json` when it is read (`load_case`,
+and `send_cases.load_send_case`), so `mappings check` names the file and field of a malformed one.
 The pytest suite and `bspgate mappings test` both run cases through `run_case`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 
 from bspgate.config import Secret
 from bspgate.errors import CanonicalValidationError, MappingLoadError, PayloadError, SignatureError
 from bspgate.ingress.parse import parse_payload
+from bspgate.mapping.folders import display_path
 from bspgate.mapping.loader import MappingSpec
 from bspgate.mapping.yamlfile import YamlFile
 from bspgate.normalize import Normalizer, demo_channel
@@ -83,12 +90,33 @@ def diff(expected: Any, actual: Any, path: str = "") -> str | None:
 
 
 def case_display(path: Path) -> str:
-    """`mappings/<provider>/cases/<file>` for error messages."""
-    return f"mappings/{path.parent.parent.name}/{path.parent.name}/{path.name}"
+    """The case file's path for error messages: relative to the working folder when under it."""
+    return display_path(path)
+
+
+@cache
+def _case_validator(kind: str) -> jsonschema.Draft202012Validator:
+    text = resources.files("bspgate.schema").joinpath("case.schema.json").read_text()
+    schema = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator({**schema, "$ref": f"#/$defs/{kind}"})
+
+
+def check_case(file: YamlFile, kind: str) -> None:
+    """Check a case file against `case.schema.json` (`kind`: inbound or send); the first error
+    raises `MappingLoadError` naming file, line and field, so `mappings check` catches what
+    would otherwise fail `mappings test` as a bare Python exception."""
+    errors = sorted(
+        _case_validator(kind).iter_errors(file.data), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        assert error is not None
+        raise file.error(tuple(error.absolute_path), error.message)
 
 
 def load_case(path: Path) -> dict[str, Any]:
-    """A case file's data; `MappingLoadError` (file and line) for YAML or shape errors."""
+    """A case file's data; `MappingLoadError` (file, line, field) for YAML or shape errors."""
     file = YamlFile(path, case_display(path))
     data = file.data
     if not isinstance(data, dict) or "expect" not in data:
@@ -97,7 +125,17 @@ def load_case(path: Path) -> dict[str, Any]:
         raise file.error((), "a case needs `input` (a payload) or `signed` (a signed request)")
     if not isinstance(data["expect"], dict):
         raise file.error(("expect",), "expect is a mapping (events, quarantine or verified)")
+    check_case(file, "inbound")
+    if "received_at" in data:
+        try:
+            _received_at(data["received_at"])
+        except ValueError as exc:
+            raise file.error(("received_at",), f"not an RFC 3339 time: {exc}") from None
     return data
+
+
+def _received_at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
 
 
 def _signed_channel(spec: MappingSpec, signed: dict[str, Any]) -> Any:
@@ -156,7 +194,7 @@ def normalize_case(spec: MappingSpec, case: dict[str, Any], validator: EventVali
         body = orjson.dumps(payload)
     received_at = case.get("received_at")
     if isinstance(received_at, str):
-        received_at = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+        received_at = _received_at(received_at)
     return Normalizer(spec, channel, validator).normalize(
         payload, body, "application/json", received_at=received_at
     )

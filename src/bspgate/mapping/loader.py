@@ -5,7 +5,8 @@ path of the offending rule (`mappings/acme/mapping.yaml:42: inbound.rules[1].fie
 ...`). A file is checked against `mapping.schema.json` first, then every expression is compiled
 (JMESPath syntax, known function names and their arity, known value maps, names the rule
 binds: `msg.text` in a rule that binds only `ev` is refused). `extends: other` starts from another
-mapping's file and replaces what this one gives, key by key (lists are replaced whole).
+mapping's file and replaces what this one gives, key by key; rules merge by name (inheritance.py).
+Which folder holds a provider's file, and how its path is shown, is folders.py's.
 """
 
 from __future__ import annotations
@@ -33,36 +34,27 @@ from bspgate.mapping.codegen import (
     compile_walk,
 )
 from bspgate.mapping.expression import Getter, compile_expression
+from bspgate.mapping.folders import Roots as Roots  # re-exported: callers import it here
+from bspgate.mapping.folders import display_path, holder, parent_holder, roots_of
+from bspgate.mapping.folders import shipped_mappings_dir as shipped_mappings_dir
 from bspgate.mapping.functions import REGISTRY
+from bspgate.mapping.inheritance import (
+    Origins,
+    merge_extended,
+    named_errors,
+    own_origins,
+)
 from bspgate.mapping.reads import collect_reads, root_names
 from bspgate.mapping.route import Route, split_of
 from bspgate.mapping.yamlfile import YamlFile, dotted
 
 MAPPING_FILE = "mapping.yaml"
-# One folder, or several: a later folder adds providers or overrides earlier ones by name (the
-# shipped mappings first, then the config's `mappings:` folders).
-Roots = Path | Sequence[Path]
-
-
-def _roots(root: Roots) -> tuple[Path, ...]:
-    return (root,) if isinstance(root, Path) else tuple(root)
-
-
-def shipped_mappings_dir() -> Path:
-    """The mappings that ship with bspgate: package data when installed, else the checkout's."""
-    here = Path(__file__).resolve()
-    packaged = here.parent.parent / "mappings"  # <site-packages>/bspgate/mappings (a wheel)
-    if packaged.is_dir():
-        return packaged
-    return here.parents[3] / "mappings"  # src/bspgate/mapping/ -> the repository's mappings/
 
 
 def mapping_root(root: Roots, name: str) -> Path | None:
     """The folder among `root` that provides `name` (the last one that has it), or None."""
-    for folder in reversed(_roots(root)):
-        if (folder / name / MAPPING_FILE).is_file():
-            return folder
-    return None
+    index = holder(root, name, MAPPING_FILE)
+    return None if index is None else roots_of(root)[index]
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,25 +314,19 @@ def _meta_validator() -> jsonschema.Draft202012Validator:
 class _Chain:
     """A mapping file and the files it extends: an error is reported where its path is written."""
 
-    def __init__(self, contexts: list[YamlFile]) -> None:
+    def __init__(self, contexts: list[YamlFile], origins: Origins) -> None:
         self.contexts = contexts
+        self.origins = origins  # where each merged rule was written (inheritance.py)
         self.display = contexts[0].display
 
     def error(self, path: tuple[Any, ...], message: str) -> MappingLoadError:
+        if path[:3] in self.origins:  # a rule: the file and index it was written at
+            ctx, written = self.origins[path[:3]]
+            return ctx.error((*written, *path[3:]), message)
         for ctx in self.contexts:
             if path in ctx.lines:
                 return ctx.error(path, message)
         return self.contexts[0].error(path, message)
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 class _Compiler:
@@ -482,35 +468,49 @@ def _key_errors(ctx: YamlFile, data: Any, path: tuple[Any, ...]) -> None:
 
 
 def _read_merged(
-    roots: tuple[Path, ...], name: str, seen: tuple[str, ...]
-) -> tuple[list[YamlFile], dict[str, Any]]:
-    root = mapping_root(roots, name) or roots[-1]
-    path = root / name / MAPPING_FILE
-    ctx = YamlFile(path, f"mappings/{name}/{MAPPING_FILE}")
+    roots: tuple[Path, ...], name: str, at: int, seen: tuple[tuple[int, str], ...]
+) -> tuple[list[YamlFile], dict[str, Any], Origins]:
+    """The file `roots[at]/name/mapping.yaml` on top of what it extends (`seen`: the files
+    below it in the chain, as (folder index, name))."""
+    path = roots[at] / name / MAPPING_FILE
+    ctx = YamlFile(path, display_path(path))
     data = ctx.data
     _key_errors(ctx, data, ())
     _schema_errors(ctx, data)
     if data["name"] != name:
         raise ctx.error(("name",), f"{data['name']!r} must equal the folder name {name!r}")
     parent = data.get("extends")
+    named_errors(ctx, data, extends=parent is not None)
     if parent is None:
-        return [ctx], data
-    if parent in (*seen, name):
-        raise ctx.error(("extends",), f"circular extends: {' -> '.join((*seen, name, parent))}")
-    if mapping_root(roots, parent) is None:
+        return [ctx], data, own_origins(ctx, data)
+    parent_at = parent_holder(roots, name, at, parent, MAPPING_FILE)
+    if parent_at is None and parent == name:
+        raise ctx.error(
+            ("extends",),
+            f"circular extends: {name} -> {name} (extending its own name starts from the "
+            f"{name!r} of a mappings folder before {display_path(roots[at])}, and none has one)",
+        )
+    if parent_at is None:
         raise ctx.error(("extends",), f"no mapping {parent!r} to extend")
-    ancestors, base = _read_merged(roots, parent, (*seen, name))
-    merged = _deep_merge(base, {k: v for k, v in data.items() if k != "extends"})
+    chain = (*seen, (at, name))
+    if (parent_at, parent) in chain:
+        names = [n for _at, n in chain]
+        raise ctx.error(("extends",), f"circular extends: {' -> '.join((*names, parent))}")
+    ancestors, base, inherited = _read_merged(roots, parent, parent_at, chain)
+    merged, origins = merge_extended(ctx, data, base, inherited)
     merged["name"] = name
-    return [ctx, *ancestors], merged
+    return [ctx, *ancestors], merged, origins
 
 
 def load_mapping(root: Roots, name: str) -> MappingSpec:
     """Load and compile `root/name/mapping.yaml` (with whatever it extends)."""
-    if mapping_root(root, name) is None:
-        raise MappingLoadError(f"mappings/{name}", None, "", f"no {MAPPING_FILE}")
-    contexts, data = _read_merged(_roots(root), name, ())
-    ctx = _Chain(contexts)
+    roots = roots_of(root)
+    at = holder(roots, name, MAPPING_FILE)
+    if at is None:
+        looked = ", ".join(display_path(folder / name) for folder in roots)
+        raise MappingLoadError(looked, None, "", f"no {MAPPING_FILE}")
+    contexts, data, origins = _read_merged(roots, name, at, ())
+    ctx = _Chain(contexts, origins)
     inbound = data.get("inbound") or {}
     _check_verify(ctx, inbound.get("verify"))
     compiler = _Compiler(ctx, inbound.get("maps") or {})
@@ -537,6 +537,7 @@ def load_mapping(root: Roots, name: str) -> MappingSpec:
         binding: frozenset(known) | {f for b, f in compiler.reads if b == binding}
         for binding, known in (inbound.get("drift") or {}).items()
     }
+    _check_drift(ctx, drift, rules)
     return MappingSpec(
         name=name,
         title=data.get("title", name),
@@ -550,6 +551,25 @@ def load_mapping(root: Roots, name: str) -> MappingSpec:
         source=data,
         route=route,
     )
+
+
+def _check_drift(ctx: _Chain, drift: dict[str, frozenset[str]], rules: list[RuleSpec]) -> None:
+    """Each drift binding the file declares must be a name some rule binds: one no rule binds
+    (a typo, `e` for `ev`) would watch nothing, and format drift would go uncounted without a
+    word. An inherited binding whose rules the file drops is the parent's, checked with it."""
+    bound = dict.fromkeys(
+        name
+        for rule in rules
+        for name in (*_ROOT_NAMES, *(n for n, _ in rule.for_each), *(n for n, _ in rule.let))
+    )
+    own = ctx.contexts[0].lines
+    for binding in drift:
+        if binding not in bound and ("inbound", "drift", binding) in own:
+            raise ctx.error(
+                ("inbound", "drift", binding),
+                f"no rule binds {binding!r}, so its drift is never watched "
+                f"(bound: {', '.join(bound) or 'none'})",
+            )
 
 
 def _check_verify(ctx: _Chain, entries: Any) -> None:
@@ -577,7 +597,7 @@ def _ranked(rules: list[RuleSpec], steps: list[list[dict[str, str]]]) -> list[Ru
 def mapping_names(root: Roots) -> list[str]:
     """The providers under `root`: folders holding a mapping file, sorted."""
     names: set[str] = set()
-    for folder in _roots(root):
+    for folder in roots_of(root):
         if folder.is_dir():
             names.update(p.name for p in folder.iterdir() if (p / MAPPING_FILE).is_file())
     return sorted(names)
@@ -590,6 +610,6 @@ def load_mappings(root: Roots) -> dict[str, MappingSpec]:
 
 def iter_case_files(root: Roots, name: str) -> Iterator[Path]:
     """The golden case files of one provider, sorted by name (`_*.yaml` hold shared data)."""
-    cases = (mapping_root(root, name) or _roots(root)[-1]) / name / "cases"
+    cases = (mapping_root(root, name) or roots_of(root)[-1]) / name / "cases"
     if cases.is_dir():
         yield from sorted(p for p in cases.glob("*.yaml") if not p.name.startswith("_"))

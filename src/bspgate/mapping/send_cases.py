@@ -35,7 +35,9 @@ import jsonschema
 import orjson
 
 from bspgate.errors import ConfigError, MappingLoadError, SendError
-from bspgate.mapping.cases import CaseResult, diff
+from bspgate.mapping.cases import CaseResult, check_case, diff
+from bspgate.mapping.folders import Roots, display_path, roots_of
+from bspgate.mapping.loader import mapping_root
 from bspgate.mapping.yamlfile import YamlFile
 
 CHANNEL_FILE = "_channel.yaml"
@@ -55,13 +57,18 @@ def _channel_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(text)["properties"]["channels"]["items"])
 
 
-def load_channel(root: Path, provider: str, stand_in: str) -> dict[str, Any]:
+def channel_file(root: Roots, provider: str) -> Path:
+    """The provider's `cases/_channel.yaml`, in the folder that provides its mapping."""
+    return (mapping_root(root, provider) or roots_of(root)[-1]) / provider / "cases" / CHANNEL_FILE
+
+
+def load_channel(root: Roots, provider: str, stand_in: str) -> dict[str, Any]:
     """The provider's test channel (a config `channels[]` entry), `${stand_in}` filled in.
 
     Checked as the config checks a channel, each error named by the file's path and line.
     """
-    path = root / provider / "cases" / CHANNEL_FILE
-    display = f"mappings/{provider}/cases/{CHANNEL_FILE}"
+    path = channel_file(root, provider)
+    display = display_path(path)
     if not path.is_file():
         raise MappingLoadError(display, None, "", "no test channel for sends")
     file = YamlFile(path, display)
@@ -168,26 +175,31 @@ def compare_request(
     return None
 
 
-async def render_offline(root: Path, provider: str, case: dict[str, Any]) -> tuple[Any, str]:
-    """(SentRequest, send id) as the gateway would render the case's send; SendError if refused."""
+async def render_offline(root: Roots, provider: str, case: dict[str, Any]) -> tuple[Any, str]:
+    """(SentRequest, send id) as the gateway would render the case's send; SendError if refused.
+
+    `root`: the mappings folders (or one), as the gateway reads them: an `outbound.yaml` that
+    extends another provider's finds it in any of them.
+    """
     from bspgate.config import settings_from_dict
     from bspgate.outbound.addressing import NoIdentityView
     from bspgate.outbound.service import SendService, plan_send, validate_send
 
-    channel_entry = load_channel(root, provider, OFFLINE_BASE)
+    roots = roots_of(root)
+    channel_entry = load_channel(roots, provider, OFFLINE_BASE)
     settings = settings_from_dict(
         {
             "storage": "sqlite:///unused.db",
-            "mappings": str(root),
+            "mappings": [str(folder.resolve()) for folder in roots],
             "server": {"public_url": OFFLINE_PUBLIC_URL},
             "api_keys": [{"name": "cases", "key": "cases-key-0123456789abcdef"}],
             "channels": [channel_entry],
         },
         env={},
-        base_dir=root.parent,
+        base_dir=roots[-1].parent,
         known_mappings=[provider],
     )
-    service = SendService(settings, store=None, client=None, clock=lambda: NOW, mappings_dir=root)
+    service = SendService(settings, store=None, client=None, clock=lambda: NOW)
     send = validate_send({**case["send"], "channel": channel_entry["id"]})
     channel = service.channel(send, None)
     spec = service.spec(provider)
@@ -203,8 +215,9 @@ async def render_offline(root: Path, provider: str, case: dict[str, Any]) -> tup
     return sent, send_id
 
 
-async def run_send_case(root: Path, provider: str, path: Path) -> CaseResult:
-    """Render one send case offline and compare it with its expectation."""
+async def run_send_case(root: Roots, provider: str, path: Path) -> CaseResult:
+    """Render one send case offline and compare it with its expectation: the request, and the
+    message id `answer.message_id` reads from the case's `answer` (`expect.message_id`)."""
     name = f"{provider}/{path.stem}"
     try:
         case = load_send_case(path)
@@ -212,7 +225,7 @@ async def run_send_case(root: Path, provider: str, path: Path) -> CaseResult:
     except MappingLoadError as exc:
         return CaseResult(name, False, str(exc))
     except ConfigError as exc:  # the test channel, as the config would refuse it
-        return CaseResult(name, False, f"mappings/{provider}/cases/{CHANNEL_FILE}: {exc}")
+        return CaseResult(name, False, f"{display_path(channel_file(root, provider))}: {exc}")
     except SendError as exc:
         refused = case["expect"].get("refused")
         if refused == exc.code:
@@ -225,20 +238,50 @@ async def run_send_case(root: Path, provider: str, path: Path) -> CaseResult:
         return CaseResult(name, False, "expect.request needs path and body (see --update)")
     values = tokens(send_id, OFFLINE_PUBLIC_URL)
     problem = compare_request(expected, sent, values)
+    if problem is None and "message_id" in case["expect"]:
+        problem = _compare_message_id(root, provider, case)
     return CaseResult(name, problem is None, problem or "")
 
 
+def answer_message_id(root: Roots, provider: str, answer: dict[str, Any]) -> str | None:
+    """The message id the gateway reports for a 2xx `answer` (as the client reads it), or None."""
+    from bspgate.outbound.spec import load_outbound
+
+    body = answer.get("body")
+    if body is None:
+        return None
+    found = load_outbound(root, provider).message_id(body)
+    return str(found) if found else None
+
+
+def _compare_message_id(root: Roots, provider: str, case: dict[str, Any]) -> str | None:
+    expected = case["expect"]["message_id"]
+    answer = case.get("answer") or {}
+    status = int(answer.get("status", 200))
+    if not 200 <= status < 300:
+        return f"expect.message_id needs a 2xx answer (the case's answer is {status})"
+    found = answer_message_id(root, provider, answer)
+    if found != expected:
+        return (
+            f"message_id: expected {expected!r}, but the send form's answer.message_id reads "
+            f"{found!r} from the case's answer"
+        )
+    return None
+
+
 def load_send_case(path: Path) -> dict[str, Any]:
-    file = YamlFile(path, f"mappings/{path.parent.parent.name}/cases/{path.name}")
+    """A send case's data; `MappingLoadError` (file, line, field) for YAML or shape errors."""
+    file = YamlFile(path, display_path(path))
     data = file.data
     if not isinstance(data, dict) or not isinstance(data.get("send"), dict):
         raise file.error((), "a send case needs `send` (a canonical send) and `expect`")
     if not isinstance(data.get("expect"), dict):
         raise file.error(("expect",), "expect is {request, message_id} or {refused: code}")
+    check_case(file, "send")
     return data
 
 
-def run_file(root: Path, spec: Any, path: Path) -> CaseResult:
+def run_file(root: Roots, spec: Any, path: Path) -> CaseResult:
     """Run any case file: a send case (`send_*.yaml`) or an inbound/signed case."""
     import asyncio
 

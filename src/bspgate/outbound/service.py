@@ -42,7 +42,6 @@ from bspgate.identity.evidence import answer_pairs
 from bspgate.identity.operator import OperatorContext, notice_events
 from bspgate.identity.resolver import IdentityResolver, Observation
 from bspgate.ids import new_id
-from bspgate.mapping.loader import mapping_root
 from bspgate.outbound.addressing import (
     PHONE_FORMAT,
     Address,
@@ -231,8 +230,7 @@ class SendService:
         """The provider's compiled `outbound.yaml` (a broken file is a 500 naming it)."""
         if provider not in self._specs:
             try:
-                root = mapping_root(self.mapping_dirs, provider) or self.mapping_dirs[-1]
-                self._specs[provider] = load_outbound(root, provider)
+                self._specs[provider] = load_outbound(self.mapping_dirs, provider)
             except MappingLoadError as exc:
                 raise SendError("channel_not_configured", str(exc), status=500) from exc
         return self._specs[provider]

@@ -3,7 +3,9 @@
 The file is checked against `outbound.schema.json`, then every template and expression is
 compiled; every error is a `MappingLoadError` naming the file, the line and the YAML path
 (`mappings/twilio/outbound.yaml:40: types.template.body.ContentSid: invalid expression …`).
-This module only reads files: rendering is `rewrite.py`, sending is `client.py`.
+`extends: other` starts from another provider's file, found in any mappings folder as
+`mapping.yaml`'s `extends` finds it (`mapping/folders.py`). This module only reads files:
+rendering is `rewrite.py`, sending is `client.py`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ import jsonschema
 
 from bspgate.errors import MappingLoadError
 from bspgate.mapping.expression import Getter
+from bspgate.mapping.folders import Roots, display_path, holder, parent_holder, roots_of
 from bspgate.mapping.yamlfile import YamlFile
 from bspgate.outbound.signing import declaration_errors as signing_errors
-from bspgate.outbound.template import Node, TemplateError, compile_expr, compile_template
+from bspgate.outbound.template import (
+    Node,
+    TemplateError,
+    compile_expr,
+    compile_template,
+    compile_url,
+)
 
 OUTBOUND_FILE = "outbound.yaml"
 AUTH_SCHEMES = (
@@ -132,6 +141,14 @@ def _compile(file: YamlFile, raw: Any, path: tuple[Any, ...]) -> Node:
         raise file.error(exc.path, exc.message) from exc
 
 
+def _compile_url(file: YamlFile, raw: Any, path: tuple[Any, ...]) -> Node:
+    """A URL template: hole values are percent-encoded for their place (template.compile_url)."""
+    try:
+        return compile_url(raw, path)
+    except TemplateError as exc:
+        raise file.error(exc.path, exc.message) from exc
+
+
 def _expr(file: YamlFile, text: Any, path: tuple[Any, ...]) -> Getter:
     try:
         return compile_expr(text, path)
@@ -178,7 +195,7 @@ def _type_form(
     return TypeForm(
         name=name,
         body=_compile(file, _merge(base_body, raw["body"]), (*path, "body")),
-        url=_compile(file, raw["url"], (*path, "url")) if "url" in raw else None,
+        url=_compile_url(file, raw["url"], (*path, "url")) if "url" in raw else None,
         let=_lets(file, raw.get("let"), (*path, "let")),
         refuse=_refusals(file, raw.get("refuse"), (*path, "refuse")),
         bsuid_send=bsuid,
@@ -190,25 +207,50 @@ def _type_form(
     )
 
 
-def _extended(root: Path, file: YamlFile, provider: str, seen: tuple[str, ...]) -> Any:
-    """The file's data with `extends: other` resolved (the other file first, this one on top)."""
+def _extended(
+    roots: tuple[Path, ...],
+    file: YamlFile,
+    provider: str,
+    at: int,
+    seen: tuple[tuple[int, str], ...],
+) -> Any:
+    """The file's data with `extends: other` resolved (the other file first, this one on top).
+
+    `other` is found as `mapping.yaml`'s `extends` finds it (folders.py): in every mappings
+    folder, the provider's own name meaning the next folder down. `seen`: the files below this
+    one in the chain, as (folder index, provider).
+    """
     data = file.data
     parent = data.get("extends") if isinstance(data, dict) else None
     if parent is None:
         return data
-    if parent in (*seen, provider):
+    parent_at = parent_holder(roots, provider, at, parent, OUTBOUND_FILE)
+    if parent_at is None and parent == provider:
         raise file.error(
-            ("extends",), f"circular extends: {' -> '.join((*seen, provider, parent))}"
+            ("extends",),
+            f"circular extends: {provider} -> {provider} (extending its own name starts from "
+            f"the {provider}/{OUTBOUND_FILE} of a mappings folder before "
+            f"{display_path(roots[at])}, and none has one)",
         )
-    parent_path = root / parent / OUTBOUND_FILE
-    if not parent_path.is_file():
+    if parent_at is None:
         raise file.error(("extends",), f"no {parent}/{OUTBOUND_FILE} to extend")
-    base = _extended(
-        root, YamlFile(parent_path, f"mappings/{parent}/{OUTBOUND_FILE}"), parent, (*seen, provider)
-    )
+    chain = (*seen, (at, provider))
+    if (parent_at, parent) in chain:
+        names = [name for _at, name in chain]
+        raise file.error(("extends",), f"circular extends: {' -> '.join((*names, parent))}")
+    parent_path = roots[parent_at] / parent / OUTBOUND_FILE
+    parent_file = YamlFile(parent_path, display_path(parent_path))
+    base = _extended(roots, parent_file, parent, parent_at, chain)
     merged = _merge(base, {k: v for k, v in data.items() if k != "extends"})
     merged["provider"] = data.get("provider", provider)
     return merged
+
+
+def outbound_root(root: Roots, provider: str) -> Path | None:
+    """The folder among `root` whose `<provider>/outbound.yaml` is the provider's send form (the
+    last one that has one), or None: the provider cannot send."""
+    at = holder(root, provider, OUTBOUND_FILE)
+    return None if at is None else roots_of(root)[at]
 
 
 def auth_secret_names(auth: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], list[str]]]:
@@ -244,14 +286,18 @@ def _auth_secret_errors(
     return errors
 
 
-def load_outbound(root: Path, provider: str) -> OutboundSpec:
-    """Load and compile `root/<provider>/outbound.yaml`."""
-    path = root / provider / OUTBOUND_FILE
-    display = f"mappings/{provider}/{OUTBOUND_FILE}"
-    if not path.is_file():
-        raise MappingLoadError(display, None, "", "no such file: this provider cannot send")
+def load_outbound(root: Roots, provider: str) -> OutboundSpec:
+    """Load and compile `<provider>/outbound.yaml` from the last of the folders `root` that has
+    one (with whatever it extends, from any of them)."""
+    roots = roots_of(root)
+    at = holder(roots, provider, OUTBOUND_FILE)
+    if at is None:
+        looked = ", ".join(display_path(folder / provider / OUTBOUND_FILE) for folder in roots)
+        raise MappingLoadError(looked, None, "", "no such file: this provider cannot send")
+    path = roots[at] / provider / OUTBOUND_FILE
+    display = display_path(path)
     file = YamlFile(path, display)
-    data = _extended(root, file, provider, ())
+    data = _extended(roots, file, provider, at, ())
     auth_scheme = (data.get("auth") or {}).get("scheme") if isinstance(data, dict) else None
     if isinstance(data.get("auth"), dict) and auth_scheme not in AUTH_SCHEMES:
         known = ", ".join(AUTH_SCHEMES)
@@ -275,14 +321,16 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
     retry = data.get("retry") or {"safe": False}
     auth = data.get("auth") or {}
     token_url = (
-        _compile(file, auth["token_url"], ("auth", "token_url")) if "token_url" in auth else None
+        _compile_url(file, auth["token_url"], ("auth", "token_url"))
+        if "token_url" in auth
+        else None
     )
     errors_raw = data.get("errors") or {}
     return OutboundSpec(
         provider=provider,
         file=display,
         method=request.get("method", "POST"),
-        url=_compile(file, request.get("url", ""), ("request", "url")),
+        url=_compile_url(file, request.get("url", ""), ("request", "url")),
         encoding=request.get("encoding", "json"),
         headers=_lets(file, request.get("headers"), ("request", "headers")),
         base_body=base_body,
@@ -314,8 +362,14 @@ def load_outbound(root: Path, provider: str) -> OutboundSpec:
     )
 
 
-def outbound_names(root: Path) -> list[str]:
-    """Providers under `root` that have a send form, sorted."""
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / OUTBOUND_FILE).is_file())
+def outbound_names(root: Roots) -> list[str]:
+    """Providers under `root` (one folder, or several) that have a send form, sorted."""
+    return sorted(
+        {
+            p.name
+            for folder in roots_of(root)
+            if folder.is_dir()
+            for p in folder.iterdir()
+            if (p / OUTBOUND_FILE).is_file()
+        }
+    )

@@ -13,6 +13,11 @@ address, channel settings) like this:
   that is not null; `{$when: expr, $value: t}` is `t` when `expr` is true, else null;
   `{$expr: expr, $apply: [name, …]}` passes the value through named transforms (`TRANSFORMS`).
 
+URL templates (`request.url`, `types.<t>.url`, `auth.token_url`: `compile_url`) percent-encode
+each hole's value for its place, with `urllib.parse.quote`: after the URL's `?` as a query value
+(`&`, `=`, `#`, `+`, `/`… all encoded), before it as a path segment (`/`, `?`, `#`, `%` encoded).
+A hole at the very start is the base URL (`${settings.base_url}/v1/…`) and is kept as it is.
+
 Compiling happens once, at load, and reports the YAML path of a bad expression. This module owns
 the language only: it knows no provider and does no I/O.
 """
@@ -23,6 +28,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from jmespath.exceptions import JMESPathError
 
@@ -115,6 +121,39 @@ class _Interpolation(Node):
             if value is None:
                 return None
             out.append(_text(value))
+        return "".join(out)
+
+
+# RFC 3986 pchar without the unreserved characters quote() always keeps: sub-delims, ":" and "@"
+_PATH_SAFE = "!$&'()*+,;=:@"
+
+
+def _path_segment(text: str) -> str:
+    return quote(text, safe=_PATH_SAFE)
+
+
+def _query_value(text: str) -> str:
+    return quote(text, safe="")
+
+
+@dataclass(frozen=True, slots=True)
+class _Url(Node):
+    """A URL template: literal text kept, each hole's value encoded for its place (None: kept,
+    the base URL at the start)."""
+
+    parts: tuple[str | tuple[Getter, Callable[[str], str] | None], ...]
+
+    def render(self, context: Any) -> Any:
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            getter, encode = part
+            value = getter(context)
+            if value is None:
+                return None
+            out.append(encode(_text(value)) if encode is not None else _text(value))
         return "".join(out)
 
 
@@ -232,6 +271,31 @@ def _compile_string(text: str, path: tuple[Any, ...]) -> Node:
     if position < len(text):
         parts.append(text[position:])
     return _Interpolation(tuple(parts))
+
+
+def compile_url(raw: Any, path: tuple[Any, ...] = ()) -> Node:
+    """Compile a URL template: each `${…}` value is percent-encoded for where it stands (see the
+    module docstring); a hole at the very start (the base URL) is kept as it is. A value that
+    is not a string compiles as any template."""
+    if not isinstance(raw, str):
+        return compile_template(raw, path)
+    holes = _holes(raw, path)
+    if not holes or (len(holes) == 1 and holes[0][:2] == (0, len(raw))):
+        return _compile_string(raw, path)
+    parts: list[str | tuple[Getter, Callable[[str], str] | None]] = []
+    position = 0
+    in_query = False
+    for start, end, expression in holes:
+        literal = raw[position:start]
+        if literal:
+            parts.append(literal)
+            in_query = in_query or "?" in literal or "#" in literal
+        encode = None if start == 0 else (_query_value if in_query else _path_segment)
+        parts.append((compile_expr(expression, path), encode))
+        position = end
+    if position < len(raw):
+        parts.append(raw[position:])
+    return _Url(tuple(parts))
 
 
 def _directive(raw: dict[str, Any], path: tuple[Any, ...]) -> Node:
