@@ -114,6 +114,16 @@ def test_unknown_provider_names_the_key_and_lists_known_mappings(tmp_path: Path)
     assert "cloudapi" in str(error).split("known: ", 1)[1]
 
 
+def test_a_provider_folder_given_as_mappings_says_to_name_its_parent(tmp_path: Path) -> None:
+    provider = tmp_path / "mine" / "wati"
+    provider.mkdir(parents=True)
+    (provider / "mapping.yaml").write_text("name: wati\n")
+    error = config_error(tmp_path, mappings=[str(provider)])
+    assert error.key == "mappings[0]"
+    assert "is a provider folder (it holds mapping.yaml)" in str(error)
+    assert str(provider.parent) in str(error)
+
+
 def test_duplicate_channel_ids_are_refused(tmp_path: Path) -> None:
     error = config_error(tmp_path, channels=[channel(), channel(portfolio="other")])
     assert error.key == "channels[1].id"

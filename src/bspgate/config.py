@@ -460,9 +460,15 @@ def _mapping_dirs(data: dict[str, Any], base: Path) -> tuple[Path, ...]:
     dirs = [shipped_mappings_dir().resolve()]
     for index, name in enumerate(extra):
         folder = (base / name).resolve()
+        key = "mappings" if isinstance(data.get("mappings"), str) else f"mappings[{index}]"
         if not folder.is_dir():
-            key = "mappings" if isinstance(data.get("mappings"), str) else f"mappings[{index}]"
             raise ConfigError(key, f"{name!r} is not a folder (resolved to {folder})")
+        if (folder / "mapping.yaml").is_file():
+            raise ConfigError(
+                key,
+                f"{name!r} is a provider folder (it holds mapping.yaml): name the folder that "
+                f"holds provider folders ({folder.parent}), as the shipped mappings/ does",
+            )
         if folder not in dirs:
             dirs.append(folder)
     return tuple(dirs)
