@@ -110,17 +110,20 @@ def _text(value: Any) -> str:
 @dataclass(frozen=True, slots=True)
 class _Interpolation(Node):
     parts: tuple[str | Getter, ...]
+    # per part, how a hole's value is written (URL holes: percent-encoded); none: as text
+    encoders: tuple[Callable[[str], str] | None, ...] = ()
 
     def render(self, context: Any) -> Any:
         out: list[str] = []
-        for part in self.parts:
+        for index, part in enumerate(self.parts):
             if isinstance(part, str):
                 out.append(part)
                 continue
             value = part(context)
             if value is None:
                 return None
-            out.append(_text(value))
+            encode = self.encoders[index] if self.encoders else None
+            out.append(encode(_text(value)) if encode is not None else _text(value))
         return "".join(out)
 
 
@@ -134,27 +137,6 @@ def _path_segment(text: str) -> str:
 
 def _query_value(text: str) -> str:
     return quote(text, safe="")
-
-
-@dataclass(frozen=True, slots=True)
-class _Url(Node):
-    """A URL template: literal text kept, each hole's value encoded for its place (None: kept,
-    the base URL at the start)."""
-
-    parts: tuple[str | tuple[Getter, Callable[[str], str] | None], ...]
-
-    def render(self, context: Any) -> Any:
-        out: list[str] = []
-        for part in self.parts:
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            getter, encode = part
-            value = getter(context)
-            if value is None:
-                return None
-            out.append(encode(_text(value)) if encode is not None else _text(value))
-        return "".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,20 +264,23 @@ def compile_url(raw: Any, path: tuple[Any, ...] = ()) -> Node:
     holes = _holes(raw, path)
     if not holes or (len(holes) == 1 and holes[0][:2] == (0, len(raw))):
         return _compile_string(raw, path)
-    parts: list[str | tuple[Getter, Callable[[str], str] | None]] = []
+    parts: list[str | Getter] = []
+    encoders: list[Callable[[str], str] | None] = []
     position = 0
     in_query = False
     for start, end, expression in holes:
         literal = raw[position:start]
         if literal:
             parts.append(literal)
+            encoders.append(None)
             in_query = in_query or "?" in literal or "#" in literal
-        encode = None if start == 0 else (_query_value if in_query else _path_segment)
-        parts.append((compile_expr(expression, path), encode))
+        parts.append(compile_expr(expression, path))
+        encoders.append(None if start == 0 else (_query_value if in_query else _path_segment))
         position = end
     if position < len(raw):
         parts.append(raw[position:])
-    return _Url(tuple(parts))
+        encoders.append(None)
+    return _Interpolation(tuple(parts), tuple(encoders))
 
 
 def _directive(raw: dict[str, Any], path: tuple[Any, ...]) -> Node:
