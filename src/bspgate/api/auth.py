@@ -43,7 +43,7 @@ def authenticated(endpoint: Endpoint) -> Endpoint:
                 "send Authorization: Bearer <api key>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if _holds_nul(request):
+        if holds_nul(request):
             # no identifier holds one, and PostgreSQL refuses it in a text parameter
             return problem_response(
                 400, "invalid_request", "Invalid request", "the path or query holds a NUL character"
@@ -53,7 +53,7 @@ def authenticated(endpoint: Endpoint) -> Endpoint:
     return wrapper
 
 
-def _holds_nul(request: Request) -> bool:
+def holds_nul(request: Request) -> bool:
     """A NUL character in the (decoded) path or in a query parameter's name or value."""
     if "\x00" in request.scope.get("path", ""):
         return True

@@ -24,6 +24,7 @@ from bspgate.console.session import action, audit, gateway_of, operator, page, r
 from bspgate.identity.operator import OperatorContext, OperatorRefused, operator_merge
 from bspgate.identity.operator import erase as erase_contact
 from bspgate.mapping.functions import e164, is_bsuid
+from bspgate.store.base import follow_merged
 
 
 def search_ids(tx: Any, text: str, portfolios: list[str]) -> tuple[str, list[str]]:
@@ -51,6 +52,20 @@ def search_ids(tx: Any, text: str, portfolios: list[str]) -> tuple[str, list[str
         if contact_id not in found:
             found.append(contact_id)
     return "username or name", found
+
+
+def contact_filter(tx: Any, text: str, portfolios: list[str]) -> str | None:
+    """The contact id an events filter names now: a contact id (a merged one: its survivor,
+    as `GET /v1/events?contact_id=` answers), or the first contact a BSUID, phone or username
+    finds; None when no contact has it (yet)."""
+    if text.startswith("ct_"):
+        survivor = follow_merged(tx.contact(text), tx.contact)
+        return survivor.id if survivor is not None else text
+    _kind, ids = search_ids(tx, text, portfolios)
+    if not ids:
+        return None
+    found = follow_merged(tx.contact(ids[0]), tx.contact)
+    return found.id if found is not None else ids[0]
 
 
 def _masked_view(view: dict[str, Any], reveal: bool) -> dict[str, Any]:
@@ -149,8 +164,11 @@ async def contact_page(request: Request) -> Response:
             | {p["first_seen"] for p in view["phones"]}
             | {h["at"] for h in view["history"]}
         )
+        survivor = follow_merged(tx.contact(contact_id), tx.contact)
         return {
             "view": view,
+            # a merged contact answers as its survivor: erase and merge are offered there
+            "survivor": survivor.id if survivor is not None else None,
             "taught": queries.events_stored_at(tx, contact_id, stamps),
             "events": queries.events_page(tx, contact_id=contact_id, limit=50),
             "sends": queries.contact_sends(tx, contact_id),
@@ -172,6 +190,7 @@ async def contact_page(request: Request) -> Response:
         {
             "section": "contacts",
             "contact": view,
+            "survivor": found["survivor"] if found["survivor"] != contact_id else None,
             "timeline": timeline(view, found["taught"]),
             "events": [event_summary(r, reveal) for r in found["events"]],
             "sends": found["sends"],
@@ -202,23 +221,35 @@ def _refused(request: Request, contact_id: str, title: str, detail: str, status:
 
 @action
 async def erase(request: Request, form: FormData) -> Response:
-    """Erasure (the operation `DELETE /v1/contacts/{id}` runs), after a typed confirmation."""
+    """Erasure (the operation `DELETE /v1/contacts/{id}` runs), after a typed confirmation.
+
+    A merged contact's id erases its survivor (rule 8, as the API does; its page offers erase
+    on the survivor's page only): the audit entry names the contact erased, and the id typed.
+    """
     gateway = gateway_of(request)
     contact_id = request.path_params["contact_id"]
     if str(form.get("confirm") or "").strip() != contact_id:
         detail = "To erase, type the contact id exactly in the confirmation box."
         return _refused(request, contact_id, "Not erased", detail, 400)
     ctx = _context(request)
+
+    def work(tx: Any) -> tuple[str, dict[str, Any]] | None:
+        contact = follow_merged(tx.contact(contact_id), tx.contact)
+        summary = None if contact is None else erase_contact(tx, ctx, contact.id)
+        return None if contact is None or summary is None else (contact.id, summary)
+
     try:
-        summary = await gateway.store.transaction(lambda tx: erase_contact(tx, ctx, contact_id))
+        done = await gateway.store.transaction(work)
     except OperatorRefused as exc:
         return _refused(request, contact_id, "Not erased", exc.detail, exc.status)
-    if summary is None:
+    if done is None:
         return _refused(request, contact_id, "Unknown contact", f"No contact {contact_id!r}.", 404)
+    erased, summary = done
     if gateway.dispatcher is not None:
         gateway.dispatcher.wake()
-    await audit(request, "erase", contact_id, summary=summary)
-    return RedirectResponse(f"/console/contacts/{contact_id}?erased=1", 303)
+    named = {"requested_as": contact_id} if erased != contact_id else {}
+    await audit(request, "erase", erased, summary=summary, **named)
+    return RedirectResponse(f"/console/contacts/{erased}?erased=1", 303)
 
 
 @action

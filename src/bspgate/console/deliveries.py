@@ -28,6 +28,8 @@ from bspgate.masking import mask_url
 from bspgate.normalize import Normalizer
 from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined, set_subscriber
 
+QUARANTINE_PAGE = 100  # quarantined payloads a page lists; "Older entries" pages back
+
 
 def _wake(request: Request) -> None:
     dispatcher = gateway_of(request).dispatcher
@@ -215,11 +217,18 @@ def _payload_view(raw: Any, reveal: bool) -> Any:
 
 @page
 async def quarantine_page(request: Request) -> Response:
+    """Quarantined payloads newest first, with their total; "Older entries" pages back."""
     gateway = gateway_of(request)
-    raws = await gateway.store.read(lambda tx: tx.raws("quarantined", 100))
-    reveal = revealed(request)
-    items = [{"raw": r, "payload": _payload_view(r, reveal)} for r in raws]
-    return render(request, "quarantine.html", {"section": "quarantine", "items": items})
+    before = request.query_params.get("before") or None
+    items, total = await gateway.store.read(
+        lambda tx: (
+            queries.quarantined_page(tx, QUARANTINE_PAGE, before=before),
+            queries.quarantined_count(tx),
+        )
+    )
+    older = items[-1]["id"] if len(items) == QUARANTINE_PAGE else None
+    context = {"section": "quarantine", "items": items, "total": total, "older": older}
+    return render(request, "quarantine.html", context)
 
 
 @page

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from bspgate.api.auth import holds_nul
 from bspgate.api.events import decode_cursor, encode_cursor
 from bspgate.console import queries
 from bspgate.console.activity import Activity
@@ -33,6 +35,7 @@ from bspgate.times import comparable, parse_time
 
 PAGE_SIZE = 50
 AUDIT_PAGE = 200  # audit entries a page shows; "Older entries" pages back
+MAX_ID = 2**63 - 1  # the largest id a store holds (BIGINT, SQLite's INTEGER)
 STREAM_SECONDS = 25.0
 POLL_SECONDS = 0.5
 REJECTED = ("unauthorized", "unparseable", "too_large", "store_unavailable")
@@ -169,26 +172,10 @@ async def events(request: Request) -> Response:
         context["channels"] = [c.id for c in gateway.settings.channels]
         context["types"] = sorted(event_types())
         return render(request, "events.html", context, 400)
-    if filters["contact"] and not filters["contact"].startswith("ct_"):
-        # a BSUID, phone or username in the contact box: the contact it names now
-        from bspgate.console.contacts import search_ids
-
-        portfolios = sorted({c.portfolio for c in gateway.settings.channels})
-        text = filters["contact"]
-        _kind, ids = await gateway.store.read(lambda tx: search_ids(tx, text, portfolios))
-        filters["contact"] = ids[0] if ids else "ct_none"
+    matching = _Matching(filters, (since, until), _portfolios(request))
     rows, newest = await gateway.store.read(
         lambda tx: (
-            queries.events_page(
-                tx,
-                type_=filters["type"] or None,
-                channel_id=filters["channel"] or None,
-                contact_id=filters["contact"] or None,
-                since=since,
-                until=until,
-                before_seq=before,
-                limit=PAGE_SIZE,
-            ),
+            matching.rows(tx, before_seq=before, limit=PAGE_SIZE),
             queries.newest_seq(tx),
         )
     )
@@ -216,25 +203,51 @@ async def events(request: Request) -> Response:
     )
 
 
-def _tail_rows(
-    tx: Any, *, filters: dict[str, str], window: tuple[str | None, str | None], after: int
-) -> list[dict[str, Any]]:
-    return queries.events_page(
-        tx,
-        type_=filters["type"] or None,
-        channel_id=filters["channel"] or None,
-        contact_id=filters["contact"] or None,
-        since=window[0],
-        until=window[1],
-        after_seq=after,
-        limit=100,
-    )
+def _portfolios(request: Request) -> list[str]:
+    return sorted({c.portfolio for c in gateway_of(request).settings.channels})
+
+
+@dataclass(slots=True)
+class _Matching:
+    """The events the filters match, the Contact filter read as the contact it names *now*.
+
+    The filter keeps the text typed (a phone, a BSUID, a contact id). It is looked up on each
+    read until a contact has it, so a live tail on a phone or BSUID no contact has yet shows
+    the person's first event as soon as it is stored; then it is kept for the stream's life
+    (25 s at most: a reconnect looks it up again). A merged contact's id names its survivor, as
+    `GET /v1/events?contact_id=` does (identity rule 8).
+    """
+
+    filters: dict[str, str]
+    window: tuple[str | None, str | None]
+    portfolios: list[str]
+    contact_id: str | None = None
+
+    def rows(self, tx: Any, **page: Any) -> list[dict[str, Any]]:
+        from bspgate.console.contacts import contact_filter
+
+        text = self.filters["contact"]
+        if text and self.contact_id is None:
+            self.contact_id = contact_filter(tx, text, self.portfolios)
+            if self.contact_id is None:
+                return []  # nobody has this identifier yet
+        return queries.events_page(
+            tx,
+            type_=self.filters["type"] or None,
+            channel_id=self.filters["channel"] or None,
+            contact_id=self.contact_id,
+            since=self.window[0],
+            until=self.window[1],
+            **page,
+        )
 
 
 async def stream(request: Request) -> Response:
     """Server-sent events: each new event as `data: {summary}` with `id: <cursor>`."""
     if await identify(request) is None:
         return Response("sign in first", 401)
+    if holds_nul(request):
+        return Response("the address holds a NUL character", 400)
     gateway = gateway_of(request)
     filters = _filters(request)
     try:
@@ -251,6 +264,7 @@ async def stream(request: Request) -> Response:
     if after is None:
         after = int(await gateway.store.read(queries.newest_seq))
     position: int = after
+    matching = _Matching(filters, window, _portfolios(request))
     reveal = revealed(request, "/console/events")  # the tail shows what its page reveals
     tracker = activity(request)
 
@@ -259,9 +273,7 @@ async def stream(request: Request) -> Response:
         yield b"retry: 500\n\n"
         deadline = time.monotonic() + STREAM_SECONDS
         while time.monotonic() < deadline:
-            rows = await gateway.store.read(
-                partial(_tail_rows, filters=filters, window=window, after=position)
-            )
+            rows = await gateway.store.read(partial(matching.rows, after_seq=position, limit=100))
             for row in rows:
                 position = row["seq"]
                 summary = orjson.dumps(event_summary(row, reveal))
@@ -307,6 +319,7 @@ async def event_page(request: Request) -> Response:
         "event.html",
         {
             "section": "events",
+            "configured": {s.id for s in gateway.settings.subscribers},
             "event": event if reveal else mask_event(event),
             "raw": raw,
             "raw_view": raw_view,
@@ -317,12 +330,27 @@ async def event_page(request: Request) -> Response:
 
 @action
 async def deliver_again(request: Request, form: FormData) -> Response:
+    """Requeue this event's delivery to a subscriber, checked as `POST /v1/replays` checks it:
+    a subscriber no longer configured (nothing would send its rows) is refused with the reason."""
     gateway = gateway_of(request)
     event_id = request.path_params["event_id"]
-    subscriber = str(form.get("subscriber_id") or "") or None
-    replay = ReplayRequest(
-        event_id=event_id, subscriber_id=subscriber, states=("dead", "delivered", "expired")
-    )
+    subscriber = form.get("subscriber_id")
+    try:
+        replay = ReplayRequest.from_dict(
+            {
+                "event_id": event_id,
+                "subscriber_id": subscriber,
+                "states": ["dead", "delivered", "expired"],
+            },
+            [s.id for s in gateway.settings.subscribers],
+        )
+    except ValueError as exc:
+        context = {
+            "title": "Not delivered again",
+            "message": f"Nothing was requeued: {exc}.",
+            "back": f"/console/events/{event_id}",
+        }
+        return render(request, "message.html", context, 422)
     result = await replay_deliveries(
         gateway.store, replay, gateway.clock(), gateway.settings.subscribers
     )
@@ -332,7 +360,7 @@ async def deliver_again(request: Request, form: FormData) -> Response:
         request,
         "deliver_again",
         event_id,
-        subscriber=subscriber,
+        subscriber=replay.subscriber_id,
         requeued=result.get("requeued", 0),
         added=result.get("added", 0),
     )
@@ -345,6 +373,8 @@ async def audit_page(request: Request) -> Response:
     try:  # `before`: the oldest id of the page shown, from its "Older entries" link
         before = int(request.query_params.get("before", "0")) or None
     except ValueError:
+        before = None
+    if before is not None and not 0 < before <= MAX_ID:  # an edited URL: no id is out there
         before = None
     entries = await gateway.store.read(
         lambda tx: queries.audit_entries(tx, AUDIT_PAGE, before=before)

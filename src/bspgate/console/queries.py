@@ -75,7 +75,7 @@ def outbox_summary(tx: Any, subscriber_ids: list[str]) -> dict[str, Any]:
     """Open and dead deliveries per subscriber and state, next attempt, oldest open row."""
     per: dict[str, dict[str, Any]] = tx.subscriber_backlog(subscriber_ids)
     totals: dict[str, int] = tx.outbox_totals()  # a subscriber no longer configured counts too
-    quarantined = tx.one("SELECT COUNT(*) FROM raw_payloads WHERE state = 'quarantined'")[0]
+    quarantined = quarantined_count(tx)
     return {
         "per_subscriber": per,
         "totals": totals,
@@ -226,6 +226,35 @@ def events_stored_at(tx: Any, contact_id: str, stamps: list[str]) -> dict[str, s
         (contact_id, *stamps),
     )
     return {str(at): str(event_id) for at, event_id in rows}
+
+
+# -- quarantine --------------------------------------------------------------------------------
+QUARANTINE_COLUMNS = ("id", "channel_id", "provider", "received_at", "reason")
+
+
+def quarantined_page(tx: Any, limit: int, before: str | None = None) -> list[dict[str, Any]]:
+    """Quarantined payloads newest first (`raw_payloads_state`: state, received_at), a page at a
+    time: `before` is the last payload of the page shown (keyset on received_at, then id); an
+    id not stored starts at the newest."""
+    clauses, params = ["state = 'quarantined'"], []
+    anchor = (
+        None
+        if before is None
+        else tx.one("SELECT received_at, id FROM raw_payloads WHERE id = ?", (before,))
+    )
+    if anchor is not None:
+        clauses.append("(received_at < ? OR (received_at = ? AND id < ?))")
+        params.extend([anchor[0], anchor[0], anchor[1]])
+    rows = tx.all(
+        f"SELECT {', '.join(QUARANTINE_COLUMNS)} FROM raw_payloads "
+        f"WHERE {' AND '.join(clauses)} ORDER BY received_at DESC, id DESC LIMIT ?",
+        [*params, limit],
+    )
+    return [dict(zip(QUARANTINE_COLUMNS, r, strict=True)) for r in rows]
+
+
+def quarantined_count(tx: Any) -> int:
+    return int(tx.one("SELECT COUNT(*) FROM raw_payloads WHERE state = 'quarantined'")[0])
 
 
 # -- deliveries --------------------------------------------------------------------------------

@@ -3,7 +3,11 @@
 Masking happens before a value reaches a template: `mask_phone` keeps the last two digits,
 `mask_event` hides message texts and masks every phone field of a canonical event, and
 `mask_payload` does the same, by shape, for a raw provider payload (phone-shaped values of
-phone-like keys, any `+<digits>` value, and the values of text-like keys). A revealed page (see
+phone-like keys, any `+<digits>` value, and the values of text-like keys). In any other text (a
+vcard's `TEL;waid=15551234567:+1 555-123-4567`, a provider's error detail) a `+<digits>` phone
+keeps its last two digits, and so does a bare run of 8 to 15 digits standing alone
+(`bspgate.masking.mask_phones`, the logs' rule); a value that is only digits is left to its key
+(a timestamp, a phone number id), and a `url`'s digit runs are ids. A revealed page (see
 `session.revealed`) skips it.
 """
 
@@ -22,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from bspgate.mapping.functions import is_bsuid
+from bspgate.masking import mask_phones
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -31,9 +36,11 @@ _TEXT_KEYS = frozenset({"text", "body", "caption", "Body", "content", "title", "
 _PLUS_PHONE = re.compile(r"^(whatsapp:|tel:)?\+[0-9][0-9 ()-]{6,18}[0-9]$")
 # a +<digits> phone inside other text (a free-text value where a time or an id belongs)
 _PLUS_PHONE_IN = re.compile(r"\+[0-9][0-9 ()-]{6,18}[0-9]")
+# keys whose phone-shaped values are phones (raw payloads and canonical events alike);
+# `new_wa_id`: Meta's legacy `customer_changed_number` system message names the new phone so
 _PHONE_KEYS = frozenset(
-    {"wa_id", "from", "to", "From", "To", "WaId", "msisdn", "recipient_id", "recipient", "sender",
-     "destination", "user_number"}
+    {"wa_id", "new_wa_id", "from", "to", "From", "To", "WaId", "msisdn", "recipient_id",
+     "recipient", "sender", "destination", "user_number"}
 )  # fmt: skip
 
 NAV = (
@@ -67,12 +74,15 @@ def mask_event(event: dict[str, Any]) -> dict[str, Any]:
 def _walk_event(node: Any) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "phone" and isinstance(value, str):
+            if not isinstance(value, str):
+                _walk_event(value)
+            elif key == "phone" or (key in _PHONE_KEYS and _is_phone(value)):
+                # `phone`, and `wa_id` (`data.message.contacts[].phones[]`: a shared card)
                 node[key] = mask_phone(value)
-            elif key in _TEXT_KEYS and isinstance(value, str) and value:
+            elif key in _TEXT_KEYS and value:
                 node[key] = HIDDEN
             else:
-                _walk_event(value)
+                node[key] = _mask_in_text(value, key)
     elif isinstance(node, list):
         for item in node:
             _walk_event(item)
@@ -89,11 +99,26 @@ def mask_payload(node: Any, key: str = "") -> Any:
             return HIDDEN
         # a phone-shaped value under a phone-like key, or anything written +<digits>
         phone_key = key in _PHONE_KEYS or ("phone" in key.lower() and not key.endswith("_id"))
-        looks_phone = _PHONE_LIKE.match(node) if phone_key else _PLUS_PHONE.match(node)
-        if looks_phone and not is_bsuid(node.removeprefix("whatsapp:")):
+        if _is_phone(node) if phone_key else _PLUS_PHONE.match(node):
             return mask_phone(node)
-        return _PLUS_PHONE_IN.sub(lambda found: str(mask_phone(found.group(0))), node)
+        return _mask_in_text(node, key)
     return node
+
+
+def _is_phone(value: str) -> bool:
+    """A phone-shaped value (a BSUID, whose digits follow `CC.`, is not one)."""
+    return bool(_PHONE_LIKE.match(value)) and not is_bsuid(value.removeprefix("whatsapp:"))
+
+
+def _mask_in_text(text: str, key: str) -> str:
+    """Phones inside other text: `+<digits>` spellings (with spaces, dashes, brackets) keep their
+    last two digits as `mask_phone` writes them, then bare digit runs as `mask_phones` does.
+    A value of digits only is not text: its key says whether it is a phone. Nor is a `url`: its
+    digit runs are ids (the phone number id in a Graph API path, a media id)."""
+    if text.isdigit():
+        return text
+    spelled = _PLUS_PHONE_IN.sub(lambda found: str(mask_phone(found.group(0))), text)
+    return spelled if key == "url" else mask_phones(spelled)
 
 
 def payload_view(body: bytes, content_type: str, reveal: bool) -> Any:

@@ -9,8 +9,11 @@ copy of the cookie taken before is worth nothing, on every replica. The cookie's
 from the configured API keys, so removing or changing a key ends the sessions opened with it.
 Every POST must carry the session's CSRF token (and, when the browser sends one, an `Origin` of
 this server: its `Host`, or `server.public_url` behind a proxy); a missing or wrong token is a
-403 and changes nothing. A reveal unmasks one page for five minutes and is written to
-`console_audit` first.
+403 and changes nothing. A NUL character in a page's path or query, or in a form field, is a
+400 page before anything is read (as `/v1` answers it: no id or filter holds one, and PostgreSQL
+refuses it in a text parameter). A reveal unmasks one page for five minutes and is written to
+`console_audit` first. An action posted after the session ended sends the operator to sign in,
+then back to the page the form was on (its same-origin `Referer`), never to the POST-only URL.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from bspgate.api.auth import holds_nul
 from bspgate.config import Settings
 from bspgate.console.queries import (
     end_session,
@@ -40,6 +44,7 @@ from bspgate.console.queries import (
     start_session,
     touch_session,
 )
+from bspgate.times import iso
 
 if TYPE_CHECKING:
     from bspgate.app import Gateway
@@ -138,7 +143,7 @@ async def audit(request: Request, action: str, target: str, **detail: Any) -> in
     """Record what an operator did (never phones or texts in `detail`); answers the entry id."""
     gateway = gateway_of(request)
     actor = operator(request) or "-"
-    stamp = gateway.clock().isoformat()
+    stamp = iso(gateway.clock())  # `…Z`, as every time bspgate writes
     text = orjson.dumps(detail).decode()
 
     entry: int = await gateway.store.transaction(
@@ -149,17 +154,70 @@ async def audit(request: Request, action: str, target: str, **detail: Any) -> in
 
 
 def _login_redirect(request: Request) -> Response:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/console/login?next={quote(target)}", 303)
+    """To the sign-in form, with the page to come back to as `next`."""
+    if request.method in ("GET", "HEAD"):
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    else:  # an action's URL answers POST only: back to the page its form was on
+        target = _page_before(request)
+    return RedirectResponse(f"/console/login?next={quote(safe_next(target))}", 303)
+
+
+def _page_before(request: Request) -> str:
+    """The console page an action was posted from: its same-origin `Referer` (the console sends
+    `Referrer-Policy: same-origin`), else the page of what it acts on, or of its section."""
+    referer = request.headers.get("referer", "")
+    parts = urlsplit(referer)
+    if referer and _ours(request, referer) and parts.path.startswith("/console"):
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    path = request.url.path
+    steps = path.split("/")  # /console/events/<id>/deliver: the event's own page
+    if len(steps) == 5 and steps[2] in ("events", "contacts", "quarantine"):
+        return "/".join(steps[:4])
+    for prefix, section in _SECTIONS:
+        if path.startswith(prefix):
+            return section
+    return "/console/"
+
+
+# an action's path -> the page of its section (when the browser sent no `Referer`)
+_SECTIONS = (
+    ("/console/deliveries", "/console/deliveries"),
+    ("/console/subscribers/", "/console/deliveries"),
+    ("/console/events/", "/console/events"),
+    ("/console/contacts/", "/console/contacts"),
+    ("/console/quarantine/", "/console/quarantine"),
+    ("/console/send", "/console/send"),
+    ("/console/playground", "/console/playground"),
+)
+
+
+def refused_nul(request: Request, where: str) -> Response:
+    """400: a NUL character where no id, filter or field holds one (nothing was read)."""
+    from bspgate.console.render import render
+
+    _log.warning("console.nul_refused", where=where)  # the path may hold what was typed
+    return render(
+        request,
+        "message.html",
+        {
+            "title": "Bad request",
+            "message": f"The {where} holds a NUL character (%00), which no id, filter or field "
+            "value holds. Nothing was read or changed.",
+        },
+        400,
+    )
 
 
 def page(endpoint: Page) -> Page:
-    """A GET page: signed-in operators only (others are sent to the sign-in form)."""
+    """A GET page: signed-in operators only (others are sent to the sign-in form); a NUL in
+    the path or query is a 400 page."""
 
     @wraps(endpoint)
     async def wrapper(request: Request) -> Response:
         if await identify(request) is None:
             return _login_redirect(request)
+        if holds_nul(request):
+            return refused_nul(request, "address")
         return await endpoint(request)
 
     return wrapper
@@ -182,10 +240,15 @@ def _same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return origin is None
-    if urlsplit(origin).netloc == request.headers.get("host", ""):
+    return _ours(request, origin)
+
+
+def _ours(request: Request, url: str) -> bool:
+    """Is `url` (an `Origin` or a `Referer`) of this server, as `_same_origin` decides?"""
+    if urlsplit(url).netloc == request.headers.get("host", ""):
         return True
     public = _origin(gateway_of(request).settings.server.public_url)
-    return public[1] != "" and _origin(origin) == public
+    return public[1] != "" and _origin(url) == public
 
 
 async def checked_form(request: Request) -> FormData | None:
@@ -215,7 +278,8 @@ def forbidden(request: Request) -> Response:
 
 
 def action(endpoint: Action) -> Page:
-    """A POST action: signed in, CSRF token checked; the endpoint gets the parsed form."""
+    """A POST action: signed in, CSRF token checked; the endpoint gets the parsed form. A NUL
+    in the path, the query or a form field is a 400 page and changes nothing."""
 
     @wraps(endpoint)
     async def wrapper(request: Request) -> Response:
@@ -224,15 +288,27 @@ def action(endpoint: Action) -> Page:
         form = await checked_form(request)
         if form is None:
             return forbidden(request)
+        if holds_nul(request):
+            return refused_nul(request, "address")
+        if _form_holds_nul(form):
+            return refused_nul(request, "form")
         return await endpoint(request, form)
 
     return wrapper
 
 
+def _form_holds_nul(form: FormData) -> bool:
+    """A NUL character in a form field's name or (text) value."""
+    return any(
+        "\x00" in key or (isinstance(value, str) and "\x00" in value)
+        for key, value in form.multi_items()
+    )
+
+
 def safe_next(value: Any) -> str:
-    """A console path to go back to (never another site)."""
+    """A console path to go back to (never another site, never a NUL)."""
     text = str(value or "")
-    if not text.startswith("/console") or text.startswith("//") or "\\" in text:
+    if not text.startswith("/console") or text.startswith("//") or "\\" in text or "\x00" in text:
         return "/console/"
     return text
 

@@ -7,11 +7,15 @@ their paths, and the fields no rule read. The mapping is read from disk on every
 contributor editing a YAML file sees the change without a restart. Nothing is stored.
 
 Send: a canonical send as JSON; "preview" answers the exact provider request (credentials
-masked) and the addressing decision with its reason; "send" submits it as `POST /v1/messages`.
+masked) and the addressing decision with its reason; "send" submits it as `POST /v1/messages`
+does, with the `Idempotency-Key` the form was rendered with: a resubmitted form (a browser's
+reload of the answer) replays the first answer and sends nothing again. Every render of the form
+carries a new key, so a deliberate second "Send" is a new message.
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -151,7 +155,14 @@ async def send_page(request: Request) -> Response:
     channel = gateway.settings.channels[0].id if gateway.settings.channels else "cloud-us"
     example = {**EXAMPLE_SEND, "channel": channel}
     text = orjson.dumps(example, option=orjson.OPT_INDENT_2).decode()
-    return render(request, "send.html", {"section": "send", "text": text, "outcome": None})
+    return _send_form(request, text, None)
+
+
+def _send_form(request: Request, text: str, outcome: dict[str, Any] | None) -> Response:
+    """The send page; its form carries a fresh Idempotency-Key (see the module docstring)."""
+    key = "console-" + secrets.token_urlsafe(24)
+    context = {"section": "send", "text": text, "outcome": outcome, "idempotency_key": key}
+    return render(request, "send.html", context)
 
 
 @action
@@ -165,10 +176,14 @@ async def send_post(request: Request, form: FormData) -> Response:
         payload = orjson.loads(text)
         service = send_service(request)
         if mode == "send":
-            answer = await service.submit(payload)
-            outcome.update(status=answer.status, answer=answer.body)
+            key = str(form.get("idempotency_key") or "")
+            if not 0 < len(key) <= 255:
+                raise SendError("invalid_request", "the form has no Idempotency-Key: reload it")
+            answer = await service.submit(payload, idempotency_key=key)
+            outcome.update(status=answer.status, answer=answer.body, replayed=answer.replayed)
             await audit(request, "send", str(answer.body.get("id", "")),
-                        addressed_by=answer.body.get("addressed_by"))  # fmt: skip
+                        addressed_by=answer.body.get("addressed_by"),
+                        replayed=answer.replayed)  # fmt: skip
         else:
             send = validate_send(payload)
             channel = service.channel(send, None)
@@ -186,7 +201,7 @@ async def send_post(request: Request, form: FormData) -> Response:
         outcome.update(error="invalid_json", detail=str(exc))
     except SendError as exc:
         outcome.update(error=exc.code, detail=exc.detail)
-    return render(request, "send.html", {"section": "send", "text": text, "outcome": outcome})
+    return _send_form(request, text, outcome)
 
 
 def routes() -> list[Route]:
