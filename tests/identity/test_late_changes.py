@@ -222,3 +222,23 @@ def test_a_change_found_by_phone_skips_a_contact_of_another_bsuid(tx: Any) -> No
     assert (changed.bsuid, changed.phone) == ("US.2", "+" + NEW_PHONE)
     kept = _live(tx, stranger)
     assert (kept.bsuid, kept.phone) == ("US.7", "+" + OLD_PHONE)
+
+
+def test_a_contact_merged_twice_by_one_change_is_named_in_both_merge_events(tx: Any) -> None:
+    """The change US.1 -> US.2 merges the old contact into the new BSUID's (seen first), and
+    pairing its new number merges that one into the number's phone-only contact (rule 8). The
+    first merge's event named a contact the second emptied (no BSUID, no phone): the payload
+    was quarantined for failing the schema. Each event names its contact as it was."""
+    _resolver(tx, 0).observe(Observation(phone="+15550000007"), _at(50))
+    _resolver(tx, 1).observe(Observation(bsuid="US.2"), _at(40))
+    _resolver(tx, 2).observe(Observation(bsuid="US.1", phone="+" + OLD_PHONE), _at(10))
+    changing = _resolver(tx, 3)
+    person, _, _ = changing.relink(
+        Observation(bsuid="US.2", phone="+15550000007"), "US.1", None, _at(20)
+    )
+    notices = changing.take_notices()
+    assert [n.kind for n in notices] == ["merged", "merged"]
+    assert all(n.contact.bsuid or n.contact.phone for n in notices)
+    live = _live(tx, person)
+    assert (live.bsuid, live.phone) == ("US.2", "+15550000007")
+    assert tx.contact_by_phone("acme", "+" + OLD_PHONE) is None

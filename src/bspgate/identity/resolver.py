@@ -81,6 +81,13 @@ def _newer(at: str, than: str | None) -> bool:
     return than is None or at >= than
 
 
+def _learned_since(holder: ContactRow, phone: str, at: str) -> bool:
+    """Did `holder` (found holding `phone` at or after `at`) learn it at or after `at`? Its
+    current alias by its evidence time; a past one (an announced previous number, whose start
+    nobody dated) by the lookup that found it."""
+    return holder.phone != phone or _newer(holder.phone_at or "", at)
+
+
 class IdentityResolver:
     """Applies the rules for one transaction. `portfolio` and `channel_id` scope every call."""
 
@@ -240,7 +247,9 @@ class IdentityResolver:
         owner = self.tx.contact_by_phone(self.portfolio, phone)
         if owner is not None and owner.id != contact.id and owner.bsuid is None:
             contact = self.merge(contact, owner, "identity_rule", at=at)
-            if contact.phone == phone and at < until:
+            # the phone-only contact's number was the retired BSUID's: retired with it, unless
+            # it was seen in use after that (its own evidence, not this late pair's, decides)
+            if contact.phone == phone and min(at, contact.phone_at or at) < until:
                 self.tx.end_phone(contact.id, phone, self.now, "retired", "identity changed", until)
                 contact.phone = contact.phone_at = None
         elif owner is None or owner.id != contact.id:
@@ -376,6 +385,11 @@ class IdentityResolver:
             if theirs and (not mine or (theirs_at or "") > (mine_at or "")):
                 setattr(survivor, attribute, theirs)
                 setattr(survivor, f"{attribute}_at", theirs_at)
+        for notice in self._notices:
+            if notice.contact is absorbed:
+                # an earlier notice of this payload about the contact absorbed now (merged,
+                # then merged again) keeps its state as it was: its event must name someone
+                notice.contact = replace(absorbed)
         absorbed.bsuid = absorbed.parent_bsuid = absorbed.phone = None
         absorbed.bsuid_at = absorbed.phone_at = None
         absorbed.merged_into = survivor.id
@@ -405,8 +419,8 @@ class IdentityResolver:
         otherwise (a phone-only contact, or one whose BSUID came only with the number while
         the change names no BSUID and the person had none)."""
         assert new.phone is not None
-        holder = self.tx.contact_by_phone(self.portfolio, new.phone)
-        if holder is None or holder.id == old.id or not _newer(holder.phone_at or "", at):
+        holder = self.tx.phone_owner_at(self.portfolio, new.phone, at, "next")
+        if holder is None or holder.id == old.id or not _learned_since(holder, new.phone, at):
             return None
         if holder.bsuid is None or (new.bsuid is None and old.bsuid is None):
             return holder
@@ -431,19 +445,29 @@ class IdentityResolver:
         # the phone before the change: the old contact's, read before a merge gives it the
         # newer contact's (a pair of the new BSUID that arrived before the announcement)
         before = old.phone if old is not None else None
+        # The change moves `old` off the very BSUID it holds: what was seen of that BSUID, even
+        # dated after the change, is a late webhook of it (a status of a message sent before
+        # the change, read after it). Rule 5 lands those on the contact, and they tell nothing
+        # against the change: a changed BSUID is never current again, and the phone it had is
+        # retired with it, however late its evidence (`old_alias`; likewise below).
+        old_alias = (
+            old is not None
+            and old.bsuid is not None
+            and old.bsuid == previous_bsuid
+            and previous_phone in (None, before)
+        )
         if old is not None and newer is None and new.phone:
-            holder = self._holder_since(old, new, at)
-            if holder is not None:
-                # the person wrote from the new number before the announcement arrived: had it
-                # come first, those payloads would have found this contact (rules 3 and 4)
-                if old.phone and old.phone != new.phone and _newer(at, old.phone_at):
-                    self.tx.end_phone(
-                        old.id, old.phone, self.now, "retired", "identity changed", at
-                    )
-                    old.phone = old.phone_at = None
-                newer = holder
+            # the person wrote from the new number before the announcement arrived: had it
+            # come first, those payloads would have found this contact (rules 3 and 4)
+            newer = self._holder_since(old, new, at)
         if old is not None and newer is not None and old.id != newer.id:
-            # the new BSUID wrote before the announcement arrived: one person, one contact
+            # the new BSUID (or number) wrote before the announcement arrived: one person, one
+            # contact, whose old phone is retired first, so the merge cannot keep it
+            if old.phone and old.phone != new.phone and (old_alias or _newer(at, old.phone_at)):
+                self.tx.end_phone(old.id, old.phone, self.now, "retired", "identity changed", at)
+                old.phone = old.phone_at = None
+            if old.bsuid is not None and old.bsuid == previous_bsuid:
+                old.bsuid_at = None  # being changed: its (late) sightings win no merge
             contact = self.merge(old, newer, "identity_rule", at=at)
         elif old is not None:
             contact = old
@@ -453,26 +477,26 @@ class IdentityResolver:
             holder = None
             if new.phone and not new.bsuid:
                 # phones only: a contact without a BSUID holding the new number is this person
-                # (had the change arrived first, that contact's payloads would have found it)
+                # (had the change arrived first, that contact's payloads would have found it),
+                # and so is one whose BSUID came with the number after the change (rule 4)
                 holder = self.tx.phone_owner_at(self.portfolio, new.phone, at, "next")
-            if holder is not None and holder.bsuid is None:
+                if holder is not None and holder.bsuid is not None:
+                    learned = _learned_since(holder, new.phone, at)
+                    holder = holder if learned and not previous_bsuid else None
+            if holder is not None:
                 contact = holder
             else:
                 contact = self.tx.create_contact(self.portfolio, self.now)
                 self.tx.add_history(contact.id, self.now, "created", {"by": "identity change"})
-            if previous_phone:
-                # the announced previous number was this person's until the change: a pair of
-                # that time, arriving late, finds them (rule 9)
-                self.tx.record_past_phone(
-                    contact, previous_phone, self.now, self.channel_id, "", at
-                )
+        if previous_phone and contact.phone != previous_phone:
+            # the announced previous number was this person's until the change: a legacy
+            # payload of that time, arriving late, finds them (rule 9)
+            self.tx.record_past_phone(contact, previous_phone, self.now, self.channel_id, "", at)
         old_bsuid = contact.bsuid or previous_bsuid
         old_phone = previous_phone or before  # the announced one first, as events say
-        # The change moves the contact off the very BSUID it holds (`successor`): what was seen
-        # of that BSUID, even dated after the change, is a late webhook of it (a status of a
-        # message sent before the change, read after it). Rule 5 lands those on the contact, and
-        # they tell nothing against the change: a changed BSUID is never current again. Else
-        # the change applies when it is newer than the contact's current BSUID (rule 9).
+        # the change applies when it moves the contact off its current BSUID (as above; after a
+        # merge, the contact's BSUID may be a later change's), else when it is newer than the
+        # contact's current BSUID (rule 9)
         successor = contact.bsuid is not None and contact.bsuid == previous_bsuid
         fresh = contact.bsuid is None or successor or _newer(at, contact.bsuid_at)
         if new.bsuid and new.bsuid != contact.bsuid:
@@ -498,7 +522,6 @@ class IdentityResolver:
                 self.tx.link_bsuid(
                     contact, previous_bsuid, self.now, self.channel_id, current=False, evidence=at
                 )
-        # the phone the old BSUID had, however late its evidence (rule 5, as `successor`)
         old_alias = successor and previous_phone in (None, contact.phone)
         if (
             contact.phone

@@ -185,6 +185,11 @@ class MemoryTx:
         moved: bool = False,
     ) -> None:
         _text(contact.id, phone, now, channel_id, since, until)
+        for row in self.phone_history:  # as the SQL stores: date a span nobody had dated
+            mine = (row["contact_id"], row["phone"]) == (contact.id, phone)
+            undated = row["evidence_at"] == "" and row["state"] != "active"
+            if since and mine and undated and (row["ended_evidence"] or "") >= since:
+                row["evidence_at"] = since
         if any(
             (r["contact_id"], r["phone"]) == (contact.id, phone)
             and (r["evidence_at"] or "") <= since

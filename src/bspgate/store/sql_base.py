@@ -247,7 +247,15 @@ class SqlBase:
         moved: bool = False,
     ) -> None:
         """A phone the contact had under a BSUID that is retired now, or (`moved`) until another
-        contact took the number (both learned late)."""
+        contact took the number (both learned late). A dated `since` dates a span of the
+        contact's own that nobody had dated (an identity change's previous number, `''`): rule 9
+        weighs later holders against it."""
+        if since:
+            self.execute(
+                "UPDATE contact_phones SET evidence_at = ? WHERE contact_id = ? AND phone = ? "
+                "AND evidence_at = '' AND state <> 'active' AND ended_evidence >= ?",
+                (since, contact.id, phone, since),
+            )
         known = self.one(  # a span of the contact's own that already covers this one
             "SELECT 1 FROM contact_phones WHERE contact_id = ? AND phone = ? "
             "AND (evidence_at IS NULL OR evidence_at <= ?) "
