@@ -93,6 +93,12 @@ def stamp(second: int) -> str:
     return f"2026-04-02T{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z"
 
 
+def seconds(at: str) -> int:
+    """`stamp`'s inverse."""
+    hours, minutes, secs = at[11:19].split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + int(secs)
+
+
 def build_story(rng: random.Random) -> Story:
     story = Story()
     clock = [0]
@@ -238,16 +244,23 @@ def build_story(rng: random.Random) -> Story:
             issue(person, new)
             say(person, True, True)
     # late sightings: read receipts of messages sent to a BSUID (and maybe its phone), dated any
-    # time after it was issued, also after it changed; with the phone, before the number went
-    # to its next holder
+    # time after it was issued, also after it changed; with the phone, from the BSUID's first
+    # payload with it (a number taken over is the taker's from then, not from its BSUID's issue)
+    # and before the number went to its next holder
     end = clock[0] + 10 * STEP
+    first_pair = {}
+    for payload in sorted(story.payloads, key=lambda p: p.at):
+        if payload.bsuid and payload.phone:
+            first_pair.setdefault((payload.bsuid, payload.phone), payload.at)
     for bsuid, (since, phone) in issued.items():
         for _ in range(rng.choice((0, 0, 1, 2))):
             paired = rng.random() < 0.5
-            until = end
+            lower, until = since, end
             if paired:
                 until = min((t for t in taken.get(phone, []) if t > since), default=end)
-            choices = [t for t in range(since + 1, until) if t not in used]
+                paired_at = first_pair.get((bsuid, phone))
+                lower = max(since, seconds(paired_at)) if paired_at else since
+            choices = [t for t in range(lower + 1, until) if t not in used]
             if not choices:
                 continue
             at = rng.choice(choices)
