@@ -316,7 +316,7 @@ def test_self_extends_is_refused(tmp_path: Path) -> None:
 
 def test_extending_an_unknown_mapping_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "alpha", "name: alpha\nextends: nowhere\n")
-    with pytest.raises(MappingLoadError, match="no mapping 'nowhere' to extend") as e:
+    with pytest.raises(MappingLoadError, match=r"no nowhere/mapping\.yaml to extend") as e:
         load_mapping(tmp_path, "alpha")
     assert e.value.line == 2
 

@@ -162,9 +162,9 @@ def _test(
 
     paths = list(paths)
     if not paths:  # "0 passed, 0 failed" read as a pass: a mapping is tested by its cases
-        from bspgate.mapping.loader import mapping_root
+        from bspgate.mapping.loader import cases_dir
 
-        cases = (mapping_root(roots, spec.name) or roots[-1]) / spec.name / "cases"
+        cases = cases_dir(roots, spec.name)
         _say(
             f"FAIL {spec.name}: no cases in {_shown(cases)}/ (a payload and the events it must "
             "give; `bspgate mappings new --from` writes the first)"

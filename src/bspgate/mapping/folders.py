@@ -52,6 +52,53 @@ def parent_holder(root: Roots, name: str, at: int, parent: str, file: str) -> in
     return holder(root, parent, file, below=at if parent == name else None)
 
 
+def folder_of(root: Roots, name: str, file: str) -> Path | None:
+    """The folder among `root` whose `name/file` is the provider's (the last that has one)."""
+    index = holder(root, name, file)
+    return None if index is None else roots_of(root)[index]
+
+
+def provider_names(root: Roots, file: str) -> list[str]:
+    """The providers under `root` whose folder holds `file`, sorted."""
+    return sorted(
+        {
+            p.name
+            for folder in roots_of(root)
+            if folder.is_dir()
+            for p in folder.iterdir()
+            if (p / file).is_file()
+        }
+    )
+
+
+class ExtendsError(Exception):
+    """`extends:` names no file to extend, or a chain that comes back to itself."""
+
+
+Chain = tuple[tuple[int, str], ...]  # the files of an `extends` chain: (folder index, provider)
+
+
+def extended_file(
+    roots: tuple[Path, ...], name: str, at: int, parent: str, file: str, seen: Chain
+) -> tuple[int, Chain]:
+    """Where `extends: parent`, written in `roots[at]/name/file` (the chain below it: `seen`),
+    finds its file: (folder index, the chain including this file). Raises `ExtendsError`."""
+    parent_at = parent_holder(roots, name, at, parent, file)
+    if parent_at is None and parent == name:
+        raise ExtendsError(
+            f"circular extends: {name} -> {name} (extending its own name starts from the "
+            f"{name}/{file} of a mappings folder before {display_path(roots[at])}, and none "
+            "has one)"
+        )
+    if parent_at is None:
+        raise ExtendsError(f"no {parent}/{file} to extend")
+    chain = (*seen, (at, name))
+    if (parent_at, parent) in chain:
+        names = [provider for _at, provider in chain]
+        raise ExtendsError(f"circular extends: {' -> '.join((*names, parent))}")
+    return parent_at, chain
+
+
 def display_path(path: Path) -> str:
     """`path` as a person can open it: relative to the working folder when under it (so the
     shipped files read `mappings/<provider>/…` from a checkout), else absolute."""

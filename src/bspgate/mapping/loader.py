@@ -34,8 +34,16 @@ from bspgate.mapping.codegen import (
     compile_walk,
 )
 from bspgate.mapping.expression import Getter, compile_expression
+from bspgate.mapping.folders import (
+    ExtendsError,
+    display_path,
+    extended_file,
+    folder_of,
+    holder,
+    provider_names,
+    roots_of,
+)
 from bspgate.mapping.folders import Roots as Roots  # re-exported: callers import it here
-from bspgate.mapping.folders import display_path, holder, parent_holder, roots_of
 from bspgate.mapping.folders import shipped_mappings_dir as shipped_mappings_dir
 from bspgate.mapping.functions import REGISTRY
 from bspgate.mapping.inheritance import (
@@ -53,8 +61,12 @@ MAPPING_FILE = "mapping.yaml"
 
 def mapping_root(root: Roots, name: str) -> Path | None:
     """The folder among `root` that provides `name` (the last one that has it), or None."""
-    index = holder(root, name, MAPPING_FILE)
-    return None if index is None else roots_of(root)[index]
+    return folder_of(root, name, MAPPING_FILE)
+
+
+def cases_dir(root: Roots, name: str) -> Path:
+    """The golden cases folder of provider `name` (beside the mapping file that is its)."""
+    return (mapping_root(root, name) or roots_of(root)[-1]) / name / "cases"
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,19 +495,10 @@ def _read_merged(
     named_errors(ctx, data, extends=parent is not None)
     if parent is None:
         return [ctx], data, own_origins(ctx, data)
-    parent_at = parent_holder(roots, name, at, parent, MAPPING_FILE)
-    if parent_at is None and parent == name:
-        raise ctx.error(
-            ("extends",),
-            f"circular extends: {name} -> {name} (extending its own name starts from the "
-            f"{name!r} of a mappings folder before {display_path(roots[at])}, and none has one)",
-        )
-    if parent_at is None:
-        raise ctx.error(("extends",), f"no mapping {parent!r} to extend")
-    chain = (*seen, (at, name))
-    if (parent_at, parent) in chain:
-        names = [n for _at, n in chain]
-        raise ctx.error(("extends",), f"circular extends: {' -> '.join((*names, parent))}")
+    try:
+        parent_at, chain = extended_file(roots, name, at, parent, MAPPING_FILE, seen)
+    except ExtendsError as exc:
+        raise ctx.error(("extends",), str(exc)) from None
     ancestors, base, inherited = _read_merged(roots, parent, parent_at, chain)
     merged, origins = merge_extended(ctx, data, base, inherited)
     merged["name"] = name
@@ -596,11 +599,7 @@ def _ranked(rules: list[RuleSpec], steps: list[list[dict[str, str]]]) -> list[Ru
 
 def mapping_names(root: Roots) -> list[str]:
     """The providers under `root`: folders holding a mapping file, sorted."""
-    names: set[str] = set()
-    for folder in roots_of(root):
-        if folder.is_dir():
-            names.update(p.name for p in folder.iterdir() if (p / MAPPING_FILE).is_file())
-    return sorted(names)
+    return provider_names(root, MAPPING_FILE)
 
 
 def load_mappings(root: Roots) -> dict[str, MappingSpec]:
@@ -610,6 +609,6 @@ def load_mappings(root: Roots) -> dict[str, MappingSpec]:
 
 def iter_case_files(root: Roots, name: str) -> Iterator[Path]:
     """The golden case files of one provider, sorted by name (`_*.yaml` hold shared data)."""
-    cases = (mapping_root(root, name) or roots_of(root)[-1]) / name / "cases"
+    cases = cases_dir(root, name)
     if cases.is_dir():
         yield from sorted(p for p in cases.glob("*.yaml") if not p.name.startswith("_"))

@@ -37,7 +37,7 @@ import orjson
 from bspgate.errors import ConfigError, MappingLoadError, SendError
 from bspgate.mapping.cases import CaseResult, check_case, diff
 from bspgate.mapping.folders import Roots, display_path, roots_of
-from bspgate.mapping.loader import mapping_root
+from bspgate.mapping.loader import cases_dir
 from bspgate.mapping.yamlfile import YamlFile
 
 CHANNEL_FILE = "_channel.yaml"
@@ -59,7 +59,7 @@ def _channel_validator() -> jsonschema.Draft202012Validator:
 
 def channel_file(root: Roots, provider: str) -> Path:
     """The provider's `cases/_channel.yaml`, in the folder that provides its mapping."""
-    return (mapping_root(root, provider) or roots_of(root)[-1]) / provider / "cases" / CHANNEL_FILE
+    return cases_dir(root, provider) / CHANNEL_FILE
 
 
 def load_channel(root: Roots, provider: str, stand_in: str) -> dict[str, Any]:

@@ -22,7 +22,16 @@ import jsonschema
 
 from bspgate.errors import MappingLoadError
 from bspgate.mapping.expression import Getter
-from bspgate.mapping.folders import Roots, display_path, holder, parent_holder, roots_of
+from bspgate.mapping.folders import (
+    ExtendsError,
+    Roots,
+    display_path,
+    extended_file,
+    folder_of,
+    holder,
+    provider_names,
+    roots_of,
+)
 from bspgate.mapping.yamlfile import YamlFile
 from bspgate.outbound.signing import declaration_errors as signing_errors
 from bspgate.outbound.template import (
@@ -224,20 +233,10 @@ def _extended(
     parent = data.get("extends") if isinstance(data, dict) else None
     if parent is None:
         return data
-    parent_at = parent_holder(roots, provider, at, parent, OUTBOUND_FILE)
-    if parent_at is None and parent == provider:
-        raise file.error(
-            ("extends",),
-            f"circular extends: {provider} -> {provider} (extending its own name starts from "
-            f"the {provider}/{OUTBOUND_FILE} of a mappings folder before "
-            f"{display_path(roots[at])}, and none has one)",
-        )
-    if parent_at is None:
-        raise file.error(("extends",), f"no {parent}/{OUTBOUND_FILE} to extend")
-    chain = (*seen, (at, provider))
-    if (parent_at, parent) in chain:
-        names = [name for _at, name in chain]
-        raise file.error(("extends",), f"circular extends: {' -> '.join((*names, parent))}")
+    try:
+        parent_at, chain = extended_file(roots, provider, at, parent, OUTBOUND_FILE, seen)
+    except ExtendsError as exc:
+        raise file.error(("extends",), str(exc)) from None
     parent_path = roots[parent_at] / parent / OUTBOUND_FILE
     parent_file = YamlFile(parent_path, display_path(parent_path))
     base = _extended(roots, parent_file, parent, parent_at, chain)
@@ -249,8 +248,7 @@ def _extended(
 def outbound_root(root: Roots, provider: str) -> Path | None:
     """The folder among `root` whose `<provider>/outbound.yaml` is the provider's send form (the
     last one that has one), or None: the provider cannot send."""
-    at = holder(root, provider, OUTBOUND_FILE)
-    return None if at is None else roots_of(root)[at]
+    return folder_of(root, provider, OUTBOUND_FILE)
 
 
 def auth_secret_names(auth: Mapping[str, Any]) -> list[tuple[tuple[Any, ...], list[str]]]:
@@ -364,12 +362,4 @@ def load_outbound(root: Roots, provider: str) -> OutboundSpec:
 
 def outbound_names(root: Roots) -> list[str]:
     """Providers under `root` (one folder, or several) that have a send form, sorted."""
-    return sorted(
-        {
-            p.name
-            for folder in roots_of(root)
-            if folder.is_dir()
-            for p in folder.iterdir()
-            if (p / OUTBOUND_FILE).is_file()
-        }
-    )
+    return provider_names(root, OUTBOUND_FILE)
