@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,8 @@ from starlette.routing import Route
 
 from bspgate.config import Settings, load_settings
 from bspgate.simulate import signed_request
-from tests.conftest import API_KEY, APP_SECRET, MAPPINGS, ROOT, SUBSCRIBER_SECRET
-from tests.harness import free_port
+from tests.conftest import API_KEY, APP_SECRET, MAPPINGS, ROOT, SUBSCRIBER_SECRET, make_settings
+from tests.harness import RunningGateway, free_port
 
 CHROMIUM = os.environ.get("BSPGATE_CHROMIUM", "/usr/bin/chromium")
 REQUIRE = os.environ.get("BSPGATE_REQUIRE_BROWSER") == "1"
@@ -60,6 +62,59 @@ def wait_until(condition: Any, what: str, timeout: float = DEADLINE) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+# -- the console served in-process, for HTTP tests --------------------------------------------
+# A module that tests over plain HTTP overrides `gateway` with `in_process(tmp_path)`; `client`
+# (below) then signs in to it, and `clock` moves its time.
+CRM = {"id": "crm", "url": "http://127.0.0.1:9/hook", "secret": SUBSCRIBER_SECRET}  # no answer
+
+
+class Clock:
+    """The gateway's clock, moved forward by the test."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+    def advance(self, seconds: float) -> None:
+        self.ahead += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@contextlib.contextmanager
+def in_process(tmp_path: Path, clock: Clock | None = None) -> Iterator[RunningGateway]:
+    """A real uvicorn server on loopback with one subscriber, `crm`, and delivery off."""
+    settings = make_settings(tmp_path, subscribers=[CRM])
+    options = {"clock": clock} if clock is not None else {}
+    with RunningGateway(settings, dispatch=False, **options) as running:
+        yield running
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+def signed_in(gateway: RunningGateway) -> httpx.Client:
+    client = httpx.Client(base_url=gateway._server.url, follow_redirects=False, timeout=30)
+    token = csrf_of(client.get("/console/login").text)
+    answer = client.post("/console/login", data={"csrf": token, "key": API_KEY})
+    assert answer.status_code == 303
+    return client
+
+
+@pytest.fixture
+def client(gateway: RunningGateway) -> Iterator[httpx.Client]:
+    with contextlib.closing(signed_in(gateway)) as signed:
+        yield signed
 
 
 # -- the receiver --------------------------------------------------------------------------------

@@ -17,8 +17,7 @@ import pytest
 
 from bspgate.console import deliveries
 from tests.conftest import SUBSCRIBER_SECRET, make_settings
-from tests.console.conftest import wait_until
-from tests.console.test_http import csrf_of, signed_in
+from tests.console.conftest import csrf_of, in_process, signed_in, wait_until
 from tests.harness import RunningGateway
 from tests.identity.payloads import cloud_change, cloud_message
 
@@ -31,15 +30,8 @@ PHONE_NUMBER_ID = "106540352242922"
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[RunningGateway]:
-    settings = make_settings(tmp_path, subscribers=[SUBSCRIBER])
-    with RunningGateway(settings, dispatch=False) as running:
+    with in_process(tmp_path) as running:
         yield running
-
-
-@pytest.fixture
-def client(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with closing(signed_in(gateway)) as signed:
-        yield signed
 
 
 # -- deliver again ----------------------------------------------------------------------------

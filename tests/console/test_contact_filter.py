@@ -9,15 +9,12 @@ import html as htmllib
 import re
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import SUBSCRIBER_SECRET, make_settings
-from tests.console.conftest import wait_until
-from tests.console.test_http import csrf_of, signed_in
+from tests.console.conftest import csrf_of, in_process, wait_until
 from tests.harness import RunningGateway
 from tests.identity.payloads import cloud_message
 
@@ -28,16 +25,8 @@ ROW = re.compile(r'<td><a href="/console/events/(evt_[0-9A-Z]+)"')
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[RunningGateway]:
-    subscriber = {"id": "crm", "url": "http://127.0.0.1:9/hook", "secret": SUBSCRIBER_SECRET}
-    settings = make_settings(tmp_path, subscribers=[subscriber])
-    with RunningGateway(settings, dispatch=False) as running:
+    with in_process(tmp_path) as running:
         yield running
-
-
-@pytest.fixture
-def client(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with closing(signed_in(gateway)) as signed:
-        yield signed
 
 
 def _merged_pair(gateway: RunningGateway) -> tuple[str, str]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 import httpx
@@ -15,32 +15,16 @@ from bspgate.console.activity import Activity
 from bspgate.console.render import mask_event, mask_payload, mask_phone, payload_view
 from bspgate.console.session import safe_next
 from tests.conftest import API_KEY, SUBSCRIBER_SECRET, make_settings
-from tests.console.conftest import wait_until
+from tests.console.conftest import csrf_of, in_process, signed_in, wait_until
 from tests.harness import RunningGateway
 from tests.identity.payloads import cloud_message
 
 pytestmark = [pytest.mark.e2e, pytest.mark.store]  # store: SQLite and PostgreSQL
 
 
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found is not None
-    return found.group(1)
-
-
-def signed_in(gateway: RunningGateway) -> httpx.Client:
-    client = httpx.Client(base_url=gateway._server.url, follow_redirects=False, timeout=30)
-    token = csrf_of(client.get("/console/login").text)
-    answer = client.post("/console/login", data={"csrf": token, "key": API_KEY})
-    assert answer.status_code == 303
-    return client
-
-
 @pytest.fixture
-def gateway(tmp_path: Path) -> Any:
-    subscriber = {"id": "crm", "url": "http://127.0.0.1:9/hook", "secret": SUBSCRIBER_SECRET}
-    settings = make_settings(tmp_path, subscribers=[subscriber])
-    with RunningGateway(settings, dispatch=False) as running:
+def gateway(tmp_path: Path) -> Iterator[RunningGateway]:
+    with in_process(tmp_path) as running:
         yield running
 
 

@@ -17,9 +17,8 @@ import pytest
 import yaml
 
 from bspgate.console.render import mask_event, mask_payload
-from tests.conftest import MAPPINGS, SUBSCRIBER_SECRET, make_settings
-from tests.console.conftest import wait_until
-from tests.console.test_http import signed_in
+from tests.conftest import MAPPINGS
+from tests.console.conftest import in_process, signed_in, wait_until
 from tests.harness import RunningGateway
 
 CARD_WA_ID = "15558880000"  # the shared card's WhatsApp number (contacts_message_other_origin)
@@ -80,9 +79,7 @@ def test_digit_runs_in_free_text_are_masked_but_ids_and_bsuids_are_not() -> None
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[RunningGateway]:
-    subscriber = {"id": "crm", "url": "http://127.0.0.1:9/hook", "secret": SUBSCRIBER_SECRET}
-    settings = make_settings(tmp_path, subscribers=[subscriber])
-    with RunningGateway(settings, dispatch=False) as running:
+    with in_process(tmp_path) as running:
         yield running
 
 

@@ -16,9 +16,8 @@ import httpx
 import pytest
 
 from bspgate.console.session import SESSION_SECONDS
-from tests.conftest import API_KEY, SUBSCRIBER_SECRET, make_settings
-from tests.console.test_http import csrf_of, signed_in
-from tests.console.test_session import Clock
+from tests.conftest import API_KEY, SUBSCRIBER_SECRET
+from tests.console.conftest import Clock, csrf_of, in_process, signed_in
 from tests.harness import RunningGateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.store]  # store: SQLite and PostgreSQL
@@ -42,21 +41,9 @@ NUL_PAGES = [
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def gateway(tmp_path: Path, clock: Clock) -> Iterator[RunningGateway]:
-    settings = make_settings(tmp_path, subscribers=[SUBSCRIBER])
-    with RunningGateway(settings, dispatch=False, clock=clock) as running:
+    with in_process(tmp_path, clock) as running:
         yield running
-
-
-@pytest.fixture
-def client(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with closing(signed_in(gateway)) as signed:
-        yield signed
 
 
 @pytest.mark.parametrize("path", NUL_PAGES)

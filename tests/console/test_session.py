@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from bspgate.app import create_app
 from bspgate.console.session import ABSOLUTE_SECONDS, SESSION_SECONDS
 from tests.conftest import API_KEY, SUBSCRIBER_SECRET, make_settings
-from tests.console.test_http import csrf_of, signed_in
+from tests.console.conftest import Clock, csrf_of, in_process, signed_in
 from tests.harness import RunningGateway, ServerThread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.store]  # store: SQLite and PostgreSQL
@@ -24,35 +23,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.store]  # store: SQLite and PostgreSQ
 SUBSCRIBER = {"id": "crm", "url": "http://127.0.0.1:9/hook", "secret": SUBSCRIBER_SECRET}
 
 
-class Clock:
-    """The gateway's clock, moved forward by the test."""
-
-    def __init__(self) -> None:
-        self.ahead = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.ahead
-
-    def advance(self, seconds: float) -> None:
-        self.ahead += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 @pytest.fixture
 def gateway(tmp_path: Path, clock: Clock) -> Iterator[RunningGateway]:
-    settings = make_settings(tmp_path, subscribers=[SUBSCRIBER])
-    with RunningGateway(settings, dispatch=False, clock=clock) as running:
+    with in_process(tmp_path, clock) as running:
         yield running
-
-
-@pytest.fixture
-def client(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with closing(signed_in(gateway)) as signed:
-        yield signed
 
 
 def _store(gateway: RunningGateway) -> Any:
