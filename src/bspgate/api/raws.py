@@ -31,7 +31,7 @@ async def get_raw(request: Request) -> Response:
         raw = tx.raw(raw_id)
         if raw is None:
             return None
-        rows = tx.all("SELECT id, type FROM events WHERE raw_id = ? ORDER BY seq", (raw_id,))
+        rows = tx.events_of_raw(raw_id)
         return {
             "id": raw.id,
             "channel_id": raw.channel_id,

@@ -49,7 +49,7 @@ class BatchTx:
         self._history: list[tuple[Any, ...]] = []
         self._inbound: dict[tuple[str, str], str] = {}
         self._touch_bsuids: set[tuple[str, str]] = set()
-        self._touch_phones: set[tuple[str, str]] = set()
+        self._touch_phones: set[tuple[str, str, str]] = set()
         self._touch_at = ""
         self._new: dict[str, tuple[ContactRow, str]] = {}  # contacts created, not yet inserted
         self._created: set[str] = set()  # contacts created in this batch
@@ -292,7 +292,7 @@ class BatchTx:
             self.touch_bsuid(contact.portfolio, contact.bsuid, now)
         if contact.phone:
             self._touch_at = max(self._touch_at, now)
-            self._touch_phones.add((contact.id, contact.phone))
+            self._touch_phones.add((contact.portfolio, contact.phone, contact.id))
 
     def touch_bsuid(self, portfolio: str, bsuid: str, now: str) -> None:
         self._touch_at = max(self._touch_at, now)
@@ -353,19 +353,7 @@ class BatchTx:
 
     def _flush_touches(self) -> None:
         if self._touch_bsuids:
-            keys = sorted(self._touch_bsuids)
-            pairs = ", ".join(["(?, ?)"] * len(keys))
-            self.tx.execute(
-                "UPDATE contact_bsuids SET last_seen = ? WHERE (portfolio, bsuid) IN "  # noqa: S608
-                f"(VALUES {pairs})",
-                [self._touch_at, *(v for key in keys for v in key)],
-            )
+            self.tx.touch_bsuids(self._touch_at, sorted(self._touch_bsuids))
         if self._touch_phones:
-            keys = sorted(self._touch_phones)
-            pairs = ", ".join(["(?, ?)"] * len(keys))
-            self.tx.execute(
-                "UPDATE contact_phones SET last_seen = ? WHERE state = 'active' AND "  # noqa: S608
-                f"(contact_id, phone) IN (VALUES {pairs})",
-                [self._touch_at, *(v for key in keys for v in key)],
-            )
+            self.tx.touch_phones(self._touch_at, sorted(self._touch_phones))
         self._touch_bsuids, self._touch_phones = set(), set()

@@ -37,6 +37,11 @@ class SqlTx(ContactQueries, OutboxQueries, SendQueries, BatchQueries, RetentionQ
         values[5] = bytes(values[5])
         return RawRecord(*values)
 
+    def events_of_raw(self, raw_id: str) -> list[tuple[str, str]]:
+        """(id, type) of the events a raw payload produced, in stream order."""
+        rows = self.all("SELECT id, type FROM events WHERE raw_id = ? ORDER BY seq", (raw_id,))
+        return [(str(row[0]), str(row[1])) for row in rows]
+
     def raws(self, state: str, limit: int) -> list[RawRecord]:
         rows = self.all(
             "SELECT id, channel_id, provider, received_at, content_type, body, state, reason, "

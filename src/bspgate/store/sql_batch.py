@@ -27,6 +27,22 @@ def chunks(rows: Sequence[Any], size: int = ROWS) -> Iterator[Sequence[Any]]:
         yield rows[start : start + size]
 
 
+def by_portfolio(keys: Sequence[tuple[str, Any]]) -> Iterator[tuple[str, list[Any]]]:
+    """(portfolio, values) groups of at most 200 values, so a lookup is `portfolio = ? AND
+    column IN (...)`: both backends walk an index for that, where a row-value `IN (VALUES ...)`
+    made SQLite scan the whole table for every batch."""
+    grouped: dict[str, list[Any]] = {}
+    for portfolio, value in keys:
+        grouped.setdefault(portfolio, []).append(value)
+    for portfolio, values in grouped.items():
+        for part in chunks(values, 200):
+            yield portfolio, list(part)
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
 def _values(width: int, count: int) -> str:
     one = "(" + ", ".join("?" * width) + ")"
     return ", ".join([one] * count)
@@ -88,12 +104,12 @@ class BatchQueries(SqlBase):
     ) -> list[tuple[tuple[str, str], ContactRow]]:
         """The contacts holding these (portfolio, BSUID) pairs (current or retired)."""
         out = []
-        for part in chunks(keys, 200):
+        for portfolio, part in by_portfolio(keys):
             rows = self.all(
                 f"SELECT b.portfolio, b.bsuid, {_CONTACT} FROM contact_bsuids b "
-                "JOIN contacts c ON c.id = b.contact_id WHERE (b.portfolio, b.bsuid) IN "
-                f"(VALUES {_values(2, len(part))})",
-                [v for key in part for v in key],
+                "JOIN contacts c ON c.id = b.contact_id "
+                f"WHERE b.portfolio = ? AND b.bsuid IN ({_marks(len(part))})",
+                [portfolio, *part],
             )
             out += [((r[0], r[1]), ContactRow(*r[2:])) for r in rows]
         return out
@@ -104,17 +120,39 @@ class BatchQueries(SqlBase):
         """The contacts holding these (portfolio, phone) pairs as their active alias; `known`
         collects the pairs with any alias row, active or ended (the others were never held)."""
         out = []
-        for part in chunks(keys, 200):
+        for portfolio, part in by_portfolio(keys):
             rows = self.all(
                 f"SELECT p.portfolio, p.phone, p.state = 'active', {_CONTACT} "
-                "FROM contact_phones p JOIN contacts c ON c.id = p.contact_id WHERE "
-                f"(p.portfolio, p.phone) IN (VALUES {_values(2, len(part))})",
-                [v for key in part for v in key],
+                "FROM contact_phones p JOIN contacts c ON c.id = p.contact_id "
+                f"WHERE p.portfolio = ? AND p.phone IN ({_marks(len(part))})",
+                [portfolio, *part],
             )
             out += [((r[0], r[1]), ContactRow(*r[3:])) for r in rows if r[2]]
             if known is not None:
                 known.update((r[0], r[1]) for r in rows)
         return out
+
+    def touch_bsuids(self, at: str, keys: Sequence[tuple[str, str]]) -> None:
+        """`last_seen = at` for these (portfolio, BSUID) pairs."""
+        for portfolio, part in by_portfolio(keys):
+            self.execute(
+                "UPDATE contact_bsuids SET last_seen = ? "
+                f"WHERE portfolio = ? AND bsuid IN ({_marks(len(part))})",
+                [at, portfolio, *part],
+            )
+
+    def touch_phones(self, at: str, keys: Sequence[tuple[str, str, str]]) -> None:
+        """`last_seen = at` for the active aliases of these (portfolio, phone, contact id)."""
+        for portfolio, part in by_portfolio([(key[0], key[1:]) for key in keys]):
+            phones = sorted({phone for phone, _ in part})
+            contacts = sorted({contact_id for _, contact_id in part})
+            # an active (portfolio, phone) has one holder, so the two lists select the pairs
+            self.execute(
+                "UPDATE contact_phones SET last_seen = ? WHERE portfolio = ? "
+                f"AND phone IN ({_marks(len(phones))}) AND state = 'active' "
+                f"AND contact_id IN ({_marks(len(contacts))})",
+                [at, portfolio, *phones, *contacts],
+            )
 
     def inbox_raws(self, limit: int) -> list[RawRecord]:
         """The SQLite inbox database's payloads, in arrival (commit) order."""
