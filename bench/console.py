@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", help="PostgreSQL server URL (a throwaway database is made)")
     args = parser.parse_args(argv)
     print(f"console: {args.events:,} stored events, {args.requests} requests per page")
-    print("reproduce: python -m bench.console" + " ".join(f" {a}" for a in (argv or sys.argv[1:])))
+    print("reproduce: python -m bench.console" + "".join(f" {a}" for a in (argv or sys.argv[1:])))
     with (
         tempfile.TemporaryDirectory(prefix="bspgate-bench-") as tmp,
         contextlib.ExitStack() as stack,

@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
     tune_gc()  # the worker freezes its long-lived heap once started; both sides run after this
     print(f"delivery: {args.events:,} events per run, {args.runs} runs, concurrency {CONCURRENCY}")
-    print("reproduce: python -m bench.delivery" + " ".join(f" {a}" for a in (argv or sys.argv[1:])))
+    print("reproduce: python -m bench.delivery" + "".join(f" {a}" for a in (argv or sys.argv[1:])))
     with tempfile.TemporaryDirectory(prefix="bspgate-bench-") as tmp, receiver() as url:
         backends = [("SQLite", f"sqlite:///{Path(tmp) / 'delivery.db'}")]
         with contextlib.ExitStack() as stack:

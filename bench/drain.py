@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (apt-get install wrk)")
-    print("reproduce: python -m bench.drain" + " ".join(f" {a}" for a in (argv or sys.argv[1:])))
+    print("reproduce: python -m bench.drain" + "".join(f" {a}" for a in (argv or sys.argv[1:])))
     summary = []
     stuck = False
     with workspace() as (folder, sink, stack):

@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", help="PostgreSQL server URL (a throwaway database is made)")
     parser.add_argument("--no-sqlite", action="store_true")
     args = parser.parse_args(argv)
-    print("reproduce: python -m bench.e2e" + " ".join(f" {a}" for a in (argv or sys.argv[1:])))
+    print("reproduce: python -m bench.e2e" + "".join(f" {a}" for a in (argv or sys.argv[1:])))
     summary = []
     with workspace() as (folder, sink, stack):
         for backend, server in backends(args):

@@ -1,8 +1,9 @@
 """Bulk rows for the benchmarks, written with plain SQL (no pipeline), for setup speed.
 
 `fill_history` stores `count` past webhooks as the gateway would have left them (raw payload,
-event, delivered outbox row, contacts and their BSUIDs); `fill_outbox` stores `count` events with
-one pending delivery each, ready for a dispatcher. Both work on SQLite and PostgreSQL stores.
+event, delivered outbox row, contacts with their BSUIDs and phones); `fill_outbox` stores
+`count` events with one pending delivery each, ready for a dispatcher. Both work on SQLite and
+PostgreSQL stores.
 """
 
 from __future__ import annotations
@@ -104,15 +105,25 @@ def history_chunk(tx: Any, numbers: range, contacts: int) -> None:
     if new:
         _executemany(
             tx,
-            "INSERT INTO contacts (id, portfolio, bsuid, name, created_at, updated_at) "
-            "VALUES (?, 'acme', ?, 'Sheena Nelson', ?, ?)",
-            [(f"ct_bench_{n:08d}", f"US.9{n:019d}", STAMP, STAMP) for n in new],
+            "INSERT INTO contacts (id, portfolio, bsuid, phone, name, created_at, updated_at, "
+            "bsuid_at, phone_at) VALUES (?, 'acme', ?, ?, 'Sheena Nelson', ?, ?, ?, ?)",
+            [
+                (f"ct_bench_{n:08d}", f"US.9{n:019d}", f"1999{n:08d}", STAMP, STAMP, STAMP, STAMP)
+                for n in new
+            ],
         )
         _executemany(
             tx,
             "INSERT INTO contact_bsuids (portfolio, bsuid, contact_id, state, first_seen, "
             "last_seen, channel_id) VALUES ('acme', ?, ?, 'current', ?, ?, 'cloud-us')",
             [(f"US.9{n:019d}", f"ct_bench_{n:08d}", STAMP, STAMP) for n in new],
+        )
+        _executemany(
+            tx,
+            "INSERT INTO contact_phones (portfolio, phone, contact_id, state, first_seen, "
+            "last_seen, channel_id, evidence_at) VALUES ('acme', ?, ?, 'active', ?, ?, "
+            "'cloud-us', ?)",
+            [(f"1999{n:08d}", f"ct_bench_{n:08d}", STAMP, STAMP, STAMP) for n in new],
         )
 
 

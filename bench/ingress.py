@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (apt-get install wrk)")
     print(f"ingress: wrk -t2 -c64 -d{args.seconds:g}s, {args.runs} run(s) each, medians")
-    print("reproduce: python -m bench.ingress" + " ".join(f" {a}" for a in (argv or sys.argv[1:])))
+    print("reproduce: python -m bench.ingress" + "".join(f" {a}" for a in (argv or sys.argv[1:])))
     results: dict[str, list[WrkResult]] = {}
     offset = 0
     with (

@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     number = args.number
     received = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     print(f"normalization: µs per event, best of 5 x {number:,} calls")
-    print(
-        "reproduce: python -m bench.normalize" + " ".join(f" {a}" for a in (argv or sys.argv[1:]))
-    )
+    print("reproduce: python -m bench.normalize" + "".join(f" {a}" for a in (argv or sys.argv[1:])))
 
     cloud = orjson.loads((FIXTURES / "cloudapi" / "inbound_text.json").read_bytes())
     baseline_hand = per_call_us(lambda: hand_written(cloud), number)
