@@ -1,7 +1,8 @@
 """Mapping expressions: the compiled fast path must agree with the `jmespath` interpreter.
 
-`compile_expression` turns plain paths, `||`/`&&`/`!`, comparisons, indexes, literals and our named
-functions into closures, and hands everything else to the interpreter. The reference interpreter
+`compile_expression` turns plain paths, `||`/`&&`/`!`, comparisons, indexes, literals, list
+projections (`a[*].b`), flattens (`a[].b`) and our named functions into closures, and hands
+everything else to the interpreter. The reference interpreter
 is the oracle for both paths: a table of expressions over a table of inputs, and hypothesis over
 arbitrary JSON. Then the named functions (`functions.py`) the expressions call.
 """
@@ -70,10 +71,15 @@ FAST = [
     '`{"k": [1]}`',
     "'raw string'",
     "a.b == 'x' && !(missing) || `false`",
-]
-FALLBACK = [
     "list[*]",
     "objs[*].x",
+    "nested[]",
+    "nested[][0]",
+    "a.list[*].x",
+    "nested[].x",
+    "objs[].y || `[]`",
+]
+FALLBACK = [
     "objs[?x == 'one'].y",
     "objs[?x == 'none'] | [0]",
     "list[1:]",
@@ -81,7 +87,6 @@ FALLBACK = [
     "[a.b, num]",
     "{first: a.b, n: num}",
     "length(list)",
-    "nested[]",
     "a.*",
     "objs[0] | x",
     "sort_by(objs, &x)[0].y",
@@ -195,6 +200,10 @@ PROPERTY_EXPRESSIONS = [
     "a >= b",
     "a.b || c.x || `1`",
     "(a || b) && !c",
+    "list[]",
+    "a[*].b",
+    "a[].b[].c",
+    "list[].x || a",
 ]
 
 
@@ -234,7 +243,7 @@ def test_our_functions_are_compiled_on_the_fast_path() -> None:
 
 
 def test_our_functions_work_in_the_interpreter_too() -> None:
-    getter = compile_expression("msgs[*].e164(from)")
+    getter = compile_expression("msgs[?from != 'x'].e164(from)")  # a filter: interpreted
     assert is_fallback(getter)
     # a projection drops nulls, as JMESPath says
     assert getter({"msgs": [{"from": "15551234567"}, {"from": "US.1"}]}) == ["+15551234567"]

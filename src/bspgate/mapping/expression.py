@@ -1,10 +1,11 @@
 """Compiles mapping expressions (JMESPath plus the named functions of `functions.py`) once.
 
 JMESPath is the one specified language of mapping files. Most mapping expressions are plain paths,
-`||` fallbacks, comparisons and function calls; those compile here to nested Python closures over
-the AST that the reference `jmespath` parser produces, which is ~10x faster than its tree
-interpreter. Anything else (projections, filters, pipes, JMESPath's built-in functions) is handed
-to the interpreter, with our functions registered in it, so semantics never depend on the path.
+`||` fallbacks, comparisons, list projections and flattens (`entry[].changes[].value`) and
+function calls; those compile here to nested Python closures over the AST that the reference
+`jmespath` parser produces, which is ~10x faster than its tree interpreter. Anything else (object
+projections, filters, slices, pipes, JMESPath's built-in functions) is handed to the
+interpreter, with our functions registered in it, so semantics never depend on the path.
 """
 
 from __future__ import annotations
@@ -129,6 +130,34 @@ def _path(names: tuple[str, ...]) -> Getter:
     return get
 
 
+def _flatten(base: Getter) -> Getter:
+    # `a[]`, as the interpreter: a list's list elements merged into it, else null
+    def flat(value: Any) -> Any:
+        items = base(value)
+        if not isinstance(items, list):
+            return None
+        merged: list[Any] = []
+        for item in items:
+            if isinstance(item, list):
+                merged.extend(item)
+            else:
+                merged.append(item)
+        return merged
+
+    return flat
+
+
+def _projection(base: Getter, each: Getter) -> Getter:
+    # `a[*].b` and the right side of `a[].b`: `each` of every element, nulls left out
+    def project(value: Any) -> Any:
+        items = base(value)
+        if not isinstance(items, list):
+            return None
+        return [found for item in items if (found := each(item)) is not None]
+
+    return project
+
+
 def _chain(first: Getter, second: Getter) -> Getter:
     return lambda value: second(first(value))
 
@@ -203,8 +232,12 @@ def _compile(node: dict[str, Any]) -> Getter:
     if kind == "literal":
         constant = node["value"]
         return lambda _value: constant
-    if kind == "current":
+    if kind in ("current", "identity"):
         return lambda value: value
+    if kind == "flatten":
+        return _flatten(_compile(children[0]))
+    if kind == "projection":
+        return _projection(_compile(children[0]), _compile(children[1]))
     if kind == "or_expression":
         left, right = (_compile(child) for child in children)
 
