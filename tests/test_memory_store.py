@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from bspgate.store.base import ContactRow
@@ -35,3 +37,14 @@ def test_release_held_fills_the_phone_into_the_released_body() -> None:
     assert tx.deliveries == [("evt_1", "crm", "pending")]
     assert tx.delivery_bodies[("evt_1", "crm")]["data"]["contact"]["phone"] == "+15551234567"
     assert event["data"]["contact"]["phone"] is None  # the stored event stays as it was
+
+
+def test_a_contact_row_copy_holds_every_field() -> None:
+    # ContactRow.copy names its fields one by one (dataclasses.replace is slow): a field added
+    # to the row and forgotten there would be dropped from every contact processing copies
+    values = {f.name: f"value-{n}" for n, f in enumerate(fields(ContactRow))}
+    row = ContactRow(**values)
+    copied = row.copy()
+    assert copied == row
+    assert copied is not row
+    assert {f.name: getattr(copied, f.name) for f in fields(ContactRow)} == values

@@ -26,7 +26,7 @@ What downstream must be told besides the payload's own events comes out as `Noti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from bspgate.store.base import ContactRow, StoreTx
@@ -120,7 +120,7 @@ class IdentityResolver:
         at = evidence_time(at or self.now)
         if seen.bsuid:
             contact = self.tx.contact_by_bsuid(self.portfolio, seen.bsuid)
-            known = replace(contact) if contact is not None else None
+            known = contact.copy() if contact is not None else None
             if contact is None:
                 contact = self._first_bsuid(seen, at)
             elif contact.bsuid == seen.bsuid:
@@ -138,7 +138,7 @@ class IdentityResolver:
             # rule 9: whose number it was at `at`; between two holders, the later one's
             # (`phone_holder_at`): a new contact must not take a number someone holds since
             contact = self.tx.phone_owner_at(self.portfolio, seen.phone, at, "next")
-            known = replace(contact) if contact is not None else None
+            known = contact.copy() if contact is not None else None
             if contact is None:
                 contact = self.tx.create_contact(self.portfolio, self.now)
                 self.tx.add_history(contact.id, self.now, "created", {"by": "phone"})
@@ -389,7 +389,7 @@ class IdentityResolver:
             if notice.contact is absorbed:
                 # an earlier notice of this payload about the contact absorbed now (merged,
                 # then merged again) keeps its state as it was: its event must name someone
-                notice.contact = replace(absorbed)
+                notice.contact = absorbed.copy()
         absorbed.bsuid = absorbed.parent_bsuid = absorbed.phone = None
         absorbed.bsuid_at = absorbed.phone_at = None
         absorbed.merged_into = survivor.id

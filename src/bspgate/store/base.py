@@ -54,6 +54,15 @@ class ContactRow:
     username_at: str | None = None
     name_at: str | None = None
 
+    def copy(self) -> ContactRow:
+        """A copy (`dataclasses.replace` inspects the fields on every call: 6x slower, and
+        processing copies a contact about three times a webhook)."""
+        return ContactRow(
+            self.id, self.portfolio, self.bsuid, self.parent_bsuid, self.phone, self.username,
+            self.name, self.merged_into, self.bsuid_at, self.phone_at, self.created_at,
+            self.username_at, self.name_at,
+        )  # fmt: skip
+
 
 MAX_MERGE_HOPS = 16
 

@@ -21,13 +21,12 @@ so a crash anywhere leaves nothing of the batch behind.
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from typing import Any
 
 from bspgate.ids import new_id
 from bspgate.store.base import ContactRow, Holding, RawRecord
 from bspgate.store.sql import SqlTx
+from bspgate.store.sql_base import history_detail
 
 _EVENT_COLUMNS = "id, type, channel_id, contact_id, time, stored_at, raw_id, body, superseded"
 _DELIVERY_COLUMNS = (
@@ -140,7 +139,7 @@ class BatchTx:
                     return None
                 self._rows[contact_id] = row
             if not row.merged_into or seen >= 8:  # a merged contact answers as the survivor
-                return replace(row)
+                return row.copy()
             contact_id, seen = row.merged_into, seen + 1
         return None
 
@@ -185,11 +184,11 @@ class BatchTx:
         contact = ContactRow(id=new_id("ct"), portfolio=portfolio, created_at=now)
         self._new[contact.id] = (contact, now)
         self._created.add(contact.id)
-        self._rows[contact.id] = replace(contact)
+        self._rows[contact.id] = contact.copy()
         return contact
 
     def save_contact(self, contact: ContactRow, now: str) -> None:
-        self._rows[contact.id] = replace(contact)
+        self._rows[contact.id] = contact.copy()
         if contact.id in self._new:
             self._insert_new(saving=contact, now=now)
             return
@@ -299,7 +298,7 @@ class BatchTx:
         self._touch_bsuids.add((portfolio, bsuid))
 
     def add_history(self, contact_id: str, now: str, kind: str, detail: dict[str, Any]) -> None:
-        self._history.append((contact_id, now, kind, json.dumps(detail, sort_keys=True)))
+        self._history.append((contact_id, now, kind, history_detail(detail)))
 
     def mark_inbound(self, contact_id: str, channel_id: str, at: str) -> None:
         key = (contact_id, channel_id)
