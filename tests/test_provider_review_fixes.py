@@ -198,3 +198,21 @@ def test_other_templates_have_no_otp_button(gw: Gateway, provider: str) -> None:
     else:
         assert "buttons" not in body["template"]["bindings"]
         assert [value["kind"] for value in body["template"]["values"]] == ["text"]
+
+
+def test_a_dry_run_masks_credentials_in_a_base_url_setting(tmp_path: Path) -> None:
+    # `config check` masks them (docs/configuration.md); the send preview showed them in clear
+    settings = {
+        **CHANNELS["infobip"]["settings"],
+        "base_url": "https://bspgate:hunter2@acct.api.infobip.com",
+    }
+    gateway = Gateway(tmp_path, infobip={"settings": settings})
+    with gateway.client:
+        gateway.person(phone=PHONE, wrote=NOW - timedelta(hours=1), channel=channel_id("infobip"))
+        response = gateway.post(
+            {**UTILITY_SEND, "channel": channel_id("infobip")}, query="?dry_run=true"
+        )
+    assert response.status_code == 200, response.text
+    url = response.json()["url"]
+    assert "hunter2" not in response.text
+    assert url.startswith("https://bspgate:****@acct.api.infobip.com/"), url

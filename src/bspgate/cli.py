@@ -126,12 +126,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = settings.server.serving(args.host, args.port)
     dev = dev_credentials(settings)
     if dev and not is_loopback(server.host) and not args.insecure_dev:
-        raise ConfigError(
+        refusal = ConfigError(
             "server.host",
             f"{server.host!r} is not a loopback address and development credentials are in "
-            f"effect: set them in the environment, or pass --insecure-dev for a try-out "
-            f"({len(dev)} keys: {', '.join(dev)})",
+            f"effect: set the real values, or pass --insecure-dev for a try-out. "
+            f"{len(dev)} {'key holds' if len(dev) == 1 else 'keys hold'} a development value; "
+            f"set the environment variable named before each key: "
+            f"{', '.join(_dev_key_names(settings, dev))}",
         )
+        # one line, never cut (`_one_line`): every key must be named
+        return _fail(" ".join(f"config: {refusal}".split()), 2)
     settings = dataclasses.replace(settings, server=server)
     address = local_url(server.host, server.port)
     path = lock_path(settings)
@@ -147,6 +151,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.warning(
                 "bspgate.dev_credentials",
                 keys=dev,
+                variables=sorted(
+                    {name for key in dev for name in settings.env_defaults.get(key, ())}
+                ),
                 detail="development defaults are in effect: set the real values in the "
                 "environment before exposing this gateway",
             )
@@ -169,6 +176,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if lock is not None:
             lock.release()
     return 0
+
+
+def _dev_key_names(settings: Settings, keys: list[str]) -> list[str]:
+    """Each development key with the variables to set where its value is the default of a
+    `${NAME:-dev-…}` reference (`VONAGE_SIGNATURE_SECRET (channels[8].secrets.signature_secret)`),
+    else the key, as written in the config file."""
+    named = []
+    for key in keys:
+        variables = settings.env_defaults.get(key, ())
+        named.append(
+            f"{' and '.join(variables)} ({key})"
+            if variables
+            else f"{key} (written in the config file)"
+        )
+    return named
 
 
 class _Stopped(Exception):
@@ -256,9 +278,6 @@ def _simulate_report(
     with httpx.Client(base_url=base, headers={"authorization": f"Bearer {key}"}) as client:
         while True:
             found = client.get(f"/v1/raws/{raw_id}", timeout=10)
-            if found.status_code == 404 and time.monotonic() < deadline:
-                time.sleep(0.1)  # still in the inbox: processing follows the 200
-                continue
             if found.status_code != 200:
                 report["outcome"] = "stored"
                 report["detail"] = f"GET /v1/raws/{raw_id} answered {found.status_code}"

@@ -167,6 +167,11 @@ class Settings:
     source: Path | None = None
     console: bool = True  # the operator console at /console (`console: false` turns it off)
     retention: Retention = field(default_factory=lambda: Retention())
+    # dotted key -> the variables of its `${NAME:-default}` references that were unset, so the
+    # value holds their defaults (`serve` names them when refusing development credentials)
+    env_defaults: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def mappings_dir(self) -> Path:
@@ -204,7 +209,7 @@ class Settings:
                     "portfolio": c.portfolio,
                     "business_phone": c.business_phone,
                     "secrets": {name: mask(value) for name, value in c.secrets.items()},
-                    "settings": dict(c.settings),
+                    "settings": public_settings(c.settings),
                     "send_by": c.send_by,
                     "service_window": c.service_window,
                 }
@@ -234,6 +239,15 @@ class Settings:
                 for s in self.subscribers
             ],
         }
+
+
+def public_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A channel's `settings` as shown: a value holding a URL has its credentials masked
+    (`mask_url`: `user:****@`, `?access_token=****`), as a subscriber `url` is."""
+    return {
+        name: mask_url(value) if isinstance(value, str) and "://" in value else value
+        for name, value in settings.items()
+    }
 
 
 def _is_secret_key(key: str) -> bool:
@@ -266,12 +280,18 @@ _PLACEHOLDER_WEBHOOK_SECRET = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"  # noqa: 
 
 
 def _interpolate(
-    value: Any, path: tuple[Any, ...], env: Mapping[str, str], lenient: bool = False
+    value: Any,
+    path: tuple[Any, ...],
+    env: Mapping[str, str],
+    lenient: bool = False,
+    defaulted: dict[str, tuple[str, ...]] | None = None,
 ) -> Any:
+    """`value` with every `${NAME}` / `${NAME:-default}` replaced; `defaulted` collects, per
+    dotted key, the names whose default was used (unset in `env`)."""
     if isinstance(value, dict):
-        return {k: _interpolate(v, (*path, k), env, lenient) for k, v in value.items()}
+        return {k: _interpolate(v, (*path, k), env, lenient, defaulted) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, (*path, i), env, lenient) for i, v in enumerate(value)]
+        return [_interpolate(v, (*path, i), env, lenient, defaulted) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -280,6 +300,9 @@ def _interpolate(
         if name in env:
             return env[name]
         if default is not None:
+            if defaulted is not None:
+                key = _dotted(path)
+                defaulted[key] = (*defaulted.get(key, ()), name)
             return default
         key = _dotted(path)
         if lenient and _is_secret_key(key):
@@ -491,7 +514,8 @@ def settings_from_dict(
     """
     if not isinstance(data, dict):
         raise ConfigError("", "the config must be a YAML mapping (key: value) at the top level")
-    data = _interpolate(data, (), os.environ if env is None else env, lenient)
+    env_defaults: dict[str, tuple[str, ...]] = {}
+    data = _interpolate(data, (), os.environ if env is None else env, lenient, env_defaults)
     _check_schema(data)
     base = base_dir or Path.cwd()
     mapping_dirs = _mapping_dirs(data, base)
@@ -539,6 +563,7 @@ def settings_from_dict(
         source=source,
         console=bool(data.get("console", True)),
         retention=retention_from_dict(data.get("retention") or {}),
+        env_defaults=env_defaults,
     )
 
 

@@ -25,6 +25,7 @@ import orjson
 from bspgate.config import Channel
 from bspgate.errors import SendError
 from bspgate.mapping.expression import truthy
+from bspgate.masking import mask_url
 from bspgate.outbound.addressing import Address
 from bspgate.outbound.oauth import TokenRequest
 from bspgate.outbound.signing import sign_request
@@ -57,7 +58,7 @@ class ProviderRequest:
             headers[name] = self.scrub(value)
         return {
             "method": self.method,
-            "url": self.scrub(self.url),
+            "url": mask_url(self.scrub(self.url)),  # a base_url setting may hold credentials
             "headers": headers,
             "body": self._scrub_tree(self.body),
         }

@@ -159,6 +159,11 @@ class BatchQueries(SqlBase):
         rows = self.all(f"SELECT {_RAW_COLUMNS} FROM inbox ORDER BY seq LIMIT ?", (limit,))
         return [RawRecord(*[*r[:5], bytes(r[5]), *r[6:]]) for r in rows]
 
+    def inbox_raw(self, raw_id: str) -> RawRecord | None:
+        """One payload of the SQLite inbox database (accepted, not yet processed), or None."""
+        row = self.one(f"SELECT {_RAW_COLUMNS} FROM inbox WHERE id = ?", (raw_id,))
+        return None if row is None else RawRecord(*[*row[:5], bytes(row[5]), *row[6:]])
+
     def inbox_count(self) -> int:
         """Payloads waiting in the SQLite inbox database (accepted, not yet processed)."""
         return int(self.one("SELECT COUNT(*) FROM inbox")[0])

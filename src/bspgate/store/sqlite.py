@@ -218,6 +218,15 @@ class SqliteStore:
             return await self.inbox.read(lambda tx: tx.inbox_raws(limit))
         return await self.read(lambda tx: tx.received_raws(limit))
 
+    async def waiting_raw(self, raw_id: str) -> RawRecord | None:
+        """The payload `raw_id` while it waits in the inbox database (accepted under `serve`,
+        not yet processed), else None. The worker commits a payload into `raw_payloads`
+        before it drops it from the inbox: a caller that found no `raw_payloads` row and then
+        gets None here looks there once more."""
+        if self.inbox is None:
+            return None
+        return await self.inbox.read(lambda tx: tx.inbox_raw(raw_id))
+
     async def settle_received(self, raw_ids: list[str]) -> None:
         """Processed (committed in the main file): drop them from the inbox."""
         if self.inbox is not None and raw_ids:
