@@ -112,6 +112,10 @@ def _summary(result: dict[str, Any], limit: int) -> str:
         if key in result:
             value = result[key]
             parts.append(f"{key} {len(value) if isinstance(value, list) else value}")
+    skipped = (result.get("skipped") or {}).get("subscribers") or {}
+    if skipped:
+        names = ", ".join(f"{sub} {count}" for sub, count in sorted(skipped.items()))
+        parts.append(f"skipped {sum(skipped.values())} of subscribers not in the config ({names})")
     for state, count in sorted((result.get("outcomes") or {}).items()):
         parts.append(f"{state} {count}")
     if result.get("dry_run"):
@@ -123,12 +127,20 @@ def _summary(result: dict[str, Any], limit: int) -> str:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from bspgate.operations import ReplayRequest, replay_deliveries, replay_quarantined
+    from bspgate.operations import (
+        ReplayRequest,
+        replay_deliveries,
+        replay_limit,
+        replay_quarantined,
+    )
 
     request = None
-    if not args.quarantined:
-        states = ["dead", *(["delivered"] if args.include_delivered else [])]
-        try:
+    try:
+        if args.quarantined:
+            replay_limit({"limit": args.limit})
+        else:
+            # the check `POST /v1/replays` makes: a replay naming nothing is refused (--all)
+            states = ["dead", *(["delivered"] if args.include_delivered else [])]
             request = ReplayRequest.from_dict(
                 {
                     "event_id": args.event,
@@ -139,12 +151,13 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                     "states": states,
                     "dry_run": args.dry_run,
                     "limit": args.limit,
+                    "all": args.all,
                 },
                 [s.id for s in settings.subscribers],
             )
-        except ValueError as exc:
-            sys.stderr.write(f"bspgate: replay: {exc}\n")
-            return 2
+    except ValueError as exc:
+        sys.stderr.write(f"bspgate: replay: {exc}\n")
+        return 2
 
     async def work(gateway: Gateway) -> int:
         if request is None:
@@ -173,7 +186,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
-    from bspgate.operations import retry_subscriber, set_subscriber, subscriber_view
+    from bspgate.operations import (
+        SubscriberDisabled,
+        retry_subscriber,
+        set_subscriber,
+        subscriber_view,
+    )
 
     async def work(gateway: Gateway) -> int:
         known = {s.id for s in settings.subscribers}
@@ -181,7 +199,11 @@ def cmd_subscribers(args: argparse.Namespace, settings: Settings) -> int:
             sys.stderr.write(f"bspgate: no subscriber {args.subscriber!r} in the config\n")
             return 1
         if args.action == "retry":
-            moved = await retry_subscriber(gateway.store, args.subscriber, gateway.clock())
+            try:
+                moved = await retry_subscriber(gateway.store, args.subscriber, gateway.clock())
+            except SubscriberDisabled as exc:  # as the API's 409 subscriber_disabled says it
+                sys.stderr.write(f"bspgate: {exc}\n")
+                return 1
             _print({"id": args.subscriber, "retrying": moved})
             return 0
         if args.action in ("enable", "disable"):
@@ -264,6 +286,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, load: SettingsLoader
         "--since", help="event time from (RFC 3339, any offset: 2026-01-01T09:00:00+01:00)"
     )
     replay.add_argument("--until", help="event time before (RFC 3339, any offset)")
+    replay.add_argument(
+        "--all",
+        action="store_true",
+        help="every dead letter of every configured subscriber (a replay naming no filter, "
+        "--all or --quarantined is refused)",
+    )
     replay.add_argument(
         "--include-delivered",
         action="store_true",

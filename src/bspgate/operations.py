@@ -31,8 +31,47 @@ if TYPE_CHECKING:
 DEFAULT_LIMIT = 1000
 
 
+REPLAY_SCOPES = ("event_id", "subscriber_id", "type", "since", "until")
+NAME_WHAT = (
+    'name what to replay: event_id, subscriber_id, type, since or until; "all": true for every '
+    'dead letter; or "quarantined": true (bspgate replay: --event, --subscriber, --type, '
+    "--since, --until, --all or --quarantined)"
+)
+NOT_CONFIGURED = "not in the config: no lane would send them"
+
+
 class UnknownReference(ValueError):
     """A replay names a time, subscriber or event type that does not parse or exist (422)."""
+
+
+class SubscriberDisabled(Exception):
+    """An operator asked to retry a disabled subscriber: nothing would be sent (409)."""
+
+    def __init__(self, subscriber_id: str, reason: str | None) -> None:
+        self.subscriber_id, self.reason = subscriber_id, reason or "disabled"
+        self.remedy = f"bspgate subscribers enable {subscriber_id}"
+        super().__init__(
+            f"subscriber {subscriber_id!r} is disabled ({self.reason}): nothing is retried "
+            f"until it is enabled again ({self.remedy}, or "
+            f"POST /v1/subscribers/{subscriber_id}/enable)"
+        )
+
+
+def replay_flag(data: dict[str, Any], key: str) -> bool:
+    """A replay's switch (`all`, `dry_run`, `quarantined`): a JSON boolean, absent is false
+    (`"false"` read with `bool()` would be true)."""
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f'"{key}" is true or false')
+    return value
+
+
+def replay_limit(data: dict[str, Any]) -> int:
+    """A replay's `limit` (deliveries, or quarantined payloads): an integer, 1 to 100000."""
+    value = data.get("limit", DEFAULT_LIMIT)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+        raise ValueError("limit is an integer from 1 to 100000")
+    return value
 
 
 @cache
@@ -77,17 +116,22 @@ class ReplayRequest:
     def from_dict(
         cls, data: dict[str, Any], subscribers: Iterable[str] | None = None
     ) -> ReplayRequest:
-        """Check a replay request: `ValueError` when malformed, `UnknownReference` (422) for
-        an unparseable time, an unknown subscriber (of `subscribers`) or event type."""
+        """Check a replay request: `ValueError` when malformed or when it names nothing (a
+        filter, or `"all": true`: never read as everything), `UnknownReference` (422) for an
+        unparseable time, an unknown subscriber (of `subscribers`) or event type. The one check
+        of `POST /v1/replays`, `bspgate replay` and the console."""
         states = data.get("states") or ["dead"]
         if not isinstance(states, list) or not all(
             s in ("dead", "delivered", "expired") for s in states
         ):
             raise ValueError("states holds dead, delivered and/or expired")
-        limit = int(data.get("limit", DEFAULT_LIMIT))
-        if not 1 <= limit <= 100_000:
-            raise ValueError("limit is 1 to 100000")
-        text = {k: data.get(k) for k in ("event_id", "subscriber_id", "type", "since", "until")}
+        limit = replay_limit(data)
+        dry_run = replay_flag(data, "dry_run")
+        everything = replay_flag(data, "all")
+        text = {k: data.get(k) for k in REPLAY_SCOPES}
+        if not everything and all(value is None for value in text.values()):
+            # a bare request must not re-deliver every subscriber's whole dead-letter queue
+            raise ValueError(NAME_WHAT)
         for key, value in text.items():
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{key} must be a string")
@@ -114,24 +158,26 @@ class ReplayRequest:
                 f"type: {text['type']!r} is not an event type "
                 f"(known: {', '.join(sorted(event_types()))})"
             )
-        return cls(
-            states=tuple(states), dry_run=bool(data.get("dry_run", False)), limit=limit, **text
-        )
+        return cls(states=tuple(states), dry_run=dry_run, limit=limit, **text)
 
 
 async def replay_deliveries(
     store: Store,
     request: ReplayRequest,
     moment: datetime,
-    subscribers: tuple[Subscriber, ...] = (),
+    subscribers: tuple[Subscriber, ...] | None = None,
 ) -> dict[str, Any]:
     """Requeue matching deliveries (and fan out to a later subscriber); answers what it did.
 
-    A subscriber added later gets only the stored events its `events`, `channels` and `filter`
-    accept (from `subscribers`, the configured ones).
+    `subscribers` are the configured ones: only their deliveries are requeued (no lane runs
+    for a subscriber removed from the config, so its requeued rows would wait for good); the
+    rows of others that matched are counted in `skipped`, per subscriber, and left as they are.
+    None (tests, tools): no restriction. A subscriber added later gets only the stored events
+    its `events`, `channels` and `filter` accept.
     """
     now, stamp = moment.timestamp(), moment.isoformat()
-    chosen = tuple(s for s in subscribers if s.id == request.subscriber_id)
+    configured = None if subscribers is None else sorted(s.id for s in subscribers)
+    chosen = tuple(s for s in subscribers or () if s.id == request.subscriber_id)
     fanout = Fanout(chosen)
 
     def accepts(event_type: str, channel_id: str, event: dict[str, Any]) -> bool:
@@ -142,20 +188,24 @@ async def replay_deliveries(
         return bool(fanout.matching(event_type, channel_id, event))
 
     def work(tx: Any) -> dict[str, Any]:
-        candidates = tx.replay_candidates(
-            event_id=request.event_id,
-            subscriber_id=request.subscriber_id,
-            type_=request.type,
-            since=request.since,
-            until=request.until,
-            states=request.states,
-            limit=request.limit,
-        )
+        scope = {
+            "event_id": request.event_id,
+            "subscriber_id": request.subscriber_id,
+            "type_": request.type,
+            "since": request.since,
+            "until": request.until,
+            "states": request.states,
+        }
+        candidates = tx.replay_candidates(**scope, limit=request.limit, configured=configured)
         result: dict[str, Any] = {
             "matched": len(candidates),
             "dry_run": request.dry_run,
             "deliveries": [c["id"] for c in candidates],
         }
+        if configured is not None:
+            skipped = tx.replay_skipped(**scope, configured=configured)
+            if skipped:
+                result["skipped"] = {"reason": NOT_CONFIGURED, "subscribers": skipped}
         if not request.dry_run:
             result["requeued"] = tx.requeue([c["id"] for c in candidates], now, stamp)
         if request.subscriber_id:  # a dry run counts what it would add
@@ -302,10 +352,15 @@ async def retry_subscriber(store: Store, subscriber_id: str, moment: datetime) -
 
     The request is stored too: the subscriber's lane may run in another process (`serve`'s
     delivery worker) or replica, where a failing lane would otherwise wait for its next probe
-    (up to 30 s) or a 429's pause; it reads the request and tries at once (`Dispatcher`)."""
+    (up to 30 s) or a 429's pause; it reads the request and tries at once (`Dispatcher`).
+    A disabled subscriber's lane claims nothing until it is enabled: `SubscriberDisabled`
+    (with the stored reason), and nothing changes."""
     now, stamp = moment.timestamp(), moment.isoformat()
 
     def work(tx: Any) -> int:
+        state = tx.subscriber_states().get(subscriber_id) or {}
+        if state.get("disabled_at"):
+            raise SubscriberDisabled(subscriber_id, state.get("reason"))
         moved: int = tx.pull_forward(subscriber_id, now, stamp)
         tx.request_retry(subscriber_id, now, stamp)
         return moved

@@ -113,6 +113,14 @@ def _schemas() -> dict[str, Any]:
                 "detail": TEXT,
                 "code": TEXT,
                 "pointer": {"type": "string", "description": "RFC 6901 JSON Pointer"},
+                "reason": {
+                    "type": "string",
+                    "description": "subscriber_disabled: why it is disabled (as stored)",
+                },
+                "remedy": {
+                    "type": "string",
+                    "description": "subscriber_disabled: the command that resolves it",
+                },
             },
         ),
         "Event": _obj(
@@ -189,14 +197,20 @@ def _schemas() -> dict[str, Any]:
                 "since": TIME,
                 "until": TIME,
                 "states": {"type": "array", "items": {"enum": ["dead", "delivered", "expired"]}},
-                "dry_run": {"type": "boolean"},
-                "limit": {"type": "integer", "minimum": 1, "maximum": 100000},
-                "quarantined": {"type": "boolean"},
+                "dry_run": {"type": "boolean", "description": "a JSON boolean (else 400)"},
+                "limit": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 100000,
+                    "description": "at most this many deliveries, or quarantined payloads",
+                },
+                "quarantined": {"type": "boolean", "description": "a JSON boolean (else 400)"},
                 "raw_id": TEXT,
                 "all": {
                     "type": "boolean",
                     "description": "replay without a filter (every dead letter of every "
-                    "subscriber); otherwise name event_id, subscriber_id, type, since or until",
+                    "configured subscriber); otherwise name event_id, subscriber_id, type, since "
+                    "or until (a request naming none of them is a 400)",
                 },
             },
             "minProperties": 1,
@@ -216,7 +230,20 @@ def _schemas() -> dict[str, Any]:
                     "description": "with a subscriber: deliveries it is given for stored events "
                     "it never had (on a dry run: would be given)",
                 },
-                "truncated": {"type": "boolean", "description": "quarantined: more were left"},
+                "skipped": {
+                    "type": "object",
+                    "required": ["reason", "subscribers"],
+                    "properties": {
+                        "reason": TEXT,
+                        "subscribers": {
+                            "type": "object",
+                            "additionalProperties": {"type": "integer"},
+                        },
+                    },
+                    "description": "deliveries the filter matched of subscribers no longer in "
+                    "the config, per subscriber: left as they are (no lane would send them)",
+                },
+                "truncated": {"type": "boolean", "description": "more may have been left"},
                 "outcomes": {
                     "type": "object",
                     "additionalProperties": {"type": "integer"},
@@ -466,7 +493,7 @@ def _operations() -> dict[str, Any]:
                     _obj(["id", "retrying"], {"id": TEXT, "retrying": {"type": "integer"}}),
                     "how many deliveries were made due now",
                 ),
-                [404],
+                [404, 409],
                 params=[_path_id("subscriber_id", "a subscriber id")],
             ),
         },

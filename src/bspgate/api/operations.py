@@ -2,13 +2,16 @@
 
 - `GET /v1/deliveries?state=&subscriber_id=&event_id=&limit=`; `GET /v1/deliveries/{id}` with
   every attempt (time, HTTP status, latency, error).
-- `POST /v1/replays`: `{"event_id"|"subscriber_id"|"type"|"since"|"until", "states", "dry_run"}`
-  re-delivers (at least one filter, or `"all": true`: a bare POST is refused, never read as
-  "everything"); `{"quarantined": true, "raw_id"?: …, "dry_run"?: …}` re-normalizes quarantined
-  payloads with the current mappings.
+- `POST /v1/replays`: `{"event_id"|"subscriber_id"|"type"|"since"|"until", "states", "dry_run",
+  "limit"}` re-delivers (at least one filter, or `"all": true`: a bare POST is refused, never
+  read as "everything"; only configured subscribers' deliveries, the others' counted in
+  `skipped`); `{"quarantined": true, "raw_id"?: …, "dry_run"?: …, "limit"?: …}` re-normalizes
+  quarantined payloads with the current mappings. Switches are JSON booleans (`"false"` is a
+  400, never read as true).
 - `GET /v1/quarantined`: quarantined raw payloads with their reasons (bodies stay in the store).
 - `GET /v1/subscribers`; `POST /v1/subscribers/{id}/enable` and `/disable`;
-  `POST /v1/subscribers/{id}/retry` makes everything pending for it due now.
+  `POST /v1/subscribers/{id}/retry` makes everything pending for it due now (409
+  `subscriber_disabled`, with the reason and the remedy, when it is disabled).
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ from starlette.routing import Route
 from bspgate.api.answers import TimedJSON
 from bspgate.api.auth import authenticated
 from bspgate.operations import (
+    NAME_WHAT,
     ReplayRequest,
+    SubscriberDisabled,
     UnknownReference,
     replay_deliveries,
+    replay_flag,
+    replay_limit,
     replay_quarantined,
     retry_subscriber,
     set_subscriber,
@@ -93,31 +100,17 @@ async def get_delivery(request: Request) -> Response:
     return TimedJSON(row)
 
 
-REPLAY_SCOPES = ("event_id", "subscriber_id", "type", "since", "until")
-_SCOPE = (
-    'event_id, subscriber_id, type, since or until; "all": true for every dead letter; or '
-    '"quarantined": true'
-)
-
-
 @authenticated
 async def create_replay(request: Request) -> Response:
     gateway = _gateway(request)
     try:
         body = await request.body()
         if not body.strip():
-            raise ValueError(f"the body is a JSON object naming what to replay: {_SCOPE}")
+            raise ValueError(f"the body is a JSON object: {NAME_WHAT}")
         data = orjson.loads(body)
         if not isinstance(data, dict):
             raise ValueError("the body is a JSON object")
-        everything = data.get("all", False)
-        if not isinstance(everything, bool):
-            raise ValueError('"all" is true or false')
-        named = any(data.get(key) is not None for key in REPLAY_SCOPES)
-        if not data.get("quarantined") and not everything and not named:
-            # a bare POST must not re-deliver every subscriber's whole dead-letter queue
-            raise ValueError(f"name what to replay: {_SCOPE}")
-        if data.get("quarantined"):
+        if replay_flag(data, "quarantined"):
             raw_id = data.get("raw_id")
             if raw_id is not None and (
                 not isinstance(raw_id, str) or not raw_id.strip() or "\x00" in raw_id
@@ -126,9 +119,11 @@ async def create_replay(request: Request) -> Response:
             result = await replay_quarantined(
                 gateway,
                 raw_id=raw_id,
-                dry_run=bool(data.get("dry_run", False)),
+                dry_run=replay_flag(data, "dry_run"),
+                limit=replay_limit(data),
             )
         else:
+            # what to replay, and the bare request's refusal: one check for the API and the CLI
             replay = ReplayRequest.from_dict(data, [s.id for s in gateway.settings.subscribers])
             result = await replay_deliveries(
                 gateway.store, replay, gateway.clock(), gateway.settings.subscribers
@@ -222,7 +217,17 @@ async def retry_now(request: Request) -> Response:
         return problem_response(
             404, "unknown_subscriber", "Unknown subscriber", f"no subscriber {subscriber_id!r}"
         )
-    moved = await retry_subscriber(gateway.store, subscriber_id, gateway.clock())
+    try:
+        moved = await retry_subscriber(gateway.store, subscriber_id, gateway.clock())
+    except SubscriberDisabled as exc:
+        return problem_response(
+            409,
+            "subscriber_disabled",
+            "Subscriber disabled",
+            str(exc),
+            reason=exc.reason,
+            remedy=exc.remedy,
+        )
     if gateway.dispatcher is not None:
         gateway.dispatcher.retry_now(subscriber_id)
     return TimedJSON({"id": subscriber_id, "retrying": moved})

@@ -26,15 +26,17 @@ class Verdict:
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """Seconds a `Retry-After` header asks for (delta-seconds or HTTP-date), or None."""
+    """Seconds a `Retry-After` header asks for (delta-seconds or HTTP-date), or None: never an
+    exception, whatever the header holds (`str.isdigit` alone accepts `²` and other Unicode
+    digits, which `float` cannot read; delta-seconds are ASCII digits, RFC 9110)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

@@ -33,7 +33,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -89,7 +89,9 @@ class _Outcome:
     operational events say the same), applied to the lanes after the transaction commits."""
 
     result: AttemptResult
-    state: str  # delivered, pending, dead, or gone (410: the row stays pending)
+    # delivered, pending, dead, or gone (410: the row stays pending); erased once the record
+    # found its contact erased while it was in flight (`cancel_erased`): what the row holds
+    state: str
     attempts: int
     due: float
 
@@ -598,8 +600,10 @@ class Dispatcher:
             latency = (time.perf_counter() - started) * 1000
             return None, latency, mask_urls(f"{type(exc).__name__}: {exc}")[:500], None
         latency = (time.perf_counter() - started) * 1000
-        error = None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
-        return answer.status, latency, error, retry_after_seconds(answer.retry_after, moment)
+        if 200 <= answer.status < 300:  # delivered: whatever else the answer says, e.g.
+            return answer.status, latency, None, None  # a Retry-After, is not read
+        retry_after = retry_after_seconds(answer.retry_after, moment)
+        return answer.status, latency, f"HTTP {answer.status}", retry_after
 
     # -- recording --------------------------------------------------------------------------------
     async def _record(self, results: list[AttemptResult]) -> None:
@@ -627,13 +631,20 @@ class Dispatcher:
         ]
         finished = [self._finish_row(o, stamp) for o in outcomes]
 
-        def record(tx: Any) -> tuple[dict[str, str], set[str]]:
+        # rows not delivered whose contact an operator erased while they were in flight: the
+        # erasure let them finish, they must not be retried (nor reported as dead letters)
+        undelivered = [o.result.job.id for o in outcomes if o.state != "delivered"]
+        undelivered += [job.id for job in unsent]
+
+        def record(tx: Any) -> tuple[dict[str, str], set[str], set[str]]:
             tx.record_attempts(attempts)
             tx.finish_deliveries(finished)
             if unsent:
                 tx.release_claims([(job.id, job.token) for job in unsent])
+            erased: set[str] = tx.cancel_erased(undelivered, stamp)
             disabled, recovered = self._health(tx, healthy, failing_since, outcomes, now, stamp)
-            return disabled, self._report(tx, outcomes, disabled, recovered, stamp)
+            told = self._report(tx, outcomes, disabled, recovered, stamp, erased)
+            return disabled, told, erased
 
         # The usual round: every attempt delivered, no lane failing. Nothing to report, so it
         # is one statement (`record_delivered`), unless the store knows of a failure streak
@@ -649,7 +660,10 @@ class Dispatcher:
         if not plain or not await self.store.statement(
             lambda tx: tx.record_delivered(attempts, finished, sorted(healthy))
         ):
-            disabled, told = await self.store.transaction(record)
+            disabled, told, erased = await self.store.transaction(record)
+            for outcome in outcomes:  # logged and counted as stored
+                if outcome.result.job.id in erased:
+                    outcome.state = "erased"
         for job in unsent:
             lane = self.lanes[job.subscriber_id]
             lane.settle(job)
@@ -721,6 +735,7 @@ class Dispatcher:
         disabled: dict[str, str],
         recovered: dict[str, float | None],
         stamp: str,
+        erased: Collection[str] = (),
     ) -> set[str]:
         """Operational events for what this record did; answers the subscribers told."""
         now = self.clock().timestamp()
@@ -741,7 +756,7 @@ class Dispatcher:
                              now=now, stamp=stamp))  # fmt: skip
         for outcome in outcomes:
             job = outcome.result.job
-            if outcome.state != "dead" or job.event_id.startswith(OPS_PREFIX):
+            if outcome.state != "dead" or job.event_id.startswith(OPS_PREFIX) or job.id in erased:
                 continue
             data = {
                 "subscriber": job.subscriber_id,

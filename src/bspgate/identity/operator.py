@@ -158,7 +158,9 @@ def operator_merge(tx: Any, ctx: OperatorContext, into_id: str, from_id: str) ->
 
 
 def erase(tx: Any, ctx: OperatorContext, contact_id: str) -> dict[str, Any] | None:
-    """Erase a contact everywhere and tell every subscriber that ever received it (v1.1)."""
+    """Erase a contact everywhere and tell every subscriber that ever received it (v1.1),
+    counting one with an attempt in flight: the erasure lets that attempt finish, and the
+    notice, queued behind it for the same contact, goes only after its answer is stored."""
     # a merged contact's id resolves to the survivor (rule 8): erasing it erases the person
     contact = follow_merged(tx.contact(contact_id), tx.contact)
     if contact is None:

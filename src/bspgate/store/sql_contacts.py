@@ -123,14 +123,16 @@ class ContactQueries(SqlBase):
 
     def subscribers_that_received(self, contact_id: str) -> list[str]:
         """Every subscriber that was ever delivered an event about the contact, also under
-        the id of a contact merged into it (delivered rows keep the id they went out with)."""
+        the id of a contact merged into it (delivered rows keep the id they went out with), or
+        that an event about it is being POSTed to right now: an attempt in flight may already
+        have handed the subscriber the whole event (`erase_contact` lets it finish)."""
         ids = self._with_merged(contact_id)
         marks = ", ".join("?" for _ in ids)
         return [
             str(r[0])
             for r in self.all(
                 f"SELECT DISTINCT subscriber_id FROM deliveries WHERE contact_id IN ({marks}) "
-                "AND state = 'delivered' ORDER BY subscriber_id",
+                "AND state IN ('delivered', 'inflight') ORDER BY subscriber_id",
                 ids,
             )
         ]
@@ -207,6 +209,12 @@ class ContactQueries(SqlBase):
         so they stay valid), the person's items of raw payloads (other people's items stay and
         replay), outbox copies, attempt logs and sends lose it; undelivered events are
         cancelled. An audit row records who asked and how much went, never the values.
+
+        A delivery in flight (its POST may be under way, the body already sent) is left in
+        flight: its attempt finishes, and the dispatcher records it as delivered, or as erased
+        when it failed (never retried). Until then it holds back the contact's later events for
+        that subscriber (per-contact order), the `whatsapp.contact.erased` notice among them,
+        so the notice never overtakes it (`subscribers_that_received` counts the subscriber).
 
         Payloads are searched for the person's identifiers, except in `foreign_channels` (the
         channels of other portfolios: the same number there is an unrelated contact, rule 1).
@@ -289,8 +297,12 @@ class ContactQueries(SqlBase):
         self.execute(f"UPDATE contact_history SET detail = '{{}}' WHERE contact_id IN {marks}", ids)
         cancelled = self.execute(
             f"UPDATE deliveries SET state = 'erased', body = NULL, updated_at = ? "
-            f"WHERE contact_id IN {marks} AND state IN ('pending', 'held', 'inflight')",
+            f"WHERE contact_id IN {marks} AND state IN ('pending', 'held')",
             (stamp, *ids),
+        )
+        (in_flight,) = self.one(
+            f"SELECT COUNT(*) FROM deliveries WHERE contact_id IN {marks} AND state = 'inflight'",
+            ids,
         )
         self.execute(f"UPDATE deliveries SET body = NULL WHERE contact_id IN {marks}", ids)
         self.execute(
@@ -327,6 +339,7 @@ class ContactQueries(SqlBase):
             "raw_payloads_blanked": blanked,
             "raw_payloads_trimmed": trimmed,
             "deliveries_cancelled": cancelled.rowcount,
+            "deliveries_in_flight": int(in_flight),
             "sends": sends.rowcount,
         }
         self.add_history(contact_id, stamp, "erased", summary)

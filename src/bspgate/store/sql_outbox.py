@@ -419,19 +419,16 @@ class OutboxQueries(SqlBase):
         )
         return None if row is None or row[0] is None else float(row[0])
 
-    def replay_candidates(
+    def _replay_scope(
         self,
-        *,
         event_id: str | None,
         subscriber_id: str | None,
         type_: str | None,
         since: str | None,
         until: str | None,
         states: Sequence[str],
-        limit: int,
-    ) -> list[dict[str, Any]]:
-        """Deliveries a replay would re-send: by event, subscriber, type and event-time window."""
-        clauses, params = _filters(
+    ) -> tuple[list[str], list[Any]]:
+        return _filters(
             [f"d.state IN ({', '.join('?' * len(states))})"],
             list(states),
             (
@@ -442,6 +439,25 @@ class OutboxQueries(SqlBase):
                 ("e.time < ?", until),
             ),
         )
+
+    def replay_candidates(
+        self,
+        *,
+        event_id: str | None,
+        subscriber_id: str | None,
+        type_: str | None,
+        since: str | None,
+        until: str | None,
+        states: Sequence[str],
+        limit: int,
+        configured: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Deliveries a replay would re-send: by event, subscriber, type and event-time window;
+        with `configured`, only those of these subscribers (the ones a lane runs for)."""
+        clauses, params = self._replay_scope(event_id, subscriber_id, type_, since, until, states)
+        if configured is not None:
+            clauses.append(_among("d.subscriber_id", configured))
+            params.extend(configured)
         params.append(limit)
         rows = self.all(
             "SELECT d.id, d.event_id, d.subscriber_id, d.state, e.type, e.time "
@@ -451,6 +467,30 @@ class OutboxQueries(SqlBase):
         )
         keys = ("id", "event_id", "subscriber_id", "state", "type", "time")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def replay_skipped(
+        self,
+        *,
+        event_id: str | None,
+        subscriber_id: str | None,
+        type_: str | None,
+        since: str | None,
+        until: str | None,
+        states: Sequence[str],
+        configured: Sequence[str],
+    ) -> dict[str, int]:
+        """What a replay's filter matches among subscribers NOT in `configured` (removed from
+        the config): how many deliveries per subscriber, left as they are."""
+        clauses, params = self._replay_scope(event_id, subscriber_id, type_, since, until, states)
+        clauses.append(f"NOT ({_among('d.subscriber_id', configured)})")
+        params.extend(configured)
+        rows = self.all(
+            "SELECT d.subscriber_id, COUNT(*) FROM deliveries d JOIN events e ON "
+            f"e.seq = d.event_seq WHERE {' AND '.join(clauses)} GROUP BY d.subscriber_id "
+            "ORDER BY d.subscriber_id",
+            params,
+        )
+        return {str(sub): int(count) for sub, count in rows}
 
     def fan_out_missing(
         self,
@@ -692,6 +732,32 @@ class OutboxQueries(SqlBase):
             is not None
         )
 
+    def cancel_erased(self, delivery_ids: Sequence[str], stamp: str) -> set[str]:
+        """Of `delivery_ids` (just recorded as not delivered, or released unsent), those whose
+        contact was erased while they were in flight: erased now, never retried (the erasure
+        left them in flight to finish; `erase_contact`). The erasure's own notice, about the
+        same contact, goes on as any delivery. Answers their ids."""
+        if not delivery_ids:
+            return set()
+        ids = sorted(set(delivery_ids))
+        found = [
+            str(row[0])
+            for row in self.all(
+                "SELECT d.id FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
+                "JOIN events e ON e.seq = d.event_seq "
+                f"WHERE {_among('d.id', ids)} AND d.state IN ('pending', 'dead') "
+                "AND c.erased_at IS NOT NULL AND e.type <> 'whatsapp.contact.erased'",
+                ids,
+            )
+        ]
+        if found:
+            self.execute(
+                "UPDATE deliveries SET state = 'erased', body = NULL, lease_until = NULL, "
+                f"claim_token = NULL, updated_at = ? WHERE {_among('id', found)}",
+                (stamp, *found),
+            )
+        return set(found)
+
     def release_claims(self, rows: Sequence[tuple[str, str]]) -> None:
         """(delivery_id, token) claims given back unsent: pending again with the attempts and
         due time they had (a dispatcher claimed ahead, then was paused by a 429 or stopped)."""
@@ -853,6 +919,13 @@ class OutboxQueries(SqlBase):
         for state, number in self.all("SELECT state, COUNT(*) FROM raw_payloads GROUP BY state"):
             out[f"raw_{state}"] = int(number)
         return out
+
+
+def _among(column: str, values: Sequence[str]) -> str:
+    """`column IN (?, …)` for `values` (false for none: SQL has no empty IN list)."""
+    if not values:
+        return "1 = 0"
+    return f"{column} IN ({', '.join('?' * len(values))})"
 
 
 def _lacks_phone(event: dict[str, Any]) -> bool:
