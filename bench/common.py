@@ -39,7 +39,9 @@ API_KEY = "bench-api-key"
 PYTHON = sys.executable
 
 # A Cloud API text message webhook of about 2 KB (the size performance.md measured with), as a
-# printf format shared by Python and wrk's Lua: %d the message number, %05d the contact number.
+# printf format shared by Python and wrk's Lua: %d the message number, %05d the contact number
+# (four times: the contact's BSUID and phone, in `contacts` and in the message, as Meta sends a
+# user who has no username).
 BODY_FORMAT = json.dumps(
     {
         "object": "whatsapp_business_account",
@@ -58,11 +60,13 @@ BODY_FORMAT = json.dumps(
                             "contacts": [
                                 {
                                     "profile": {"name": "Sheena Nelson"},
+                                    "wa_id": "1650555%05d",
                                     "user_id": "US.13491208655%05d",
                                 }
                             ],
                             "messages": [
                                 {
+                                    "from": "1650555%05d",
                                     "from_user_id": "US.13491208655%05d",
                                     "id": "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAz%d",
                                     "timestamp": "1767225600",
@@ -83,7 +87,7 @@ BODY_FORMAT = json.dumps(
 def body(n: int, contacts: int = 10_000, contact_base: int = 0) -> bytes:
     """The `n`th distinct webhook body (message `n`, one of `contacts` contacts from the base)."""
     c = contact_base + n % contacts
-    return (BODY_FORMAT % (c, c, n)).encode()
+    return (BODY_FORMAT % (c, c, c, c, n)).encode()
 
 
 def signature(payload: bytes) -> str:
@@ -271,7 +275,7 @@ function request()
   local i = n %% #sigs
   local m = offset + i
   local c = contact_base + m %% contacts
-  local payload = string.format(fmt, c, c, m)
+  local payload = string.format(fmt, c, c, c, c, m)
   return wrk.format("POST", "/webhooks/cloud-us",
     {["content-type"] = "application/json", ["x-hub-signature-256"] = sigs[i + 1]}, payload)
 end

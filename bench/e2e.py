@@ -119,7 +119,7 @@ def marked_body(n: int) -> bytes:
     # the message id ends in "z<n>" so the sink can read the number back
     base = n // 1_000_000 * CONTACTS
     c = base + n % CONTACTS
-    return (marked_format() % (c, c, n)).encode()
+    return (marked_format() % (c, c, c, c, n)).encode()
 
 
 @dataclass
@@ -204,7 +204,7 @@ function request()
   local c = contact_base + m %% contacts
   return wrk.format("POST", "/webhooks/cloud-us",
     {["content-type"] = "application/json", ["x-hub-signature-256"] = sigs[i + 1]},
-    string.format(fmt, c, c, m))
+    string.format(fmt, c, c, c, c, m))
 end
 """
 CONNECTIONS = 256  # enough for the highest rate at a few tens of ms per answer
