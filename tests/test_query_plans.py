@@ -28,13 +28,11 @@ import psycopg
 import pytest
 
 from bspgate.app import load_channel_mappings
-from bspgate.ids import new_id
 from bspgate.processing import Rules, map_raw, process_batch
-from bspgate.store.base import RawRecord
 from bspgate.store.migrate import apply_migrations
 from bspgate.store.sql import SqlTx
 from tests.conftest import SUBSCRIBER_SECRET, fixture_json, make_settings
-from tests.payloads import status_webhook, text_webhook
+from tests.payloads import raw_record, status_webhook, text_webhook
 from tests.store.pg import migrated_tx
 from tests.store.recording import Recording
 
@@ -64,18 +62,6 @@ FIXTURES = [
     "system_user_changed_number",
     "system_user_changed_user_id",
 ]
-
-
-def _raw(payload: dict[str, Any]) -> RawRecord:
-    return RawRecord(
-        id=new_id("raw"),
-        channel_id="cloud-us",
-        provider="cloudapi",
-        received_at="2026-01-01T00:00:00.000000Z",
-        content_type="application/json",
-        body=orjson.dumps(payload),
-        state="received",
-    )
 
 
 def _batches() -> list[list[dict[str, Any]]]:
@@ -111,7 +97,7 @@ def _run(tx: SqlTx, tmp_path: Path) -> None:
     rules = Rules(settings, load_channel_mappings(settings))
     raw_ids = []
     for payloads in _batches():
-        raws = [_raw(payload) for payload in payloads]
+        raws = [raw_record(n, orjson.dumps(payload)) for n, payload in enumerate(payloads)]
         tx.insert_raws(raws)
         prepared = [map_raw(rules, raw) for raw in raws]
         outcomes = process_batch(tx, rules, prepared, {}, MOMENT, False)

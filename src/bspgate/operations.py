@@ -22,6 +22,7 @@ from bspgate.masking import mask_url
 from bspgate.pipeline import Fanout
 from bspgate.processing import Poisoned, map_raw, process_batch
 from bspgate.store.base import RawRecord, Store, empty_backlog
+from bspgate.store.sql_outbox import ReplayScope
 from bspgate.times import comparable, rfc3339_fields
 
 if TYPE_CHECKING:
@@ -188,22 +189,22 @@ async def replay_deliveries(
         return bool(fanout.matching(event_type, channel_id, event))
 
     def work(tx: Any) -> dict[str, Any]:
-        scope = {
-            "event_id": request.event_id,
-            "subscriber_id": request.subscriber_id,
-            "type_": request.type,
-            "since": request.since,
-            "until": request.until,
-            "states": request.states,
-        }
-        candidates = tx.replay_candidates(**scope, limit=request.limit, configured=configured)
+        scope = ReplayScope(
+            request.event_id,
+            request.subscriber_id,
+            request.type,
+            request.since,
+            request.until,
+            request.states,
+        )
+        candidates = tx.replay_candidates(scope, limit=request.limit, configured=configured)
         result: dict[str, Any] = {
             "matched": len(candidates),
             "dry_run": request.dry_run,
             "deliveries": [c["id"] for c in candidates],
         }
         if configured is not None:
-            skipped = tx.replay_skipped(**scope, configured=configured)
+            skipped = tx.replay_skipped(scope, configured=configured)
             if skipped:
                 result["skipped"] = {"reason": NOT_CONFIGURED, "subscribers": skipped}
         if not request.dry_run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -419,42 +420,12 @@ class OutboxQueries(SqlBase):
         )
         return None if row is None or row[0] is None else float(row[0])
 
-    def _replay_scope(
-        self,
-        event_id: str | None,
-        subscriber_id: str | None,
-        type_: str | None,
-        since: str | None,
-        until: str | None,
-        states: Sequence[str],
-    ) -> tuple[list[str], list[Any]]:
-        return _filters(
-            [f"d.state IN ({', '.join('?' * len(states))})"],
-            list(states),
-            (
-                ("d.event_id = ?", event_id),
-                ("d.subscriber_id = ?", subscriber_id),
-                ("e.type = ?", type_),
-                ("e.time >= ?", since),
-                ("e.time < ?", until),
-            ),
-        )
-
     def replay_candidates(
-        self,
-        *,
-        event_id: str | None,
-        subscriber_id: str | None,
-        type_: str | None,
-        since: str | None,
-        until: str | None,
-        states: Sequence[str],
-        limit: int,
-        configured: Sequence[str] | None = None,
+        self, scope: ReplayScope, *, limit: int, configured: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
         """Deliveries a replay would re-send: by event, subscriber, type and event-time window;
         with `configured`, only those of these subscribers (the ones a lane runs for)."""
-        clauses, params = self._replay_scope(event_id, subscriber_id, type_, since, until, states)
+        clauses, params = scope.where()
         if configured is not None:
             clauses.append(_among("d.subscriber_id", configured))
             params.extend(configured)
@@ -468,20 +439,10 @@ class OutboxQueries(SqlBase):
         keys = ("id", "event_id", "subscriber_id", "state", "type", "time")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
-    def replay_skipped(
-        self,
-        *,
-        event_id: str | None,
-        subscriber_id: str | None,
-        type_: str | None,
-        since: str | None,
-        until: str | None,
-        states: Sequence[str],
-        configured: Sequence[str],
-    ) -> dict[str, int]:
+    def replay_skipped(self, scope: ReplayScope, *, configured: Sequence[str]) -> dict[str, int]:
         """What a replay's filter matches among subscribers NOT in `configured` (removed from
         the config): how many deliveries per subscriber, left as they are."""
-        clauses, params = self._replay_scope(event_id, subscriber_id, type_, since, until, states)
+        clauses, params = scope.where()
         clauses.append(f"NOT ({_among('d.subscriber_id', configured)})")
         params.extend(configured)
         rows = self.all(
@@ -919,6 +880,33 @@ class OutboxQueries(SqlBase):
         for state, number in self.all("SELECT state, COUNT(*) FROM raw_payloads GROUP BY state"):
             out[f"raw_{state}"] = int(number)
         return out
+
+
+@dataclass(frozen=True)
+class ReplayScope:
+    """What a replay names: deliveries in `states`, by event, subscriber, type and event-time
+    window (a None field does not filter)."""
+
+    event_id: str | None
+    subscriber_id: str | None
+    type_: str | None
+    since: str | None
+    until: str | None
+    states: Sequence[str]
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        """WHERE clauses over `deliveries d JOIN events e`, and their parameters."""
+        return _filters(
+            [f"d.state IN ({', '.join('?' * len(self.states))})"],
+            list(self.states),
+            (
+                ("d.event_id = ?", self.event_id),
+                ("d.subscriber_id = ?", self.subscriber_id),
+                ("e.type = ?", self.type_),
+                ("e.time >= ?", self.since),
+                ("e.time < ?", self.until),
+            ),
+        )
 
 
 def _among(column: str, values: Sequence[str]) -> str:
