@@ -138,3 +138,22 @@ def test_a_send_to_an_erased_contact_is_refused_by_name(
     problem = answer.json()
     assert problem["code"] == "contact_erased"
     assert PHONE not in answer.text
+
+
+def test_erasing_a_contact_again_changes_and_counts_nothing(gateway: RunningGateway) -> None:
+    # the first erasure left none of the person's identifiers to search for and sent its
+    # notice (once, canonical.md): a second answers so, and records no second erasure
+    _post(gateway, cloud_message("wamid.x", phone=PHONE, bsuid=B1, step=1))
+    (event,) = gateway.events()
+    first = gateway.client.delete(f"/v1/contacts/{event['subject']}")
+    assert first.status_code == 200
+    assert first.json()["erased"]["events"] >= 1
+    again = gateway.client.delete(f"/v1/contacts/{event['subject']}")
+    assert again.status_code == 200
+    erased = again.json()["erased"]
+    assert erased["already_erased"] is True
+    assert erased["notified"] == 0
+    assert "events" not in erased  # nothing counted twice
+    assert erased["erased_at"]
+    history = gateway.client.get(f"/v1/contacts/{event['subject']}").json()["history"]
+    assert [entry["kind"] for entry in history].count("erased") == 1

@@ -165,6 +165,10 @@ def erase(tx: Any, ctx: OperatorContext, contact_id: str) -> dict[str, Any] | No
     contact = follow_merged(tx.contact(contact_id), tx.contact)
     if contact is None:
         return None
+    if (erased_at := tx.erased_at(contact.id)) is not None:
+        # erased before: none of the person's identifiers is left to search for, and the
+        # notice went then (once, canonical.md): nothing to do, nothing to count again
+        return {"already_erased": True, "erased_at": erased_at, "notified": 0}
     channel = _channel_of(tx, ctx, contact)
     subscribers = tx.subscribers_that_received(contact.id)
     # the same number in another portfolio is another, unrelated contact (rule 1)

@@ -347,6 +347,9 @@ class MemoryTx:
     def contact_erased(self, contact_id: str) -> bool:
         return False  # erasure needs a SQL store (`bspgate.identity.erasure`)
 
+    def erased_at(self, contact_id: str) -> str | None:
+        return None
+
     def _send_rows(self) -> dict[str, dict[str, Any]]:
         # created on first use, so this appended section leaves __init__ as it was
         rows: dict[str, dict[str, Any]] = self.__dict__.setdefault("send_rows", {})

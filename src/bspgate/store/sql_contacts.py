@@ -118,8 +118,12 @@ class ContactQueries(SqlBase):
         return None if row is None else str(row[0])
 
     def contact_erased(self, contact_id: str) -> bool:
+        return self.erased_at(contact_id) is not None
+
+    def erased_at(self, contact_id: str) -> str | None:
+        """When the contact was erased on request, or None."""
         row = self.one("SELECT erased_at FROM contacts WHERE id = ?", (contact_id,))
-        return row is not None and row[0] is not None
+        return None if row is None or row[0] is None else str(row[0])
 
     def subscribers_that_received(self, contact_id: str) -> list[str]:
         """Every subscriber that was ever delivered an event about the contact, also under
