@@ -192,3 +192,22 @@ async def test_a_quarantine_replay_honours_its_limit(tmp_path: Path) -> None:
         assert bounded.status_code == 200, bounded.text
         assert (bounded.json()["matched"], bounded.json()["truncated"]) == (2, True)
         assert (whole.json()["matched"], whole.json()["truncated"]) == (3, False)
+
+
+@pytest.mark.store
+async def test_a_quarantine_replay_of_an_unknown_payload_is_refused(tmp_path: Path) -> None:
+    # a mistyped raw_id is not "nothing to replay": 422, as an unknown subscriber or type is
+    async with loopback(tmp_path, subscriber("crm", "{sink}/crm")) as (h, _), api(h) as client:
+        answer = await client.post("/v1/replays", json={"quarantined": True, "raw_id": "raw_nope"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == "invalid_replay"
+    assert "no raw payload 'raw_nope'" in answer.json()["detail"]
+
+
+def test_cli_quarantine_replay_of_an_unknown_payload_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = fill(tmp_path, one_dead_letter)
+    code, out, err = run(capsys, "replay", "--quarantined", "--raw", "raw_nope", "--config", config)
+    assert (code, out) == (2, ""), err
+    assert "no raw payload 'raw_nope'" in err

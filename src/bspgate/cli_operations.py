@@ -129,6 +129,7 @@ def _summary(result: dict[str, Any], limit: int) -> str:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from bspgate.operations import (
         ReplayRequest,
+        UnknownReference,
         replay_deliveries,
         replay_limit,
         replay_quarantined,
@@ -161,13 +162,17 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(gateway: Gateway) -> int:
         if request is None:
-            result = await replay_quarantined(
-                gateway,
-                raw_id=args.raw,
-                dry_run=args.dry_run,
-                limit=args.limit,
-                progress=_progress,
-            )
+            try:
+                result = await replay_quarantined(
+                    gateway,
+                    raw_id=args.raw,
+                    dry_run=args.dry_run,
+                    limit=args.limit,
+                    progress=_progress,
+                )
+            except UnknownReference as exc:
+                sys.stderr.write(f"bspgate: replay: {exc}\n")
+                return 2
         else:
             result = await replay_deliveries(
                 gateway.store, request, gateway.clock(), gateway.settings.subscribers

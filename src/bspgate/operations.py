@@ -246,10 +246,12 @@ async def replay_quarantined(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Re-run quarantined raw payloads through the current mappings (`progress(done, total)`
-    is called after each payload)."""
+    is called after each payload). `UnknownReference` (422) when `raw_id` names no payload."""
     if raw_id:
         found = await gateway.store.read(lambda tx: tx.raw(raw_id))
-        raws = [found] if found is not None else []
+        if found is None:  # a typo is not "nothing to replay"
+            raise UnknownReference(f"raw_id: no raw payload {raw_id!r}")
+        raws = [found]
     else:
         raws = await gateway.store.read(lambda tx: tx.raws("quarantined", limit))
     report = []
