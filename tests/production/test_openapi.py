@@ -11,6 +11,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
+import jsonschema
 import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Route
@@ -162,3 +163,14 @@ def test_replay_without_a_scope_is_refused_and_all_must_be_said(live: str) -> No
     everything = httpx.post(f"{live}/v1/replays", json={"all": True, "dry_run": True}, headers=AUTH)
     assert everything.status_code == 200
     assert everything.json()["dry_run"] is True
+
+
+@pytest.mark.parametrize("name", ["event_id", "subscriber_id", "type", "raw_id"])
+def test_replay_names_are_declared_as_the_server_reads_them(name: str) -> None:
+    # the server refuses a blank name or one holding NUL (400): the document says so, so a
+    # client generated from it (or schemathesis) does not send them as valid
+    schema = openapi_document()["components"]["schemas"]["ReplayRequest"]["properties"][name]
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid("evt_01 x")
+    for refused in ("", " ", "\t\n", "a\x00b", "\x00"):
+        assert not validator.is_valid(refused), repr(refused)

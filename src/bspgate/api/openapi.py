@@ -25,6 +25,8 @@ PROBLEM = "application/problem+json"
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 TEXT = {"type": "string"}
+# a name that filters: not blank, no NUL (the server refuses both with a 400)
+NAME = {"type": "string", "minLength": 1, "pattern": "^[^\\u0000]*[^\\u0000\\s][^\\u0000]*$"}
 FILLED = {"type": "string", "minLength": 1}  # a query filter: an empty value is a 400
 NULLABLE_TEXT = {"type": ["string", "null"]}
 COUNT = {"type": "integer", "minimum": 0}
@@ -191,9 +193,9 @@ def _schemas() -> dict[str, Any]:
         "ReplayRequest": {
             "type": "object",
             "properties": {
-                "event_id": TEXT,
-                "subscriber_id": TEXT,
-                "type": TEXT,
+                "event_id": NAME,
+                "subscriber_id": NAME,
+                "type": NAME,
                 "since": TIME,
                 "until": TIME,
                 "states": {"type": "array", "items": {"enum": ["dead", "delivered", "expired"]}},
@@ -205,7 +207,7 @@ def _schemas() -> dict[str, Any]:
                     "description": "at most this many deliveries, or quarantined payloads",
                 },
                 "quarantined": {"type": "boolean", "description": "a JSON boolean (else 400)"},
-                "raw_id": TEXT,
+                "raw_id": NAME,
                 "all": {
                     "type": "boolean",
                     "description": "replay without a filter (every dead letter of every "
