@@ -211,3 +211,21 @@ def test_cli_quarantine_replay_of_an_unknown_payload_fails(
     code, out, err = run(capsys, "replay", "--quarantined", "--raw", "raw_nope", "--config", config)
     assert (code, out) == (2, ""), err
     assert "no raw payload 'raw_nope'" in err
+
+
+@pytest.mark.store
+async def test_a_replay_of_an_unknown_event_is_refused(tmp_path: Path) -> None:
+    # a mistyped event id is not "nothing to replay": 422, as an unknown subscriber or type is
+    async with loopback(tmp_path, subscriber("crm", "{sink}/crm")) as (h, _), api(h) as client:
+        answer = await client.post("/v1/replays", json={"event_id": "evt_nope"})
+    assert answer.status_code == 422, answer.text
+    assert "no event 'evt_nope'" in answer.json()["detail"]
+
+
+def test_cli_replay_of_an_unknown_event_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = fill(tmp_path, one_dead_letter)
+    code, out, err = run(capsys, "replay", "--event", "evt_nope", "--config", config)
+    assert (code, out) == (2, ""), err
+    assert "no event 'evt_nope'" in err

@@ -174,9 +174,13 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                 sys.stderr.write(f"bspgate: replay: {exc}\n")
                 return 2
         else:
-            result = await replay_deliveries(
-                gateway.store, request, gateway.clock(), gateway.settings.subscribers
-            )
+            try:
+                result = await replay_deliveries(
+                    gateway.store, request, gateway.clock(), gateway.settings.subscribers
+                )
+            except UnknownReference as exc:
+                sys.stderr.write(f"bspgate: replay: {exc}\n")
+                return 2
             result["truncated"] = (
                 max(result.get("matched", 0), result.get("added", 0)) >= request.limit
             )

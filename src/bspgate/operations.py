@@ -174,7 +174,8 @@ async def replay_deliveries(
     for a subscriber removed from the config, so its requeued rows would wait for good); the
     rows of others that matched are counted in `skipped`, per subscriber, and left as they are.
     None (tests, tools): no restriction. A subscriber added later gets only the stored events
-    its `events`, `channels` and `filter` accept.
+    its `events`, `channels` and `filter` accept. `UnknownReference` (422) when `event_id`
+    names no stored event.
     """
     now, stamp = moment.timestamp(), moment.isoformat()
     configured = None if subscribers is None else sorted(s.id for s in subscribers)
@@ -189,6 +190,8 @@ async def replay_deliveries(
         return bool(fanout.matching(event_type, channel_id, event))
 
     def work(tx: Any) -> dict[str, Any]:
+        if request.event_id is not None and not tx.event_exists(request.event_id):
+            raise UnknownReference(f"event_id: no event {request.event_id!r}")  # a typo
         scope = ReplayScope(
             request.event_id,
             request.subscriber_id,

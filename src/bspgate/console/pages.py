@@ -344,6 +344,10 @@ async def deliver_again(request: Request, form: FormData) -> Response:
             },
             [s.id for s in gateway.settings.subscribers],
         )
+        # the event may be gone since its page was shown (retention): refused as a typo is
+        result = await replay_deliveries(
+            gateway.store, replay, gateway.clock(), gateway.settings.subscribers
+        )
     except ValueError as exc:
         context = {
             "title": "Not delivered again",
@@ -351,9 +355,6 @@ async def deliver_again(request: Request, form: FormData) -> Response:
             "back": f"/console/events/{event_id}",
         }
         return render(request, "message.html", context, 422)
-    result = await replay_deliveries(
-        gateway.store, replay, gateway.clock(), gateway.settings.subscribers
-    )
     if gateway.dispatcher is not None:
         gateway.dispatcher.wake()
     await audit(
