@@ -78,6 +78,10 @@ FAST = [
     "a.list[*].x",
     "nested[].x",
     "objs[].y || `[]`",
+    "nested[0][1]",
+    "a.list[0].x",
+    "nested[*][0]",
+    "deep[*].l[0][1]",
 ]
 FALLBACK = [
     "objs[?x == 'one'].y",
@@ -99,6 +103,7 @@ INPUTS: list[Any] = [
         "list": [1, 2, 3],
         "objs": [{"x": "one", "y": 1}, {"x": "two", "y": 2}],
         "nested": [[1, 2], [3], []],
+        "deep": [{"l": [[1, 2], [3]]}, {"l": "no list"}, {"l": [[4, 5]]}],
         "zero": 0,
         "one": 1,
         "t": True,
@@ -204,6 +209,9 @@ PROPERTY_EXPRESSIONS = [
     "a[*].b",
     "a[].b[].c",
     "list[].x || a",
+    "a[0][1]",
+    "a[*].b[0][1]",
+    "a[].b[0][0].c",
 ]
 
 

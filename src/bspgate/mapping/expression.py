@@ -10,6 +10,7 @@ interpreter, with our functions registered in it, so semantics never depend on t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -223,10 +224,13 @@ def _compile(node: dict[str, Any]) -> Getter:
             getter = _chain(getter, _compile(child))
         return getter
     if kind == "index_expression":
-        left, index = children
-        if index["type"] != "index":
-            raise _Fallback
-        return _chain(_compile(left), _index(index["value"]))
+        # `a[0][1]` is one node: the left side, then each index in turn (a slice: interpreted)
+        getter = _compile(children[0])
+        for index in children[1:]:
+            if index["type"] != "index":
+                raise _Fallback
+            getter = _chain(getter, _index(index["value"]))
+        return getter
     if kind == "index":
         return _index(node["value"])
     if kind == "literal":
@@ -269,10 +273,10 @@ def compile_expression(text: str) -> Getter:
     parsed = jmespath.compile(text)
     tree: dict[str, Any] = parsed.parsed  # type: ignore[assignment]
     _check_functions(tree)
-    try:
+    # _Fallback: a node left to the interpreter. Anything else is a node shape this compiler
+    # misreads: the interpreter's semantics then, never a mapping that fails to load.
+    with contextlib.suppress(Exception):
         return _compile(tree)
-    except _Fallback:
-        pass
 
     def interpret(value: Any) -> Any:
         return parsed.search(value, options=_OPTIONS)
