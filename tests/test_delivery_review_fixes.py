@@ -281,3 +281,55 @@ async def test_retrying_a_disabled_subscriber_is_refused_with_the_reason(tmp_pat
         # nothing was made due: still an hour (± 20 %) away
         due = {r["next_attempt_at"] for r in await h.deliveries()}
         assert min(due) > h.clock().timestamp() + 2000
+
+
+async def test_a_replayed_dead_letter_of_an_erased_contact_is_retried_after_a_503(
+    tmp_path: Path,
+) -> None:
+    # only a delivery in flight at the erasure is erased when its attempt fails; one requeued
+    # later (its body erased) retries as any other (session review)
+    sub = subscriber("crm", "{sink}/crm", retry_schedule=["1s"])
+    async with loopback(tmp_path, sub) as (h, sink):
+        sink.script["/crm"] = [500, 500]  # two attempts: a dead letter
+        await h.ingest(text_webhook("wamid.1", phone="15551234567", text="my secret text"))
+        assert await h.dispatcher.run_once() == 1
+        h.clock.advance(2)
+        assert await h.dispatcher.run_once() == 1
+        row = await h.only_delivery()
+        assert row["state"] == "dead"
+        async with api(h) as client:
+            erased = await client.delete(f"/v1/contacts/{row['contact_id']}")
+            assert erased.status_code == 200, erased.text
+            answer = await client.post("/v1/replays", json={"all": True})
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["requeued"] == 1
+        sink.script["/crm"] = [503]  # one transient failure, then 200
+        h.clock.advance(1)
+        assert await h.dispatcher.run_once() == 1
+        state = (await h.gateway.store.read(lambda tx: tx.delivery(row["id"])))["state"]
+        # a replayed delivery that failed once is retried on the schedule
+        assert state == "pending", f"the replayed delivery was {state!r} after one 503"
+        for _ in range(3):
+            h.clock.advance(2)
+            await h.dispatcher.run_once()
+        received = sink.types("/crm")
+        assert received.count("whatsapp.message.received") == 4, received
+
+
+async def test_a_subscriber_that_was_posted_the_event_and_failed_is_told_of_the_erasure(
+    tmp_path: Path,
+) -> None:
+    # it was POSTed the whole event (phone, text) and answered 500, its row waiting for a retry
+    # when the contact is erased: it may have kept the event, so it is told (session review)
+    sub = subscriber("crm", "{sink}/crm", retry_schedule=["60s"])
+    async with loopback(tmp_path, sub) as (h, sink):
+        sink.script["/crm"] = [500]
+        await h.ingest(text_webhook("wamid.1", phone="15551234567", text="my secret text"))
+        assert await h.dispatcher.run_once() == 1
+        row = await h.only_delivery()
+        assert row["state"] == "pending"
+        assert "my secret text" in str(sink.seen[0][1]["data"])  # it holds the whole event
+        async with api(h) as client:
+            erased = await client.delete(f"/v1/contacts/{row['contact_id']}")
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["erased"]["notified"] == 1, erased.json()

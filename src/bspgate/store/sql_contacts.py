@@ -126,17 +126,20 @@ class ContactQueries(SqlBase):
         return None if row is None or row[0] is None else str(row[0])
 
     def subscribers_that_received(self, contact_id: str) -> list[str]:
-        """Every subscriber that was ever delivered an event about the contact, also under
-        the id of a contact merged into it (delivered rows keep the id they went out with), or
-        that an event about it is being POSTed to right now: an attempt in flight may already
-        have handed the subscriber the whole event (`erase_contact` lets it finish)."""
+        """Every subscriber that may hold an event about the contact, also under the id of a
+        contact merged into it (delivered rows keep the id they went out with): one it was
+        delivered to, one it is being POSTed to right now (`erase_contact` lets that attempt
+        finish), and one it was POSTed to at all, whatever the answer (a receiver answering 500
+        or timing out may have kept the event; a replay resets a row's count, not its log)."""
         ids = self._with_merged(contact_id)
         marks = ", ".join("?" for _ in ids)
         return [
             str(r[0])
             for r in self.all(
-                f"SELECT DISTINCT subscriber_id FROM deliveries WHERE contact_id IN ({marks}) "
-                "AND state IN ('delivered', 'inflight') ORDER BY subscriber_id",
+                f"SELECT DISTINCT d.subscriber_id FROM deliveries d WHERE d.contact_id IN "
+                f"({marks}) AND (d.state IN ('delivered', 'inflight') OR d.attempts > 0 OR "
+                "EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = d.id)) "
+                "ORDER BY d.subscriber_id",
                 ids,
             )
         ]
@@ -304,10 +307,12 @@ class ContactQueries(SqlBase):
             f"WHERE contact_id IN {marks} AND state IN ('pending', 'held')",
             (stamp, *ids),
         )
-        (in_flight,) = self.one(
-            f"SELECT COUNT(*) FROM deliveries WHERE contact_id IN {marks} AND state = 'inflight'",
+        # left to finish, and marked: a failed attempt of theirs is erased, not retried
+        in_flight = self.execute(
+            f"UPDATE deliveries SET erased_in_flight = 1 WHERE contact_id IN {marks} "
+            "AND state = 'inflight'",
             ids,
-        )
+        ).rowcount
         self.execute(f"UPDATE deliveries SET body = NULL WHERE contact_id IN {marks}", ids)
         self.execute(
             f"UPDATE attempts SET error = NULL WHERE delivery_id IN "
@@ -343,7 +348,7 @@ class ContactQueries(SqlBase):
             "raw_payloads_blanked": blanked,
             "raw_payloads_trimmed": trimmed,
             "deliveries_cancelled": cancelled.rowcount,
-            "deliveries_in_flight": int(in_flight),
+            "deliveries_in_flight": in_flight,
             "sends": sends.rowcount,
         }
         self.add_history(contact_id, stamp, "erased", summary)

@@ -694,20 +694,17 @@ class OutboxQueries(SqlBase):
         )
 
     def cancel_erased(self, delivery_ids: Sequence[str], stamp: str) -> set[str]:
-        """Of `delivery_ids` (just recorded as not delivered, or released unsent), those whose
-        contact was erased while they were in flight: erased now, never retried (the erasure
-        left them in flight to finish; `erase_contact`). The erasure's own notice, about the
-        same contact, goes on as any delivery. Answers their ids."""
+        """Of `delivery_ids` (just recorded as not delivered, or released unsent), those that
+        were in flight when their contact was erased (`erase_contact` marks them and lets
+        them finish): erased now, never retried. Answers their ids."""
         if not delivery_ids:
             return set()
         ids = sorted(set(delivery_ids))
         found = [
             str(row[0])
             for row in self.all(
-                "SELECT d.id FROM deliveries d JOIN contacts c ON c.id = d.contact_id "
-                "JOIN events e ON e.seq = d.event_seq "
-                f"WHERE {_among('d.id', ids)} AND d.state IN ('pending', 'dead') "
-                "AND c.erased_at IS NOT NULL AND e.type <> 'whatsapp.contact.erased'",
+                f"SELECT id FROM deliveries WHERE {_among('id', ids)} "
+                "AND state IN ('pending', 'dead') AND erased_in_flight = 1",
                 ids,
             )
         ]
@@ -833,7 +830,8 @@ class OutboxQueries(SqlBase):
         for delivery_id in delivery_ids:
             cursor = self.execute(
                 "UPDATE deliveries SET state = 'pending', next_attempt_at = ?, attempts = 0, "
-                "updated_at = ? WHERE id = ? AND state IN ('dead', 'delivered')",
+                "erased_in_flight = NULL, updated_at = ? WHERE id = ? "
+                "AND state IN ('dead', 'delivered')",
                 (now, stamp, delivery_id),
             )
             if not cursor.rowcount:
