@@ -82,6 +82,37 @@ def test_deliver_again_to_a_removed_subscriber_is_refused_as_the_api_refuses_it(
         assert [d["subscriber_id"] for d in dead] == ["old-crm"]  # still dead, not requeued
 
 
+@pytest.mark.parametrize("form", ["selection", "group"])
+def test_console_replays_leave_a_removed_subscribers_dead_letters(
+    tmp_path: Path, form: str
+) -> None:
+    """As `POST /v1/replays` does: a removed subscriber's rows would be requeued for a lane that
+    never runs, and counted as requeued (session review)."""
+    _dead_letter_of_a_removed_subscriber(tmp_path)
+    with RunningGateway(make_settings(tmp_path, subscribers=[SUBSCRIBER]), dispatch=False) as gw:
+        (dead,) = gw.client.get("/v1/deliveries", params={"state": "dead"}).json()["data"]
+        with closing(signed_in(gw)) as client:
+            token = csrf_of(client.get("/console/deliveries").text)
+            if form == "selection":
+                answer = client.post(
+                    "/console/deliveries/replay", data={"csrf": token, "delivery": dead["id"]}
+                )
+            else:
+                answer = client.post(
+                    "/console/deliveries/replay-filter",
+                    data={
+                        "csrf": token,
+                        "subscriber_id": "old-crm",
+                        "error": dead["last_error"] or "",
+                    },
+                )
+        notice = unquote(answer.headers.get("location", ""))
+        assert answer.status_code == 303, answer.text
+        assert "0 of 1 dead letter(s) requeued" in notice, notice
+        still = gw.client.get("/v1/deliveries", params={"state": "dead"}).json()["data"]
+        assert [d["id"] for d in still] == [dead["id"]]
+
+
 # -- quarantine ---------------------------------------------------------------------------------
 def test_the_quarantine_list_is_newest_first_counted_and_pages_back(
     gateway: RunningGateway, client: httpx.Client, monkeypatch: pytest.MonkeyPatch

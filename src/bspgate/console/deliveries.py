@@ -84,12 +84,22 @@ async def replay_selected(request: Request, form: FormData) -> Response:
     gateway = gateway_of(request)
     ids = [str(v) for v in form.getlist("delivery")]
     moment = gateway.clock()
+    configured = [s.id for s in gateway.settings.subscribers]
     count = await gateway.store.transaction(
-        lambda tx: tx.requeue(ids, moment.timestamp(), moment.isoformat())
+        lambda tx: tx.requeue(ids, moment.timestamp(), moment.isoformat(), configured)
     )
     _wake(request)
     await audit(request, "replay", "selection", deliveries=len(ids), requeued=count)
-    return _back(f"{count} dead letter(s) requeued")
+    return _back(_requeued(count, len(ids)))
+
+
+def _requeued(count: int, asked: int) -> str:
+    if count == asked:
+        return f"{count} dead letter(s) requeued"
+    return (
+        f"{count} of {asked} dead letter(s) requeued: the others are no longer dead, or their "
+        "subscriber is no longer configured (nothing would send them)"
+    )
 
 
 @action
@@ -106,10 +116,11 @@ async def replay_filter(request: Request, form: FormData) -> Response:
         )
         ids = [r["id"] for r in rows]
         moment = gateway.clock()
+        configured = [s.id for s in gateway.settings.subscribers]
         count = await gateway.store.transaction(
-            lambda tx: tx.requeue(ids, moment.timestamp(), moment.isoformat())
+            lambda tx: tx.requeue(ids, moment.timestamp(), moment.isoformat(), configured)
         )
-        result: dict[str, Any] = {"requeued": count}
+        result: dict[str, Any] = {"requeued": count, "asked": len(ids)}
     else:
         fields = {k: str(form.get(k) or "").strip() for k in ("type", "since", "until")}
         try:  # checked as `POST /v1/replays` checks them: times are instants, any offset
@@ -124,7 +135,8 @@ async def replay_filter(request: Request, form: FormData) -> Response:
         )
     _wake(request)
     await audit(request, "replay", subscriber or "all", requeued=result.get("requeued", 0))
-    return _back(f"{result.get('requeued', 0)} dead letter(s) requeued")
+    requeued = result.get("requeued", 0)
+    return _back(_requeued(requeued, result.get("asked", requeued)))
 
 
 @action

@@ -821,11 +821,28 @@ class OutboxQueries(SqlBase):
             for at, status, latency, error in rows
         ]
 
-    def requeue(self, delivery_ids: Sequence[str], now: float, stamp: str) -> int:
+    def requeue(
+        self,
+        delivery_ids: Sequence[str],
+        now: float,
+        stamp: str,
+        configured: Sequence[str] | None = None,
+    ) -> int:
         """Dead, delivered or expired deliveries go again, their attempts reset. An expired one
         was held until its subscriber's `hold_for` ran out (`require_phone`, and its contact had
         no phone): it goes as a new one would, held again while the contact still has no phone,
-        else pending with the phone filled in."""
+        else pending with the phone filled in. With `configured`, only the deliveries of these
+        subscribers (no lane runs for another: its row would wait for good)."""
+        if configured is not None and delivery_ids:
+            ids = list(delivery_ids)
+            delivery_ids = [
+                str(row[0])
+                for row in self.all(
+                    f"SELECT id FROM deliveries WHERE {_among('id', ids)} "
+                    f"AND {_among('subscriber_id', configured)}",
+                    [*ids, *configured],
+                )
+            ]
         count = 0
         for delivery_id in delivery_ids:
             cursor = self.execute(
