@@ -72,6 +72,18 @@ def test_refusal_leaves_out_what_is_set_and_names_a_literal_by_its_key(tmp_path:
     assert "api_keys[2].key (written in the config file)" in result.stderr
 
 
+def test_refusal_names_a_variable_set_to_a_development_value(tmp_path: Path) -> None:
+    # set, but to a dev- value (copied from an example): the variable is what to change, the
+    # key is not "written in the config file" (session review)
+    config = write_config(tmp_path, api_keys=[{"name": "crm", "key": "${CRM_KEY:-dev-key}"}])
+    env = clean_env(CRM_KEY="dev-copied-from-the-readme")
+    result = bspgate("serve", "--config", str(config), "--host", "0.0.0.0", cwd=tmp_path, env=env)  # noqa: S104
+    assert result.returncode == 2
+    assert "CRM_KEY (api_keys[0].key)" in result.stderr
+    assert "written in the config file" not in result.stderr
+    assert "dev-copied-from-the-readme" not in result.stderr  # names, never values
+
+
 def test_loopback_warning_names_the_variables(tmp_path: Path) -> None:
     config = write_config(tmp_path, api_keys=[{"name": "crm", "key": "${CRM_KEY:-dev-key}"}])
     with serving(config, cwd=tmp_path) as served:

@@ -167,8 +167,9 @@ class Settings:
     source: Path | None = None
     console: bool = True  # the operator console at /console (`console: false` turns it off)
     retention: Retention = field(default_factory=lambda: Retention())
-    # dotted key -> the variables of its `${NAME:-default}` references that were unset, so the
-    # value holds their defaults (`serve` names them when refusing development credentials)
+    # dotted key -> the variables of its `${NAME:-default}` references that were unset (the
+    # value holds their defaults) or set to a `dev-` value (`serve` names them when refusing
+    # development credentials)
     env_defaults: Mapping[str, tuple[str, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -287,7 +288,8 @@ def _interpolate(
     defaulted: dict[str, tuple[str, ...]] | None = None,
 ) -> Any:
     """`value` with every `${NAME}` / `${NAME:-default}` replaced; `defaulted` collects, per
-    dotted key, the names whose default was used (unset in `env`)."""
+    dotted key, the names whose default was used (unset in `env`) or that are set to a
+    development value (`dev-…`)."""
     if isinstance(value, dict):
         return {k: _interpolate(v, (*path, k), env, lenient, defaulted) for k, v in value.items()}
     if isinstance(value, list):
@@ -295,14 +297,19 @@ def _interpolate(
     if not isinstance(value, str):
         return value
 
+    def note(name: str) -> None:
+        if defaulted is not None:
+            key = _dotted(path)
+            defaulted[key] = (*defaulted.get(key, ()), name)
+
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in env:
+            if env[name].startswith("dev-"):
+                note(name)  # set, but to a development value: the variable to change
             return env[name]
         if default is not None:
-            if defaulted is not None:
-                key = _dotted(path)
-                defaulted[key] = (*defaulted.get(key, ()), name)
+            note(name)
             return default
         key = _dotted(path)
         if lenient and _is_secret_key(key):
