@@ -126,6 +126,9 @@ async def test_an_acknowledged_payload_waiting_in_the_inbox_is_received(tmp_path
             assert await store.read(lambda tx: tx.raw(raw_id)) is None  # not processed yet
             found = await client.get(f"/v1/raws/{raw_id}", headers=AUTH)
             unknown = await client.get("/v1/raws/raw_nothing", headers=AUTH)
+            replay = await client.post(
+                "/v1/replays", json={"quarantined": True, "raw_id": raw_id}, headers=AUTH
+            )
     finally:
         await store.close()
     assert found.status_code == 200, found.text
@@ -143,6 +146,9 @@ async def test_an_acknowledged_payload_waiting_in_the_inbox_is_received(tmp_path
     }
     assert unknown.status_code == 404
     assert unknown.json()["code"] == "unknown_raw"
+    # a replay of it says why there is nothing to replay, not "no raw payload" (session review)
+    assert replay.status_code == 422, replay.text
+    assert "is not processed yet (received)" in replay.json()["detail"]
 
 
 # -- 4. routing errors under /console ---------------------------------------------------------
