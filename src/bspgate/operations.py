@@ -240,14 +240,6 @@ class QuarantineReplay:
     replayed: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def _waiting(gateway: GatewayContext, raw_id: str) -> bool:
-    """Is `raw_id` accepted and waiting in the SQLite inbox (`serve`), not processed yet?"""
-    from bspgate.store.sqlite import SqliteStore
-
-    store = gateway.store
-    return isinstance(store, SqliteStore) and await store.waiting_raw(raw_id) is not None
-
-
 async def replay_quarantined(
     gateway: GatewayContext,
     *,
@@ -260,7 +252,7 @@ async def replay_quarantined(
     is called after each payload). `UnknownReference` (422) when `raw_id` names no payload."""
     if raw_id:
         found = await gateway.store.read(lambda tx: tx.raw(raw_id))
-        if found is None and await _waiting(gateway, raw_id):
+        if found is None and await gateway.store.waiting_raw(raw_id) is not None:
             raise UnknownReference(
                 f"raw_id: payload {raw_id!r} is not processed yet (received): nothing to replay"
             )

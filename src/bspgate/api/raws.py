@@ -20,7 +20,6 @@ from bspgate.api.answers import TimedJSON
 from bspgate.api.auth import authenticated
 from bspgate.problems import problem_response
 from bspgate.store.base import RawRecord
-from bspgate.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from bspgate.context import GatewayContext
@@ -37,9 +36,9 @@ async def get_raw(request: Request) -> Response:
 
     store = gateway.store
     found = await store.read(read)
-    if found is None and isinstance(store, SqliteStore) and store.inboxed:
-        # under `serve` an accepted payload waits in the inbox database until the worker
-        # process maps it: received, no events yet
+    if found is None:
+        # under `serve` on SQLite an accepted payload waits in the inbox database until the
+        # worker process maps it: received, no events yet
         waiting = await store.waiting_raw(raw_id)
         # None: never received, or moved into raw_payloads since the first read
         found = _answer(waiting, []) if waiting is not None else await store.read(read)

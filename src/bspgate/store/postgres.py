@@ -198,6 +198,10 @@ class PostgresStore:
     async def settle_received(self, raw_ids: list[str]) -> None:
         """Nothing to do: processing updated the rows in place."""
 
+    async def waiting_raw(self, raw_id: str) -> RawRecord | None:
+        """None: an accepted payload is a `received` row of raw_payloads, found by `tx.raw`."""
+        return None
+
     async def queue_counts(
         self, subscriber_ids: Sequence[str] | None = None
     ) -> tuple[dict[str, int], str | None]:
